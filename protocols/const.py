@@ -1,0 +1,93 @@
+"""Every number on the wire, in one place, each with the document it comes from.
+
+Plain integers (not ``micropython.const``) because the gateway imports these names too;
+MicroPython interns small ints, so they cost nothing per use.
+"""
+
+# --- CoAP (RFC 7252) ---------------------------------------------------------------------------
+# Message types, Section 3.
+CON = 0
+NON = 1
+ACK = 2
+RST = 3
+
+# Codes, Section 12.1: class << 5 | detail.
+EMPTY = 0x00
+POST = 0x02
+CHANGED = 0x44  # 2.04
+BAD_REQUEST = 0x80  # 4.00
+UNAUTHORIZED = 0x81  # 4.01
+NOT_FOUND = 0x84  # 4.04
+METHOD_NOT_ALLOWED = 0x85  # 4.05
+REQUEST_ENTITY_TOO_LARGE = 0x8D  # 4.13
+UNSUPPORTED_CONTENT_FORMAT = 0x8F  # 4.15
+INTERNAL_SERVER_ERROR = 0xA0  # 5.00
+SERVICE_UNAVAILABLE = 0xA3  # 5.03
+
+# Option numbers, Section 12.2.
+URI_HOST = 3
+URI_PORT = 7
+URI_PATH = 11
+CONTENT_FORMAT = 12
+MAX_AGE = 14
+URI_QUERY = 15
+SIZE1 = 60
+
+# Transmission parameters, Section 4.8 (seconds).
+ACK_TIMEOUT = 2
+ACK_RANDOM_FACTOR = 1.5
+MAX_RETRANSMIT = 4
+DEFAULT_PORT = 5683
+
+# Content-Formats (IANA CoAP Content-Formats registry).
+CF_COSE_MAC0 = 17  # application/cose; cose-type="cose-mac0" (RFC 9052 Section 2)
+CF_CBOR = 60  # application/cbor
+CF_SENML_CBOR = 112  # application/senml+cbor (RFC 8428 Section 12.3)
+
+# The resource the node posts its readings to.
+READINGS_PATH = "r"
+
+# --- SenML (RFC 8428 Section 6, Table 4: CBOR labels) -----------------------------------------
+BVER = -1
+BN = -2
+BT = -3
+BU = -4
+BV = -5
+BS = -6
+N = 0
+U = 1
+V = 2
+VS = 3
+VB = 4
+S = 5
+T = 6
+UT = 7
+VD = 8
+
+# Times below 2**28 are relative to "now" (RFC 8428 Section 4.5.3).
+SENML_RELATIVE_LIMIT = 1 << 28
+
+# Channels a node may send: name -> SenML unit (RFC 8428 Section 12.1, RFC 8798).
+CHANNELS = {
+    "p": "W",  # active power
+    "e": "Wh",  # energy counter, sent as a sum ("s")
+    "t": "Cel",  # temperature
+    "lux": "lx",  # illuminance
+    "bat": "%EL",  # battery, percent of remaining energy level
+    "rssi": "dBW",  # radio signal strength
+    "drop": "1",  # readings the node had to drop (buffer full), a counter sent as a sum
+}
+# Channels whose readings are counters, carried in the SenML sum field.
+SUM_CHANNELS = ("e", "drop")
+
+# --- COSE (RFC 9052) ------------------------------------------------------------------------
+COSE_MAC0_TAG = 17  # Section 2, CBOR tag of a COSE_Mac0
+HDR_ALG = 1  # Section 3.1, header parameter "alg"
+HDR_KID = 4  # "kid"
+HDR_PARTIAL_IV = 6  # "Partial IV"
+ALG_HMAC_256_64 = 4  # RFC 9053 Section 3.1, HMAC w/ SHA-256 truncated to 64 bits
+MAC_LEN = 8
+
+# --- The 2.04 response payload: a CBOR map (docs/protocol.md) --------------------------------
+RESP_TIME = "t"  # the gateway's time, integer Unix seconds
+RESP_CONFIG = "c"  # a map of settings for this node, e.g. {"interval": 60}

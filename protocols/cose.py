@@ -1,0 +1,123 @@
+"""COSE_Mac0 with HMAC 256/64 (RFC 9052 Section 6.2, RFC 9053 Section 3.1).
+
+The node's message, exactly::
+
+    17([                                  ; CBOR tag 17: COSE_Mac0
+        << {1: 4, 6: h'<seq>'} >>,        ; protected: alg HMAC 256/64, Partial IV = counter
+        {4: h'<node id>'},                ; unprotected: kid
+        h'<SenML pack>',                  ; payload
+        h'<8-byte tag>'                   ; first 8 bytes of HMAC-SHA256(key, MAC_structure)
+    ])
+
+    MAC_structure = ["MAC0", protected, h'', payload]   (RFC 9052 Section 6.3)
+
+HMAC (RFC 2104) is written out over ``hashlib.sha256`` because MicroPython has no ``hmac``.
+"""
+
+import hashlib
+
+from protocols import cbor
+from protocols.const import (
+    ALG_HMAC_256_64,
+    COSE_MAC0_TAG,
+    HDR_ALG,
+    HDR_KID,
+    HDR_PARTIAL_IV,
+    MAC_LEN,
+)
+from protocols.errors import DecodeError
+
+_BLOCK = 64  # SHA-256 block size
+
+
+def hmac_sha256(key, msg):
+    """HMAC-SHA256 (RFC 2104)."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    k = bytearray(_BLOCK)
+    k[: len(key)] = key
+    for i in range(_BLOCK):
+        k[i] ^= 0x36
+    inner = hashlib.sha256(k)
+    inner.update(msg)
+    for i in range(_BLOCK):
+        k[i] ^= 0x36 ^ 0x5C
+    outer = hashlib.sha256(k)
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def partial_iv(seq):
+    """The message counter as a minimal big-endian byte string (0 is one zero byte)."""
+    n = 1
+    while seq >> (8 * n):
+        n += 1
+    return seq.to_bytes(n, "big")
+
+
+def _mac(key, protected, payload):
+    out = bytearray()
+    cbor.encode_into(out, ["MAC0", protected, b"", payload])
+    return hmac_sha256(key, out)[:MAC_LEN]
+
+
+def sign(key, kid, seq, payload):
+    """Return the tagged COSE_Mac0 (bytes) over ``payload`` from node ``kid`` (bytes)."""
+    protected = cbor.dumps({HDR_ALG: ALG_HMAC_256_64, HDR_PARTIAL_IV: partial_iv(seq)})
+    tag = _mac(key, protected, payload)
+    return cbor.dumps(cbor.Tag(COSE_MAC0_TAG, [protected, {HDR_KID: kid}, payload, tag]))
+
+
+class Mac0:
+    """A parsed, not yet verified, COSE_Mac0."""
+
+    def __init__(self, protected, kid, seq, payload, tag):
+        self.protected = protected  # the serialized protected header (bytes)
+        self.kid = kid  # bytes
+        self.seq = seq  # int, from the Partial IV
+        self.payload = payload  # bytes
+        self.tag = tag  # bytes
+
+    def verify(self, key):
+        """True when the tag is right for ``key``; compares in constant time."""
+        expected = _mac(key, self.protected, self.payload)
+        diff = len(expected) ^ len(self.tag)
+        for a, b in zip(expected, self.tag):
+            diff |= a ^ b
+        return diff == 0
+
+
+def parse(obj, loads=cbor.loads):
+    """Check the structure of a decoded COSE_Mac0 and return a ``Mac0``.
+
+    ``obj`` is what a CBOR decoder made of the message: a tag-17 item (``cbor.Tag`` or any
+    object with ``tag`` and ``value``, such as ``cbor2.CBORTag``); ``loads`` is the same
+    decoder, for the serialized protected header. Raises ``DecodeError``.
+    """
+    if getattr(obj, "tag", None) != COSE_MAC0_TAG:
+        raise DecodeError("COSE: not a tagged COSE_Mac0 (tag 17)")
+    msg = obj.value
+    if not isinstance(msg, list) or len(msg) != 4:
+        raise DecodeError("COSE: a COSE_Mac0 is an array of 4 items")
+    protected, unprotected, payload, tag = msg
+    if not isinstance(protected, bytes) or not isinstance(payload, bytes):
+        raise DecodeError("COSE: protected header and payload must be byte strings")
+    if not isinstance(tag, bytes) or len(tag) != MAC_LEN:
+        raise DecodeError("COSE: the tag must be %d bytes" % MAC_LEN)
+    if not isinstance(unprotected, dict):
+        raise DecodeError("COSE: the unprotected header must be a map")
+    hdr = loads(protected) if protected else {}
+    if not isinstance(hdr, dict) or hdr.get(HDR_ALG) != ALG_HMAC_256_64:
+        raise DecodeError("COSE: alg must be HMAC 256/64 (4) in the protected header")
+    piv = hdr.get(HDR_PARTIAL_IV)
+    if not isinstance(piv, bytes) or not 0 < len(piv) <= 8:
+        raise DecodeError("COSE: the Partial IV (message counter) must be 1 to 8 bytes")
+    kid = unprotected.get(HDR_KID, hdr.get(HDR_KID))
+    if not isinstance(kid, bytes) or not kid:
+        raise DecodeError("COSE: kid (the node id) is missing")
+    return Mac0(protected, kid, int.from_bytes(piv, "big"), payload, tag)
+
+
+def decode(data):
+    """Decode a COSE_Mac0 from bytes with ``protocols.cbor``; raise ``DecodeError``."""
+    return parse(cbor.loads(data))

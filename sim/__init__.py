@@ -1,0 +1,1 @@
+"""The world around the gateway, for tests and the demo: nodes, boards, networks, the platform."""
