@@ -113,8 +113,8 @@ def _float(out, x):
         out.append(0xF9)
         out.extend(struct.pack(">H", h))
         return
-    f = struct.pack(">f", x)
-    if struct.unpack(">f", f)[0] == x:
+    f = struct.pack(">f", x) if -3.5e38 < x < 3.5e38 else b""
+    if f and struct.unpack(">f", f)[0] == x:
         out.append(0xFA)
         out.extend(f)
     else:
