@@ -17,17 +17,20 @@ out). A stage that owns data the retention must wait for appends a callable
 """
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 from aiocoap import resource
 
-from gateway import coap, store
-from gateway.config import Config
+from gateway import coap, config, logs, store
+from gateway.config import TEMPLATE, Config
 from gateway.db import open_db
 from gateway.ingest import Ingest, ReadingsResource
 from gateway.logs import event
@@ -70,6 +73,7 @@ class Gateway:
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
+        create_private(self.cfg.database)
         self.db = open_db(self.cfg.database)  # creates the schema before anyone reads
         await self.committer.start()
         ingest = Ingest(self.cfg, self.db, self.committer, self.metrics)
@@ -153,6 +157,7 @@ class Gateway:
 
 async def serve(cfg: Config, ready: Callable[[Gateway], None] | None = None) -> None:
     """Run a gateway until SIGTERM or SIGINT, then stop it gracefully."""
+    logs.setup(cfg.log_level, cfg.log_format)
     gw = Gateway(cfg)
     await gw.start()
     if ready is not None:
@@ -164,3 +169,24 @@ async def serve(cfg: Config, ready: Callable[[Gateway], None] | None = None) -> 
     await stop.wait()
     event(log, logging.INFO, "stopping: committing what is queued")
     await gw.stop()
+
+
+def create_private(path: Path) -> None:
+    """Create an empty database file readable by its owner only (it holds the node keys);
+    SQLite gives its -wal and -shm files the same mode. Does nothing if it exists."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
+def init_dir(directory: Path) -> Path:
+    """Write a commented ``directory/gateway.toml`` and create its database; return the
+    config's path. Raises ``FileExistsError`` rather than overwrite a config."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "gateway.toml"
+    with open(path, "x", encoding="utf-8") as f:
+        f.write(TEMPLATE)
+    cfg = config.load(path)
+    create_private(cfg.database)
+    open_db(cfg.database).close()
+    return path
