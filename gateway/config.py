@@ -52,7 +52,7 @@ class Config:
     log_format: str = "auto"  # auto (JSON unless a TTY), json, text
     node_defaults: dict[str, Any] = field(default_factory=lambda: {"interval": 60, "pack": 10})
     node_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    raw: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def node_config(self, node_id: str) -> dict[str, Any]:
         """The settings sent to ``node_id`` in each 2.04 (defaults, then its overrides)."""
