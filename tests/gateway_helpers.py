@@ -107,3 +107,62 @@ def count_readings(cfg: config.Config) -> int:
         return db.execute("SELECT count(*) FROM readings").fetchone()[0]
     finally:
         db.close()
+
+
+class GatewayProcess:
+    """``reverbere gateway run`` in a subprocess; its JSON log lines are read by a thread."""
+
+    def __init__(self, config_path: Path, coap: str = "127.0.0.1:0", http: str = "127.0.0.1:0"):
+        import json
+        import queue
+        import subprocess
+        import sys
+        import threading
+
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "gateway",
+                "run",
+                "--config",
+                str(config_path),
+                "--coap",
+                coap,
+                "--http",
+                http,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue = queue.Queue()
+        self.log: list[dict] = []
+
+        def drain() -> None:
+            for line in self.proc.stderr:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    rec = {"msg": line.rstrip()}
+                self.log.append(rec)
+                self.lines.put(rec)
+            self.lines.put(None)
+
+        threading.Thread(target=drain, daemon=True).start()
+        rec = self.wait_for("gateway listening")
+        self.coap_port, self.http_port = rec["coap_port"], rec["http_port"]
+
+    def wait_for(self, msg: str, timeout: float = 30) -> dict:
+        while True:
+            rec = self.lines.get(timeout=timeout)
+            if rec is None:
+                raise AssertionError(f"gateway exited: {self.log[-5:]}")
+            if rec.get("msg") == msg:
+                return rec
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()

@@ -8,6 +8,7 @@ from gateway_helpers import make_config
 
 from gateway import registry, store
 from gateway.db import open_db
+from gateway.metrics import Registry
 from gateway.records import Reading
 from gateway.service import Gateway
 from gateway.store import Committer, Outcome, Pack
@@ -57,7 +58,7 @@ def test_a_resent_pack_inserts_nothing_and_reports_no_new_readings(db):
     registry.add_node(db, "a")
     readings = [("p", 100 + 60 * i, i) for i in range(10)]
     store.commit_batch(db, [_pack(db, "a", 1, readings)])
-    outcomes, new = store.commit_batch(db, [_pack(db, "a", 2, readings[5:] + [("p", 9999, 1)])])
+    outcomes, new = store.commit_batch(db, [_pack(db, "a", 2, [*readings[5:], ("p", 9999, 1)])])
     assert outcomes == [Outcome.STORED] and new == [Reading("a", "p", 9999, 1)]
     assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 11
 
@@ -77,32 +78,24 @@ def test_group_commit_shares_transactions_and_stages_see_new_readings_in_order(t
         open_db(tmp_path / "r.db").close()
         db = open_db(tmp_path / "r.db")
         keys = {f"n{i}": registry.add_node(db, f"n{i}") for i in range(50)}
-        c = Committer(tmp_path / "r.db", max_packs=16, delay=0.005)
+        metrics = Registry()
+        c = Committer(tmp_path / "r.db", max_packs=16, delay=0.005, metrics=metrics)
         seen = []
         c.after_commit.append(lambda wdb, new: seen.extend(new))
         c.after_commit.insert(0, _failing_stage)  # a failing stage must not stop the others
-        commits = []
-        real = store.commit_batch
-
-        def counting(wdb, batch, now=None):
-            commits.append(len(batch))
-            return real(wdb, batch, now)
-
-        store.commit_batch = counting
-        try:
-            await c.start()
-            futures = []
-            for i, (node_id, key) in enumerate(keys.items()):
-                ref = registry.lookup(db, node_id)[0]
-                futures.append(
-                    c.submit(Pack(ref, node_id, key, 1, [Reading(node_id, "p", 100 + i, i)]))
-                )
-            outcomes = await asyncio.gather(*futures)
-            await c.stop()
-        finally:
-            store.commit_batch = real
+        await c.start()
+        futures = []
+        for i, (node_id, key) in enumerate(keys.items()):
+            ref = registry.lookup(db, node_id)[0]
+            futures.append(
+                c.submit(Pack(ref, node_id, key, 1, [Reading(node_id, "p", 100 + i, i)]))
+            )
+        outcomes = await asyncio.gather(*futures)
+        await c.stop()
         assert outcomes == [Outcome.STORED] * 50
-        assert len(commits) < 50 and max(commits) <= 16 and sum(commits) == 50
+        # 50 packs submitted at once, at most 16 per transaction: 4 commits (one fsync each)
+        assert metrics.counter("reverbere_commits_total").get() == 4
+        assert metrics.counter("reverbere_stage_errors_total").get(stage="_failing_stage") == 4
         assert [r.time for r in seen] == [100 + i for i in range(50)]
 
     asyncio.run(go())
