@@ -78,7 +78,8 @@ async def create_server(
     """A server ``Context`` on UDP ``host``:``port`` (0: any free port) with a bounded
     deduplication cache. Returns the context and its message manager."""
     loop = asyncio.get_running_loop()
-    ctx = Context(loop=loop, serversite=site, loggername="reverbere.coap")
+    # aiocoap logs every exchange at INFO: keep its logger outside "reverbere" (WARNING).
+    ctx = Context(loop=loop, serversite=site, loggername="coap-server")
     tman = TokenManager(ctx)
     mman = BoundedMessageManager(tman, lifetime, max_entries)
     transport = await MessageInterfaceUDP6.create_server_transport_endpoint(

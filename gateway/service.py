@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
-from aiocoap import resource
 
 from gateway import coap, config, logs, store
 from gateway.config import TEMPLATE, Config
@@ -36,7 +35,6 @@ from gateway.ingest import Ingest, ReadingsResource
 from gateway.logs import event
 from gateway.metrics import PROM_CONTENT_TYPE, HttpServer, Registry
 from gateway.records import Reading
-from protocols.const import READINGS_PATH
 
 log = logging.getLogger("reverbere.service")
 
@@ -71,16 +69,15 @@ class Gateway:
         self._ctx: Any = None
         self._mman: coap.BoundedMessageManager | None = None
         self._tasks: list[asyncio.Task] = []
+        self._ingest: Ingest | None = None
 
     async def start(self) -> None:
         create_private(self.cfg.database)
         self.db = open_db(self.cfg.database)  # creates the schema before anyone reads
         await self.committer.start()
-        ingest = Ingest(self.cfg, self.db, self.committer, self.metrics)
-        site = resource.Site()
-        site.add_resource([READINGS_PATH], ReadingsResource(ingest))
+        self._ingest = ingest = Ingest(self.cfg, self.db, self.committer, self.metrics)
         self._ctx, self._mman = await coap.create_server(
-            site,
+            ReadingsResource(ingest),
             self.cfg.coap_host,
             self.cfg.coap_port,
             lifetime=self.cfg.dedup_lifetime,
@@ -107,7 +104,8 @@ class Gateway:
             task.cancel()
         await self.committer.stop()  # the queued packs are committed and answered here
         if self._ctx is not None:
-            await asyncio.sleep(0)  # let the last answers reach the socket
+            await self._ingest.idle()  # every handler has returned its answer to aiocoap
+            await asyncio.sleep(0)  # which sends it on its next step
             await self._ctx.shutdown()
         await self.http.stop()
         if self.db is not None:

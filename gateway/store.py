@@ -19,6 +19,7 @@ database and the readings that were new (duplicates filtered) in commit order.
 
 import asyncio
 import enum
+import functools
 import logging
 import os
 import shutil
@@ -119,17 +120,19 @@ def commit_batch(
             if pack.seq <= last:
                 outcomes.append(Outcome.REPEATED if pack.seq == last else Outcome.REPLAY)
                 continue
+            # One statement per pack; RETURNING names the rows that were not there yet.
+            args: list = []
             battery = None
             for r in pack.readings:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO readings (node, channel, time, value)"
-                    " VALUES (?, ?, ?, ?)",
-                    [pack.node_ref, r.channel, r.time, r.value],
-                )
-                if cur.rowcount == 1:
-                    new.append(r)
+                args += (pack.node_ref, r.channel, r.time, r.value)
                 if r.channel == BATTERY_CHANNEL:
                     battery = r.value
+            inserted = conn.execute(_insert_sql(len(pack.readings)), args).fetchall()
+            if len(inserted) == len(pack.readings):
+                new.extend(pack.readings)
+            elif inserted:
+                fresh = set(inserted)
+                new.extend(r for r in pack.readings if (r.channel, r.time) in fresh)
             conn.execute(
                 "UPDATE nodes SET last_seq = ?, last_seen = ?, messages = messages + 1,"
                 " gaps = gaps + ?, battery = coalesce(?, battery) WHERE ref = ?",
@@ -141,6 +144,15 @@ def commit_batch(
         conn.rollback()
         raise
     return outcomes, new
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(n: int) -> str:
+    return (
+        "INSERT OR IGNORE INTO readings (node, channel, time, value) VALUES "
+        + ", ".join(["(?, ?, ?, ?)"] * n)
+        + " RETURNING channel, time"
+    )
 
 
 def set_disk_budget(db: sqlite_utils.Database, budget_bytes: int) -> None:

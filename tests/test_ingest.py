@@ -7,6 +7,7 @@ import math
 import time
 
 import cbor2
+import pytest
 from gateway_helpers import (
     add_node,
     con_post,
@@ -253,11 +254,14 @@ def test_disk_budget_gives_5_03_with_max_age_and_recovers_when_space_is_freed(tm
     run(go())
 
 
+# A request that arrives while aiocoap shuts down leaves its render coroutine unstarted.
+@pytest.mark.filterwarnings("ignore:coroutine 'Context._render_to_pipe' was never awaited")
 def test_graceful_stop_commits_and_answers_what_is_queued(tmp_path):
     async def go():
         async with running_gateway(tmp_path) as gw:
             nodes = [SimNode(f"n{i}", add_node(gw, f"n{i}")) for i in range(30)]
-            async with Sender("127.0.0.1", gw.coap_port) as s:
+            # short timeouts: messages that arrive after the stop get no answer at all
+            async with Sender("127.0.0.1", gw.coap_port, ack_timeout=0.2, max_retransmit=1) as s:
                 tasks = [asyncio.create_task(s.send(n, minute_readings())) for n in nodes]
                 while gw.committer.depth == 0 and not all(t.done() for t in tasks):
                     await asyncio.sleep(0)
