@@ -58,7 +58,8 @@ def main() -> None:
     ten = rows[1][1]
     fifty = rows[2][1] / 50
     print(f"target: pack of 10 <= 128 bytes: {ten} ({'met' if ten <= 128 else 'MISSED'})")
-    print(f"target: pack of 50 < 10 bytes/reading: {fifty:.1f} ({'met' if fifty < 10 else 'MISSED'})")
+    verdict = "met" if fifty < 10 else "MISSED"
+    print(f"target: pack of 50 < 10 bytes/reading: {fifty:.1f} ({verdict})")
 
 
 if __name__ == "__main__":
