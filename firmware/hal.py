@@ -11,7 +11,7 @@ A HAL is any object with these attributes (duck-typed, no base class, to keep th
     urandom(n)          n random bytes (CoAP message ids, tokens, jitter)
     feed()              feed the watchdog
     led(on)             the status LED
-    dev                 the flash region for firmware.store (size, read(off, n), write(off, b))
+    dev                 flash for firmware.store: size, readinto(off, buf), write(off, data)
     fs                  files: read(name) -> str or None, write(name, text), rename(a, b)
 
 firmware/board.py implements it for ESP32 and RP2040 W; sim/hal.py for the simulator; the tests
@@ -26,8 +26,8 @@ class MemDev:
         self.size = size
         self.buf = bytearray(b"\xff" * size)
 
-    def read(self, off, n):
-        return bytes(self.buf[off : off + n])
+    def readinto(self, off, buf):
+        buf[:] = memoryview(self.buf)[off : off + len(buf)]
 
     def write(self, off, data):
         self.buf[off : off + len(data)] = data

@@ -120,7 +120,7 @@ class Node:
         v = self.hal.read(ch)
         if v is None:
             return
-        v = int(round(v)) if ch in _INTS else round(v * 10) / 10
+        v = round(v) if ch in _INTS else round(v * 10) / 10
         u = self.unix(now)
         if u is None:
             self.store.append(ch, now // 1000, v, True)
@@ -136,8 +136,7 @@ class Node:
         if self.oldest is None or now < self.send_at:
             return False
         return (
-            self.store.pending() >= self.packn
-            or now >= self.oldest + self.cfg["deadline"] * 1000
+            self.store.pending() >= self.packn or now >= self.oldest + self.cfg["deadline"] * 1000
         )
 
     def _send(self, now):

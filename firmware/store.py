@@ -1,7 +1,7 @@
 """The node's persistent state on flash: a ring of readings and a log of counters.
 
-The device (``dev``, see docs/firmware.md) is a byte array with ``size``, ``read(off, n)`` and
-``write(off, data)``. Its layout::
+The device (``dev``, see firmware/hal.py) is a byte array with ``size``, ``readinto(off, buf)``
+and ``write(off, data)``. Its layout::
 
     [meta slot 0][meta slot 1]...[meta slot M-1][reading slot 0]...[reading slot N-1]
 
@@ -34,8 +34,8 @@ RESERVE = const(32)  # message counters reserved per meta write
 CHANNELS = ("p", "e", "t", "lux", "bat", "rssi", "drop", "i", "u")
 
 
-def _crc(buf, n):
-    return crc32(memoryview(buf)[:n]) & 0xFFFF
+def _crc(mv):
+    return crc32(mv) & 0xFFFF
 
 
 class Store:
@@ -45,7 +45,10 @@ class Store:
         self.n = (dev.size - meta_slots * _META) // _REC
         if self.n < 4:
             raise ValueError("store too small")
-        self._buf = bytearray(_META)
+        self._mb = bytearray(_META)  # one buffer for meta slots, one for reading slots
+        self._mv = memoryview(self._mb)[: _META - 2]
+        self._rb = bytearray(_REC)
+        self._rv = memoryview(self._rb)[: _REC - 2]
         self.gen = 0
         self.ctr = 0  # next message counter to use
         self.limit = 0  # counters below this are reserved on flash
@@ -60,9 +63,10 @@ class Store:
 
     def _load_meta(self):
         best = None
+        b = self._mb
         for i in range(self.m):
-            b = self.dev.read(i * _META, _META)
-            if _crc(b, _META - 2) != struct.unpack_from(">H", b, _META - 2)[0]:
+            self.dev.readinto(i * _META, b)
+            if _crc(self._mv) != struct.unpack_from(">H", b, _META - 2)[0]:
                 continue
             f = struct.unpack_from(">IIIIH", b, 0)
             if best is None or f[0] > best[0]:
@@ -71,11 +75,11 @@ class Store:
 
     def _save_meta(self):
         self.gen += 1
-        b = self._buf
+        b = self._mb
         struct.pack_into(
             ">IIIIH", b, 0, self.gen, self.limit, self.acked + 1, self.drops, self.boot & 0xFFFF
         )
-        struct.pack_into(">H", b, _META - 2, _crc(b, _META - 2))
+        struct.pack_into(">H", b, _META - 2, _crc(self._mv))
         self.dev.write((self.gen % self.m) * _META, b)
 
     # --- recovery ------------------------------------------------------------------------------
@@ -104,8 +108,9 @@ class Store:
 
     def _slot(self, i):
         """The reading in slot i as (seq, boot, chflags, time, raw4), or None if torn/empty."""
-        b = self.dev.read(self.m * _META + i * _REC, _REC)
-        if _crc(b, _REC - 2) != struct.unpack_from(">H", b, _REC - 2)[0]:
+        b = self._rb
+        self.dev.readinto(self.m * _META + i * _REC, b)
+        if _crc(self._rv) != struct.unpack_from(">H", b, _REC - 2)[0]:
             return None
         r = struct.unpack_from(">IBBi4s", b, 0)
         if r[0] % self.n != i:
@@ -127,9 +132,9 @@ class Store:
             raw = struct.pack(">i", value)
         if rel:
             flags |= _REL
-        b = bytearray(_REC)
+        b = self._rb
         struct.pack_into(">IBBi4s", b, 0, self.head, self.boot & 0xFF, flags, t, raw)
-        struct.pack_into(">H", b, _REC - 2, _crc(b, _REC - 2))
+        struct.pack_into(">H", b, _REC - 2, _crc(self._rv))
         self.dev.write(self.m * _META + (self.head % self.n) * _REC, b)
         self.head += 1
 

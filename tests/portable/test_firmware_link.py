@@ -1,6 +1,9 @@
 """The CoAP exchange state machine (RFC 7252 Section 4.2) on a fake clock."""
 
-from fw_fakes import FakeHal
+try:
+    from fw_fakes import FakeHal
+except ImportError:
+    from tests.portable.fw_fakes import FakeHal
 
 from firmware.link import FAILED, Link
 from protocols import coap

@@ -1,6 +1,9 @@
 """The node's flash store: the ring of readings, the meta log, and power loss at any byte."""
 
-from fw_fakes import CutDev, PowerLoss
+try:
+    from fw_fakes import CutDev, PowerLoss
+except ImportError:
+    from tests.portable.fw_fakes import CutDev, PowerLoss
 
 from firmware.store import RESERVE, Store
 
@@ -17,7 +20,11 @@ def test_append_peek_ack_keeps_values_and_order():
     st.append("e", 12, 123456, True)
     recs, end = st.peek(10)
     assert end == 3
-    assert [r[1:4] for r in recs] == [("p", 1700000000, 61), ("t", 1700000060, 21.5), ("e", 12, 123456)]
+    assert [r[1:4] for r in recs] == [
+        ("p", 1700000000, 61),
+        ("t", 1700000060, 21.5),
+        ("e", 12, 123456),
+    ]
     assert recs[0][4] is None and recs[2][4] == st.boot & 0xFF
     st.ack(2)
     assert st.pending() == 1
