@@ -11,23 +11,24 @@ from firmware.store import CHANNELS
 
 FILE = "config.json"
 
-# key: (default, kind, low, high). A default of None means the key is required.
-SCHEMA = {
-    "node": (None, "str", 1, 32),  # node id, sent as the COSE kid
-    "key": (None, "hex", 32, 32),  # 32-byte HMAC key, 64 hex digits
-    "gateway": (None, "str", 1, 253),  # gateway host name or address
-    "port": (5683, "int", 1, 65535),
-    "channels": ({"p": 60}, "chans", 1, 86400),  # channel -> sampling interval (s)
-    "pack": (10, "int", 1, 64),  # readings per pack
-    "deadline": (600, "int", 1, 86400),  # longest a reading waits before a pack goes (s)
-    "backoff": (10, "int", 1, 3600),  # first back-off when the gateway is away (s)
-    "backoff_max": (900, "int", 1, 86400),  # back-off cap (s)
-    "sync_time": (True, "bool", 0, 0),  # take the gateway's time from 2.04 responses
-    "store_kb": (64, "int", 1, 1024),  # flash for the reading ring
-    "wdt_ms": (30000, "int", 1000, 600000),  # watchdog timeout
-    "wifi": ({}, "dict", 0, 0),  # {"ssid": ..., "password": ...}
-    "hw": ({}, "dict", 0, 0),  # board wiring, see docs/firmware.md
-}
+# (key, default, kind, low, high), in this order. A default of None means the key is required.
+SCHEMA = (
+    ("node", None, "str", 1, 32),  # node id, sent as the COSE kid
+    ("key", None, "hex", 32, 32),  # 32-byte HMAC key, 64 hex digits
+    ("gateway", None, "str", 1, 253),  # gateway host name or address
+    ("port", 5683, "int", 1, 65535),
+    ("channels", {"p": 60}, "chans", 1, 86400),  # channel -> sampling interval (s)
+    ("pack", 10, "int", 1, 64),  # readings per pack
+    ("deadline", 600, "int", 1, 86400),  # longest a reading waits before a pack goes (s)
+    ("backoff", 10, "int", 1, 3600),  # first back-off when the gateway is away (s)
+    ("backoff_max", 900, "int", 1, 86400),  # back-off cap (s)
+    ("sync_time", True, "bool", 0, 0),  # take the gateway's time from 2.04 responses
+    ("store_kb", 64, "int", 1, 1024),  # flash for the reading ring
+    ("wdt_ms", 30000, "int", 1000, 600000),  # watchdog timeout
+    ("wifi", {}, "dict", 0, 0),  # {"ssid": ..., "password": ...}
+    ("hw", {}, "dict", 0, 0),  # board wiring, see docs/firmware.md
+)
+KEYS = tuple(s[0] for s in SCHEMA)
 # What the gateway may change remotely.
 REMOTE = ("channels", "pack", "deadline", "backoff", "backoff_max")
 
@@ -74,14 +75,15 @@ def validate(cfg, keys=None):
     if not isinstance(cfg, dict):
         raise ConfigError("config.json: expected a JSON object")
     for k in cfg:
-        if k not in SCHEMA:
-            raise ConfigError("config.json: unknown key %r (known: %s)" % (k, ", ".join(SCHEMA)))
-    for k in keys or SCHEMA:
-        default, kind, lo, hi = SCHEMA[k]
+        if k not in KEYS:
+            raise ConfigError("config.json: unknown key %r (known: %s)" % (k, ", ".join(KEYS)))
+    for k, default, kind, lo, hi in SCHEMA:
+        if keys is not None and k not in keys:
+            continue
         if k not in cfg:
             if default is None:
                 raise ConfigError("config.json: %r is required" % k)
-            cfg[k] = default
+            cfg[k] = dict(default) if isinstance(default, dict) else default
         _check(k, cfg[k], kind, lo, hi)
     return cfg
 
