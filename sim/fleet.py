@@ -53,8 +53,8 @@ def make_keys(n: int, seed: int = 0) -> dict[str, bytes]:
     """``n`` node ids and 32-byte keys, reproducible from ``seed``: lamps, then buildings."""
     rng = random.Random(f"keys:{seed}")
     buildings = round(n * BUILDING_SHARE)
-    ids = ["lamp-%03d" % (i + 1) for i in range(n - buildings)]
-    ids += ["bldg-%03d" % (i + 1) for i in range(buildings)]
+    ids = [f"lamp-{i + 1:03d}" for i in range(n - buildings)]
+    ids += [f"bldg-{i + 1:03d}" for i in range(buildings)]
     return {node: rng.randbytes(32) for node in ids}
 
 

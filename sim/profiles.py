@@ -14,6 +14,7 @@ window; the list is the ground truth the detectors are scored against.
 import math
 import random
 from dataclasses import dataclass
+from typing import ClassVar
 
 # Vaison-la-Romaine, a small town in Provence.
 LATITUDE = 44.24
@@ -85,7 +86,7 @@ def _local_hour(t: float, utc_offset: float) -> float:
 class Profile:
     """What a node's sensors read at time ``t``; time only moves forward."""
 
-    channels: dict[str, int] = {}
+    channels: ClassVar[dict[str, int]] = {}  # channel -> sampling interval (s)
 
     def __init__(self, node: str, seed: int, anomalies: tuple[Anomaly, ...] = ()):
         self.node = node
@@ -155,7 +156,7 @@ class Profile:
 class StreetLight(Profile):
     """A street light: ``rated`` W from sunset to sunrise, dimmed between ``dim`` hours."""
 
-    channels = {"p": 60, "e": 300, "lux": 300}
+    channels: ClassVar[dict[str, int]] = {"p": 60, "e": 300, "lux": 300}
 
     def __init__(self, node, seed, anomalies=(), rated=70.0, dim=(23, 5), dim_level=0.5, utc=1):
         super().__init__(node, seed, anomalies)
@@ -188,7 +189,7 @@ class StreetLight(Profile):
 class Building(Profile):
     """A public building: base load, weekday occupancy 8-18, heating in the cold season."""
 
-    channels = {"p": 60, "e": 300, "t": 300}
+    channels: ClassVar[dict[str, int]] = {"p": 60, "e": 300, "t": 300}
 
     def __init__(
         self, node, seed, anomalies=(), base=800.0, occupied=3000.0, heating=6000.0, utc=1
