@@ -111,21 +111,28 @@ def status_kb(pid: int, key: str) -> int:
 
 
 class Load:
-    """Pre-signed packs per node, and raw UDP sockets to send them."""
+    """Signed packs per node (made as they are needed), and raw UDP sockets to send them."""
 
-    def __init__(self, keys: dict[str, bytes], packs_per_node: int):
+    def __init__(self, keys: dict[str, bytes], presign: int = 20):
+        self.keys = keys
         self.nodes = list(keys)
-        t0 = int(time.time()) - 300 * 86400
-        self.packs: dict[str, collections.deque] = {}
+        self.t0 = int(time.time()) - 300 * 86400
         self.seq = dict.fromkeys(keys, 0)
+        self.packs: dict[str, collections.deque] = {n: collections.deque() for n in keys}
         for n in self.nodes:
-            q = collections.deque()
-            for k in range(packs_per_node):
-                self.seq[n] += 1
-                base = t0 + k * PACK * 60
-                readings = [("p", base + 60 * i, 40 + (k + i) % 50) for i in range(PACK)]
-                q.append(cose.sign(keys[n], n.encode(), self.seq[n], senml.encode(readings)))
-            self.packs[n] = q
+            for _ in range(presign):
+                self.packs[n].append(self._sign(n))
+
+    def _sign(self, node: str) -> bytes:
+        self.seq[node] += 1
+        k = self.seq[node]
+        base = self.t0 + k * PACK * 60
+        readings = [("p", base + 60 * i, 40 + (k + i) % 50) for i in range(PACK)]
+        return cose.sign(self.keys[node], node.encode(), k, senml.encode(readings))
+
+    def next_pack(self, node: str) -> bytes:
+        q = self.packs[node]
+        return q.popleft() if q else self._sign(node)
 
     def run(self, port: int, seconds: float, window: int, rate: float | None = None) -> dict:
         """Send for ``seconds``: ``window`` in flight, or paced at ``rate`` messages/s."""
@@ -153,7 +160,7 @@ class Load:
             node = ready.popleft()
             si = hash(node) % SOCKETS
             mids[si] = (mids[si] + 1) & 0xFFFF
-            body = self.packs[node].popleft()
+            body = self.next_pack(node)
             wire = coap.encode(
                 CON,
                 POST,
@@ -272,18 +279,14 @@ def main() -> None:
     db = open_db(tmp / "reverbere.db")
     keys = {f"node-{i:04d}": registry.add_node(db, f"node-{i:04d}") for i in range(NODES)}
     db.close()
-    expected_rate = 5000
-    per_node = int(expected_rate * (2 * args.seconds + args.soak) / NODES) + 20
-    print(f"signing {per_node * NODES} packs of {PACK} readings for {NODES} nodes...", flush=True)
-    load = Load(keys, per_node)
+    load = Load(keys)
 
     bare, bare_port = start_process([sys.executable, __file__, "--bare-server"])
     try:
-        bare_load = Load(keys, int(expected_rate * args.seconds / NODES) + 20)
+        bare_load = Load(keys)
         r_bare = measure(bare, lambda: bare_load.run(bare_port, args.seconds, args.window))
         show("bare aiocoap, max rate", r_bare)
         bare_half = r_bare["messages_per_s"] / 2
-        bare_load = Load(keys, int(expected_rate * args.seconds / NODES) + 20)
         r_bare_half = measure(
             bare, lambda: bare_load.run(bare_port, args.seconds, 10_000, rate=bare_half)
         )

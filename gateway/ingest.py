@@ -52,6 +52,7 @@ log = logging.getLogger("reverbere.ingest")
 
 # What a decoder may raise on hostile bytes (cbor2's errors are ValueErrors or EOFErrors).
 _MALFORMED = (ValueError, TypeError, LookupError, RecursionError, OverflowError, EOFError)
+MAX_REJECTION_LINES = 100  # per minute, whatever the number of sources
 MAX_VALUE = 1e15  # larger magnitudes are no sensor reading (and would overflow SQLite ints)
 
 
@@ -127,7 +128,8 @@ class Ingest:
         self.db = db  # a reading connection, for node lookups (the committer writes)
         self.committer = committer
         self.metrics = metrics
-        self.limiter = RateLimiter(60.0)
+        self.limiter = RateLimiter(60.0)  # one line per node (or source) per minute
+        self.log_budget = RateLimiter(60.0, burst=MAX_REJECTION_LINES)  # and 100 in all
         self._busy = 0
         self._idle = asyncio.Event()
         self._rejected = metrics.counter(
@@ -180,7 +182,8 @@ class Ingest:
             raise Rejected(Code.UNAUTHORIZED, "unknown_node", "unknown node") from None
         entry = registry.lookup(self.db, node_id)
         if entry is None:
-            raise Rejected(Code.UNAUTHORIZED, "unknown_node", "unknown node", node_id)
+            # not node=: a claimed id is not a node, so these are limited per source address
+            raise Rejected(Code.UNAUTHORIZED, "unknown_node", f"unknown node {node_id[:64]!r}")
         ref, key, last_seq = entry
         if not verify_mac(mac0, key):
             raise Rejected(Code.UNAUTHORIZED, "bad_mac", "bad MAC", node_id)
@@ -222,9 +225,8 @@ class Ingest:
     def _reject(self, r: Rejected, source: Any) -> None:
         self._rejected.inc(reason=r.reason)
         source = getattr(source, "hostinfo", source)  # costly in aiocoap: only when logging
-        who = r.node or source
-        suppressed = self.limiter.allow(who)
-        if suppressed is not None:
+        suppressed = self.limiter.allow(r.node or source)
+        if suppressed is not None and self.log_budget.allow("all") is not None:
             event(
                 log,
                 logging.WARNING,

@@ -292,9 +292,9 @@ class Committer:
             t0 = time.perf_counter()
             try:
                 outcomes, new = await loop.run_in_executor(self._executor, self._commit, batch)
-            except Exception as e:  # the database refused: nothing of the batch is stored
+            except (sqlite3.Error, OSError) as e:  # refused: nothing of the batch is stored
                 outcomes, new = [Outcome.FULL] * len(batch), []
-                self._note_full(str(e))
+                self._note_full(e)
             self.last_commit_seconds = time.perf_counter() - t0
             for pack, outcome in zip(batch, outcomes, strict=True):
                 if not pack.future.done():
@@ -313,12 +313,15 @@ class Committer:
             event(log, logging.INFO, "storing again", db_bytes=db_bytes(self.db))
         return outcomes, new
 
-    def _note_full(self, reason: str) -> None:
+    def _note_full(self, e: BaseException) -> None:
+        """Disk budget or free space reached, or another database error (with its trace)."""
         self.full = True
         if self.metrics is not None:
             self.metrics.gauge("reverbere_store_full").set(1)
         if self._full_log.allow("full") is not None:
-            event(log, logging.ERROR, "cannot store: answering 5.03", reason=reason)
+            event(log, logging.ERROR, "cannot store: answering 5.03", reason=str(e))
+            if not (is_full_error(e) or isinstance(e, OSError)):
+                log.error("database error", exc_info=e, extra={"fields": {}})
 
     def _count(self, batch: list[Pack], outcomes: list[Outcome], new: int) -> None:
         m = self.metrics
