@@ -207,7 +207,7 @@ max_payload = 1024             # bytes; a larger message gets 4.13
 max_future_s = 600             # readings further ahead of the gateway clock are refused (4.00)
 max_past_days = 400            # and readings older than this
 dedup_lifetime_s = 60          # a response is kept this long to answer CoAP retransmissions
-dedup_max = 20000              # and at most this many (bounds memory; see docs/gateway.md)
+dedup_max = 20000              # and at most this many, ~0.5 KB each (docs/gateway.md)
 
 [http]                         # /metrics for Prometheus; keep it on loopback
 host = "127.0.0.1"

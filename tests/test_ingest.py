@@ -164,6 +164,9 @@ def test_retransmission_and_resent_pack_are_stored_once(tmp_path):
             # the same CoAP message three times (lost ACKs): one answer each, stored once
             answers = await exchange(gw.coap_port, wire, copies=3)
             assert [m.code for m in answers] == [CHANGED] * 3
+            assert answers[1].payload == answers[0].payload  # the kept response, byte for byte
+            _, text = await http_get(gw.http_port, "/metrics")
+            assert metric(text, "reverbere_packs_accepted_total") == 1  # ingest saw one copy
             # the node gives up on the exchange and sends the pack again with a new counter
             msg = await _code(gw, cose.sign(key, b"lamp-001", 2, pack), mid=1001)
             assert msg.code == CHANGED
@@ -187,6 +190,23 @@ def test_retransmission_after_the_dedup_cache_forgot_it_is_still_2_04(tmp_path):
             assert count_readings(gw.cfg) == 10
             _, text = await http_get(gw.http_port, "/metrics")
             assert metric(text, 'reverbere_packs_accepted_total{outcome="repeated"}') == 1
+
+    run(go())
+
+
+def test_the_dedup_cache_is_capped(tmp_path):
+    async def go():
+        async with running_gateway(tmp_path, dedup_max=5) as gw:
+            node = SimNode("lamp-001", add_node(gw))
+            async with Sender("127.0.0.1", gw.coap_port) as s:
+                for i in range(12):
+                    assert (
+                        await s.send(
+                            node, minute_readings(start=int(time.time()) - 86400 + 600 * i)
+                        )
+                    ).acked
+            _, text = await http_get(gw.http_port, "/metrics")
+            assert metric(text, "reverbere_coap_dedup_entries") == 5
 
     run(go())
 
