@@ -42,6 +42,7 @@ migrations = Migrations("reverbere.store")
 log = logging.getLogger("reverbere.store")
 
 BATTERY_CHANNEL = "bat"
+CHECKPOINT_PERIOD = 1.0  # seconds between WAL checkpoints, at most
 
 
 @migrations()
@@ -234,6 +235,11 @@ class Committer:
         self._stopping = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="reverbere-writer")
         self._full_log = RateLimiter(60.0)
+        # WAL checkpoints run in their own thread and connection, beside the commits (below).
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="reverbere-checkpoint")
+        self._checkpoint_db: sqlite3.Connection | None = None
+        self._checkpoint_task: asyncio.Future | None = None
+        self._checkpoint_at = 0.0
 
     async def run(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run ``func(db, *args)`` in the writer thread, between commits."""
@@ -249,7 +255,27 @@ class Committer:
     def _open(self) -> sqlite_utils.Database:
         db = open_db(self.path)
         set_disk_budget(db, self.disk_budget)
+        # SQLite would checkpoint inside the commit that fills the WAL past 1000 pages, and every
+        # pack of that batch would wait for it; ``_maybe_checkpoint`` does it beside the commits.
+        db.execute("PRAGMA wal_autocheckpoint = 0")
         return db
+
+    def _maybe_checkpoint(self) -> None:
+        """At most once every CHECKPOINT_PERIOD, copy the WAL into the database (PASSIVE: never
+        waits for the writer), in the checkpoint thread."""
+        now = time.monotonic()
+        if self._checkpoint_task is not None and not self._checkpoint_task.done():
+            return
+        if now - self._checkpoint_at < CHECKPOINT_PERIOD:
+            return
+        self._checkpoint_at = now
+        loop = asyncio.get_running_loop()
+        self._checkpoint_task = loop.run_in_executor(self._checkpointer, self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        if self._checkpoint_db is None:
+            self._checkpoint_db = sqlite3.connect(self.path)
+        self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     @property
     def depth(self) -> int:
@@ -272,8 +298,12 @@ class Committer:
         if self._task is not None:
             self._wake.set()
             await self._task
+        if self._checkpoint_task is not None:
+            await asyncio.wait([self._checkpoint_task])
+        self._checkpointer.submit(lambda: self._checkpoint_db and self._checkpoint_db.close())
+        self._checkpointer.shutdown(wait=True)
         if self.db is not None:
-            await self.run(lambda db: db.close())
+            await self.run(_close)  # with a last checkpoint: the WAL is emptied
         self._executor.shutdown(wait=True)
 
     async def _loop(self) -> None:
@@ -300,6 +330,7 @@ class Committer:
                 if not pack.future.done():
                     pack.future.set_result(outcome)
             self._count(batch, outcomes, len(new))
+            self._maybe_checkpoint()
             if new and self.after_commit:
                 await loop.run_in_executor(self._executor, self._stages, new)
 
@@ -343,6 +374,11 @@ class Committer:
                 log.exception("after-commit stage %s failed", name, extra={"fields": {}})
                 if self.metrics is not None:
                     self.metrics.counter("reverbere_stage_errors_total").inc(stage=name)
+
+
+def _close(db: sqlite_utils.Database) -> None:
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
 
 
 def wal_bytes(path: Path) -> int:
