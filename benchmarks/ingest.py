@@ -198,7 +198,18 @@ class Load:
                         data = s.recv(2048)
                     except BlockingIOError:
                         break
-                    mid = int.from_bytes(data[2:4], "big")
+                    mtype, code = (data[0] >> 4) & 3, data[1]
+                    if code == 0:  # empty ACK: the response will come separately
+                        entry = inflight.get((si, int.from_bytes(data[2:4], "big")))
+                        if entry is not None:
+                            inflight[(si, int.from_bytes(data[2:4], "big"))] = (*entry[:2], None)
+                        continue
+                    if mtype == 0:  # a separate (CON) response: acknowledge it
+                        s.send(bytes((0x60, 0)) + data[2:4])
+                        tkl = data[0] & 0x0F
+                        mid = int.from_bytes(data[4 : 4 + tkl], "big")  # our token is our MID
+                    else:
+                        mid = int.from_bytes(data[2:4], "big")
                     entry = inflight.pop((si, mid), None)
                     if entry is None:
                         continue  # the answer to a retransmission we no longer wait for
@@ -211,7 +222,7 @@ class Load:
             if now - last_check > 0.5:  # retransmit what got no answer in 2 s
                 last_check = now
                 for (si, _mid), (_node, t0, wire) in list(inflight.items()):
-                    if now - t0 > 2.0:
+                    if wire is not None and now - t0 > 2.0:  # None: ACKed, response pending
                         socks[si].send(wire)
                         resent += 1
             if now > end + 10:
