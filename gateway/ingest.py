@@ -224,9 +224,10 @@ class Ingest:
 
     def _reject(self, r: Rejected, source: Any) -> None:
         self._rejected.inc(reason=r.reason)
-        source = getattr(source, "hostinfo", source)  # costly in aiocoap: only when logging
-        suppressed = self.limiter.allow(r.node or source)
+        # per node, or per source host for what names no node; cheap even under a flood
+        suppressed = self.limiter.allow(r.node or getattr(source, "sockaddr", (source,))[0])
         if suppressed is not None and self.log_budget.allow("all") is not None:
+            source = getattr(source, "hostinfo", source)  # costly in aiocoap: only to log
             event(
                 log,
                 logging.WARNING,
