@@ -41,6 +41,18 @@ log = logging.getLogger("reverbere.service")
 
 RETENTION_PERIOD = 3600.0
 
+Stage = Callable[[sqlite_utils.Database, list[Reading]], None]
+Guard = Callable[[sqlite_utils.Database], float | None]
+
+
+def stages(cfg: Config) -> list[tuple[Stage, Guard | None]]:
+    """The pipeline after the store, in order: (stage, retention guard or None) for each.
+
+    One line per stage, e.g. ``(detect.Detector(cfg.section("detect")), None)``; a stage
+    that keeps state across calls is an object with ``__call__``.
+    """
+    return []
+
 
 class Gateway:
     """One gateway: ``await start()``, then ``coap_port``/``http_port`` are bound; ``await
@@ -58,11 +70,13 @@ class Gateway:
             min_free=cfg.min_free,
             metrics=self.metrics,
         )
-        # The stages after the store; see the module docstring.
-        self.after_commit: list[Callable[[sqlite_utils.Database, list[Reading]], None]] = (
-            self.committer.after_commit
-        )
-        self.retention_guards: list[Callable[[sqlite_utils.Database], float | None]] = []
+        # The stages after the store; see the module docstring and ``stages``.
+        self.after_commit: list[Stage] = self.committer.after_commit
+        self.retention_guards: list[Guard] = []
+        for stage, guard in stages(cfg):
+            self.after_commit.append(stage)
+            if guard is not None:
+                self.retention_guards.append(guard)
         self.http = HttpServer({"/metrics": self._metrics_page})
         self.db: sqlite_utils.Database | None = None  # the event loop's reading connection
         self.coap_port = 0
