@@ -212,7 +212,7 @@ class Committer:
         path: Path,
         *,
         max_packs: int = 128,
-        delay: float = 0.002,
+        delay: float = 0.001,
         max_queue: int = 2000,
         disk_budget: int = 1 << 30,
         min_free: int = 64 << 20,
