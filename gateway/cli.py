@@ -4,13 +4,17 @@ import json
 
 import click
 
-from gateway import __version__
+from gateway import __version__, cli_reports
 
 
 @click.group()
 @click.version_option(__version__, prog_name="reverbere")
 def cli() -> None:
     """Réverbère: an edge gateway for the sensor networks of small towns."""
+
+
+cli.add_command(cli_reports.anomalies)
+cli.add_command(cli_reports.summaries)
 
 
 @cli.command()

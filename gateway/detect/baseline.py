@@ -31,13 +31,14 @@ from array import array
 ALPHA = 0.02  # weight of a reading in the short-term level (about 50 readings of memory)
 CLIP = 4.0  # a reading moves the level by at most CLIP spreads
 Z_HALF = 6.0  # robust z that scores 0.5
-SLOT_READY = 8  # readings a seasonal slot needs before it speaks
+SLOT_READY = 3  # visits (days, weeks) a seasonal slot needs before it speaks
 SLOT_STEP = 0.25  # the slot median moves by this many slot spreads per reading
 SLOT_ALPHA = 0.1  # weight of a reading in a slot's spread
 CUSUM_K = 1.0  # allowance, in spreads
 CUSUM_H = 12.0  # decision interval, in spreads: a CUSUM at H counts as z = Z_HALF
-COMBINE = 0
-CALIB = 0
+COMBINE = 1
+CALIB = 1
+QUIET = 1
 Q_STEP = 0.05
 Q_P = 0.99
 Q_REF = 3.0
@@ -49,7 +50,7 @@ WARMUP = 30  # readings before the detector scores anything
 DAY_SLOTS = 24
 WEEK_SLOTS = 168
 _SLOTS = DAY_SLOTS + WEEK_SLOTS
-_HEAD = struct.Struct("<I9d")
+_HEAD = struct.Struct("<Iq9d")
 _DECAY = math.exp(-1.0 / HOLD)
 
 
@@ -71,7 +72,7 @@ class StatDetector:
     with :meth:`update`; persist with :meth:`dumps` / :meth:`loads`."""
 
     __slots__ = (
-        "cusum_hi", "cusum_lo", "dev", "floor", "hi", "level", "lo", "n", "peak", "slots", "zq"
+        "cusum_hi", "cusum_lo", "dev", "floor", "hi", "level", "lo", "hour", "n", "peak", "slots", "zq"
     )
 
     def __init__(self) -> None:
@@ -83,6 +84,7 @@ class StatDetector:
         self.cusum_lo = 0.0
         self.peak = 0.0
         self.zq = 3.0
+        self.hour = -1
         self.lo = self.hi = 0.0
         self.slots = array("f", bytes(4 * 3 * _SLOTS))  # per slot: count, median, spread
 
@@ -118,9 +120,11 @@ class StatDetector:
                 elif COMBINE == 2:
                     z, expected = math.sqrt(z_season * z), s_med
                 break
+        new_visit = hour != self.hour
+        self.hour = hour
         for i in (week_i, day_i):
-            cnt = slots[i]
-            if cnt == 0:
+            visits = slots[i]
+            if visits == 0:
                 slots[i + 1] = x
                 slots[i + 2] = spread
             else:
@@ -133,8 +137,8 @@ class StatDetector:
                     slots[i + 1] = med - min(step, med - x)
                 d = min(abs(x - med), CLIP * s_dev + self.floor)
                 slots[i + 2] = s_dev + SLOT_ALPHA * (d - s_dev)
-            if cnt < 65000:
-                slots[i] = cnt + 1
+            if new_visit and visits < 65000:
+                slots[i] = visits + 1
 
         # CUSUM of the standardised residual, for shifts of the level.
         r = resid / spread
@@ -166,7 +170,7 @@ class StatDetector:
             self.hi = x
         if x < lo or n == 0:
             self.lo = x
-        if n < WARMUP:
+        if n < WARMUP or (QUIET and slots[day_i] < SLOT_READY):
             return Verdict(0.0, 0.0, 0.0, expected, spread)
         if z > Z_HALF:
             # The alarm is raised: start the CUSUM afresh from the new level.
@@ -183,16 +187,16 @@ class StatDetector:
     def dumps(self) -> bytes:
         """The whole state, packed (about 2.4 KB)."""
         head = _HEAD.pack(
-            self.n, self.level, self.dev, self.floor, self.cusum_hi, self.cusum_lo, self.peak,
-            0.0, 0.0, 0.0,
+            self.n, self.hour, self.level, self.dev, self.floor, self.cusum_hi, self.cusum_lo,
+            self.peak, self.zq, self.lo, self.hi,
         )
         return head + self.slots.tobytes()
 
     @classmethod
     def loads(cls, data: bytes) -> "StatDetector":
         self = cls()
-        (self.n, self.level, self.dev, self.floor, self.cusum_hi, self.cusum_lo, self.peak,
-         *_) = _HEAD.unpack_from(data)
+        (self.n, self.hour, self.level, self.dev, self.floor, self.cusum_hi, self.cusum_lo,
+         self.peak, self.zq, self.lo, self.hi) = _HEAD.unpack_from(data)
         self.slots = array("f")
         self.slots.frombytes(data[_HEAD.size :])
         return self
