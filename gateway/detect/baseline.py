@@ -12,13 +12,16 @@ Three bounded, O(1)-per-reading models of one channel, all robust to the outlier
 * a two-sided CUSUM of the standardised residual against the short-term level, for level shifts
   too small for any one reading to stand out.
 
-The surprise of a reading is a robust z (residual over spread): the smaller of the short-term and
-seasonal ones once the season is known (a reading is surprising only if it is unusual both for
-the last hours and for this hour of the week), the short-term one before. It is mapped to a score
-in [0, 1] by ``z² / (z² + Z_HALF²)`` (so z = Z_HALF scores 0.5), and the *novelty* of the score is
-what is returned: how much it exceeds the decaying peak of the recent scores. A condition that
-persists therefore scores high once, when it begins, and again only if it worsens or after the
-peak has decayed (about ``HOLD`` readings), which is how alarms are damped at the source.
+The surprise of a reading is a robust z (residual over spread): against the seasonal slot once
+it is ready (3 visits), else against the short-term level; a CUSUM past its decision interval
+overrides it. It is calibrated per channel, divided by a streaming 99th percentile of the
+channel's own z (so a spiky channel must spike harder), and mapped to a score in [0, 1] by
+``z² / (z² + Z_HALF²)``. A reading beyond the channel's whole range so far by more than
+``SPATIAL_TOL`` of that range scores 1. What is returned as the alarm score is the *novelty*:
+how much the score exceeds the decaying peak of the recent scores. A condition that persists
+therefore scores high once, when it begins, and again only if it worsens or after the peak has
+decayed (``HOLD`` readings), which is how alarms are damped at the source. The detector is quiet
+until the current hour of the day has been seen on 3 days (it learns first).
 
 State: a handful of floats plus 192 slots of three float32 (count, median, spread), 2.4 KB packed
 (:meth:`StatDetector.dumps`).
@@ -34,8 +37,8 @@ Z_HALF = 6.0  # robust z that scores 0.5
 SLOT_READY = 3  # visits (days, weeks) a seasonal slot needs before it speaks
 SLOT_STEP = 0.25  # the slot median moves by this many slot spreads per reading
 SLOT_ALPHA = 0.1  # weight of a reading in a slot's spread
-CUSUM_K = 1.0  # allowance, in spreads
-CUSUM_H = 12.0  # decision interval, in spreads: a CUSUM at H counts as z = Z_HALF
+CUSUM_K = 3.0  # allowance, in spreads: a smooth trend the level lags behind does not add up
+CUSUM_H = 20.0  # decision interval, in spreads: a CUSUM at H counts as z = Z_HALF
 COMBINE = 1
 CALIB = 1
 QUIET = 1
@@ -72,7 +75,18 @@ class StatDetector:
     with :meth:`update`; persist with :meth:`dumps` / :meth:`loads`."""
 
     __slots__ = (
-        "cusum_hi", "cusum_lo", "dev", "floor", "hi", "level", "lo", "hour", "n", "peak", "slots", "zq"
+        "cusum_hi",
+        "cusum_lo",
+        "dev",
+        "floor",
+        "hi",
+        "hour",
+        "level",
+        "lo",
+        "n",
+        "peak",
+        "slots",
+        "zq"
     )
 
     def __init__(self) -> None:
@@ -156,11 +170,14 @@ class StatDetector:
         else:
             self.dev = dev + ALPHA * (min(abs(resid), CLIP * spread) - dev)
         # Calibration: how surprising is this z for this channel? Track a high quantile of z.
+        # (Only once the model has learnt: the z of the first readings mean nothing.)
         q = self.zq
-        if z > q:
-            self.zq = q * (1.0 + Q_STEP * Q_P)
-        else:
-            self.zq = q * (1.0 - Q_STEP * (1.0 - Q_P))
+        quiet = n < WARMUP or (QUIET and slots[day_i] < SLOT_READY)
+        if not quiet:
+            if z > q:
+                self.zq = q * (1.0 + Q_STEP * Q_P)
+            else:
+                self.zq = max(1.0, q * (1.0 - Q_STEP * (1.0 - Q_P)))
         if CALIB:
             z = z / max(q, 1.0) * Q_REF
         lo, hi = self.lo, self.hi
@@ -170,7 +187,7 @@ class StatDetector:
             self.hi = x
         if x < lo or n == 0:
             self.lo = x
-        if n < WARMUP or (QUIET and slots[day_i] < SLOT_READY):
+        if quiet:
             return Verdict(0.0, 0.0, 0.0, expected, spread)
         if z > Z_HALF:
             # The alarm is raised: start the CUSUM afresh from the new level.

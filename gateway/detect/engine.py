@@ -87,8 +87,9 @@ class ChannelDetector:
         self.prev: float | None = None  # last counter value, for its rate
 
     def step(self, t: float, x: float) -> tuple[float, list[Event]]:
-        """One reading: its anomaly score in [0, 1] and the events it opened, changed or closed.
-        Readings not newer than the last one are skipped (score 0)."""
+        """One reading: its anomaly score in [0, 1] (the highest score of a kind with no event
+        open) and the events it opened, changed or closed. Readings not newer than the last one
+        are skipped (score 0)."""
         last = self.last_time
         if last is not None:
             if t <= last:
@@ -109,10 +110,12 @@ class ChannelDetector:
         threshold = self.config.threshold
         seen = set()
         for f in findings:
-            if f.score > score:
-                score = f.score
             seen.add(f.kind)
             tr = self.trackers.get(f.kind)
+            # The reading's score is new evidence only: a kind whose event is already open
+            # (the same condition going on) adds nothing to it.
+            if f.score > score and (tr is None or not tr.open):
+                score = f.score
             if tr is None:
                 if f.score < threshold:
                     continue

@@ -6,8 +6,9 @@ detector scores the *new* part of its surprise) and whether the condition still 
 A :class:`Tracker` per channel and kind turns findings into events:
 
 * an event opens at the first reading scoring at or above the threshold;
-* while it is open, further findings of the same kind only raise its score and refresh its reason
-  (one event per node, channel and kind: deduplication);
+* while it is open, further findings of the same kind only raise its score (in steps of 0.1 at
+  least, to keep changes few); the reason stays the words of the reading that opened it (one
+  event per node, channel and kind: deduplication);
 * it closes when the condition has been clear for ``CLOSE_AFTER`` readings in a row; its end is
   the time of the first of those clear readings;
 * it re-opens (the same event, same id) instead of starting a new one if the condition comes back
@@ -88,9 +89,8 @@ class Tracker:
         if ev is not None and ev.end is None:
             if finding is not None and finding.active:
                 self.clear = 0
-                if finding.score > ev.score:
-                    ev.score = finding.score
-                    ev.reason = finding.reason()
+                if finding.score >= ev.score + 0.1 or (finding.score == 1.0 > ev.score):
+                    ev.score = finding.score  # the reason stays the one that opened it
                     ev.version += 1
                     return ev
                 return None
