@@ -147,11 +147,11 @@ def test_node_silent(tmp_path):
 
 
 def test_config_errors_name_the_key():
-    with pytest.raises(DetectConfigError, match="detect.latitude"):
+    with pytest.raises(DetectConfigError, match=r"detect\.latitude"):
         DetectConfig.from_mapping({"latitude": 123})
     with pytest.raises(DetectConfigError, match=r"detect.buildings\[0\].open"):
         DetectConfig.from_mapping({"buildings": [{"nodes": "x", "close": "18:00"}]})
-    with pytest.raises(DetectConfigError, match="detect.timezone"):
+    with pytest.raises(DetectConfigError, match=r"detect\.timezone"):
         DetectConfig.from_mapping({"timezone": "Mars/Olympus"})
     with pytest.raises(DetectConfigError, match="unknown key"):
         DetectConfig.from_mapping({"treshold": 0.5})
