@@ -4,7 +4,7 @@ import json
 
 import click
 
-from gateway import __version__, cli_gateway
+from gateway import __version__, cli_gateway, cli_reports
 
 
 @click.group()
@@ -16,6 +16,8 @@ def cli() -> None:
 cli.add_command(cli_gateway.gateway_group)
 cli.add_command(cli_gateway.node_group)
 cli.add_command(cli_gateway.readings)
+cli.add_command(cli_reports.anomalies)
+cli.add_command(cli_reports.summaries)
 
 
 @cli.command()

@@ -14,6 +14,8 @@ import sqlite_utils
 MIGRATION_SETS: tuple[str, ...] = (
     "gateway.registry:migrations",
     "gateway.store:migrations",
+    "gateway.detect:migrations",
+    "gateway.summarise:migrations",
 )
 
 
