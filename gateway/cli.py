@@ -4,13 +4,19 @@ import json
 
 import click
 
-from gateway import __version__
+from gateway import __version__, cli_sync
+from sim.cli import sim
 
 
 @click.group()
 @click.version_option(__version__, prog_name="reverbere")
 def cli() -> None:
     """Réverbère: an edge gateway for the sensor networks of small towns."""
+
+
+cli.add_command(cli_sync.sync_group)
+cli.add_command(cli_sync.summaries)
+cli.add_command(sim)
 
 
 @cli.command()

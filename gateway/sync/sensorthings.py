@@ -108,6 +108,21 @@ def id_literal(entity_id: str) -> str:
     return "'{}'".format(entity_id.replace("'", "''"))
 
 
+def rebase(root: str, path: str) -> str:
+    """An absolute URL for ``path`` under the service ``root``.
+
+    A link the platform made (self link, ``@iot.nextLink``) keeps its path and query but is
+    sent to the root we were configured with: the platform may sit behind a proxy and not
+    know its public address.
+    """
+    if path.startswith(("http://", "https://")):
+        tail = "/" + root.rsplit("/", 1)[1] + "/"
+        if tail in path:
+            return root + "/" + path.split(tail, 1)[1]
+        return path
+    return root + "/" + path.lstrip("/")
+
+
 def path_id(entity_id: str) -> str:
     return entity_id if entity_id.isdigit() else f"'{entity_id}'"
 
@@ -201,15 +216,7 @@ class SensorThingsTarget:
             )
 
     def _absolute(self, path: str) -> str:
-        if path.startswith(("http://", "https://")):
-            # A link the platform made (self link, nextLink): keep its path and query but
-            # send it to the root we were configured with (the platform may sit behind a
-            # proxy and not know its public address).
-            tail = "/" + self.url.rsplit("/", 1)[1] + "/"
-            if tail in path:
-                return self.url + "/" + path.split(tail, 1)[1]
-            return path
-        return self.url + "/" + path.lstrip("/")
+        return rebase(self.url, path)
 
     def request(
         self, method: str, path: str, *, body: object = None, params: dict | None = None

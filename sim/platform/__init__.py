@@ -40,8 +40,9 @@ class PlatformProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe:
+                pipe.close()
 
     def __enter__(self) -> "PlatformProcess":
         return self
@@ -76,7 +77,17 @@ def start_platform(
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sim.platform.server", "--db", str(db_path), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "sim.platform.server",
+            "--db",
+            str(db_path),
+            "--port",
+            str(port),
+            "--exit-with-stdin",
+        ],
+        stdin=subprocess.PIPE,  # closes when this process ends: the platform follows
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

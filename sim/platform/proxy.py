@@ -17,7 +17,9 @@ Faults (names in ``FAULTS``):
 ``tls``      (TLS mode only, per connection) break the TLS handshake
 
 Besides the random faults, ``proxy.down = True`` makes the link down: every connection is
-reset on accept, until it is set back to False.
+reset on accept, until it is set back to False; and ``proxy.choose`` (a function of the
+request number, method and target returning a fault name or None) forces faults on chosen
+requests. ``wait_forwarded(n)`` blocks until ``n`` requests have reached the platform.
 """
 
 import contextlib
@@ -81,6 +83,9 @@ class FaultProxy:
         self.slow_delay = slow_delay
         self.stall_limit = stall_limit
         self.down = False
+        self.choose = None
+        self.forwarded = 0
+        self._forwarded_cond = threading.Condition()
         self.log = FaultLog()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -113,6 +118,11 @@ class FaultProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def wait_forwarded(self, n: int, timeout: float = 60.0) -> bool:
+        """Wait until ``n`` requests have been forwarded to the platform."""
+        with self._forwarded_cond:
+            return self._forwarded_cond.wait_for(lambda: self.forwarded >= n, timeout)
 
     def _decide(self, rate: float, choices: tuple[str, ...]) -> str | None:
         with self._lock:
@@ -165,7 +175,11 @@ class FaultProxy:
         """Forward one request, maybe breaking it; False when the connection is gone."""
         with self._lock:
             self.log.requests += 1
+            number = self.log.requests
         fault = self._decide(self.rate, self.faults)
+        if self.choose is not None:
+            line = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+            fault = self.choose(number, line[0], line[1]) or fault
         if fault:
             with self._lock:
                 self.log.faults.append((self.log.requests, fault))
@@ -177,6 +191,9 @@ class FaultProxy:
             conn.sendall(_response(500, "Internal Server Error", [], body))
             return True
         status, reason, headers, body = self._forward(request)
+        with self._forwarded_cond:
+            self.forwarded += 1
+            self._forwarded_cond.notify_all()
         if fault == "502":
             conn.sendall(_response(502, "Bad Gateway", [], b"injected fault"))
             return True

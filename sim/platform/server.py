@@ -44,7 +44,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument(
+        "--exit-with-stdin", action="store_true", help="exit when stdin closes (parent gone)"
+    )
     args = parser.parse_args(argv)
+    if args.exit_with_stdin:
+        import threading
+
+        def watch() -> None:
+            sys.stdin.buffer.read()
+            os._exit(0)
+
+        threading.Thread(target=watch, daemon=True).start()
 
     import waitress.server
 
