@@ -4,7 +4,8 @@ import json
 
 import click
 
-from gateway import __version__, cli_gateway, cli_reports
+from gateway import __version__, cli_gateway, cli_reports, cli_sync
+from sim.cli import sim
 
 
 @click.group()
@@ -17,7 +18,9 @@ cli.add_command(cli_gateway.gateway_group)
 cli.add_command(cli_gateway.node_group)
 cli.add_command(cli_gateway.readings)
 cli.add_command(cli_reports.anomalies)
-cli.add_command(cli_reports.summaries)
+cli.add_command(cli_sync.sync_group)
+cli.add_command(cli_sync.summaries)
+cli.add_command(sim)
 
 
 @cli.command()

@@ -16,6 +16,7 @@ MIGRATION_SETS: tuple[str, ...] = (
     "gateway.store:migrations",
     "gateway.detect:migrations",
     "gateway.summarise:migrations",
+    "gateway.sync.outbox:migrations",
 )
 
 
