@@ -393,10 +393,13 @@ class BoardVM:
             return result.stdout, result.stderr
 
     def soft_reset(self) -> None:
-        """Ctrl-D: clear RAM state (globals, imported modules), keep the VM and the flash."""
+        """Ctrl-D: clear RAM state (globals, imported modules); the flash stays.
+
+        Done by starting a new VM (about half a second): dropping modules from
+        ``sys.modules`` in a running VM and collecting them crashes this WASI build's GC.
+        """
         with self._lock:
-            self.flash.close_all()
-            self._session.run("__rb_reset()")
+            self._restart()
 
     def interrupt(self) -> None:
         """Ctrl-C while code runs: stop the VM (it is restarted by the running execute())."""
