@@ -22,7 +22,7 @@ def run_demo(echo: Callable[[str], None] = print, nodes: int = 3) -> dict:
     sent = verified = 0
     sizes = []
     for i in range(nodes):
-        node_id = "lamp-%03d" % (i + 1)
+        node_id = f"lamp-{i + 1:03d}"
         key = os.urandom(32)
         readings = [("p", t0 + 60 * k, 60 + (k % 3)) for k in range(10)]
         body = cose.sign(key, node_id.encode(), 1, senml.encode(readings))
@@ -42,8 +42,8 @@ def run_demo(echo: Callable[[str], None] = print, nodes: int = 3) -> dict:
         verified += len(records) if ok else 0
         sizes.append(len(wire))
         echo(
-            "%s: %d readings, %d bytes of CoAP, MAC %s, seq %d"
-            % (node_id, len(records), len(wire), "ok" if ok else "BAD", mac0.seq)
+            f"{node_id}: {len(records)} readings, {len(wire)} bytes of CoAP, "
+            f"MAC {'ok' if ok else 'BAD'}, seq {mac0.seq}"
         )
-    echo("%d readings signed and sent, %d verified and decoded" % (sent, verified))
+    echo(f"{sent} readings signed and sent, {verified} verified and decoded")
     return {"readings_sent": sent, "readings_verified": verified, "message_bytes": sizes}
