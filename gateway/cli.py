@@ -5,6 +5,8 @@ import json
 import click
 
 from gateway import __version__
+from gateway.node_cli import node
+from sim.cli import sim
 
 
 @click.group()
@@ -22,3 +24,7 @@ def demo(as_json: bool) -> None:
     report = run_demo(echo=click.echo)
     if as_json:
         click.echo(json.dumps(report))
+
+
+cli.add_command(node)
+cli.add_command(sim)

@@ -46,6 +46,13 @@ class Identity:
     mpy: int | None = None  # sys.implementation._mpy; None: the VM's own
 
 
+def identity_for(board: str, version: tuple[int, int, int]) -> Identity:
+    """A board reporting an older (or newer) MicroPython, with that version's ``_mpy``."""
+    sub = 3 if version >= (1, 23) else 2 if version >= (1, 22) else 1 if version >= (1, 20) else 0
+    major = 6 if version >= (1, 19) else 5
+    return Identity(board, version, major | (sub << 8))
+
+
 class HostFlash:
     """The board's flash: a host directory, reached by the VM through one host function."""
 
