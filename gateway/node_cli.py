@@ -52,19 +52,18 @@ class _Bar:
 
 
 def _key(node_id: str, key_file: str | None, config: str | None) -> bytes:
-    from gateway.flash import FlashError, load_key
+    from gateway.flash import FlashError, gateway_key, load_key
 
     if key_file:
         return load_key(key_file, node_id)
     if config:
         try:
-            from gateway.registry import node_key  # the gateway's node registry
+            return gateway_key(config, node_id)
         except ImportError:
             raise FlashError(
-                "this gateway build has no node registry: make the key at the gateway "
+                "this build has no gateway registry: make the key at the gateway "
                 f"(reverbere node add {node_id} --json > {node_id}.json) and pass --key-file"
             ) from None
-        return node_key(config, node_id)
     raise FlashError(
         f"no key: pass --config GATEWAY_TOML (registers {node_id} in the gateway's database) "
         f"or --key-file FILE (made at the gateway: reverbere node add {node_id} --json)"
@@ -121,7 +120,7 @@ def flash_cmd(
     writes the node's config and key, then resets the node and waits for its first pack.
     """
     from gateway.device import DeviceError
-    from gateway.flash import FlashError, NodeConfig, flash, parse_gateway
+    from gateway.flash import FlashError, GatewayWatch, NodeConfig, flash, parse_gateway
 
     bar = _Bar()
     try:
@@ -130,6 +129,7 @@ def flash_cmd(
         host, gw_port = parse_gateway(gateway_addr)
         key = _key(node_id, key_file, config)
         cfg = NodeConfig(node_id, host, gw_port, wifi_ssid, wifi_password, board)
+        watch = GatewayWatch(config, node_id) if config and not no_commission else None
         click.echo(f"Flashing {node_id} on {port}...")
         result = flash(
             port,
@@ -139,6 +139,7 @@ def flash_cmd(
             progress=bar,
             gateway_name=gateway_name,
             commission_timeout=None if no_commission else timeout,
+            watch=watch,
         )
     except (FlashError, DeviceError) as e:
         bar.close()

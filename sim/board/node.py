@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.flash import CONFIG_PATH, KEY_PATH, STATUS_PATH
+from gateway.flash import CONFIG_PATH, STATUS_PATH
 from protocols import coap, cose, senml
 from protocols.const import CF_COSE_MAC0, CON, CONTENT_FORMAT, POST, READINGS_PATH, URI_PATH
 
@@ -92,22 +92,23 @@ def run(
     status.setdefault("dropped", 0)
     status["buffer"] = {"used": 3, "capacity": BUFFER_CAPACITY}
     try:
-        key = (flash / KEY_PATH.lstrip("/")).read_bytes()
-    except OSError:
+        key = bytes.fromhex(cfg.get("key", ""))
+    except ValueError:
         key = b""
-    node_id = cfg.get("node_id")
+    node_id = cfg.get("node")
     if not node_id or len(key) != 32:
         console("reverbere: config error=" + ("no-key" if node_id else "no-config") + "\n")
         status["last_error"] = "no config or key"
         _write_status(flash, status)
         return
 
-    ssid = cfg.get("wifi_ssid")
+    site = cfg.get("wifi") or {}
+    ssid = site.get("ssid")
     if ssid and wifi is not None:
         error = None
         if wifi[0] != ssid:
             error = "no-ap"
-        elif wifi[1] != cfg.get("wifi_password", ""):
+        elif wifi[1] != site.get("password", ""):
             error = "wrong-password"
         if error:
             console(f"reverbere: wifi error={error} ssid={ssid}\n")
