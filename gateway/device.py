@@ -71,6 +71,11 @@ def _rb_rm(p):
             os.remove(p)
     except OSError:
         pass
+def _rb_commit(tmp, p, want):
+    if _rb_sha(tmp) != want:
+        return False
+    os.rename(tmp, p)
+    return True
 def _rb_read(p):
     try:
         with open(p, 'rb') as f:
@@ -86,6 +91,9 @@ def _rb_cp(a, b):
                 break
             d.write(memoryview(buf)[:n])
 """
+
+
+_HELPERS = _HELPERS.replace("    ", " ")  # fewer bytes on a slow line
 
 
 class DeviceError(Exception):
@@ -194,21 +202,36 @@ class Device:
         return self.eval(f"_rb_read({path!r})")
 
     def write(self, path: str, data: bytes, progress: Callable[[int], None] | None = None) -> None:
-        """Write ``data`` to ``path`` (which is overwritten), in base64 chunks."""
+        """Write ``data`` to ``path`` (which is overwritten), in base64 chunks.
+
+        The first exec also makes the parent directories and opens the file, the last one
+        closes it: a small file costs one round trip.
+        """
         self._need_helpers()
         parent = path.rsplit("/", 1)[0]
-        if parent:
-            self.exec(f"_rb_mkdirs({parent!r})")
-        self.exec(f"_rb_f = open({path!r}, 'wb')\n_rb_w = _rb_f.write\n_rb_d = binascii.a2b_base64")
+        head = f"_rb_mkdirs({parent!r})\n" if parent else ""
+        head += f"_rb_f = open({path!r}, 'wb')\n"
+        chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
         try:
-            for i in range(0, len(data), CHUNK):
-                chunk = data[i : i + CHUNK]
+            for n, chunk in enumerate(chunks):
                 b64 = binascii.b2a_base64(chunk, newline=False).decode()
-                self.exec(f"_rb_w(_rb_d('{b64}'))")
+                code = head + f"_rb_f.write(binascii.a2b_base64('{b64}'))"
+                if n == len(chunks) - 1:
+                    code += "\n_rb_f.close()"
+                self.exec(code)
+                head = ""
                 if progress:
                     progress(len(chunk))
-        finally:
+        except DeviceLost:
+            raise
+        except DeviceError:
             self.exec("_rb_f.close()")
+            raise
+
+    def commit(self, tmp: str, path: str, sha256_hex: str) -> bool:
+        """Rename ``tmp`` to ``path`` if its SHA-256, computed on the board, is the one given."""
+        self._need_helpers()
+        return self.eval(f"_rb_commit({tmp!r}, {path!r}, {sha256_hex!r})")
 
     def copy(self, src: str, dst: str) -> None:
         """Copy a file on the board (no bytes cross the serial line)."""

@@ -248,10 +248,8 @@ def _put(dev, path: str, data: bytes, progress: Progress) -> None:
     tmp = path + ".tmp"
     want = sha256(data).hexdigest()
     dev.write(tmp, data, progress.advance)
-    got = dev.sha256([tmp])[tmp]
-    if got != want:
+    if not dev.commit(tmp, path, want):
         raise FlashError(f"{path}: SHA-256 on the board does not match what was sent")
-    dev.rename(tmp, path)
 
 
 def install(dev, files: list[FirmwareFile], progress: Progress) -> dict:
