@@ -1,4 +1,4 @@
-"""``reverbere node flash`` and ``reverbere node doctor``: a technician and a node on a USB cable.
+"""``reverbere node flash`` and ``node doctor``: a technician and a node on a USB cable.
 
 Thin shell over :mod:`gateway.flash`: one library call per command; the library's exceptions
 become a message with what to check.
@@ -9,11 +9,6 @@ from __future__ import annotations
 import sys
 
 import click
-
-
-@click.group()
-def node() -> None:
-    """Nodes: flash, provision, commission and diagnose them."""
 
 
 class _Bar:
@@ -70,7 +65,7 @@ def _key(node_id: str, key_file: str | None, config: str | None) -> bytes:
     )
 
 
-@node.command("flash")
+@click.command("flash")
 @click.option("--port", required=True, help="Serial port of the node, e.g. /dev/ttyUSB0.")
 @click.option("--node-id", required=True, help="The node's id, e.g. lamp-042.")
 @click.option("--gateway", "gateway_addr", required=True, help="HOST[:PORT] the node sends to.")
@@ -175,7 +170,7 @@ def flash_cmd(
             raise SystemExit(2)
 
 
-@node.command("doctor")
+@click.command("doctor")
 @click.option("--port", required=True, help="Serial port of the node, e.g. /dev/ttyUSB0.")
 @click.option("--baud", type=int, default=115200, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
