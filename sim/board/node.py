@@ -38,29 +38,30 @@ LOAD_FIRMWARE = r"""
 import os, fwboot
 _slot = fwboot.select()
 _hw = ('network', 'socket', 'ssl', 'bluetooth', 'esp32', 'rp2', 'ntptime', 'neopixel')
+_n = [0, 0]
 def _walk(d, pkg):
-    n = 0
     for e in os.ilistdir(d):
         name = e[0]
         if e[1] & 0x4000:
-            n += _walk(d + '/' + name, pkg + name + '.')
+            _walk(d + '/' + name, pkg + name + '.')
         elif name.endswith('.mpy') or name.endswith('.py'):
             mod = pkg + name.rsplit('.', 1)[0]
             if mod.endswith('__init__'):
                 mod = mod[:-9]
-            if mod and mod != 'main':
-                try:
-                    __import__(mod)
-                except ImportError as e:
-                    if str(e).split("'")[-2:-1] and str(e).split("'")[-2] in _hw:
-                        continue
+            try:
+                __import__(mod)
+                _n[0] += 1
+            except ImportError as e:
+                # A module that needs the radio or the chip loads on the node, not here.
+                if str(e).split("'")[-2:-1] and str(e).split("'")[-2] in _hw:
+                    _n[1] += 1
+                else:
                     raise
-                n += 1
-    return n
 if _slot is None:
     print('reverbere: boot error=no-firmware')
 else:
-    print('reverbere: boot slot=%s modules=%d' % (_slot, _walk('/fw/' + _slot, '')))
+    _walk('/fw/' + _slot, '')
+    print('reverbere: boot slot=%s modules=%d hw=%d' % (_slot, _n[0], _n[1]))
 """
 
 
