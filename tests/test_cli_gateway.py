@@ -131,8 +131,9 @@ def test_every_command_and_config_key_is_documented():
 
     doc = (Path(__file__).parent.parent / "docs" / "gateway.md").read_text()
     for group in ("gateway", "node"):
-        for name in cli.commands[group].commands:
-            assert f"reverbere {group} {name}" in doc, name
+        for name, command in cli.commands[group].commands.items():
+            if command.callback.__module__ == "gateway.cli_gateway":  # others document theirs
+                assert f"reverbere {group} {name}" in doc, name
     for name in ("readings", "demo"):
         assert f"reverbere {name}" in doc
     for section, keys in config._KEYS.items():

@@ -246,8 +246,10 @@ def test_rejections_are_logged_once_per_node_per_minute_but_all_counted(tmp_path
 
 def test_disk_budget_gives_5_03_with_max_age_and_recovers_when_space_is_freed(tmp_path):
     async def go():
-        # 24 pages of 4 KiB: the schema takes a few, readings fill the rest quickly
-        async with running_gateway(tmp_path, disk_budget=24 * 4096, retry_after=30) as gw:
+        # the schema's pages and 16 more: readings fill them quickly
+        schema = open_db(tmp_path / "reverbere.db").execute("PRAGMA page_count").fetchone()[0]
+        budget = (schema + 16) * 4096
+        async with running_gateway(tmp_path, disk_budget=budget, retry_after=30) as gw:
             node = SimNode("lamp-001", add_node(gw))
             start = int(time.time()) - 300 * 86400
             codes = []
