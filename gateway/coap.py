@@ -26,6 +26,7 @@ from typing import Any
 from aiocoap import Context
 from aiocoap.messagemanager import MessageManager
 from aiocoap.numbers.types import CON
+from aiocoap.pipe import error_to_message, run_driving_pipe
 from aiocoap.tokenmanager import TokenManager
 from aiocoap.transports.udp6 import MessageInterfaceUDP6
 
@@ -90,6 +91,17 @@ class BoundedMessageManager(MessageManager):
         return len(self._recent_messages)
 
 
+class ServerContext(Context):
+    """aiocoap's ``Context`` without the eager ``repr()`` of every request it renders (it names
+    each rendering task ``"Rendering for <request>"``; formatting the request costs a tenth of
+    the gateway's CPU per message). Same behaviour otherwise (aiocoap 0.4.x)."""
+
+    def render_to_pipe(self, pipe: Any) -> None:
+        run_driving_pipe(
+            error_to_message(pipe, self.log), self._render_to_pipe(pipe), name="coap-render"
+        )
+
+
 def _key(message: Any) -> tuple:
     """(source address, message ID): the remote's socket address tuple rather than aiocoap's
     endpoint object, which the cache would otherwise keep alive."""
@@ -104,7 +116,7 @@ async def create_server(
     deduplication cache. Returns the context and its message manager."""
     loop = asyncio.get_running_loop()
     # aiocoap logs every exchange at INFO: keep its logger outside "reverbere" (WARNING).
-    ctx = Context(loop=loop, serversite=site, loggername="coap-server")
+    ctx = ServerContext(loop=loop, serversite=site, loggername="coap-server")
     tman = TokenManager(ctx)
     mman = BoundedMessageManager(tman, lifetime, max_entries)
     transport = await MessageInterfaceUDP6.create_server_transport_endpoint(

@@ -125,7 +125,7 @@ class Ingest:
         self, cfg: Config, db: sqlite_utils.Database, committer: Committer, metrics: Registry
     ):
         self.cfg = cfg
-        self.db = db  # a reading connection, for node lookups (the committer writes)
+        self.nodes = registry.NodeCache(db)  # db: a reading connection (the committer writes)
         self.committer = committer
         self.metrics = metrics
         self.limiter = RateLimiter(60.0)  # one line per node (or source) per minute
@@ -180,7 +180,7 @@ class Ingest:
             node_id = mac0.kid.decode()
         except UnicodeDecodeError:
             raise Rejected(Code.UNAUTHORIZED, "unknown_node", "unknown node") from None
-        entry = registry.lookup(self.db, node_id)
+        entry = self.nodes.get(node_id)
         if entry is None:
             # not node=: a claimed id is not a node, so these are limited per source address
             raise Rejected(Code.UNAUTHORIZED, "unknown_node", f"unknown node {node_id[:64]!r}")
@@ -212,6 +212,7 @@ class Ingest:
             raise Rejected(Code.UNAUTHORIZED, "replay", "counter already used", node_id)
         if outcome is Outcome.UNKNOWN_NODE:
             raise Rejected(Code.UNAUTHORIZED, "unknown_node", "unknown node", node_id)
+        self.nodes.accepted(node_id, key, mac0.seq)
         self._received.inc(len(readings))
         return self._ok(node_id, outcome)
 

@@ -227,6 +227,22 @@ def test_removed_and_rekeyed_nodes_get_4_01(tmp_path):
     run(go())
 
 
+def test_a_key_revoked_while_running_stores_nothing_even_before_the_cache_reloads(tmp_path):
+    # The ingest cache of node keys reloads every second; the commit checks the key again in
+    # its transaction, so a pack signed with a revoked key is refused at once.
+    async def go():
+        async with running_gateway(tmp_path) as gw:
+            node = SimNode("lamp-001", add_node(gw))
+            async with Sender("127.0.0.1", gw.coap_port) as s:
+                assert (await s.send(node, minute_readings(start=int(time.time()) - 7200))).acked
+                registry.rotate_key(open_db(gw.cfg.database), "lamp-001")
+                r = await s.send(node, minute_readings(start=int(time.time()) - 3600))
+                assert r.code == UNAUTHORIZED
+            assert count_readings(gw.cfg) == 10
+
+    run(go())
+
+
 def test_rejections_are_logged_once_per_node_per_minute_but_all_counted(tmp_path, caplog):
     async def go():
         async with running_gateway(tmp_path) as gw:
