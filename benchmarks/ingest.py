@@ -187,6 +187,9 @@ class Load:
                     while ready and len(inflight) < window:
                         send_one(now)
                 else:
+                    # A sender that was not scheduled for a while does not catch up in one
+                    # burst (which would overflow the server's socket buffer): at most 5 ms.
+                    next_send = max(next_send, now - 0.005)
                     while ready and now >= next_send:
                         send_one(now)
                         next_send += 1.0 / rate
