@@ -30,6 +30,8 @@ from aiocoap.pipe import error_to_message, run_driving_pipe
 from aiocoap.tokenmanager import TokenManager
 from aiocoap.transports.udp6 import MessageInterfaceUDP6
 
+RECEIVE_BUFFER = 4 << 20  # bytes asked for the UDP socket's receive buffer
+
 
 class BoundedMessageManager(MessageManager):
     """A ``MessageManager`` whose deduplication cache expires after ``lifetime`` seconds and
@@ -125,6 +127,10 @@ async def create_server(
     mman.message_interface = transport
     tman.token_interface = mman
     ctx.request_interfaces.append(tman)
+    # Room for bursts while a commit or a collection holds the loop (the kernel caps this at
+    # net.core.rmem_max; see docs/gateway.md).
+    sock = transport.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
     return ctx, mman
 
 
