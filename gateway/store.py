@@ -110,36 +110,44 @@ def commit_batch(
     new: list[Reading] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
+        # The nodes of the batch, read once: this transaction holds the write lock, so nobody
+        # changes them until it ends. ``nodes`` then follows what the batch accepts.
+        refs = sorted({p.node_ref for p in batch})
+        nodes = {
+            ref: [key, seq, 0, 0, None]  # key, last_seq, messages, gaps, battery
+            for ref, key, seq in conn.execute(
+                f"SELECT ref, key, last_seq FROM nodes WHERE ref IN ({', '.join('?' * len(refs))})",
+                refs,
+            )
+        }
         for pack in batch:
-            row = conn.execute(
-                "SELECT key, last_seq FROM nodes WHERE ref = ?", [pack.node_ref]
-            ).fetchone()
-            if row is None or row[0] != pack.key:
+            node = nodes.get(pack.node_ref)
+            if node is None or node[0] != pack.key:
                 outcomes.append(Outcome.UNKNOWN_NODE)
                 continue
-            last = row[1]
+            last = node[1]
             if pack.seq <= last:
                 outcomes.append(Outcome.REPEATED if pack.seq == last else Outcome.REPLAY)
                 continue
             # One statement per pack; RETURNING names the rows that were not there yet.
             args: list = []
-            battery = None
             for r in pack.readings:
                 args += (pack.node_ref, r.channel, r.time, r.value)
                 if r.channel == BATTERY_CHANNEL:
-                    battery = r.value
+                    node[4] = r.value
             inserted = conn.execute(_insert_sql(len(pack.readings)), args).fetchall()
             if len(inserted) == len(pack.readings):
                 new.extend(pack.readings)
             elif inserted:
                 fresh = set(inserted)
                 new.extend(r for r in pack.readings if (r.channel, r.time) in fresh)
-            conn.execute(
-                "UPDATE nodes SET last_seq = ?, last_seen = ?, messages = messages + 1,"
-                " gaps = gaps + ?, battery = coalesce(?, battery) WHERE ref = ?",
-                [pack.seq, now, pack.seq - last - 1, battery, pack.node_ref],
-            )
+            node[1], node[2], node[3] = pack.seq, node[2] + 1, node[3] + pack.seq - last - 1
             outcomes.append(Outcome.STORED)
+        conn.executemany(
+            "UPDATE nodes SET last_seq = ?, last_seen = ?, messages = messages + ?,"
+            " gaps = gaps + ?, battery = coalesce(?, battery) WHERE ref = ?",
+            [(n[1], now, n[2], n[3], n[4], ref) for ref, n in nodes.items() if n[2]],
+        )
         conn.commit()
     except BaseException:
         conn.rollback()
