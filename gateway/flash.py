@@ -550,32 +550,72 @@ def flash(
 class Diagnosis:
     board: object
     slot: str | None
-    config: dict  # without the key or the Wi-Fi password
+    config: dict  # without the key; the Wi-Fi password masked
     has_key: bool
-    status: dict  # what the node last wrote: uptime, buffer, dropped, last error
+    store: dict | None  # the firmware's reading buffer on flash: pending, capacity, dropped...
+    status: dict  # what the node last wrote in /status.json, if it does
+
+
+# Runs on the board: the config without its key (the key never crosses the cable).
+_READ_CONFIG = f"""\
+import json
+try:
+    with open({CONFIG_PATH!r}) as f:
+        c = json.load(f)
+except (OSError, ValueError):
+    c = {{}}
+k = c.pop('key', None)
+print(json.dumps([c, bool(k)]))
+"""
+
+# Runs on the board: the firmware's own Store reads its ring (read-only: writes are dropped).
+_READ_STORE = """\
+import sys, os
+sys.path.insert(0, '/fw/%s')
+from firmware.store import Store
+class _RO:
+    def __init__(s, p):
+        s.f = open(p, 'rb')
+        s.size = os.stat(p)[6]
+    def readinto(s, off, buf):
+        s.f.seek(off)
+        s.f.readinto(buf)
+    def write(s, off, data):
+        pass
+_st = Store(_RO('/ring.bin'))
+print(repr({'pending': _st.pending(), 'capacity': _st.n, 'dropped': _st.drops,
+            'boot': _st.boot - 1, 'counter': _st.limit}))
+_st.dev.f.close()
+"""
 
 
 def doctor(port: str, baud: int = 115200) -> Diagnosis:
-    """Read a node's state over serial, for a technician on site. Never reads the key."""
-    from gateway.device import Device
+    """Read a node's state over serial, for a technician on site. Writes nothing.
+
+    The key stays on the board (only whether there is one is reported); the reading buffer is
+    read by the firmware's own ``firmware.store.Store`` over a read-only view of its flash.
+    """
+    import ast
+
+    from gateway.device import Device, DeviceError
 
     with Device(port, baud) as dev:
         dev.enter_raw()
         info = dev.info()
         pointer = dev.read(POINTER_PATH)
-        config = _loads(dev.read(CONFIG_PATH))
+        slot = pointer.decode().strip() if pointer else None
+        config, has_key = json.loads(dev.exec(_READ_CONFIG))
+        store = None
+        if slot in SLOTS:
+            try:
+                store = ast.literal_eval(dev.exec(_READ_STORE % slot).strip())
+            except DeviceError:
+                store = None  # no ring yet (the node never ran), or another firmware
         raw_status = dev.read(STATUS_PATH)
-    has_key = bool(config.pop("key", None))
     wifi = config.get("wifi")
     if isinstance(wifi, dict) and wifi.get("password"):
         config["wifi"] = {**wifi, "password": "***"}
-    return Diagnosis(
-        board=info,
-        slot=pointer.decode().strip() if pointer else None,
-        config=config,
-        has_key=has_key,
-        status=_loads(raw_status),
-    )
+    return Diagnosis(info, slot, config, has_key, store, _loads(raw_status))
 
 
 def _loads(raw: bytes | None) -> dict:

@@ -194,6 +194,7 @@ def doctor_cmd(port, baud, as_json) -> None:
             "slot": d.slot,
             "config": d.config,
             "has_key": d.has_key,
+            "store": d.store,
             "status": d.status,
         }
         click.echo(json.dumps(out, sort_keys=True))
@@ -205,13 +206,17 @@ def doctor_cmd(port, baud, as_json) -> None:
     else:
         click.echo("Config: none (flash the node with `reverbere node flash`)")
     click.echo(f"Key: {'present (not shown)' if d.has_key else 'MISSING'}")
+    st = d.store
+    if st:
+        click.echo(
+            f"Buffer: {st['pending']}/{st['capacity']} readings waiting, dropped "
+            f"{st['dropped']}, boot #{st['boot']}, message counter {st['counter']}"
+        )
+    else:
+        click.echo("Buffer: none yet (the firmware makes it when it first runs)")
     s = d.status
-    if not s:
-        click.echo("Node status: none yet (the firmware writes it once it has run)")
-        return
-    buf = s.get("buffer") or {}
-    click.echo(
-        f"Node status: up {s.get('uptime_s', '?')} s, boots {s.get('boots', '?')}, "
-        f"buffer {buf.get('used', '?')}/{buf.get('capacity', '?')} readings, "
-        f"dropped {s.get('dropped', '?')}, last error: {s.get('last_error') or 'none'}"
-    )
+    if s:
+        click.echo(
+            f"Node status: up {s.get('uptime_s', '?')} s, boots {s.get('boots', '?')}, "
+            f"last error: {s.get('last_error') or 'none'}"
+        )

@@ -40,11 +40,10 @@ from sim.board.vm import Identity, identity_for
 NODE = "lamp-042"
 
 try:
-    from gateway.config import load as load_gateway_config
-    from gateway.service import Gateway
-
     from gateway import registry
+    from gateway.config import load as load_gateway_config
     from gateway.db import open_db
+    from gateway.service import Gateway
 
     REAL_GATEWAY = True
 except ImportError:  # the gateway has not landed in this tree yet
@@ -277,3 +276,53 @@ def test_cli_flash_and_doctor_never_print_the_key(tmp_path, gateway):
         wrong_board = CliRunner().invoke(cli, [a if a != "rp2" else "esp32" for a in args])
         assert wrong_board.exit_code == 1
         assert "rp2" in wrong_board.output
+
+
+# The firmware's own Store, on the board's real MicroPython, makes a reading ring the way the
+# node does: 5 readings appended, the first 2 acknowledged by the gateway, 1 dropped.
+MAKE_RING = """
+import sys
+sys.path.insert(0, '/fw/%s')
+from firmware.store import Store
+class Dev:
+    def __init__(s, p, size):
+        with open(p, 'wb') as f:
+            f.write(b'\\xff' * size)
+        s.f = open(p, 'r+b')
+        s.size = size
+    def readinto(s, off, buf):
+        s.f.seek(off)
+        s.f.readinto(buf)
+    def write(s, off, data):
+        s.f.seek(off)
+        s.f.write(data)
+st = Store(Dev('/ring.bin', 4096))
+for i in range(5):
+    st.append('p', 1764000000 + 60 * i, 60 + i)
+st.ack(2)
+st.drops = 1
+st._save_meta()
+st.dev.f.close()
+"""
+
+
+def test_doctor_reads_the_firmware_buffer_and_not_the_key(board, gateway, firmware):
+    from gateway.device import Device
+
+    key = gateway.register(NODE)
+    result = flash(board.port, node_config(gateway), key, files=firmware, commission_timeout=None)
+    with Device(board.port) as dev:
+        dev.enter_raw()
+        dev.exec(MAKE_RING % result.slot)
+    shown = CliRunner().invoke(cli, ["node", "doctor", "--port", board.port, "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert key.hex() not in shown.output
+    d = json.loads(shown.output)
+    assert d["has_key"] and "key" not in d["config"]
+    assert d["store"]["pending"] == 3
+    assert d["store"]["dropped"] == 1
+    assert d["store"]["capacity"] == (4096 - 16 * 20) // 16
+    # Reading is read-only: the ring on the board's flash is unchanged by the doctor.
+    before = (board.flash_dir / "ring.bin").read_bytes()
+    assert doctor(board.port).store["pending"] == 3
+    assert (board.flash_dir / "ring.bin").read_bytes() == before

