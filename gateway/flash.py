@@ -461,16 +461,18 @@ def commission(
     database is local) the readings stored at the gateway confirm it, which also works with a
     firmware that prints nothing.
     """
-    got = {"n": 0}
-    last_poll = [0.0]
+    state = {"polled": 0.0, "seen": None}
 
     def until(line: str | None) -> bool:
         if line is not None and _final(line):
             return True
-        if watch is not None and time.monotonic() - last_poll[0] > 0.25:
-            last_poll[0] = time.monotonic()
-            got["n"] = watch.received()
-            return got["n"] > 0
+        now = time.monotonic()
+        if state["seen"] is not None:  # stored at the gateway: let the console catch up
+            return now - state["seen"] > 2.0
+        if watch is not None and now - state["polled"] > 0.25:
+            state["polled"] = now
+            if watch.received() > 0:
+                state["seen"] = now
         return False
 
     lines = dev.reset_and_listen(until, timeout)

