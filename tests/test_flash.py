@@ -1,16 +1,15 @@
 """``reverbere node flash``: flash, verify and commission a node over a real pty, end to end.
 
 The node is the virtual board (real MicroPython in WebAssembly behind a pty speaking the raw
-REPL); the gateway is the real one (aiocoap, SQLite) on 127.0.0.1, port 0, when this tree has
-it, else a small CoAP peer that checks the COSE MAC with the registered key. The flash tool
-drives the board through mpremote's serial transport, as on a technician's laptop.
+REPL), which at boot runs the flashed firmware's own node loop; the gateway is the real one
+(aiocoap, SQLite) on 127.0.0.1, port 0. The flash tool drives the board through mpremote's
+serial transport, as on a technician's laptop.
 """
 
 import asyncio
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from firmware.config import SCHEMA
+from gateway import registry
 from gateway.cli import cli
+from gateway.config import load as load_gateway_config
+from gateway.db import open_db
 from gateway.device import DeviceLost
 from gateway.flash import (
     POINTER_PATH,
@@ -32,22 +35,12 @@ from gateway.flash import (
     doctor,
     flash,
 )
-from protocols import coap, cose
-from protocols.const import ACK, CHANGED, UNAUTHORIZED
+from gateway.service import Gateway
 from sim.board.serial import VirtualBoard
 from sim.board.vm import Identity, identity_for
 
 NODE = "lamp-042"
-
-try:
-    from gateway import registry
-    from gateway.config import load as load_gateway_config
-    from gateway.db import open_db
-    from gateway.service import Gateway
-
-    REAL_GATEWAY = True
-except ImportError:  # the gateway has not landed in this tree yet
-    REAL_GATEWAY = False
+PACK = {k: default for k, default, *_ in SCHEMA}["pack"]  # readings in the node's first pack
 
 
 class RealGateway:
@@ -87,43 +80,9 @@ class RealGateway:
         self.thread.join(10)
 
 
-class PeerGateway:
-    """Until the gateway lands: a CoAP peer that verifies COSE_Mac0 with registered keys."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.config_path = None
-        self.keys: dict[bytes, bytes] = {}
-        self.stored = 0
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def register(self, node_id: str) -> bytes:
-        key = os.urandom(32)
-        self.keys[node_id.encode()] = key
-        return key
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                data, addr = self.sock.recvfrom(2048)
-            except OSError:
-                return
-            msg = coap.decode(data)
-            mac0 = cose.decode(msg.payload)
-            key = self.keys.get(bytes(mac0.kid))
-            code = CHANGED if key is not None and mac0.verify(key) else UNAUTHORIZED
-            self.sock.sendto(coap.encode(ACK, code, msg.mid, msg.token), addr)
-
-    def stop(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
 def gateway(tmp_path):
-    gw = RealGateway(tmp_path) if REAL_GATEWAY else PeerGateway(tmp_path)
+    gw = RealGateway(tmp_path)
     yield gw
     gw.stop()
 
@@ -165,7 +124,7 @@ def variant(tmp_path: Path, tag: str) -> list[FirmwareFile]:
 
 def test_flash_verify_and_commission(board, gateway, firmware):
     key = gateway.register(NODE)
-    watch = GatewayWatch(gateway.config_path, NODE) if REAL_GATEWAY else None
+    watch = GatewayWatch(gateway.config_path, NODE)
     result = flash(
         board.port,
         node_config(gateway),
@@ -175,7 +134,7 @@ def test_flash_verify_and_commission(board, gateway, firmware):
         commission_timeout=20,
         watch=watch,
     )
-    assert result.commission.sentence == f"{NODE} is sending to gw-test (3 readings received)"
+    assert result.commission.sentence == f"{NODE} is sending to gw-test ({PACK} readings received)"
     assert result.commission.ok
     assert result.files_sent == result.files_total == len(firmware)
     # What the board holds is what was built, byte for byte, in the slot the pointer names.
@@ -261,17 +220,20 @@ def test_cli_flash_and_doctor_never_print_the_key(tmp_path, gateway):
     with VirtualBoard(tmp_path / "rp2", identity=Identity("rp2")) as b:
         args = ["node", "flash", "--port", b.port, "--node-id", NODE, "--board", "rp2"]
         args += ["--gateway", f"127.0.0.1:{gateway.port}", "--key-file", str(key_file)]
-        if REAL_GATEWAY:  # the gateway's database is local: confirm the readings there
-            args[-2:] = ["--config", str(gateway.config_path)]
+        # The gateway's database is local: the key comes from its registry and the readings
+        # are confirmed there.
+        args[-2:] = ["--config", str(gateway.config_path)]
         done = CliRunner().invoke(cli, [*args, "--gateway-name", "gw-mairie", "--timeout", "20"])
         assert done.exit_code == 0, done.output
         assert done.output.rstrip().endswith(
-            f"{NODE} is sending to gw-mairie (3 readings received)"
+            f"{NODE} is sending to gw-mairie ({PACK} readings received)"
         )
         assert key.hex() not in done.output
         shown = CliRunner().invoke(cli, ["node", "doctor", "--port", b.port])
         assert shown.exit_code == 0, shown.output
         assert f"node={NODE}" in shown.output and "Key: present (not shown)" in shown.output
+        # The firmware's ring on the board: its first pack was acknowledged, nothing waits.
+        assert "Buffer: 0/" in shown.output
         assert key.hex() not in shown.output
         wrong_board = CliRunner().invoke(cli, [a if a != "rp2" else "esp32" for a in args])
         assert wrong_board.exit_code == 1

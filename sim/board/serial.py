@@ -79,13 +79,14 @@ class VirtualBoard:
         self._stop = threading.Event()
         self._busy = False
         self._interrupted = False
+        self._radio: node.Radio | None = None
         self._threads: list[threading.Thread] = []
         self.vm: BoardVM | None = None
 
     # --- life cycle -------------------------------------------------------------------
 
     def start(self) -> str:
-        self.vm = BoardVM(self.flash_dir, self.identity)
+        self.vm = BoardVM(self.flash_dir, self.identity, {"__rb_radio": self._radio_call})
         self._plug()
         for target in (self._reader, self._device):
             t = threading.Thread(target=target, daemon=True, name="board-" + target.__name__)
@@ -277,11 +278,25 @@ class VirtualBoard:
             if err:
                 return
             self.node_runs += 1
-            node.run(self.flash_dir, self.wifi, self.console, lambda: self._gen != gen)
+            node.run(
+                self.flash_dir,
+                self.wifi,
+                self.console,
+                lambda src: self._execute(src.encode(), gen),
+                self._plug_radio,
+            )
             self.node_ran.set()
         elif (self.flash_dir / "main.py").exists():
             out, err = self._execute(b"exec(open('main.py').read())", gen)
             self.write(out + err)
+
+    def _plug_radio(self, radio: node.Radio | None) -> None:
+        self._radio = radio
+
+    def _radio_call(self, op: str, *args):
+        if self._radio is None:
+            raise OSError("the radio is off")
+        return self._radio.call(op, *args)
 
     def _friendly(self, gen: int) -> None:
         line = bytearray()

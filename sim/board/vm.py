@@ -97,7 +97,7 @@ class _BigHeapWasiConfig(_WasiConfig):
 _BIG_HEAP: dict[str, bool] = {}
 wasmtime.WasiConfig = _BigHeapWasiConfig  # type: ignore[misc]
 
-_FUEL = 400_000_000  # instructions per exec before the VM gives up (a runaway loop)
+_FUEL = 20_000_000_000  # instructions per exec before the VM gives up (a runaway loop)
 
 
 @dataclass(frozen=True)
@@ -384,7 +384,8 @@ def __rb_identity(platform, machine, version, mpy, date):
                       (platform, platform, vs, 'v%s on %s' % (vs, date), machine))
     osp = __RbProxy(__rb_os, {'uname': lambda: uname})
     sysp = __RbProxy(__rb_sys, {'implementation': impl, 'platform': platform,
-                                'version': '3.4.0; MicroPython v%s on %s' % (vs, date)})
+                                'version': '3.4.0; MicroPython v%s on %s' % (vs, date),
+                                '_rb_radio': globals().get('__rb_radio')})
     return osp, sysp
 
 def __rb_boot(platform, machine, version, mpy, date):
@@ -429,9 +430,15 @@ class BoardVM:
 
     BUILD_DATE = "2024-11-29"
 
-    def __init__(self, flash_dir: Path, identity: Identity = Identity()) -> None:
+    def __init__(
+        self,
+        flash_dir: Path,
+        identity: Identity | None = None,
+        host_functions: dict | None = None,
+    ) -> None:
         self.flash = HostFlash(flash_dir)
-        self.identity = identity
+        self.host_functions = dict(host_functions or {})
+        self.identity = identity or Identity()
         self._session: MicroPythonSession | None = None
         self._src = ""
         self._lock = threading.Lock()
@@ -444,7 +451,11 @@ class BoardVM:
         session = MicroPythonSession(
             fuel=_FUEL,
             wall_timeout_seconds=3600.0,  # enables interrupt() (epoch interruption)
-            host_functions={"__rb_fs": self.flash.call, "__rb_src": lambda: self._src},
+            host_functions={
+                "__rb_fs": self.flash.call,
+                "__rb_src": lambda: self._src,
+                **self.host_functions,
+            },
         )
         with _heap_lock:  # the first run starts the VM (and reads argv) in its thread
             _BIG_HEAP["on"] = True
