@@ -4,7 +4,7 @@ import json
 
 import click
 
-from gateway import __version__, cli_gateway
+from gateway import __version__, cli_gateway, cli_reports, cli_sync
 from gateway.node_cli import doctor_cmd, flash_cmd
 from sim.cli import sim
 
@@ -20,6 +20,10 @@ cli.add_command(cli_gateway.node_group)
 cli_gateway.node_group.add_command(flash_cmd)
 cli_gateway.node_group.add_command(doctor_cmd)
 cli.add_command(cli_gateway.readings)
+cli.add_command(cli_reports.anomalies)
+cli.add_command(cli_sync.sync_group)
+cli.add_command(cli_sync.summaries)
+cli.add_command(sim)
 
 
 @cli.command()
