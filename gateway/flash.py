@@ -30,6 +30,10 @@ import time
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.device import BoardInfo, Device
 
 CONFIG_PATH = "/config.json"  # firmware/config.py reads it from the working directory, /
 STATUS_PATH = "/status.json"
@@ -116,7 +120,7 @@ class Commission:
 
 @dataclass
 class FlashResult:
-    board: object  # gateway.device.BoardInfo
+    board: BoardInfo
     slot: str
     files_total: int
     files_sent: int
@@ -228,7 +232,7 @@ def build_firmware(bytecode: tuple[int, int]) -> list[FirmwareFile]:
 # --- flash -------------------------------------------------------------------------------
 
 
-def check_board(info, board: str | None) -> None:
+def check_board(info: BoardInfo, board: str | None) -> None:
     if info.version < MIN_VERSION:
         need = ".".join(map(str, MIN_VERSION))
         raise BoardTooOld(
@@ -243,7 +247,7 @@ def check_board(info, board: str | None) -> None:
         )
 
 
-def _put(dev, path: str, data: bytes, progress: Progress) -> None:
+def _put(dev: Device, path: str, data: bytes, progress: Progress) -> None:
     """Write one file via a temporary name, check it on the board, then rename it."""
     tmp = path + ".tmp"
     want = sha256(data).hexdigest()
@@ -252,7 +256,7 @@ def _put(dev, path: str, data: bytes, progress: Progress) -> None:
         raise FlashError(f"{path}: SHA-256 on the board does not match what was sent")
 
 
-def install(dev, files: list[FirmwareFile], progress: Progress) -> dict:
+def install(dev: Device, files: list[FirmwareFile], progress: Progress) -> dict[str, Any]:
     """Stage ``files`` in the free slot, verify, switch the pointer. Returns figures."""
     pointer = dev.read(POINTER_PATH)
     current = pointer.decode().strip() if pointer else None
@@ -307,7 +311,7 @@ def install(dev, files: list[FirmwareFile], progress: Progress) -> dict:
     return figures
 
 
-def provision(dev, config: NodeConfig, key: bytes) -> None:
+def provision(dev: Device, config: NodeConfig, key: bytes) -> None:
     """Write the node's config.json (key included) in one atomic step, if it differs."""
     existing = _loads(dev.read(CONFIG_PATH))
     existing.pop("error", None)
@@ -448,7 +452,7 @@ def gateway_key(config_path: str | Path, node_id: str) -> bytes:
 
 
 def commission(
-    dev,
+    dev: Device,
     node_id: str,
     gateway_name: str,
     gateway_addr: str,
@@ -550,7 +554,7 @@ def flash(
 
 @dataclass
 class Diagnosis:
-    board: object
+    board: BoardInfo
     slot: str | None
     config: dict  # without the key; the Wi-Fi password masked
     has_key: bool

@@ -114,7 +114,7 @@ def flash_cmd(
     installs atomically (a pulled cable leaves the old firmware or the new one, never a mix),
     writes the node's config and key, then resets the node and waits for its first pack.
     """
-    from gateway.device import DeviceError
+    from gateway.device import DeviceError, DeviceLost
     from gateway.flash import FlashError, GatewayWatch, NodeConfig, flash, parse_gateway
 
     bar = _Bar()
@@ -136,6 +136,12 @@ def flash_cmd(
             commission_timeout=None if no_commission else timeout,
             watch=watch,
         )
+    except DeviceLost as e:
+        bar.close()
+        raise click.ClickException(
+            f"{e}. Plug the node back in and run the same command again: it still boots the "
+            "firmware it had, and what was already copied is not sent again."
+        ) from None
     except (FlashError, DeviceError) as e:
         bar.close()
         raise click.ClickException(str(e)) from None
