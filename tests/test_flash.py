@@ -304,3 +304,17 @@ def test_a_micropython_1_22_board_gets_bytecode_6_2(tmp_path, gateway):
         assert slot_hashes(b, result.slot) == built
         # (the 1.22 compiler writes some modules differently from the current one)
         assert built != {f.path: f.sha256 for f in build_firmware((6, 3))}
+
+
+def test_cli_after_a_pulled_cable_says_to_run_it_again(tmp_path, gateway):
+    key_file = tmp_path / "k.hex"
+    key_file.write_text(gateway.register(NODE).hex())
+    with VirtualBoard(tmp_path / "b", disconnect_after=6000) as b:
+        args = ["node", "flash", "--port", b.port, "--node-id", NODE, "--key-file", str(key_file)]
+        args += ["--gateway", f"127.0.0.1:{gateway.port}", "--timeout", "20"]
+        cut = CliRunner().invoke(cli, args)
+        assert cut.exit_code == 1
+        assert "run the same command again" in cut.output
+        again = CliRunner().invoke(cli, args)
+        assert again.exit_code == 0, again.output
+        assert "is sending to" in again.output
