@@ -256,6 +256,15 @@ def _put(dev: Device, path: str, data: bytes, progress: Progress) -> None:
         raise FlashError(f"{path}: SHA-256 on the board does not match what was sent")
 
 
+def _boot_files(dev: Device) -> None:
+    """The boot shim (main.py, fwboot.py): the same for every firmware; written if it differs."""
+    files = {"/fwboot.py": FWBOOT.encode(), "/main.py": MAIN.encode()}
+    have = dev.sha256(files)
+    for path, data in files.items():
+        if have[path] != sha256(data).hexdigest():
+            _put(dev, path, data, Progress())
+
+
 def install(dev: Device, files: list[FirmwareFile], progress: Progress) -> dict[str, Any]:
     """Stage ``files`` in the free slot, verify, switch the pointer. Returns figures."""
     pointer = dev.read(POINTER_PATH)
@@ -272,6 +281,7 @@ def install(dev: Device, files: list[FirmwareFile], progress: Progress) -> dict[
             if all(have[f"/fw/{current}/{p}"] == h for p, h in want.items()):
                 figures["slot"] = current
                 progress.start(0, 0)
+                _boot_files(dev)  # in case someone replaced main.py since
                 return figures  # the same firmware is installed: nothing to send
 
     target = "b" if current == "a" else "a"
@@ -301,10 +311,7 @@ def install(dev: Device, files: list[FirmwareFile], progress: Progress) -> dict[
     bad = [p for p, h in want.items() if check[f"{base}/{p}"] != h]
     if bad:
         raise FlashError(f"verification failed on the board for {', '.join(sorted(bad))}")
-    for path, text in (("/fwboot.py", FWBOOT), ("/main.py", MAIN)):
-        data = text.encode()
-        if dev.sha256([path])[path] != sha256(data).hexdigest():
-            _put(dev, path, data, Progress())
+    _boot_files(dev)
     _put(dev, POINTER_PATH, target.encode(), Progress())  # the switch
     figures["slot"] = target
     figures["changed"] = True

@@ -155,7 +155,9 @@ def test_second_flash_sends_nothing(board, gateway, firmware):
     key = gateway.register(NODE)
     first = flash(board.port, node_config(gateway), key, files=firmware, commission_timeout=None)
     assert first.files_sent == len(firmware)
+    (board.flash_dir / "main.py").write_text("print('someone else was here')\n")
     again = flash(board.port, node_config(gateway), key, files=firmware, commission_timeout=None)
+    assert "fwboot" in (board.flash_dir / "main.py").read_text()  # the boot shim is back
     assert not again.firmware_changed
     assert again.files_sent == again.bytes_sent == 0
     assert again.wire_bytes < first.wire_bytes / 5  # hashes and checks only
@@ -171,6 +173,7 @@ def test_pulled_cable_leaves_old_firmware_and_retry_finishes(board, gateway, fir
     with pytest.raises(DeviceLost):
         flash(board.port, node_config(gateway), key, files=new, commission_timeout=None)
     assert board.unplugged.is_set()
+    assert board.replugged.wait(10)  # the technician plugs it back in
     # The node still boots the old firmware, complete and untouched.
     assert (board.flash_dir / "fw" / "current").read_text() == old_slot
     assert slot_hashes(board, old_slot) == {f.path: f.sha256 for f in firmware}
@@ -315,6 +318,7 @@ def test_cli_after_a_pulled_cable_says_to_run_it_again(tmp_path, gateway):
         cut = CliRunner().invoke(cli, args)
         assert cut.exit_code == 1
         assert "run the same command again" in cut.output
+        assert b.replugged.wait(10)
         again = CliRunner().invoke(cli, args)
         assert again.exit_code == 0, again.output
         assert "is sending to" in again.output

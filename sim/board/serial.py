@@ -69,6 +69,7 @@ class VirtualBoard:
         self.bytes_in = 0  # received from the host since power-on of this process
         self.bytes_out = 0
         self.unplugged = threading.Event()  # set once the simulated cable pull happened
+        self.replugged = threading.Event()  # set once it is plugged back in (new pty, link)
         self.node_runs = 0
         self.node_ran = threading.Event()
         self._master = -1
@@ -151,6 +152,7 @@ class VirtualBoard:
             master = self._master
             if master < 0:
                 self._plug()
+                self.replugged.set()
                 if self.on_replug:
                     self.on_replug(self.device)
                 continue
