@@ -227,13 +227,10 @@ def run_fleet(days: int, lamps: int, buildings: int) -> dict:
                 first = min(hits, key=lambda e: e["start"])
                 delays.append(max(0.0, first["start"] - a0))
                 matched_events.update(e["id"] for e in hits)
-        kind_events = [e for e in events if e["kind"] == kind]
         per_kind[kind] = {
             "injected": len(cases),
             "found": found,
             "recall": round(found / len(cases), 3),
-            "precision": round(sum(e["id"] in matched_events for e in kind_events)
-                               / len(kind_events), 3) if kind_events else None,
             "median_delay_min": round(statistics.median(delays) / 60, 1) if delays else None,
         }
     # Events that explain an injected anomaly of another kind (e.g. "unusual" at a lamp that went
@@ -246,6 +243,13 @@ def run_fleet(days: int, lamps: int, buildings: int) -> dict:
                     e["end"] is None or e["end"] >= a0 - 60):
                 matched_events.add(e["id"])
     false = [e for e in events if e["id"] not in matched_events]
+    # Precision per kind of event: the share of its events that point at an injected anomaly
+    # (of any kind: an "unusual" temperature at a school counts when the school has a fault).
+    for kind in sorted({e["kind"] for e in events} | set(per_kind)):
+        mine = [e for e in events if e["kind"] == kind]
+        per_kind.setdefault(kind, {"injected": 0})["events"] = len(mine)
+        per_kind[kind]["precision"] = (
+            round(sum(e["id"] in matched_events for e in mine) / len(mine), 3) if mine else None)
     weeks = days / 7
     return {
         "days": days,

@@ -9,8 +9,9 @@ Three bounded, O(1)-per-reading models of one channel, all robust to the outlier
   fraction of the slot's spread) and a mean absolute deviation around it. A slot speaks only once
   it has seen ``SLOT_READY`` readings; the hour-of-week slots take over from the hour-of-day ones
   once they are ready;
-* a two-sided CUSUM of the standardised residual against the short-term level, for level shifts
-  too small for any one reading to stand out.
+* a two-sided CUSUM of the standardised residual against the baseline in use (seasonal once
+  known, else the short-term level), for level shifts too small for any one reading to stand
+  out.
 
 The surprise of a reading is a robust z (residual over spread): against the seasonal slot once
 it is ready (3 visits), else against the short-term level; a CUSUM past its decision interval
@@ -39,7 +40,7 @@ SLOT_STEP = 0.25  # the slot median moves by this many slot spreads per reading
 SLOT_ALPHA = 0.1  # weight of a reading in a slot's spread
 CUSUM_K = 3.0  # allowance, in spreads: a smooth trend the level lags behind does not add up
 CUSUM_H = 20.0  # decision interval, in spreads: a CUSUM at H counts as z = Z_HALF
-COMBINE = 1
+COMBINE = 0
 CALIB = 1
 QUIET = 1
 Q_STEP = 0.05
@@ -120,20 +121,20 @@ class StatDetector:
         week_i = 3 * (DAY_SLOTS + (hour + 72) % 168)  # Unix epoch was a Thursday
         slots = self.slots
         expected = level
+        used_spread = spread
         z = z_short
-        for i in (week_i, day_i):
-            if slots[i] >= SLOT_READY:
-                s_med = slots[i + 1]
-                s_spread = max(slots[i + 2], self.floor, 0.25 * spread)
-                z_season = abs(x - s_med) / s_spread
-                if COMBINE == 0:
-                    if z_season < z:
-                        z, expected = z_season, s_med
-                elif COMBINE == 1:
-                    z, expected = z_season, s_med
-                elif COMBINE == 2:
-                    z, expected = math.sqrt(z_season * z), s_med
-                break
+        ready = slots[day_i] >= SLOT_READY
+        if slots[week_i] >= SLOT_READY:
+            s_spread = max(slots[week_i + 2], self.floor, 0.25 * spread)
+            z, expected = abs(x - slots[week_i + 1]) / s_spread, slots[week_i + 1]
+            used_spread = s_spread
+        elif ready:
+            s_spread = max(slots[day_i + 2], self.floor, 0.25 * spread)
+            z_day = abs(x - slots[day_i + 1]) / s_spread
+            # Without the week's rhythm yet, a reading must be unusual both for this hour of
+            # the day and for the last hours (a Saturday morning is not a weekday's).
+            if COMBINE == 1 or z_day < z:
+                z, expected, used_spread = z_day, slots[day_i + 1], s_spread
         new_visit = hour != self.hour
         self.hour = hour
         for i in (week_i, day_i):
@@ -154,8 +155,9 @@ class StatDetector:
             if new_visit and visits < 65000:
                 slots[i] = visits + 1
 
-        # CUSUM of the standardised residual, for shifts of the level.
-        r = resid / spread
+        # CUSUM of the residual against the chosen baseline (the seasonal one once known: a
+        # lamp switching on at dusk is no shift), standardised, for shifts of the level.
+        r = (x - expected) / used_spread
         r = min(r, CLIP) if r > 0 else max(r, -CLIP)
         self.cusum_hi = max(0.0, self.cusum_hi + r - CUSUM_K)
         self.cusum_lo = max(0.0, self.cusum_lo - r - CUSUM_K)
@@ -172,7 +174,7 @@ class StatDetector:
         # Calibration: how surprising is this z for this channel? Track a high quantile of z.
         # (Only once the model has learnt: the z of the first readings mean nothing.)
         q = self.zq
-        quiet = n < WARMUP or (QUIET and slots[day_i] < SLOT_READY)
+        quiet = n < WARMUP or (QUIET and not ready)
         if not quiet:
             if z > q:
                 self.zq = q * (1.0 + Q_STEP * Q_P)

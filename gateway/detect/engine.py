@@ -108,9 +108,7 @@ class ChannelDetector:
         score = 0.0
         changed = []
         threshold = self.config.threshold
-        seen = set()
         for f in findings:
-            seen.add(f.kind)
             tr = self.trackers.get(f.kind)
             # The reading's score is new evidence only: a kind whose event is already open
             # (the same condition going on) adds nothing to it.
@@ -123,11 +121,8 @@ class ChannelDetector:
             ev = tr.step(self.node, self.channel, t, f, threshold)
             if ev is not None:
                 changed.append(ev)
-        for kind, tr in self.trackers.items():
-            if kind not in seen and tr.open:
-                ev = tr.step(self.node, self.channel, t, None, threshold)
-                if ev is not None:
-                    changed.append(ev)
+        # A kind with no finding for this reading (a rule with no opinion, e.g. the drift rule
+        # by day) keeps its event as it is.
         return score, changed
 
     def _stat(self, t: float, x: float, last: float | None) -> Finding | None:
@@ -140,6 +135,9 @@ class ChannelDetector:
         else:
             unit = self.unit
         v = self.stat.update(t, x)
+        if any(r.transition(t) for r in self.rules if hasattr(r, "transition")):
+            # A switch the rules expect (dusk, dawn, opening hours): they judge it, not this.
+            return Finding("unusual", 0.0, False, str)
         active = v.score >= 0.5 * self.config.threshold
         if not active and v.novelty == 0.0:
             return Finding("unusual", 0.0, False, str)

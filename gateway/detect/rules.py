@@ -126,6 +126,7 @@ class LampRule:
         out = []
         if rise + grace <= t <= set_ - grace:
             self.dark_run = 0
+            out.append(Finding("dark_at_night", 0.0, False, str))
             self.lit_run = self.lit_run + 1 if lit else 0
             if self.lit_run >= CONFIRM:
                 out.append(Finding("lit_by_day", _confirm_score(self.lit_run), True,
@@ -136,6 +137,7 @@ class LampRule:
                 out.append(Finding("lit_by_day", 0.0, False, str))
         elif t < rise - grace or t > set_ + grace:
             self.lit_run = 0
+            out.append(Finding("lit_by_day", 0.0, False, str))
             if not lit and not self._planned_off(t):
                 self.dark_run += 1
             else:
@@ -150,6 +152,15 @@ class LampRule:
             if lit:
                 out.append(self._drift(t, x))
         return out
+
+    def transition(self, t: float) -> bool:
+        """Within the twilight grace, when the lamp is expected to switch: the statistical
+        detector does not alarm then (this rule judges lit and dark)."""
+        sun = self.clock.sun(t)
+        if sun is None:
+            return False
+        grace = self.cfg.twilight_minutes * 60
+        return abs(t - sun[0]) <= grace or abs(t - sun[1]) <= grace
 
     def _planned_off(self, t: float) -> bool:
         off = self.cfg.lamps_off
@@ -228,6 +239,17 @@ class ScheduleRule:
                         lambda: f"{self.node} drew {fmt_value(x, 'W')} at {clock.hhmm(t)},"
                         f" outside its hours ({sched.describe()}) it draws about"
                         f" {fmt_value(limit if sched.standby_watts else self.idle, 'W')}")]
+
+    def transition(self, t: float) -> bool:
+        """Within an hour of opening or closing time (the load ramps up or down then): the
+        statistical detector does not alarm then."""
+        _, now = self.clock.weekday_time(t)
+        minutes = now.hour * 60 + now.minute
+        for edge in (self.sched.open, self.sched.close):
+            d = abs(minutes - (edge.hour * 60 + edge.minute))
+            if min(d, 1440 - d) <= 60:
+                return True
+        return False
 
     def _limit(self) -> float | None:
         if self.sched.standby_watts is not None:
