@@ -35,19 +35,25 @@ from array import array
 ALPHA = 0.02  # weight of a reading in the short-term level (about 50 readings of memory)
 CLIP = 4.0  # a reading moves the level by at most CLIP spreads
 Z_HALF = 6.0  # robust z that scores 0.5
-SLOT_READY = 3  # visits (days, weeks) a seasonal slot needs before it speaks
+SLOT_READY = 3  # visits (days) an hour-of-day slot needs before the detector speaks
+WEEK_READY = 2  # visits (weeks) an hour-of-week slot needs before it is a second reference
 SLOT_STEP = 0.25  # the slot median moves by this many slot spreads per reading
 SLOT_ALPHA = 0.1  # weight of a reading in a slot's spread
 CUSUM_K = 3.0  # allowance, in spreads: a smooth trend the level lags behind does not add up
 CUSUM_H = 20.0  # decision interval, in spreads: a CUSUM at H counts as z = Z_HALF
-COMBINE = 0
+COMBINE = 1
+QUIET_N = 10**9
 CALIB = 1
 QUIET = 1
 Q_STEP = 0.05
 Q_P = 0.99
 Q_REF = 3.0
 SPATIAL = 1
-SPATIAL_TOL = 0.05
+SPATIAL_TOL = 0.01
+SP_DECAY = 0.0
+SMOOTH = 0
+SMOOTH_ALPHA = 0.1
+Q_REF_SMOOTH = 3.0
 HOLD = 200  # readings for a score peak to decay to a third (damping of repeated alarms)
 WARMUP = 30  # readings before the detector scores anything
 
@@ -87,7 +93,9 @@ class StatDetector:
         "n",
         "peak",
         "slots",
-        "zq"
+        "zq",
+        "zs",
+        "zsq",
     )
 
     def __init__(self) -> None:
@@ -100,6 +108,8 @@ class StatDetector:
         self.peak = 0.0
         self.zq = 3.0
         self.hour = -1
+        self.zs = 0.0
+        self.zsq = 1.0
         self.lo = self.hi = 0.0
         self.slots = array("f", bytes(4 * 3 * _SLOTS))  # per slot: count, median, spread
 
@@ -124,17 +134,25 @@ class StatDetector:
         used_spread = spread
         z = z_short
         ready = slots[day_i] >= SLOT_READY
-        if slots[week_i] >= SLOT_READY:
-            s_spread = max(slots[week_i + 2], self.floor, 0.25 * spread)
-            z, expected = abs(x - slots[week_i + 1]) / s_spread, slots[week_i + 1]
-            used_spread = s_spread
-        elif ready:
-            s_spread = max(slots[day_i + 2], self.floor, 0.25 * spread)
-            z_day = abs(x - slots[day_i + 1]) / s_spread
-            # Without the week's rhythm yet, a reading must be unusual both for this hour of
-            # the day and for the last hours (a Saturday morning is not a weekday's).
-            if COMBINE == 1 or z_day < z:
-                z, expected, used_spread = z_day, slots[day_i + 1], s_spread
+        if ready:
+            d_spread = max(slots[day_i + 2], self.floor, 0.25 * spread)
+            z_day = abs(x - slots[day_i + 1]) / d_spread
+            if slots[week_i] >= WEEK_READY:
+                # This hour on the same weekday before: a Saturday morning is not a Tuesday's.
+                o_spread = max(slots[week_i + 2], self.floor, 0.25 * spread)
+                o_med = slots[week_i + 1]
+                z_other = abs(x - o_med) / o_spread
+            elif COMBINE == 0:
+                # Without the week's rhythm yet, a reading must be unusual both for this hour
+                # of the day and for the last hours.
+                o_spread, o_med, z_other = spread, level, z_short
+            else:
+                o_spread, o_med, z_other = spread, level, math.inf
+            # Unusual only if unusual for both references.
+            if z_day <= z_other:
+                z, expected, used_spread = z_day, slots[day_i + 1], d_spread
+            else:
+                z, expected, used_spread = z_other, o_med, o_spread
         new_visit = hour != self.hour
         self.hour = hour
         for i in (week_i, day_i):
@@ -174,7 +192,7 @@ class StatDetector:
         # Calibration: how surprising is this z for this channel? Track a high quantile of z.
         # (Only once the model has learnt: the z of the first readings mean nothing.)
         q = self.zq
-        quiet = n < WARMUP or (QUIET and not ready)
+        quiet = n < WARMUP or (QUIET and not ready and n < QUIET_N)
         if not quiet:
             if z > q:
                 self.zq = q * (1.0 + Q_STEP * Q_P)
@@ -186,14 +204,31 @@ class StatDetector:
         tol = (hi - lo) * SPATIAL_TOL
         spatial = n >= WARMUP and hi > lo and (x > hi + tol or x < lo - tol)
         if x > hi or n == 0:
-            self.hi = x
+            self.hi = hi = x
         if x < lo or n == 0:
-            self.lo = x
+            self.lo = lo = x
+        if SP_DECAY:
+            # The range slowly forgets: a record from long ago stops shielding the present.
+            self.hi = hi - SP_DECAY * (hi - self.level)
+            self.lo = lo + SP_DECAY * (self.level - lo)
         if quiet:
             return Verdict(0.0, 0.0, 0.0, expected, spread)
         if z > Z_HALF:
             # The alarm is raised: start the CUSUM afresh from the new level.
             self.cusum_hi = self.cusum_lo = 0.0
+        if SMOOTH:
+            # A run of moderately unusual readings: the short average of z, calibrated by its
+            # own streaming high quantile.
+            zs = self.zs + SMOOTH_ALPHA * (z - self.zs)
+            self.zs = zs
+            qs = self.zsq
+            if zs > qs:
+                self.zsq = qs * (1.0 + Q_STEP * Q_P)
+            else:
+                self.zsq = max(0.5, qs * (1.0 - Q_STEP * (1.0 - Q_P)))
+            z_sm = zs / max(qs, 0.5) * Q_REF_SMOOTH
+            if z_sm > z:
+                z = z_sm
         score = z * z / (z * z + Z_HALF * Z_HALF)
         peak = self.peak * _DECAY
         novelty = score - peak if score > peak else 0.0

@@ -4,7 +4,8 @@
 ``gateway/service.py``). Per (node, channel) a :class:`ChannelDetector` holds the statistical
 detector, the rules that apply to that channel and one event tracker per kind; its state is packed
 into at most ``MAX_STATE`` bytes and saved in ``detect_state`` in the same transaction as the
-events it produced, so a restart keeps the learnt baseline and the open events.
+events it produced (and otherwise every ``SAVE_EVERY`` seconds of readings, which bounds the
+writes), so a restart keeps the learnt baseline (less at most 10 minutes) and the open events.
 
 Readings must reach a channel's detectors in time order: a reading not newer than the last one
 seen on its channel (a reordered or replayed pack) is left to the summaries and skipped here.
@@ -28,6 +29,7 @@ MAX_STATE = 4096  # bytes of packed state per channel, at most
 STUCK_CHANNELS = ("p", "t", "lux", "x")  # channels that always vary a little when healthy
 SILENT_CHANNEL = "*"  # the channel of a "silent" event: the whole node
 INTERVAL_ALPHA = 0.1  # weight of one gap in a channel's usual reading interval
+SAVE_EVERY = 600.0  # seconds (of reading time) between saves of a quiet channel's state
 
 migrations = Migrations("reverbere.detect")
 
@@ -183,6 +185,7 @@ class Detector:
         self.config = config or DetectConfig()
         self.clock = Clock(self.config)
         self._channels: dict[tuple[str, str], ChannelDetector] = {}
+        self._saved: dict[tuple[str, str], float] = {}  # reading time of each channel's last save
 
     def channel(self, db: sqlite_utils.Database, node: str, channel: str) -> ChannelDetector:
         key = (node, channel)
@@ -205,11 +208,18 @@ class Detector:
         changed: dict[int, Event] = {}
         touched: dict[tuple[str, str], ChannelDetector] = {}
         for r in readings:
+            key = (r.node, r.channel)
             cd = self.channel(db, r.node, r.channel)
-            touched[(r.node, r.channel)] = cd
-            for ev in cd.step(r.time, r.value)[1]:
+            events = cd.step(r.time, r.value)[1]
+            if events:
+                touched[key] = cd  # its trackers changed: save it with the events
+            elif key not in touched and r.time - self._saved.get(key, 0.0) >= SAVE_EVERY:
+                touched[key] = cd
+            for ev in events:
                 changed[id(ev)] = ev
         now = max(r.time for r in readings)
+        for key, cd in touched.items():
+            self._saved[key] = cd.last_time or now
         with db.conn:
             for ev in changed.values():
                 save_event(db, ev)
