@@ -143,12 +143,17 @@ class ChannelDetector:
         active = v.score >= 0.5 * self.config.threshold
         if not active and v.novelty == 0.0:
             return Finding("unusual", 0.0, False, str)
-        node, clock = self.node, self.clock
+        return Finding("unusual", v.novelty, active, lambda: self._reason(t, x, unit, v))
+
+    def _reason(self, t: float, x: float, unit: str, v) -> str:
         what = "" if self.channel in ("x", "") else " " + self.channel
-        return Finding("unusual", v.novelty, active,
-                       lambda: f"{node}{what} read {fmt_value(x, unit)} at {clock.hhmm(t)},"
-                       f" usually {fmt_value(v.expected, unit)} (± {fmt_value(v.spread, unit)})"
-                       " then")
+        head = f"{self.node}{what} read {fmt_value(x, unit)} at {self.clock.hhmm(t)}"
+        if v.record is not None:
+            lo, hi = v.record
+            return (f"{head}, outside all it had read before"
+                    f" ({fmt_value(lo, unit)} to {fmt_value(hi, unit)})")
+        return (f"{head}, usually {fmt_value(v.expected, unit)}"
+                f" (± {fmt_value(v.spread, unit)}) then")
 
     # -- persistence ---------------------------------------------------------------------------
     def dumps(self) -> bytes:
