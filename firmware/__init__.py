@@ -1,1 +1,4 @@
-"""The node application for MicroPython (>= 1.22). Ships inside the gateway's package for flashing."""
+"""The node application for MicroPython (>= 1.22).
+
+Ships inside the installed package so that ``reverbere node flash`` finds it.
+"""

@@ -12,8 +12,11 @@ import sqlite_utils
 
 # "module:attribute" of each migration set, applied in this order.
 MIGRATION_SETS: tuple[str, ...] = (
+    "gateway.registry:migrations",
+    "gateway.store:migrations",
     "gateway.detect:migrations",
     "gateway.summarise:migrations",
+    "gateway.sync.outbox:migrations",
 )
 
 

@@ -149,9 +149,12 @@ def encode_into(out, obj):
         for item in obj:
             encode_into(out, item)
     elif isinstance(obj, dict):
+        # Keys in the deterministic order of RFC 8949 Section 4.2.1 (bytewise order of their
+        # encodings), so that a map encodes the same on CPython and on MicroPython, whose
+        # dicts keep no insertion order.
         head(out, _MAP, len(obj))
-        for k in obj:
-            encode_into(out, k)
+        for kb, k in sorted((dumps(k), k) for k in obj):
+            out.extend(kb)
             encode_into(out, obj[k])
     elif isinstance(obj, Tag):
         head(out, _TAG, obj.tag)
@@ -236,7 +239,7 @@ def _item(data, pos, depth):
         return n, pos
     if major == _NINT:
         return -1 - n, pos
-    if major == _BYTES or major == _TEXT:
+    if major in (_BYTES, _TEXT):
         end = pos + n
         if end > len(data):
             raise DecodeError("CBOR: string longer than the input")

@@ -14,7 +14,7 @@ on what ``cbor2`` decoded; tests run it on what ``protocols.cbor`` decoded.
 import struct
 
 from protocols import cbor
-from protocols.const import BN, BS, BT, BU, BV, N, S, SENML_RELATIVE_LIMIT, SUM_CHANNELS, T, U, V
+from protocols.const import BN, BS, BT, BU, BV, SENML_RELATIVE_LIMIT, SUM_CHANNELS, N, S, T, U, V
 from protocols.errors import DecodeError
 
 
