@@ -4,7 +4,8 @@ Bounded, O(1)-per-reading models of one channel, all robust to the outliers they
 
 * a short-term level: an exponentially weighted mean and mean absolute deviation, fed with the
   reading clipped to ``level ± CLIP · spread`` so that a spike barely moves it;
-* a seasonal baseline by hour of day (24 slots) and hour of week (168 slots): per slot a
+* a seasonal baseline by hour of day (24 slots, and 24 more for the closed days of a building
+  with a schedule) and hour of week (168 slots): per slot a
   streaming median (frugal stochastic approximation: the estimate steps towards each reading by a
   fraction of the slot's spread) and a mean absolute deviation around it. The hour-of-day slot is
   the reference once it has been visited on ``SLOT_READY`` days; the hour-of-week slot becomes a
@@ -27,7 +28,10 @@ scores high once, when it begins, and again only if it worsens or after the peak
 The detector learns before it speaks: it is quiet until the current hour of the day has been seen
 on ``SLOT_READY`` days.
 
-State: 17 numbers plus 192 slots of three float32 (visits, median, spread), 2.4 KB packed
+Readings known to be wrong (a rule's event is open on the channel) are scored without being
+learnt (``learn=False``), so an anomaly does not teach the baseline that it is normal.
+
+State: 17 numbers plus 216 slots of three float32 (visits, median, spread), 2.7 KB packed
 (:meth:`StatDetector.dumps`).
 """
 
@@ -54,7 +58,7 @@ RANGE_ALPHA = 0.1  # weight of a reading in that short average
 HOLD = 200  # readings for a score peak to decay to a third (damping of repeated alarms)
 WARMUP = 30  # readings before the detector scores anything
 
-DAY_SLOTS = 24
+DAY_SLOTS = 48  # hours of an ordinary day, then hours of a closed day (a building's weekend)
 WEEK_SLOTS = 168
 _SLOTS = DAY_SLOTS + WEEK_SLOTS
 _HEAD = struct.Struct("<Iq15d")
@@ -116,7 +120,10 @@ class StatDetector:
         self.sm = self.sm_lo = self.sm_hi = 0.0  # short average of the readings, and its range
         self.slots = array("f", bytes(4 * 3 * _SLOTS))  # per slot: visits, median, spread
 
-    def update(self, time: float, x: float) -> Verdict:
+    def update(self, time: float, x: float, closed_day: bool = False, learn: bool = True
+               ) -> Verdict:
+        """Score reading ``x`` at ``time``; ``closed_day`` picks the hour-of-day slots of closed
+        days; ``learn=False`` scores without learning (the reading is known to be wrong)."""
         n = self.n
         self.n = n + 1
         if n == 0:
@@ -129,7 +136,7 @@ class StatDetector:
 
         # The reference: the hour-of-day slot once known (and the hour-of-week one with it).
         hour = int(time // 3600)
-        day_i = 3 * (hour % 24)
+        day_i = 3 * (hour % 24 + (24 if closed_day else 0))
         week_i = 3 * (DAY_SLOTS + (hour + 72) % 168)  # the Unix epoch was a Thursday
         slots = self.slots
         ready = slots[day_i] >= SLOT_READY
@@ -143,7 +150,8 @@ class StatDetector:
                 z_week = abs(x - slots[week_i + 1]) / w_spread
                 if z_week < z:
                     z, expected, used_spread = z_week, slots[week_i + 1], w_spread
-        self._learn_slots(hour, day_i, week_i, x, spread)
+        if learn:
+            self._learn_slots(hour, day_i, week_i, x, spread)
 
         # CUSUM of the residual against the reference (a lamp switching on at dusk, which the
         # seasonal slots know, is no shift), standardised and clipped.
@@ -156,15 +164,16 @@ class StatDetector:
             z = z_cusum
 
         # The short-term level and spread learn from the clipped reading.
-        self.level = level + ALPHA * (max(-CLIP * spread, min(CLIP * spread, resid)))
-        if n:
-            self.dev = dev + ALPHA * (min(abs(resid), CLIP * spread) - dev)
+        if learn:
+            self.level = level + ALPHA * (max(-CLIP * spread, min(CLIP * spread, resid)))
+            if n:
+                self.dev = dev + ALPHA * (min(abs(resid), CLIP * spread) - dev)
 
-        record = self._range(n, x)
+        record = self._range(n, x) if learn else None
         quiet = n < WARMUP or not ready
         # Calibration by the channel's own high quantile of z, once it has learnt.
         q = self.zq
-        if not quiet:
+        if not quiet and learn:
             if z > q:
                 self.zq = q * (1.0 + Q_STEP * Q_P)
             else:
@@ -241,7 +250,7 @@ class StatDetector:
 
     # -- persistence -------------------------------------------------------------------------------
     def dumps(self) -> bytes:
-        """The whole state, packed (2.4 KB)."""
+        """The whole state, packed (2.7 KB)."""
         head = _HEAD.pack(
             self.n, self.hour, self.level, self.dev, self.floor, self.cusum_hi, self.cusum_lo,
             self.peak, self.zq, self.zs, self.zsq, self.lo, self.hi, self.sm, self.sm_lo,

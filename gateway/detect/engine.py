@@ -21,7 +21,16 @@ from sqlite_utils.migrations import Migrations
 from gateway.detect.baseline import StatDetector
 from gateway.detect.config import DetectConfig
 from gateway.detect.events import Event, Finding, Tracker
-from gateway.detect.rules import Clock, CounterRule, LampRule, ScheduleRule, StuckRule, fmt_value
+from gateway.detect.rules import (
+    Clock,
+    CounterRule,
+    LampRule,
+    ScheduleRule,
+    StuckRule,
+    fmt_value,
+    lamp_switching,
+    schedule_switching,
+)
 from gateway.records import Reading
 from protocols.const import CHANNELS, SUM_CHANNELS
 
@@ -30,6 +39,10 @@ STUCK_CHANNELS = ("p", "t", "lux", "x")  # channels that always vary a little wh
 SILENT_CHANNEL = "*"  # the channel of a "silent" event: the whole node
 INTERVAL_ALPHA = 0.1  # weight of one gap in a channel's usual reading interval
 SAVE_EVERY = 600.0  # seconds (of reading time) between saves of a quiet channel's state
+# Kinds whose open event pauses the statistical baseline's learning on the channel: the readings
+# are then known to be wrong (a lamp lit by day is not a new normal). Not "stuck": a flat
+# stretch can be what a channel does, and not "unusual": the baseline must follow a real change.
+PAUSE_KINDS = frozenset({"lit_by_day", "dark_at_night", "drift", "off_schedule"})
 
 migrations = Migrations("reverbere.detect")
 
@@ -65,7 +78,7 @@ class ChannelDetector:
     """All detectors of one node's channel, and their events."""
 
     __slots__ = ("channel", "clock", "config", "interval", "last_time", "node", "prev", "rules",
-                 "stat", "trackers", "unit")
+                 "sched", "stat", "trackers", "unit")
 
     def __init__(self, node: str, channel: str, config: DetectConfig, clock: Clock):
         self.node, self.channel, self.config, self.clock = node, channel, config, clock
@@ -78,7 +91,7 @@ class ChannelDetector:
             self.rules.append(StuckRule(node, self.unit, config.stuck_readings, clock))
         if channel == "p" and config.is_lamp(node):
             self.rules.append(LampRule(node, self.unit, config, clock))
-        sched = config.schedule_for(node)
+        sched = self.sched = config.schedule_for(node)
         if sched is not None and channel in ("p", "e"):
             self.rules.append(ScheduleRule(node, sched, clock, counter=counter))
         # Counters are judged by their rate of increase, not their ever-growing value.
@@ -136,8 +149,14 @@ class ChannelDetector:
             unit = "W" if self.unit == "Wh" else self.unit + "/h"
         else:
             unit = self.unit
-        v = self.stat.update(t, x)
-        if any(r.transition(t) for r in self.rules if hasattr(r, "transition")):
+        sched, clock, cfg = self.sched, self.clock, self.config
+        # A building learns its closed days apart from its open ones; the baseline learns from
+        # normal readings only, so it pauses while an energy rule's event is open here.
+        closed = sched is not None and clock.weekday_time(t)[0] not in sched.days
+        learn = not any(tr.open for k, tr in self.trackers.items() if k in PAUSE_KINDS)
+        v = self.stat.update(t, x, closed, learn)
+        if (cfg.is_lamp(self.node) and lamp_switching(clock, cfg, t)) or (
+                sched is not None and schedule_switching(clock, sched, t)):
             # A switch the rules expect (dusk, dawn, opening hours): they judge it, not this.
             return Finding("unusual", 0.0, False, str)
         active = v.score >= 0.5 * self.config.threshold

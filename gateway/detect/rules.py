@@ -37,7 +37,8 @@ from gateway.detect.events import Finding
 CONFIRM = 3  # readings in a row before a rule's condition counts
 DRIFT_LEARN = 30  # lit readings per hour of night that make the drift rule's reference
 DRIFT_ALPHA = 1 / 300  # weight of a lit reading in the drift average (about 5 h at 1/min)
-LEARN_ALPHA = 0.02  # weight of a reading in the learnt levels of a building
+LEARN_TAU = 3000.0  # seconds of memory of a building's learnt levels (open, closed)
+BUSY_RATIO = 1.5  # learnt opening-hours use must be this many times the out-of-hours use
 
 
 class Clock:
@@ -88,6 +89,28 @@ class Clock:
             self._sun.clear()
         self._sun[date] = v
         return v
+
+
+def lamp_switching(clock: Clock, cfg: DetectConfig, t: float) -> bool:
+    """Within the twilight grace around sunrise or sunset, when a street light switches: the
+    lamp rules judge that, the statistical detector does not alarm."""
+    sun = clock.sun(t)
+    if sun is None:
+        return False
+    grace = cfg.twilight_minutes * 60
+    return abs(t - sun[0]) <= grace or abs(t - sun[1]) <= grace
+
+
+def schedule_switching(clock: Clock, sched: Schedule, t: float) -> bool:
+    """Within an hour of a building's opening or closing time (on any day: the load ramps up or
+    down then, or does not on a closed day): the statistical detector does not alarm."""
+    _, now = clock.weekday_time(t)
+    minutes = now.hour * 60 + now.minute
+    for edge in (sched.open, sched.close):
+        d = abs(minutes - (edge.hour * 60 + edge.minute))
+        if min(d, 1440 - d) <= 60:
+            return True
+    return False
 
 
 def fmt_value(x: float, unit: str) -> str:
@@ -153,15 +176,6 @@ class LampRule:
                 out.append(self._drift(t, x))
         return out
 
-    def transition(self, t: float) -> bool:
-        """Within the twilight grace, when the lamp is expected to switch: the statistical
-        detector does not alarm then (this rule judges lit and dark)."""
-        sun = self.clock.sun(t)
-        if sun is None:
-            return False
-        grace = self.cfg.twilight_minutes * 60
-        return abs(t - sun[0]) <= grace or abs(t - sun[1]) <= grace
-
     def _planned_off(self, t: float) -> bool:
         off = self.cfg.lamps_off
         if off is None:
@@ -213,23 +227,26 @@ class ScheduleRule:
         self.run = 0
 
     def step(self, t: float, x: float) -> list[Finding]:
+        prev, self.prev = self.prev, (t, x)
+        if prev is not None and t <= prev[0]:
+            return []
         if self.counter:
-            prev, self.prev = self.prev, (t, x)
-            if prev is None or t <= prev[0] or x < prev[1]:
+            if prev is None or x < prev[1]:
                 return []
             x = (x - prev[1]) * 3600.0 / (t - prev[0])  # Wh over seconds -> W
+        # Learnt levels have a memory in time (not in readings), whatever the interval.
+        weight = 0.0 if prev is None else min(1.0, (t - prev[0]) / LEARN_TAU)
         wd, now = self.clock.weekday_time(t)
         if self.sched.is_open(wd, now):
             self.run = 0
             self.n_busy += 1
-            self.busy += max(LEARN_ALPHA, 1.0 / self.n_busy) * (x - self.busy)
+            self.busy += max(weight, 1.0 / self.n_busy) * (x - self.busy)
             return [Finding("off_schedule", 0.0, False, str)]
         limit = self._limit()
         if limit is None or x <= limit:
             self.run = 0
-            if limit is None or x <= limit:
-                self.n_idle += 1
-                self.idle += max(LEARN_ALPHA, 1.0 / self.n_idle) * (x - self.idle)
+            self.n_idle += 1
+            self.idle += max(weight, 1.0 / self.n_idle) * (x - self.idle)
             return [Finding("off_schedule", 0.0, False, str)]
         self.run += 1
         if self.run < CONFIRM:
@@ -240,22 +257,13 @@ class ScheduleRule:
                         f" outside its hours ({sched.describe()}) it draws about"
                         f" {fmt_value(limit if sched.standby_watts else self.idle, 'W')}")]
 
-    def transition(self, t: float) -> bool:
-        """Within an hour of opening or closing time (the load ramps up or down then): the
-        statistical detector does not alarm then."""
-        _, now = self.clock.weekday_time(t)
-        minutes = now.hour * 60 + now.minute
-        for edge in (self.sched.open, self.sched.close):
-            d = abs(minutes - (edge.hour * 60 + edge.minute))
-            if min(d, 1440 - d) <= 60:
-                return True
-        return False
-
     def _limit(self) -> float | None:
         if self.sched.standby_watts is not None:
             return self.sched.standby_watts
-        if self.n_idle < 30 or self.n_busy < 30 or self.busy <= self.idle:
+        if self.n_idle < 30 or self.n_busy < 30:
             return None  # still learning what "open" and "closed" look like
+        if self.busy < BUSY_RATIO * self.idle:
+            return None  # opening hours barely change its use (heating at night): no judgement
         return self.idle + 0.5 * (self.busy - self.idle)
 
     def dump(self) -> list:
@@ -292,32 +300,50 @@ class CounterRule:
 
 
 class StuckRule:
-    """The same non-zero value too many times in a row: a frozen sensor or a stale register."""
+    """The same value too many times in a row: a frozen sensor or a stale register.
 
-    __slots__ = ("clock", "limit", "node", "run", "since", "unit", "value")
+    "Too many" is ``stuck_readings``, or twice the longest run of one value this channel has
+    shown when healthy, whichever is more: a meter that reads exactly 0 W all day long (a lamp
+    switched off) is not stuck, one whose zeros always came with noise is. Runs of zeros are not
+    judged during the first ``LEARN_DAYS`` days, while the channel shows what its zeros are like.
+    """
+
+    __slots__ = ("clock", "first", "limit", "longest", "node", "raised", "run", "since", "unit",
+                 "value")
+
+    LEARN_DAYS = 1
 
     def __init__(self, node: str, unit: str, limit: int, clock: Clock):
         self.node, self.unit, self.limit, self.clock = node, unit, limit, clock
         self.value: float | None = None
         self.run = 0
         self.since = 0.0
+        self.longest = 0  # the longest run that ended without raising the alarm
+        self.raised = False  # whether the current run raised it
+        self.first: float | None = None
 
     def step(self, t: float, x: float) -> list[Finding]:
+        if self.first is None:
+            self.first = t
         if x != self.value:
-            self.value, self.run, self.since = x, 1, t
+            if not self.raised:
+                self.longest = max(self.longest, self.run)
+            self.value, self.run, self.since, self.raised = x, 1, t, False
             return [Finding("stuck", 0.0, False, str)]
         self.run += 1
-        if self.run < self.limit or x == 0:
+        needed = max(self.limit, 2 * self.longest)
+        if self.run < needed or (x == 0 and t - self.first < self.LEARN_DAYS * 86400):
             return [Finding("stuck", 0.0, False, str)]
+        self.raised = True
         run, since = self.run, self.since
-        return [Finding("stuck", min(1.0, 0.5 * run / self.limit), True,
+        return [Finding("stuck", min(1.0, 0.5 * run / needed), True,
                         lambda: f"{self.node} read exactly {fmt_value(x, self.unit)} {run} times"
                         f" in a row since {self.clock.hhmm(since)} (stuck sensor?)")]
 
     def dump(self) -> list:
-        return [self.value, self.run, self.since]
+        return [self.value, self.run, self.since, self.longest, self.first, self.raised]
 
     def load(self, d: list) -> None:
-        self.value, self.run, self.since = d
+        self.value, self.run, self.since, self.longest, self.first, self.raised = d
 
 
