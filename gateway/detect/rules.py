@@ -204,7 +204,8 @@ class LampRule:
                        f" {self.clock.hhmm(t)}, {fmt_value(ref, self.unit)} then when new)")
 
     def dump(self) -> list:
-        return [self.lit_run, self.dark_run, self.drift, list(self.refs), list(self.counts)]
+        return [self.lit_run, self.dark_run, round(self.drift, 6),
+                [round(v, 3) for v in self.refs], list(self.counts)]
 
     def load(self, d: list) -> None:
         self.lit_run, self.dark_run, self.drift, refs, counts = d
@@ -302,14 +303,15 @@ class CounterRule:
 class StuckRule:
     """The same value too many times in a row: a frozen sensor or a stale register.
 
-    "Too many" is ``stuck_readings``, or twice the longest run of one value this channel has
-    shown when healthy, whichever is more: a meter that reads exactly 0 W all day long (a lamp
-    switched off) is not stuck, one whose zeros always came with noise is. Runs of zeros are not
+    "Too many" is ``stuck_readings``, or twice the longest run this channel has shown when
+    healthy (of zeros, for a zero; of any other value, otherwise), whichever is more: a meter that
+    reads exactly 0 W all day long (a lamp switched off) is not stuck, one whose zeros always came
+    with noise is. Runs of zeros are not
     judged during the first ``LEARN_DAYS`` days, while the channel shows what its zeros are like.
     """
 
-    __slots__ = ("clock", "first", "limit", "longest", "node", "raised", "run", "since", "unit",
-                 "value")
+    __slots__ = ("clock", "first", "limit", "longest", "longest_zero", "node", "raised", "run",
+                 "since", "unit", "value")
 
     LEARN_DAYS = 1
 
@@ -318,7 +320,8 @@ class StuckRule:
         self.value: float | None = None
         self.run = 0
         self.since = 0.0
-        self.longest = 0  # the longest run that ended without raising the alarm
+        self.longest = 0  # the longest run of a non-zero value that ended without an alarm
+        self.longest_zero = 0  # the same for zeros (a lamp off all day reads 0 W for hours)
         self.raised = False  # whether the current run raised it
         self.first: float | None = None
 
@@ -326,12 +329,14 @@ class StuckRule:
         if self.first is None:
             self.first = t
         if x != self.value:
-            if not self.raised:
+            if not self.raised and self.value == 0:
+                self.longest_zero = max(self.longest_zero, self.run)
+            elif not self.raised:
                 self.longest = max(self.longest, self.run)
             self.value, self.run, self.since, self.raised = x, 1, t, False
             return [Finding("stuck", 0.0, False, str)]
         self.run += 1
-        needed = max(self.limit, 2 * self.longest)
+        needed = max(self.limit, 2 * (self.longest_zero if x == 0 else self.longest))
         if self.run < needed or (x == 0 and t - self.first < self.LEARN_DAYS * 86400):
             return [Finding("stuck", 0.0, False, str)]
         self.raised = True
@@ -341,9 +346,11 @@ class StuckRule:
                         f" in a row since {self.clock.hhmm(since)} (stuck sensor?)")]
 
     def dump(self) -> list:
-        return [self.value, self.run, self.since, self.longest, self.first, self.raised]
+        return [self.value, self.run, self.since, self.longest, self.longest_zero, self.first,
+                self.raised]
 
     def load(self, d: list) -> None:
-        self.value, self.run, self.since, self.longest, self.first, self.raised = d
+        (self.value, self.run, self.since, self.longest, self.longest_zero, self.first,
+         self.raised) = d
 
 
