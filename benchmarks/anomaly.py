@@ -77,8 +77,13 @@ def run_nab(root: Path, quick: bool) -> dict:
         n += len(rows)
     elapsed = time.perf_counter() - t0
     by_score, by_alarm = nab.Corpus(files, scores), nab.Corpus(files, alarms)
-    out = {"files": len(files), "rows": n, "windows": sum(len(f.windows) for f in files),
-           "us_per_row_replay": round(1e6 * elapsed / n, 1), "profiles": {}}
+    out = {
+        "files": len(files),
+        "rows": n,
+        "windows": sum(len(f.windows) for f in files),
+        "us_per_row_replay": round(1e6 * elapsed / n, 1),
+        "profiles": {},
+    }
     for name, profile in nab.PROFILES.items():
         thr, tuned = by_score.best_threshold(profile)
         out["profiles"][name] = {
@@ -96,8 +101,11 @@ def _ts(text: str) -> float:
 
 # -- 2. A labelled synthetic fleet ----------------------------------------------------------------
 SITE = {"latitude": 45.76, "longitude": 4.84, "timezone": "Europe/Paris"}
-SCHOOL = Schedule(("school-*",), _parse_days("k", "mon-fri"),
-                  *[datetime.strptime(x, "%H:%M").time() for x in ("07:30", "18:30")])
+SCHOOL = Schedule(
+    ("school-*",),
+    _parse_days("k", "mon-fri"),
+    *[datetime.strptime(x, "%H:%M").time() for x in ("07:30", "18:30")],
+)
 
 
 def make_fleet(days: int, lamps: int, buildings: int, seed: int = 7):
@@ -222,8 +230,14 @@ def run_fleet(days: int, lamps: int, buildings: int) -> dict:
         cases = [t for t in truth if t[1] == kind]
         found, delays = 0, []
         for node, _, a0, a1 in cases:
-            hits = [e for e in events if e["node"] == node and e["kind"] == kind
-                    and e["start"] <= a1 + slack and (e["end"] is None or e["end"] >= a0 - 60)]
+            hits = [
+                e
+                for e in events
+                if e["node"] == node
+                and e["kind"] == kind
+                and e["start"] <= a1 + slack
+                and (e["end"] is None or e["end"] >= a0 - 60)
+            ]
             if hits:
                 found += 1
                 first = min(hits, key=lambda e: e["start"])
@@ -241,8 +255,11 @@ def run_fleet(days: int, lamps: int, buildings: int) -> dict:
         if e["id"] in matched_events:
             continue
         for node, _, a0, a1 in truth:
-            if e["node"] == node and e["start"] <= a1 + slack and (
-                    e["end"] is None or e["end"] >= a0 - 60):
+            if (
+                e["node"] == node
+                and e["start"] <= a1 + slack
+                and (e["end"] is None or e["end"] >= a0 - 60)
+            ):
                 matched_events.add(e["id"])
     false = [e for e in events if e["id"] not in matched_events]
     # Precision per kind of event: the share of its events that point at an injected anomaly
@@ -251,7 +268,8 @@ def run_fleet(days: int, lamps: int, buildings: int) -> dict:
         mine = [e for e in events if e["kind"] == kind]
         per_kind.setdefault(kind, {"injected": 0})["events"] = len(mine)
         per_kind[kind]["precision"] = (
-            round(sum(e["id"] in matched_events for e in mine) / len(mine), 3) if mine else None)
+            round(sum(e["id"] in matched_events for e in mine) / len(mine), 3) if mine else None
+        )
     weeks = days / 7
     return {
         "days": days,
@@ -292,19 +310,27 @@ def run_sim_fleet(days: int, nodes: int, seed: int = 3) -> dict:
     start = float(datetime(2026, 10, 5, tzinfo=UTC).timestamp())  # a Monday, in autumn
     duration = days * 86400
     truth = plan_anomalies({n: kind_of(n) for n in ids}, start, duration, len(ids), seed)
-    cfg = DetectConfig.from_mapping({
-        "latitude": LATITUDE, "longitude": LONGITUDE, "timezone": "Etc/GMT-1",  # UTC+1
-        "lamps": ["lamp-*"],
-        "buildings": [{"nodes": ["bldg-*"], "days": "mon-fri", "open": "08:00",
-                       "close": "18:00"}],
-    })
+    cfg = DetectConfig.from_mapping(
+        {
+            "latitude": LATITUDE,
+            "longitude": LONGITUDE,
+            "timezone": "Etc/GMT-1",  # UTC+1
+            "lamps": ["lamp-*"],
+            "buildings": [
+                {"nodes": ["bldg-*"], "days": "mon-fri", "open": "08:00", "close": "18:00"}
+            ],
+        }
+    )
     readings: list[Reading] = []
     for node in ids:
         mine = tuple(a for a in truth if a.node == node)
         cls = Building if kind_of(node) == "building" else StreetLight
         prof = cls(node, seed, mine)
-        sched = sorted((t, ch) for ch, every in prof.channels.items()
-                       for t in range(int(start), int(start + duration), every))
+        sched = sorted(
+            (t, ch)
+            for ch, every in prof.channels.items()
+            for t in range(int(start), int(start + duration), every)
+        )
         for t, ch in sched:
             if prof.silent(t) is not None:
                 continue
@@ -319,9 +345,14 @@ def run_sim_fleet(days: int, nodes: int, seed: int = 3) -> dict:
             detect(db, readings[k : k + 50])
         events = list(db.query("SELECT * FROM anomalies"))
     out = evaluate(events, truth)
-    out.update({"days": days, "nodes": len(ids), "readings": len(readings),
-                "false_alarms_per_node_week": round(out["false_alarms"] / len(ids) / (days / 7),
-                                                    3)})
+    out.update(
+        {
+            "days": days,
+            "nodes": len(ids),
+            "readings": len(readings),
+            "false_alarms_per_node_week": round(out["false_alarms"] / len(ids) / (days / 7), 3),
+        }
+    )
     return out
 
 
@@ -331,8 +362,11 @@ def run_cost(n: int) -> dict:
     clock = Clock(cfg)
     rng = random.Random(1)
     out = {}
-    for label, node, channel in (("generic", "x", "x"), ("lamp power", "lamp-001", "p"),
-                                 ("building energy", "school-01", "e")):
+    for label, node, channel in (
+        ("generic", "x", "x"),
+        ("lamp power", "lamp-001", "p"),
+        ("building energy", "school-01", "e"),
+    ):
         cd = ChannelDetector(node, channel, cfg, clock)
         t = 1.79e9
         e = 0.0
@@ -344,8 +378,10 @@ def run_cost(n: int) -> dict:
         t0 = time.perf_counter()
         for tt, v in vals:
             cd.step(tt, v)
-        out[label] = {"us_per_reading": round(1e6 * (time.perf_counter() - t0) / n, 1),
-                      "state_bytes": len(cd.dumps())}
+        out[label] = {
+            "us_per_reading": round(1e6 * (time.perf_counter() - t0) / n, 1),
+            "state_bytes": len(cd.dumps()),
+        }
     return out
 
 

@@ -30,8 +30,10 @@ def evaluate(events: Iterable[dict], truth: Iterable, slack: float = 3600.0) -> 
     for a in truth:
         node, kind, a0, a1 = _get(a, "node"), _get(a, "kind"), _get(a, "start"), _get(a, "end")
         hits = [
-            e for e in events
-            if e["node"] == node and e["start"] <= a1 + slack
+            e
+            for e in events
+            if e["node"] == node
+            and e["start"] <= a1 + slack
             and (e["end"] is None or e["end"] >= a0)
         ]
         k = per_kind.setdefault(kind, {"injected": 0, "found": 0, "found_as": {}})

@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_quick_benchmark_runs_and_detects():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "anomaly.py"), "--quick", "--json"],
-        capture_output=True, text=True, check=True, timeout=300,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
     )
     report = json.loads(out.stdout)
     nab = report["nab"]

@@ -70,8 +70,15 @@ class Verdict:
 
     __slots__ = ("expected", "novelty", "record", "score", "spread", "z")
 
-    def __init__(self, score: float, novelty: float, z: float, expected: float, spread: float,
-                 record: tuple[float, float] | None = None):
+    def __init__(
+        self,
+        score: float,
+        novelty: float,
+        z: float,
+        expected: float,
+        spread: float,
+        record: tuple[float, float] | None = None,
+    ):
         self.score = score  # the surprise of this reading, in [0, 1]
         self.novelty = novelty  # the part of it that is new (damped): the alarm score, in [0, 1]
         self.z = z
@@ -120,8 +127,9 @@ class StatDetector:
         self.sm = self.sm_lo = self.sm_hi = 0.0  # short average of the readings, and its range
         self.slots = array("f", bytes(4 * 3 * _SLOTS))  # per slot: visits, median, spread
 
-    def update(self, time: float, x: float, closed_day: bool = False, learn: bool = True
-               ) -> Verdict:
+    def update(
+        self, time: float, x: float, closed_day: bool = False, learn: bool = True
+    ) -> Verdict:
         """Score reading ``x`` at ``time``; ``closed_day`` picks the hour-of-day slots of closed
         days; ``learn=False`` scores without learning (the reading is known to be wrong)."""
         n = self.n
@@ -143,8 +151,11 @@ class StatDetector:
         z, expected, used_spread = z_short, level, spread
         if ready:
             d_spread = max(slots[day_i + 2], self.floor, 0.25 * spread)
-            z, expected, used_spread = abs(x - slots[day_i + 1]) / d_spread, slots[day_i + 1], \
-                d_spread
+            z, expected, used_spread = (
+                abs(x - slots[day_i + 1]) / d_spread,
+                slots[day_i + 1],
+                d_spread,
+            )
             if slots[week_i] >= WEEK_READY:
                 w_spread = max(slots[week_i + 2], self.floor, 0.25 * spread)
                 z_week = abs(x - slots[week_i + 1]) / w_spread
@@ -252,18 +263,48 @@ class StatDetector:
     def dumps(self) -> bytes:
         """The whole state, packed (2.7 KB)."""
         head = _HEAD.pack(
-            self.n, self.hour, self.level, self.dev, self.floor, self.cusum_hi, self.cusum_lo,
-            self.peak, self.zq, self.zs, self.zsq, self.lo, self.hi, self.sm, self.sm_lo,
-            self.sm_hi, 0.0,
+            self.n,
+            self.hour,
+            self.level,
+            self.dev,
+            self.floor,
+            self.cusum_hi,
+            self.cusum_lo,
+            self.peak,
+            self.zq,
+            self.zs,
+            self.zsq,
+            self.lo,
+            self.hi,
+            self.sm,
+            self.sm_lo,
+            self.sm_hi,
+            0.0,
         )
         return head + self.slots.tobytes()
 
     @classmethod
     def loads(cls, data: bytes) -> "StatDetector":
         self = cls()
-        (self.n, self.hour, self.level, self.dev, self.floor, self.cusum_hi, self.cusum_lo,
-         self.peak, self.zq, self.zs, self.zsq, self.lo, self.hi, self.sm, self.sm_lo,
-         self.sm_hi, _) = _HEAD.unpack_from(data)
+        (
+            self.n,
+            self.hour,
+            self.level,
+            self.dev,
+            self.floor,
+            self.cusum_hi,
+            self.cusum_lo,
+            self.peak,
+            self.zq,
+            self.zs,
+            self.zsq,
+            self.lo,
+            self.hi,
+            self.sm,
+            self.sm_lo,
+            self.sm_hi,
+            _,
+        ) = _HEAD.unpack_from(data)
         self.slots = array("f")
         self.slots.frombytes(data[_HEAD.size :])
         return self

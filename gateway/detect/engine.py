@@ -77,8 +77,20 @@ def m001_detect_tables(db: sqlite_utils.Database) -> None:
 class ChannelDetector:
     """All detectors of one node's channel, and their events."""
 
-    __slots__ = ("channel", "clock", "config", "interval", "last_time", "node", "prev", "rules",
-                 "sched", "stat", "trackers", "unit")
+    __slots__ = (
+        "channel",
+        "clock",
+        "config",
+        "interval",
+        "last_time",
+        "node",
+        "prev",
+        "rules",
+        "sched",
+        "stat",
+        "trackers",
+        "unit",
+    )
 
     def __init__(self, node: str, channel: str, config: DetectConfig, clock: Clock):
         self.node, self.channel, self.config, self.clock = node, channel, config, clock
@@ -110,8 +122,11 @@ class ChannelDetector:
             if t <= last:
                 return 0.0, []
             gap = t - last
-            self.interval = gap if self.interval == 0 else (
-                self.interval + INTERVAL_ALPHA * (gap - self.interval))
+            self.interval = (
+                gap
+                if self.interval == 0
+                else (self.interval + INTERVAL_ALPHA * (gap - self.interval))
+            )
         self.last_time = t
         findings: list[Finding] = []
         for rule in self.rules:
@@ -156,7 +171,8 @@ class ChannelDetector:
         learn = not any(tr.open for k, tr in self.trackers.items() if k in PAUSE_KINDS)
         v = self.stat.update(t, x, closed, learn)
         if (cfg.is_lamp(self.node) and lamp_switching(clock, cfg, t)) or (
-                sched is not None and schedule_switching(clock, sched, t)):
+            sched is not None and schedule_switching(clock, sched, t)
+        ):
             # A switch the rules expect (dusk, dawn, opening hours): they judge it, not this.
             return Finding("unusual", 0.0, False, str)
         active = v.score >= 0.5 * self.config.threshold
@@ -169,10 +185,11 @@ class ChannelDetector:
         head = f"{self.node}{what} read {fmt_value(x, unit)} at {self.clock.hhmm(t)}"
         if v.record is not None:
             lo, hi = v.record
-            return (f"{head}, outside all it had read before"
-                    f" ({fmt_value(lo, unit)} to {fmt_value(hi, unit)})")
-        return (f"{head}, usually {fmt_value(v.expected, unit)}"
-                f" (± {fmt_value(v.spread, unit)}) then")
+            return (
+                f"{head}, outside all it had read before"
+                f" ({fmt_value(lo, unit)} to {fmt_value(hi, unit)})"
+            )
+        return f"{head}, usually {fmt_value(v.expected, unit)} (± {fmt_value(v.spread, unit)}) then"
 
     # -- persistence ---------------------------------------------------------------------------
     def dumps(self) -> bytes:
@@ -197,9 +214,7 @@ class ChannelDetector:
         self.last_time = last
         for rule, d in zip(self.rules, rules, strict=True):
             rule.load(d)
-        self.trackers = {
-            k: Tracker.load(self.node, self.channel, d) for k, d in trackers.items()
-        }
+        self.trackers = {k: Tracker.load(self.node, self.channel, d) for k, d in trackers.items()}
 
 
 class Detector:
@@ -295,8 +310,9 @@ def check_silent(
         row = open_rows.get(node)
         if row is not None:
             if node in heard:
-                ev = Event(node, SILENT_CHANNEL, "silent", row[2], last, row[3], row[4], row[0],
-                           row[5] + 1)
+                ev = Event(
+                    node, SILENT_CHANNEL, "silent", row[2], last, row[3], row[4], row[0], row[5] + 1
+                )
                 save_event(db, ev)
                 out.append(ev)
             continue
@@ -304,8 +320,15 @@ def check_silent(
         if last is None or now - last <= limit:
             continue
         every = (f"every {_duration(interval)}") if interval else "regularly"
-        ev = Event(node, SILENT_CHANNEL, "silent", last + limit, None, 0.7,
-                   f"{node} has sent nothing since {clock.hhmm(last)} (it reads {every})")
+        ev = Event(
+            node,
+            SILENT_CHANNEL,
+            "silent",
+            last + limit,
+            None,
+            0.7,
+            f"{node} has sent nothing since {clock.hhmm(last)} (it reads {every})",
+        )
         save_event(db, ev)
         out.append(ev)
     return out
