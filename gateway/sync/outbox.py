@@ -12,7 +12,6 @@ The summarise and detect stages call :func:`enqueue_summaries` and :func:`enqueu
 with the open database, inside or after their own commit.
 """
 
-import contextlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -168,9 +167,8 @@ def _enqueue(db: sqlite_utils.Database, rows: Sequence[dict]) -> int:
     if not rows:
         return 0
     changed = 0
-    # Inside the caller's transaction when there is one (it commits), else our own.
-    outer = db.conn.in_transaction
-    with contextlib.nullcontext() if outer else db.conn:
+    # One transaction (a savepoint inside the caller's transaction, if it has one).
+    with db.atomic():
         enq = _next_enq(db, len(rows))
         for i, r in enumerate(rows):
             cur = db.execute(
