@@ -81,6 +81,7 @@ def pull(
     ca_file: str | None = None,
     timeout: float = 60.0,
     nodes: Sequence[str] | None = None,
+    page_size: int = 10000,
 ) -> Pulled:
     """Summaries and events with phenomenonTime in ``[start, end)`` from the SensorThings
     service at ``url``, following ``@iot.nextLink`` through every page."""
@@ -107,7 +108,7 @@ def pull(
             "$select": "id,phenomenonTime,result,parameters",
             "$resultFormat": "dataArray",
             "$orderby": "id asc",
-            "$top": "10000",
+            "$top": str(page_size),
         }
         seen: set[tuple] = set()
         for page in _pages(client, root, "Observations", params, out):
