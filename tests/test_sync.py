@@ -239,3 +239,51 @@ def test_bearer_and_basic_auth(tmp_path):
             assert_pull_matches(db, p.url)  # reading needs the credentials too
         got = pull(p.url, 0, 2**31, basic=("gw", "pw"))
         assert len(got.summaries) == 6 and got.duplicates == 0
+
+
+def test_demo_hooks_outage_then_pull_back_and_chart(tmp_path):
+    from sim.platform.demo import pull_back, start_demo_platform
+
+    plat = start_demo_platform(tmp_path / "demo", fault_rate=0.0)
+    try:
+        db = open_db(tmp_path / "gw.db")
+        enqueue_summaries(db, week_of_summaries(3, hours=24))
+        enqueue_events(db, some_events(3))
+        worker = fast_worker(db, plat.url)
+        plat.proxy.down = True  # the 4G link drops
+        assert worker.step() == "failed"
+        plat.proxy.down = False
+        assert worker.sync_until_idle() == "idle"
+        worker.target.close()
+        figures = pull_back(db, plat, tmp_path / "chart.svg")
+    finally:
+        plat.stop()
+    assert figures["summaries_synced"] == figures["summaries_on_platform"] == 3 * 2 * 24
+    assert figures["duplicates_on_platform"] == 0 and figures["uplink_bytes"] > 0
+    assert (tmp_path / "chart.svg").stat().st_size > 1000
+
+
+def test_metrics_and_pruning(tmp_path, platform):
+    from gateway.sync import declare_metrics, prune_synced
+
+    class Gauge:
+        def set_function(self, fn):
+            self.fn = fn
+
+    class Registry(dict):
+        def gauge(self, name, text):
+            return self.setdefault(name, Gauge())
+
+    db = open_db(tmp_path / "gw.db")
+    enqueue_summaries(db, week_of_summaries(1, hours=48))
+    reg = Registry()
+    declare_metrics(reg, db, SyncConfig(url=platform.url, daily_budget=10**6))
+    assert reg["reverbere_sync_pending_summaries"].fn() == 96
+    worker = fast_worker(db, platform.url)
+    assert worker.sync_until_idle() == "idle"
+    worker.target.close()
+    assert reg["reverbere_sync_pending_summaries"].fn() == 0
+    assert 0 < reg["reverbere_sync_budget_sent_bytes"].fn() <= 10**6
+    assert reg["reverbere_sync_budget_limit_bytes"].fn() == 10**6
+    assert prune_synced(db, H0 + 24 * 3600) == 48  # the first day's 2 x 24 hours
+    assert backlog(db).synced == 48

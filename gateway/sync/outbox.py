@@ -238,3 +238,17 @@ def set_state(db: sqlite_utils.Database, name: str, value: str) -> None:
         "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
         [name, value],
     )
+
+
+def prune_synced(db: sqlite_utils.Database, before: float) -> int:
+    """Forget confirmed rows older than ``before`` (Unix seconds); returns how many.
+
+    A late correction of an hour older than this would then be sent as a new Observation,
+    so keep at least as long as readings may arrive late (the retention period)."""
+    with db.atomic():
+        cur = db.execute(
+            "DELETE FROM sync_outbox WHERE synced_version = version AND inflight IS NULL "
+            "AND time < ?",
+            [int(before)],
+        )
+    return cur.rowcount
