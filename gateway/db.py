@@ -11,7 +11,13 @@ from pathlib import Path
 import sqlite_utils
 
 # "module:attribute" of each migration set, applied in this order.
-MIGRATION_SETS: tuple[str, ...] = ("gateway.sync.outbox:migrations",)
+MIGRATION_SETS: tuple[str, ...] = (
+    "gateway.registry:migrations",
+    "gateway.store:migrations",
+    "gateway.detect:migrations",
+    "gateway.summarise:migrations",
+    "gateway.sync.outbox:migrations",
+)
 
 
 def open_db(path: str | Path) -> sqlite_utils.Database:

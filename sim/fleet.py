@@ -1,0 +1,335 @@
+"""A fleet of simulated nodes, each running the real firmware (firmware/node.py) on sim/hal.py.
+
+All nodes live in one process and one asyncio loop; each has its own UDP socket on loopback, so
+the gateway (or a ``sim.net`` proxy in front of it) sees one address per node, as in the field.
+
+Time is simulated (``SimClock``) and runs as fast as the traffic allows: the scheduler jumps
+to the next instant a node has something to do, runs every node due then, and, if they sent
+datagrams, waits (in real time) until their exchanges are answered or the network has been
+quiet for ``quiet`` seconds, before moving time on. Readings carry their own timestamps, so
+nothing downstream depends on the pace. ``speed`` caps it (simulated seconds per real second),
+for a demo that should look alive.
+
+    stats = await run_fleet(100, ("127.0.0.1", 5683), duration=86400)
+"""
+
+import asyncio
+import heapq
+import json
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from firmware import config
+from firmware.node import Node
+from sim.hal import SimClock, SimHal
+from sim.profiles import Anomaly, Building, Profile, StreetLight, plan_anomalies
+
+BUILDING_SHARE = 0.2  # one node in five meters a public building, the rest are street lights
+
+
+@dataclass
+class FleetStats:
+    nodes: int
+    sim_seconds: float
+    wall_seconds: float
+    speedup: float  # simulated seconds per real second
+    readings: int  # sampled and stored by the nodes
+    packs: int  # packs built and sent (first transmissions)
+    acked: int  # packs acknowledged with 2.xx
+    failed: int  # exchanges that gave up or were refused (then retried)
+    datagrams: int  # datagrams the nodes sent, retransmissions included
+    dropped: int  # readings the nodes dropped (buffer full)
+    pending: int  # readings still in the nodes' buffers at the end
+    anomalies: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_keys(n: int, seed: int = 0) -> dict[str, bytes]:
+    """``n`` node ids and 32-byte keys, reproducible from ``seed``: lamps, then buildings."""
+    rng = random.Random(f"keys:{seed}")
+    buildings = round(n * BUILDING_SHARE)
+    ids = [f"lamp-{i + 1:03d}" for i in range(n - buildings)]
+    ids += [f"bldg-{i + 1:03d}" for i in range(buildings)]
+    return {node: rng.randbytes(32) for node in ids}
+
+
+def kind_of(node: str) -> str:
+    return "building" if node.startswith("bldg") else "lamp"
+
+
+class _Socket(asyncio.DatagramProtocol):
+    def __init__(self, fleet: "Fleet", idx: int):
+        self.fleet = fleet
+        self.idx = idx
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.fleet._datagram(self.idx, data)
+
+    def error_received(self, exc):
+        pass  # ICMP port unreachable while the gateway is down: the node retransmits
+
+
+class _Member:
+    def __init__(self, node_id, key, hal, cfg, sock):
+        self.id = node_id
+        self.key = key
+        self.hal = hal
+        self.cfg = cfg
+        self.sock = sock
+        self.node = Node(hal, cfg)
+        self.version = 0  # invalidates stale entries in the scheduler's heap
+        self.off_until: float | None = None  # powered off (a "silent" anomaly) until then
+        self.before: dict[str, int] = {}  # statistics of the node's earlier boots
+
+    def reboot(self) -> None:
+        for k, v in self.node.stats.items():
+            self.before[k] = self.before.get(k, 0) + v
+        self.hal.boot()
+        self.node = Node(self.hal, self.cfg)
+
+    def total(self, stat: str) -> int:
+        return self.before.get(stat, 0) + self.node.stats[stat]
+
+
+class Fleet:
+    """N virtual nodes; ``await Fleet(...).run()`` simulates ``duration`` seconds."""
+
+    def __init__(
+        self,
+        keys: dict[str, bytes],
+        gateway: tuple[str, int],
+        start: float | None = None,
+        duration: float = 86400,
+        seed: int = 0,
+        anomalies: list[Anomaly] | int = 0,
+        speed: float | None = None,
+        quiet: float = 0.005,
+        drain: float = 3600,
+        know_time: bool = True,
+        record: bool = False,
+        store_kb: int = 16,
+        node_config: dict | None = None,
+    ):
+        self.keys = keys
+        self.gateway = gateway
+        self.start = float(int(start if start is not None else time.time() - duration))
+        self.duration = duration
+        self.seed = seed
+        if isinstance(anomalies, int):
+            kinds = {n: kind_of(n) for n in keys}
+            anomalies = plan_anomalies(kinds, self.start, duration, anomalies, seed)
+        self.anomalies = anomalies
+        self.speed = speed
+        self.quiet = quiet
+        self.drain = drain
+        self.know_time = know_time
+        self.record = record
+        self.store_kb = store_kb
+        self.node_config = node_config or {}
+        self.clock = SimClock(self.start)
+        self.members: list[_Member] = []
+        self._heap: list[tuple[int, int, int, int]] = []  # (ms since start, seq, node, version)
+        self._seq = 0
+        self._activity = asyncio.Event()
+        self._batch: set[int] = set()
+
+    # --- set-up --------------------------------------------------------------------------------
+
+    def _profile(self, node: str) -> Profile:
+        mine = tuple(a for a in self.anomalies if a.node == node)
+        if kind_of(node) == "building":
+            return Building(node, self.seed, mine)
+        return StreetLight(node, self.seed, mine)
+
+    def _config(self, node: str, key: bytes, profile: Profile) -> dict:
+        cfg = {
+            "node": node,
+            "key": key.hex(),
+            "gateway": self.gateway[0],
+            "port": self.gateway[1],
+            "channels": dict(profile.channels),
+            "sync_time": not self.know_time,
+            "store_kb": self.store_kb,
+            "backoff_max": 300,
+        }
+        cfg.update(self.node_config)
+        return config.validate(cfg)
+
+    async def _open(self) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = 3 * len(self.keys) + 256  # node sockets, and a proxy's upstream sockets
+        if soft < want <= hard or (soft < want and hard == resource.RLIM_INFINITY):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        loop = asyncio.get_running_loop()
+        end = self.start + self.duration
+        for idx, (node, key) in enumerate(self.keys.items()):
+            sock = _Socket(self, idx)
+            await loop.create_datagram_endpoint(lambda s=sock: s, remote_addr=self.gateway)
+            profile = self._profile(node)
+
+            def send(data, sock=sock, idx=idx):
+                self._batch.add(idx)
+                sock.transport.sendto(data)
+
+            hal = SimHal(
+                node, self.clock, profile, send, self.seed, self.store_kb, self.know_time, end
+            )
+            if self.record:
+                hal.sampled = []
+            self.members.append(_Member(node, key, hal, self._config(node, key, profile), sock))
+            self._schedule(idx, self.start)
+
+    def _close(self) -> None:
+        for m in self.members:
+            if m.sock.transport:
+                m.sock.transport.close()
+
+    # --- the scheduler -------------------------------------------------------------------------
+
+    def _schedule(self, idx: int, t: float) -> None:
+        """Wake node ``idx`` at Unix time ``t`` (kept as whole ms: no float drift)."""
+        m = self.members[idx]
+        m.version += 1
+        self._seq += 1
+        heapq.heappush(self._heap, (round((t - self.start) * 1000), self._seq, idx, m.version))
+
+    def _now_ms(self) -> int:
+        return round((self.clock.now - self.start) * 1000)
+
+    def _step(self, idx: int) -> None:
+        m = self.members[idx]
+        now = self.clock.now
+        if m.off_until is not None:
+            if now < m.off_until:
+                self._schedule(idx, m.off_until)
+                return
+            m.off_until = None  # power is back: boot from the same flash
+            m.reboot()
+        else:
+            silent = m.hal.profile.silent(now)
+            if silent is not None:
+                m.off_until = silent.end
+                self._schedule(idx, silent.end)
+                return
+        ms = m.node.poll()
+        self._schedule(idx, self.start + (self._now_ms() + max(ms, 1)) / 1000)
+
+    def _datagram(self, idx: int, data: bytes) -> None:
+        m = self.members[idx]
+        self._activity.set()
+        if m.off_until is not None:
+            return
+        m.node.datagram(data)
+        self._step(idx)
+
+    def _waiting(self) -> bool:
+        """Some node that sent in this instant still waits for its answer."""
+        for idx in self._batch:
+            link = self.members[idx].node.link
+            if link.busy() and link.tries >= 0:
+                return True
+        return False
+
+    async def _settle(self) -> None:
+        while self._waiting():
+            self._activity.clear()
+            try:
+                await asyncio.wait_for(self._activity.wait(), self.quiet)
+            except TimeoutError:
+                return
+
+    def _drained(self) -> bool:
+        return all(
+            m.off_until is None and not m.node.link.busy() and not m.node.store.pending()
+            for m in self.members
+        )
+
+    async def run(self) -> FleetStats:
+        await self._open()
+        wall0 = time.monotonic()
+        end = round(self.duration * 1000)
+        try:
+            while self._heap:
+                t = self._heap[0][0]
+                if t >= end and (t >= end + self.drain * 1000 or self._drained()):
+                    break
+                if self.speed:
+                    ahead = t / 1000 / self.speed - (time.monotonic() - wall0)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+                t = max(self._now_ms(), t)
+                self.clock.now = self.start + t / 1000
+                self._batch.clear()
+                # Everything due at this instant, then let the network answer.
+                while self._heap and self._heap[0][0] <= t:
+                    _, _, idx, version = heapq.heappop(self._heap)
+                    if version == self.members[idx].version:
+                        self._step(idx)
+                if self._batch:
+                    await self._settle()
+                else:
+                    await asyncio.sleep(0)
+        finally:
+            self._close()
+        return self._stats(time.monotonic() - wall0)
+
+    def _stats(self, wall: float) -> FleetStats:
+        ns = [m.node for m in self.members]
+        sim = self.clock.now - self.start
+        return FleetStats(
+            nodes=len(ns),
+            sim_seconds=sim,
+            wall_seconds=wall,
+            speedup=sim / wall if wall else 0.0,
+            readings=sum(m.hal.reads for m in self.members),
+            packs=sum(m.total("packs") for m in self.members),
+            acked=sum(m.total("acked") for m in self.members),
+            failed=sum(m.total("failed") for m in self.members),
+            datagrams=sum(m.hal.sent for m in self.members),
+            dropped=sum(n.store.drops for n in ns),
+            pending=sum(n.store.pending() for n in ns),
+            anomalies=len(self.anomalies),
+        )
+
+    def sampled(self) -> set[tuple[str, str, int]]:
+        """(node, channel, time) of every reading the nodes made (``record=True``)."""
+        return {(m.id, ch, t) for m in self.members for ch, t in (m.hal.sampled or ())}
+
+    def write_truth(self, path: str | Path) -> None:
+        """The injected anomalies, one JSON object per line: node, channel, kind, start, end."""
+        with open(path, "w") as f:
+            for a in self.anomalies:
+                f.write(json.dumps(a.as_json()) + "\n")
+
+
+async def run_fleet(
+    nodes: int | dict[str, bytes],
+    gateway: tuple[str, int],
+    *,
+    start: float | None = None,
+    duration: float = 86400,
+    speed: float | None = None,
+    seed: int = 0,
+    anomalies: list[Anomaly] | int = 0,
+    truth: str | Path | None = None,
+    **options,
+) -> FleetStats:
+    """Simulate ``nodes`` (a count, or node id -> key) sending to ``gateway`` for ``duration``.
+
+    ``truth``: where to write the injected anomalies (JSON lines). Other ``options`` go to
+    ``Fleet`` (quiet, drain, know_time, record, store_kb, node_config).
+    """
+    keys = make_keys(nodes, seed) if isinstance(nodes, int) else nodes
+    fleet = Fleet(keys, gateway, start, duration, seed, anomalies, speed, **options)
+    if truth is not None:
+        fleet.write_truth(truth)
+    return await fleet.run()
