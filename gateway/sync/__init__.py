@@ -22,6 +22,7 @@ from gateway.sync.outbox import (
     backlog,
     enqueue_events,
     enqueue_summaries,
+    feed,
     get_state,
     prune_synced,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "declare_metrics",
     "enqueue_events",
     "enqueue_summaries",
+    "feed",
     "parse_bytes",
     "prune_synced",
     "sync_status",
