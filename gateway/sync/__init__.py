@@ -22,7 +22,9 @@ from gateway.sync.outbox import (
     backlog,
     enqueue_events,
     enqueue_summaries,
+    feed,
     get_state,
+    prune_synced,
 )
 from gateway.sync.worker import SyncStats, SyncWorker
 
@@ -41,9 +43,12 @@ __all__ = [
     "SyncStats",
     "SyncWorker",
     "build_worker",
+    "declare_metrics",
     "enqueue_events",
     "enqueue_summaries",
+    "feed",
     "parse_bytes",
+    "prune_synced",
     "sync_status",
 ]
 
@@ -154,6 +159,28 @@ class SyncService:
         if self.worker is not None:
             self.worker.stop(timeout=0)
         self._thread.join(timeout)
+
+
+def declare_metrics(registry, db: sqlite_utils.Database, config: SyncConfig | None) -> None:
+    """Gauges for ``/metrics`` (``registry.gauge(name, help).set_function(fn)``), read from
+    ``db`` (the service's reading connection) when scraped."""
+
+    def st(key: str):
+        return lambda: float(sync_status(db, config)[key] or 0)
+
+    for name, key, text in (
+        ("reverbere_sync_budget_sent_bytes", "budget_sent", "Bytes sent today (UTC) by sync."),
+        ("reverbere_sync_budget_limit_bytes", "budget_limit", "Daily byte budget (0: none)."),
+        ("reverbere_sync_received_bytes", "budget_received", "Bytes received today by sync."),
+        ("reverbere_sync_pending_summaries", "pending_summaries", "Summaries not yet synced."),
+        ("reverbere_sync_pending_events", "pending_events", "Anomaly events not yet synced."),
+        ("reverbere_sync_inflight", "inflight", "Rows awaiting reconciliation."),
+        ("reverbere_sync_rejected", "rejected", "Rows the platform keeps refusing."),
+        ("reverbere_sync_cursor", "cursor", "Every outbox row up to this number is confirmed."),
+        ("reverbere_sync_failures", "failures", "Failed sync requests in a row."),
+        ("reverbere_sync_last_success_seconds", "last_success", "Unix time of the last success."),
+    ):
+        registry.gauge(name, text).set_function(st(key))
 
 
 def sync_status(db: sqlite_utils.Database, config: SyncConfig | None = None) -> dict:

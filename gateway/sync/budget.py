@@ -60,7 +60,7 @@ class Budget:
         fit. Counted (and committed) before the bytes leave, so a crash mid-request cannot
         hide them; :meth:`refund` gives them back when the connection never opened."""
         day = today(self.clock())
-        with self.db.conn:
+        with self.db.atomic():
             row = self.db.execute("SELECT sent FROM sync_budget WHERE day = ?", [day]).fetchone()
             used = row[0] if row else 0
             if self.limit is not None and used + nbytes > self.limit:
@@ -80,7 +80,7 @@ class Budget:
         self._add("received = received + ?", nbytes)
 
     def _add(self, assignment: str, n: int) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             self.db.execute(
                 f"UPDATE sync_budget SET {assignment} WHERE day = ?", [n, today(self.clock())]
             )

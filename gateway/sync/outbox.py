@@ -12,7 +12,6 @@ The summarise and detect stages call :func:`enqueue_summaries` and :func:`enqueu
 with the open database, inside or after their own commit.
 """
 
-import contextlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -77,6 +76,12 @@ def m001_outbox(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m002_source_version(db: sqlite_utils.Database) -> None:
+    # The version of the source row (tables ``summaries``, ``anomalies``) this row carries.
+    db.execute("ALTER TABLE sync_outbox ADD COLUMN src_version INTEGER")
+
+
 @dataclass(frozen=True, slots=True)
 class Summary:
     """One channel of one node over one hour: what the summarise stage hands to sync."""
@@ -116,9 +121,11 @@ def _num(x: float) -> float | int:
 
 def summary_row(s: Summary) -> dict:
     """The outbox form of a summary: result = Wh for counters (energy), else the mean."""
-    params: dict = {"min": _num(s.min), "max": _num(s.max), "count": int(s.count)}
-    if s.wh is not None:
-        params["wh"] = _num(s.wh)
+    params: dict = {"count": int(s.count)}
+    for name in ("min", "max", "wh"):
+        value = getattr(s, name)
+        if value is not None:  # an hour only a counter segment crossed has no min or max
+            params[name] = _num(value)
     result = s.wh if (s.channel in SUM_CHANNELS and s.wh is not None) else s.mean
     return {
         "kind": "summary",
@@ -168,9 +175,8 @@ def _enqueue(db: sqlite_utils.Database, rows: Sequence[dict]) -> int:
     if not rows:
         return 0
     changed = 0
-    # Inside the caller's transaction when there is one (it commits), else our own.
-    outer = db.conn.in_transaction
-    with contextlib.nullcontext() if outer else db.conn:
+    # One transaction (a savepoint inside the caller's transaction, if it has one).
+    with db.atomic():
         enq = _next_enq(db, len(rows))
         for i, r in enumerate(rows):
             cur = db.execute(
@@ -240,3 +246,119 @@ def set_state(db: sqlite_utils.Database, name: str, value: str) -> None:
         "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
         [name, value],
     )
+
+
+def prune_synced(db: sqlite_utils.Database, before: float) -> int:
+    """Forget confirmed rows older than ``before`` (Unix seconds); returns how many.
+
+    A late correction of an hour older than this would then be sent as a new Observation,
+    so keep at least as long as readings may arrive late (the retention period)."""
+    with db.atomic():
+        cur = db.execute(
+            "DELETE FROM sync_outbox WHERE synced_version = version AND inflight IS NULL "
+            "AND time < ?",
+            [int(before)],
+        )
+    return cur.rowcount
+
+
+# -- the pipeline stage: from the summarise and detect tables into the outbox ------------------
+
+_FEED_SUMMARIES = """
+SELECT s.node, s.channel, s.hour, s.count, s.min, s.max, s.mean, s.wh, s.version
+FROM summaries s
+LEFT JOIN sync_outbox o ON o.kind = 'summary' AND o.node = s.node AND o.stream = s.channel
+     AND o.key = CAST(s.hour AS TEXT)
+WHERE s.version > s.synced_version AND (o.src_version IS NULL OR o.src_version < s.version)
+"""
+_FEED_EVENTS = """
+SELECT a.id, a.node, a.channel, a.kind, a.start, a.end, a.score, a.reason, a.version
+FROM anomalies a
+LEFT JOIN sync_outbox o ON o.kind = 'event' AND o.node = a.node AND o.stream = 'anomalies'
+     AND o.key = CAST(a.id AS TEXT)
+WHERE a.version > a.synced_version AND (o.src_version IS NULL OR o.src_version < a.version)
+"""
+
+
+def _has(db: sqlite_utils.Database, table: str) -> bool:
+    return (
+        db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [table]
+        ).fetchone()
+        is not None
+    )
+
+
+def feed(db: sqlite_utils.Database, readings: object = None) -> int:
+    """The outbox stage: take every summary and anomaly event whose ``version`` is above its
+    ``synced_version`` and not yet in the outbox at that version. Returns the rows taken.
+
+    Signature of an after-commit stage (``stage(db, new_readings)``); the readings are not
+    needed, the tables say what changed. The platform's confirmation later sets the source
+    rows' ``synced_version`` (:func:`confirm_sources`).
+    """
+    taken = 0
+    with db.atomic():
+        if _has(db, "summaries"):
+            rows = db.execute(_FEED_SUMMARIES).fetchall()
+            sums = [
+                (Summary(n, c, h, k or 0, lo, hi, m if m is not None else 0.0, wh), v)
+                for n, c, h, k, lo, hi, m, wh, v in rows
+                if k or wh is not None
+            ]
+            taken += _feed_rows(db, [(summary_row(x), v) for x, v in sums])
+        if _has(db, "anomalies"):
+            rows = db.execute(_FEED_EVENTS).fetchall()
+            evs = [
+                (Event(n, c, st, en if en is not None else st, k, sc, why, str(i)), v)
+                for i, n, c, k, st, en, sc, why, v in rows
+            ]
+            taken += _feed_rows(db, [(event_row(x), v) for x, v in evs])
+    return taken
+
+
+def _feed_rows(db: sqlite_utils.Database, rows: list[tuple[dict, int]]) -> int:
+    if not rows:
+        return 0
+    _enqueue(db, [r for r, _ in rows])
+    db.conn.executemany(
+        "UPDATE sync_outbox SET src_version = ? "
+        "WHERE kind = ? AND node = ? AND stream = ? AND key = ?",
+        [(v, r["kind"], r["node"], r["stream"], r["key"]) for r, v in rows],
+    )
+    # Figures unchanged at the outbox's precision and already confirmed: the platform has
+    # this version too.
+    confirm_sources(
+        db, [(r["kind"], r["node"], r["stream"], r["key"]) for r, _ in rows], only_synced=True
+    )
+    return len(rows)
+
+
+def confirm_sources(
+    db: sqlite_utils.Database, keys: list[tuple[str, str, str, str]], only_synced: bool = False
+) -> None:
+    """Tell the source tables which versions the platform now holds (``synced_version``)."""
+    if not keys:
+        return
+    cond = " AND synced_version = version" if only_synced else ""
+    got = []
+    for kind, node, stream, key in keys:
+        row = db.execute(
+            "SELECT src_version FROM sync_outbox WHERE kind = ? AND node = ? AND stream = ? "
+            "AND key = ? AND src_version IS NOT NULL" + cond,
+            [kind, node, stream, key],
+        ).fetchone()
+        if row:
+            got.append((kind, node, stream, key, row[0]))
+    sums = [(v, n, s, int(k)) for kind, n, s, k, v in got if kind == "summary"]
+    evs = [(v, int(k)) for kind, n, s, k, v in got if kind == "event"]
+    if sums and _has(db, "summaries"):
+        db.conn.executemany(
+            "UPDATE summaries SET synced_version = max(synced_version, ?) "
+            "WHERE node = ? AND channel = ? AND hour = ?",
+            sums,
+        )
+    if evs and _has(db, "anomalies"):
+        db.conn.executemany(
+            "UPDATE anomalies SET synced_version = max(synced_version, ?) WHERE id = ?", evs
+        )

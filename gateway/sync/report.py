@@ -81,6 +81,7 @@ def pull(
     ca_file: str | None = None,
     timeout: float = 60.0,
     nodes: Sequence[str] | None = None,
+    page_size: int = 10000,
 ) -> Pulled:
     """Summaries and events with phenomenonTime in ``[start, end)`` from the SensorThings
     service at ``url``, following ``@iot.nextLink`` through every page."""
@@ -107,7 +108,7 @@ def pull(
             "$select": "id,phenomenonTime,result,parameters",
             "$resultFormat": "dataArray",
             "$orderby": "id asc",
-            "$top": "10000",
+            "$top": str(page_size),
         }
         seen: set[tuple] = set()
         for page in _pages(client, root, "Observations", params, out):
@@ -120,31 +121,9 @@ def pull(
                 for values in group["dataArray"]:
                     rec = dict(zip(cols, values, strict=True))
                     t = parse_time(rec["phenomenonTime"])
-                    p = rec.get("parameters") or {}
-                    if stream == ANOMALIES:
-                        key = (node, stream, str(p.get("id", t)))
-                        item = Event(
-                            node,
-                            str(p.get("channel", "")),
-                            t,
-                            float(p.get("end", t)),
-                            str(p.get("kind", "")),
-                            float(rec["result"]),
-                            str(p.get("reason", "")),
-                            str(p["id"]) if "id" in p else None,
-                        )
-                    else:
-                        key = (node, stream, t)
-                        item = Summary(
-                            node,
-                            stream,
-                            t,
-                            int(p.get("count", 0)),
-                            p.get("min"),
-                            p.get("max"),
-                            rec["result"],
-                            p.get("wh"),
-                        )
+                    key, item = as_record(
+                        node, stream, t, rec["result"], rec.get("parameters") or {}
+                    )
                     if key in seen:
                         out.duplicates += 1
                         continue
@@ -153,6 +132,29 @@ def pull(
     out.summaries.sort(key=lambda s: (s.hour, s.node, s.channel))
     out.events.sort(key=lambda e: (e.start, e.node, e.channel))
     return out
+
+
+def as_record(
+    node: str, stream: str, t: int, result: float, p: dict
+) -> tuple[tuple, Summary | Event]:
+    """An Observation of the gateway's Datastream ``<node>/<stream>`` as the gateway's record,
+    with its identity (what the platform must hold once)."""
+    if stream == ANOMALIES:
+        event = Event(
+            node,
+            str(p.get("channel", "")),
+            t,
+            float(p.get("end", t)),
+            str(p.get("kind", "")),
+            float(result),
+            str(p.get("reason", "")),
+            str(p["id"]) if "id" in p else None,
+        )
+        return (node, stream, str(p.get("id", t))), event
+    summary = Summary(
+        node, stream, t, int(p.get("count", 0)), p.get("min"), p.get("max"), result, p.get("wh")
+    )
+    return (node, stream, t), summary
 
 
 # -- output ----------------------------------------------------------------------------------

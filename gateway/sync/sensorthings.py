@@ -208,7 +208,7 @@ class SensorThingsTarget:
         return row[0] if row else None
 
     def _set_state(self, name: str, value: str) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             self.db.execute(
                 "INSERT INTO sync_state (name, value) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -288,7 +288,7 @@ class SensorThingsTarget:
         }
 
     def _remember(self, rows: Iterable[tuple[str, str, str]]) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             self.db.conn.executemany(
                 "INSERT OR REPLACE INTO sync_streams (node, stream, target, entity_id) "
                 "VALUES (?, ?, ?, ?)",
@@ -345,73 +345,65 @@ class SensorThingsTarget:
         by_node: dict[str, set[str]] = {}
         for node, stream in missing:
             by_node.setdefault(node, set()).add(stream)
-        # 1. Look the Things up by name (20 per request), with their Datastreams.
-        unknown = [n for n in by_node if (n, "") not in known]
-        for i in range(0, len(unknown), 20):
-            chunk = unknown[i : i + 20]
+        # 1. Look the Things up by name, with their Datastreams: an earlier creation with
+        #    an uncertain outcome may have made them.
+        self._lookup(sorted(by_node))
+        known = self.known_streams()
+        # 2. Create what is still missing: a whole Thing by deep insert, or Datastreams.
+        created = []
+        for node, streams in sorted(by_node.items()):
+            todo = sorted(s for s in streams if (node, s) not in known)
+            if not todo:
+                continue
+            created.append(node)
+            if (node, "") in known:
+                for stream in todo:
+                    body = self._datastream(node, stream)
+                    body["Thing"] = {"@iot.id": known[(node, "")]}
+                    self.request("POST", "Datastreams", body=body)
+                continue
+            lon, lat = self._location(node)
+            thing = {
+                "name": node,
+                "description": f"Réverbère sensor node {node}",
+                "properties": {"node": node},
+                "Locations": [
+                    {
+                        "name": node,
+                        "description": f"where node {node} is installed",
+                        "encodingType": "application/geo+json",
+                        "location": {"type": "Point", "coordinates": [lon, lat]},
+                    }
+                ],
+                "Datastreams": [self._datastream(node, s) for s in todo],
+            }
+            self.request("POST", "Things", body=thing)
+        # 3. Learn the new ids (20 Things per request rather than one each).
+        self._lookup(created)
+        return self.known_streams()
+
+    def _lookup(self, nodes: list[str]) -> None:
+        """Find these nodes' Things and Datastreams by name; remember what exists."""
+        for i in range(0, len(nodes), 20):
+            chunk = nodes[i : i + 20]
             flt = " or ".join("name eq '{}'".format(n.replace("'", "''")) for n in chunk)
             found = []
-            for page in self.pages(
-                "Things",
-                {"$filter": flt, "$select": "id,name", "$expand": "Datastreams($select=id,name)"},
-            ):
+            params = {
+                "$filter": flt,
+                "$select": "id,name",
+                "$expand": "Datastreams($select=id,name)",
+            }
+            for page in self.pages("Things", params):
                 for thing in page.get("value", []):
                     node = thing["name"]
+                    if node not in chunk:
+                        continue
                     found.append((node, "", str(thing["@iot.id"])))
                     for ds in thing.get("Datastreams", []):
                         prefix, _, stream = ds["name"].rpartition("/")
                         if prefix == node:
                             found.append((node, stream, str(ds["@iot.id"])))
             self._remember(found)
-        known = self.known_streams()
-        # 2. Create what is still missing: a whole Thing by deep insert, or Datastreams.
-        for node, streams in sorted(by_node.items()):
-            todo = sorted(s for s in streams if (node, s) not in known)
-            if not todo:
-                continue
-            if (node, "") not in known:
-                lon, lat = self._location(node)
-                thing = {
-                    "name": node,
-                    "description": f"Réverbère sensor node {node}",
-                    "properties": {"node": node},
-                    "Locations": [
-                        {
-                            "name": node,
-                            "description": f"where node {node} is installed",
-                            "encodingType": "application/geo+json",
-                            "location": {"type": "Point", "coordinates": [lon, lat]},
-                        }
-                    ],
-                    "Datastreams": [self._datastream(node, s) for s in todo],
-                }
-                resp = self.request("POST", "Things", body=thing)
-                thing_id = id_from_link(resp.headers.get("location", ""))
-                rows = [(node, "", thing_id)]
-            else:
-                thing_id = known[(node, "")]
-                rows = []
-                # An earlier uncertain creation may have made some: look first.
-                have = self._thing_streams(node, thing_id)
-                for stream in todo:
-                    if stream in have:
-                        continue
-                    body = self._datastream(node, stream)
-                    body["Thing"] = {"@iot.id": thing_id}
-                    self.request("POST", "Datastreams", body=body)
-            have = self._thing_streams(node, thing_id)
-            rows += [(node, s, i) for s, i in have.items()]
-            self._remember(rows)
-        return self.known_streams()
-
-    def _thing_streams(self, node: str, thing_id: str) -> dict[str, str]:
-        out = {}
-        for page in self.pages(f"Things({path_id(thing_id)})/Datastreams", {"$select": "id,name"}):
-            for ds in page.get("value", []):
-                prefix, _, stream = ds["name"].rpartition("/")
-                if prefix == node:
-                    out[stream] = str(ds["@iot.id"])
-        return out
 
     # -- Observations -----------------------------------------------------------------------
 

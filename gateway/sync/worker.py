@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import sqlite_utils
 
 from gateway.sync.budget import Budget, BudgetExhausted
-from gateway.sync.outbox import backlog, get_state, set_state
+from gateway.sync.outbox import backlog, confirm_sources, get_state, set_state
 from gateway.sync.sensorthings import (
     AuthFailed,
     Rejected,
@@ -105,7 +105,7 @@ class SyncWorker:
         return float(get_state(self.db, name, str(default)))
 
     def _put(self, **values: object) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             for name, value in values.items():
                 set_state(self.db, name, str(value))
 
@@ -181,10 +181,14 @@ class SyncWorker:
         return [r[0] for r in self.db.execute(sql)]
 
     def _reconcile(self) -> None:
+        # A chunk at a time (the slow-start size): a read-back that is too big for a slow
+        # link would otherwise time out again and again.
         rows = list(
             self.db.query(
                 "SELECT id, kind, node, stream, key, time, result, parameters, version "
-                "FROM sync_outbox WHERE inflight IS NOT NULL"
+                "FROM sync_outbox WHERE inflight IS NOT NULL ORDER BY node, stream, time "
+                "LIMIT ?",
+                [self._batch_size()],
             )
         )
         streams = self.target.ensure_streams({(r["node"], r["stream"]) for r in rows})
@@ -218,13 +222,14 @@ class SyncWorker:
             same = keep[2] == r["result"] and keep[3] == json.loads(r["parameters"])
             self.stats.adopted += 1
             updates.append((keep[0], r["version"] if same else None, r["id"]))
-        with self.db.conn:
+        with self.db.atomic():
             for obs_id, version, item in updates:
                 self.db.execute(
                     "UPDATE sync_outbox SET inflight = NULL, obs_id = ?, "
                     "synced_version = coalesce(?, synced_version) WHERE id = ?",
                     [obs_id, version, item],
                 )
+            self._confirm_sources([item for _, version, item in updates if version])
 
     def _pending(self, limit: int) -> list[dict]:
         """The next rows to send, in the order the budget calls for.
@@ -274,7 +279,7 @@ class SyncWorker:
                 self.stats.updated += 1
                 self._confirm([(r["id"], r["obs_id"], r["version"])])
             else:  # gone from the platform: create it again
-                with self.db.conn:
+                with self.db.atomic():
                     sql = "UPDATE sync_outbox SET obs_id = NULL WHERE id = ?"
                     self.db.execute(sql, [r["id"]])
         if creates:
@@ -291,7 +296,7 @@ class SyncWorker:
                 )
             attempt = int(self._get("attempt", 0)) + 1
             ids = [r["id"] for r in rows]
-            with self.db.conn:
+            with self.db.atomic():
                 set_state(self.db, "attempt", str(attempt))
                 self.db.execute(
                     f"UPDATE sync_outbox SET inflight = ? WHERE id IN ({_marks(ids)})",
@@ -318,7 +323,7 @@ class SyncWorker:
         sent = self.budget.use().sent - sent_before
         if sent > 0:
             old = float(get_state(self.db, "bytes_per_row", "120"))
-            with self.db.conn:
+            with self.db.atomic():
                 set_state(self.db, "bytes_per_row", f"{0.7 * old + 0.3 * sent / len(rows):.1f}")
         by_id = {r["id"]: r for r in rows}
         confirmed = [(i, obs, by_id[i]["version"]) for i, obs in result.items() if obs]
@@ -331,23 +336,36 @@ class SyncWorker:
             # A whole Datastream failing may mean it is gone: look it up again next time.
             for ds, grp in groups.items():
                 if all(r.item in failed for r in grp):
-                    with self.db.conn:
+                    with self.db.atomic():
                         self.db.execute(
                             "DELETE FROM sync_streams WHERE target = ? AND entity_id = ?",
                             [self.target.url, ds],
                         )
 
     def _confirm(self, confirmed: list[tuple[int, str, int]]) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             self.db.conn.executemany(
                 "UPDATE sync_outbox SET obs_id = ?, synced_version = ?, inflight = NULL, "
                 "errors = 0 WHERE id = ?",
                 [(obs, version, item) for item, obs, version in confirmed],
             )
+            self._confirm_sources([item for item, _, _ in confirmed])
             set_state(self.db, "cursor", str(backlog(self.db).cursor))
 
+    def _confirm_sources(self, items: list[int]) -> None:
+        """Rows now confirmed at their latest version: tell their source tables."""
+        keys = []
+        for i in range(0, len(items), 500):
+            chunk = items[i : i + 500]
+            keys += self.db.execute(
+                "SELECT kind, node, stream, key FROM sync_outbox "
+                f"WHERE synced_version = version AND id IN ({_marks(chunk)})",
+                chunk,
+            ).fetchall()
+        confirm_sources(self.db, keys)
+
     def _clear_inflight(self, ids: list[int]) -> None:
-        with self.db.conn:
+        with self.db.atomic():
             self.db.execute(
                 f"UPDATE sync_outbox SET inflight = NULL WHERE id IN ({_marks(ids)})",
                 ids,
@@ -359,7 +377,7 @@ class SyncWorker:
         if split:
             return  # next step sends smaller batches via the probe size
         self.stats.row_errors += len(ids)
-        with self.db.conn:
+        with self.db.atomic():
             self.db.execute(
                 "UPDATE sync_outbox SET errors = errors + 1, "
                 f"rejected = CASE WHEN errors + 1 >= ? THEN ? END WHERE id IN ({_marks(ids)})",

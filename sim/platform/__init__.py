@@ -23,9 +23,10 @@ class PlatformError(RuntimeError):
 class PlatformProcess:
     """A running platform: ``url`` is its SensorThings service root (``.../v1.1``)."""
 
-    def __init__(self, proc: subprocess.Popen, url: str) -> None:
+    def __init__(self, proc: subprocess.Popen, url: str, db_path: Path) -> None:
         self.proc = proc
         self.url = url
+        self.db_path = db_path
 
     @property
     def address(self) -> str:
@@ -98,4 +99,4 @@ def start_platform(
         proc.kill()
         proc.wait()
         raise PlatformError(f"the platform did not start (exit code {proc.poll()})")
-    return PlatformProcess(proc, line)
+    return PlatformProcess(proc, line, Path(db_path))

@@ -21,3 +21,8 @@ class BasicAuth(HttpBasicAuth):
         if expected and hmac.compare_digest(given.encode(), expected.encode()):
             return username
         return None
+
+
+# The settings name these instances (a dotted path resolves to the object itself).
+bearer = BearerAuth()
+basic = BasicAuth()

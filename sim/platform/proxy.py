@@ -16,10 +16,13 @@ Faults (names in ``FAULTS``):
 ``slow``     forward, answer after ``slow_delay`` seconds (nothing breaks, it is only slow)
 ``tls``      (TLS mode only, per connection) break the TLS handshake
 
-Besides the random faults, ``proxy.down = True`` makes the link down: every connection is
-reset on accept, until it is set back to False; and ``proxy.choose`` (a function of the
-request number, method and target returning a fault name or None) forces faults on chosen
-requests. ``wait_forwarded(n)`` blocks until ``n`` requests have reached the platform.
+``faults`` may repeat a name to make it likelier than the others.
+
+Besides the random faults, ``proxy.down = True`` makes the link down: the proxy stops
+listening (connections are refused) until it is set back to False; and ``proxy.choose``
+(a function of the request number, method and target returning a fault name or None)
+forces faults on chosen requests. ``wait_forwarded(n)`` blocks until ``n`` requests have
+reached the platform.
 """
 
 import contextlib
@@ -42,7 +45,6 @@ class FaultLog:
 
     faults: list[tuple[int, str]] = field(default_factory=list)
     requests: int = 0
-    refused: int = 0
 
     def count(self, name: str | None = None) -> int:
         return sum(1 for _, f in self.faults if name is None or f == name)
@@ -82,8 +84,9 @@ class FaultProxy:
         self.tls_rate = tls_rate
         self.slow_delay = slow_delay
         self.stall_limit = stall_limit
-        self.down = False
+        self._down = False
         self.choose = None
+        self.stalled = threading.Event()  # set when a "stall" holds a processed request
         self.forwarded = 0
         self._forwarded_cond = threading.Condition()
         self.log = FaultLog()
@@ -119,6 +122,20 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def down(self) -> bool:
+        return self._down
+
+    @down.setter
+    def down(self, value: bool) -> None:
+        with self._lock:
+            if value and not self._down:
+                self._listener.close()
+            elif not value and self._down:
+                self._listener = socket.create_server((self.host, self.port))
+                self._listener.settimeout(0.2)
+            self._down = value
+
     def wait_forwarded(self, n: int, timeout: float = 60.0) -> bool:
         """Wait until ``n`` requests have been forwarded to the platform."""
         with self._forwarded_cond:
@@ -137,11 +154,10 @@ class FaultProxy:
             except TimeoutError:
                 continue
             except OSError:
+                if self._down:  # not listening: wait to be brought back up
+                    self._closing.wait(0.05)
+                    continue
                 return
-            if self.down:
-                self.log.refused += 1
-                _reset(conn)
-                continue
             t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             self._threads = [x for x in self._threads if x.is_alive()]
             self._threads.append(t)
@@ -183,7 +199,7 @@ class FaultProxy:
         if fault:
             with self._lock:
                 self.log.faults.append((self.log.requests, fault))
-        if self.down or fault == "drop":
+        if self._down or fault == "drop":
             _reset(conn)
             return False
         if fault == "500":
@@ -203,6 +219,7 @@ class FaultProxy:
             _reset(conn)
             return False
         if fault == "stall":
+            self.stalled.set()
             self._closing.wait(self.stall_limit)
             _reset(conn)
             return False

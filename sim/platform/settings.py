@@ -50,8 +50,8 @@ SENSORTHINGS_V1_1_MAX_TOP = 1000
 
 if os.environ.get("REVERBERE_PLATFORM_TOKEN") or os.environ.get("REVERBERE_PLATFORM_BASIC"):
     SENSORTHINGS_V1_1_DEFAULT_AUTH_HANDLER = [
-        "sim.platform.auth.BearerAuth",
-        "sim.platform.auth.BasicAuth",
+        "sim.platform.auth.bearer",
+        "sim.platform.auth.basic",
     ]
 
 LOGGING = {

@@ -1,0 +1,166 @@
+"""The optional MQTT target: the same summaries and events, published with QoS 1.
+
+Topic and payload are configurable (``[sync.mqtt]``): by default one JSON message per
+summary or event on ``reverbere/{node}/{channel}``; the ``thingsboard`` preset publishes a
+batch per message on ``v1/gateway/telemetry`` in the ThingsBoard gateway format
+``{"<device>": [{"ts": <ms>, "values": {...}}]}``.
+
+MQTT cannot be read back, so after an uncertain outcome (no PUBACK) the worker publishes
+again: delivery is at least once. A repeated message carries the same timestamp and values,
+so a consumer keyed on (device, ts) - as ThingsBoard's telemetry is - stores it once.
+"""
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Mapping
+
+import sqlite_utils
+
+from gateway.sync.budget import Budget
+from gateway.sync.config import MqttConfig
+from gateway.sync.outbox import ANOMALIES
+from gateway.sync.sensorthings import Row, SyncError, Uncertain, Unreachable, iso
+
+MAX_MESSAGE = 64 * 1024  # bytes of payload per ThingsBoard batch message
+
+
+def _publish_size(topic: str, payload: bytes) -> int:
+    """Bytes of an MQTT 3.1.1 PUBLISH (QoS 1) on the wire: fixed header, topic, id, payload."""
+    body = 2 + len(topic.encode()) + 2 + len(payload)
+    length_bytes = 1 if body < 128 else 2 if body < 16384 else 3 if body < 2097152 else 4
+    return 1 + length_bytes + body
+
+
+class MqttTarget:
+    """Publish to a broker. The worker drives it exactly like the SensorThings target."""
+
+    def __init__(self, db: sqlite_utils.Database, budget: Budget, config: MqttConfig) -> None:
+        try:
+            import paho.mqtt.client as mqtt
+        except ImportError as exc:  # reported, not crashed on
+            raise SyncError(
+                "the MQTT target needs paho-mqtt: pip install 'reverbere[mqtt]'"
+            ) from exc
+        self._mqtt = mqtt
+        self.db = db
+        self.budget = budget
+        self.config = config
+        self.url = f"mqtt://{config.host}:{config.port}"
+        self._client = None
+        self._connected = threading.Event()
+
+    def _connect(self):
+        if self._client is not None and self._client.is_connected():
+            return self._client
+        self.close()
+        mqtt = self._mqtt
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.config.client_id,
+            protocol=mqtt.MQTTv311,
+        )
+        if self.config.username:
+            client.username_pw_set(self.config.username, self.config.password)
+        if self.config.tls:
+            client.tls_set(ca_certs=self.config.ca_file)
+        self._connected.clear()
+        client.on_connect = lambda c, u, f, rc, p=None: rc == 0 and self._connected.set()
+        try:
+            client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive)
+        except OSError as exc:
+            raise Unreachable(f"MQTT broker {self.url}: {exc}") from exc
+        client.loop_start()
+        if not self._connected.wait(self.config.timeout):
+            client.loop_stop()
+            raise Unreachable(f"MQTT broker {self.url} did not accept the connection")
+        self._client = client
+        return client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+
+    # -- what the worker calls ----------------------------------------------------------------
+
+    def ensure_streams(self, needed: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        return {(node, stream): f"{node}/{stream}" for node, stream in needed}
+
+    def observations(self, ds_ids, t0: int, t1: int) -> dict:
+        return {}  # nothing to read back: the worker publishes again (at least once)
+
+    def delete(self, obs_id: str) -> None:  # never called: observations() finds nothing
+        raise SyncError("MQTT messages cannot be deleted")
+
+    def update(self, obs_id: str, row: Row) -> bool:
+        """Publish the corrected figures again (obs_id is its "node/stream")."""
+        self._publish_rows({obs_id: [row]})
+        return True
+
+    def create(self, groups: Mapping[str, list[Row]]) -> dict[int, str | None]:
+        self._publish_rows(groups)
+        return {r.item: ds for ds, rows in groups.items() for r in rows}
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def _messages(self, groups: Mapping[str, list[Row]]) -> list[tuple[str, bytes]]:
+        if self.config.payload == "thingsboard":
+            return self._thingsboard(groups)
+        out = []
+        for ds, rows in groups.items():
+            node, _, stream = ds.partition("/")
+            topic = self.config.topic.format(node=node, channel=stream)
+            for r in rows:
+                body = {"node": node, "channel": stream, "time": iso(r.time), "result": r.result}
+                body.update(r.parameters)
+                out.append((topic, json.dumps(body, separators=(",", ":")).encode()))
+        return out
+
+    def _thingsboard(self, groups: Mapping[str, list[Row]]) -> list[tuple[str, bytes]]:
+        devices: dict[str, dict[int, dict]] = {}
+        for ds, rows in groups.items():
+            node, _, stream = ds.partition("/")
+            for r in rows:
+                values = devices.setdefault(node, {}).setdefault(r.time * 1000, {})
+                if stream == ANOMALIES:
+                    values["anomaly_score"] = r.result
+                    values.update({f"anomaly_{k}": v for k, v in r.parameters.items()})
+                else:
+                    values[stream] = r.result
+                    values.update({f"{stream}_{k}": v for k, v in r.parameters.items()})
+        messages, current, size = [], {}, 0
+        for node, by_ts in sorted(devices.items()):
+            entry = [{"ts": ts, "values": v} for ts, v in sorted(by_ts.items())]
+            n = len(json.dumps(entry))
+            if current and size + n > MAX_MESSAGE:
+                messages.append(current)
+                current, size = {}, 0
+            current[node] = entry
+            size += n
+        if current:
+            messages.append(current)
+        return [
+            (self.config.topic, json.dumps(m, separators=(",", ":")).encode()) for m in messages
+        ]
+
+    def _publish_rows(self, groups: Mapping[str, list[Row]]) -> None:
+        messages = self._messages(groups)
+        client = self._connect()
+        pending = []
+        for topic, payload in messages:
+            self.budget.spend(_publish_size(topic, payload))
+            info = client.publish(topic, payload, qos=1)
+            if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
+                raise Uncertain(f"MQTT publish failed ({info.rc})")
+            pending.append(info)
+        deadline = time.monotonic() + self.config.timeout
+        for info in pending:
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:
+                raise Uncertain(f"MQTT: {exc}") from exc
+            if not info.is_published():
+                raise Uncertain("MQTT broker did not acknowledge (PUBACK) in time")
+        self.budget.add_received(4 * len(pending))  # one PUBACK each

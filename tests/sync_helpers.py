@@ -1,0 +1,150 @@
+"""Shared set-up of the sync tests: a TLS certificate authority, data, and the comparison of
+what the platform holds with what the gateway owes it."""
+
+import datetime
+import ipaddress
+import json
+import random
+import sqlite3
+import ssl
+from collections import Counter
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateway.sync import ANOMALIES, Event, Summary
+from gateway.sync.report import as_record, from_gateway, pull
+
+H0 = 1767225600  # 2026-01-01T00:00Z
+WEEK = 7 * 24
+
+
+def make_tls(tmp: Path) -> tuple[ssl.SSLContext, str]:
+    """A CA and a certificate for 127.0.0.1 signed by it: (server context, CA file)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Reverbere test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file = tmp / "ca.pem"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    chain = tmp / "server.pem"
+    chain.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        + cert.public_bytes(serialization.Encoding.PEM)
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(chain)
+    return ctx, str(ca_file)
+
+
+def week_of_summaries(nodes: int, hours: int = WEEK, seed: int = 1) -> list[Summary]:
+    """Power (p) and energy counter (e) summaries of street lights."""
+    rng = random.Random(seed)
+    out = []
+    for n in range(nodes):
+        node = f"lamp-{n:03d}"
+        for h in range(hours):
+            lit = (h % 24) >= 17 or (h % 24) < 7
+            watts = (60 + rng.random() * 5) if lit else rng.random()
+            out.append(
+                Summary(node, "p", H0 + 3600 * h, 60, watts * 0.9, watts * 1.1, watts, watts)
+            )
+            out.append(Summary(node, "e", H0 + 3600 * h, 60, 1000 + h, 1060 + h, 1030 + h, watts))
+    return out
+
+
+def some_events(nodes: int, seed: int = 2) -> list[Event]:
+    rng = random.Random(seed)
+    out = []
+    for n in range(nodes):
+        h = rng.randrange(WEEK)
+        out.append(
+            Event(
+                f"lamp-{n:03d}",
+                "p",
+                H0 + 3600 * h,
+                H0 + 3600 * (h + 2),
+                "lit_by_day",
+                round(rng.uniform(3, 9), 2),
+                "lamp on in daylight",
+            )
+        )
+    return out
+
+
+def locations(nodes: int) -> dict[str, tuple[float, float]]:
+    return {f"lamp-{n:03d}": (4.83 + n * 1e-4, 45.76) for n in range(nodes)}
+
+
+def platform_records(platform_db: Path) -> tuple[Counter, Counter]:
+    """Every Observation in the platform's own database, as the gateway's records.
+
+    Read straight from its SQLite file: faster than the API for tens of thousands of rows,
+    and independent of the client code under test. Duplicates show as counts above 1.
+    """
+    sql = (
+        "SELECT d.name, o.phenomenon_time_begin, o.result, o.parameters "
+        "FROM sensorthings_v1_1_django_backend_observation o "
+        "JOIN sensorthings_v1_1_django_backend_datastream d ON d.id = o.datastream_id"
+    )
+    summaries, events = Counter(), Counter()
+    with sqlite3.connect(platform_db) as conn:
+        for name, when, result, params in conn.execute(sql):
+            node, _, stream = name.rpartition("/")
+            t = int(datetime.datetime.fromisoformat(when).replace(tzinfo=datetime.UTC).timestamp())
+            _, record = as_record(node, stream, t, result, json.loads(params or "{}"))
+            (events if stream == ANOMALIES else summaries)[record] += 1
+    return summaries, events
+
+
+def assert_platform_matches(db, platform) -> dict:
+    """The platform holds exactly the gateway's summaries and events: none missing, none
+    extra, none duplicated, each with its latest figures."""
+    got_s, got_e = platform_records(platform.db_path)
+    want_s, want_e = from_gateway(db, 0, 2**31)
+    assert max(got_s.values(), default=1) == 1, "duplicated summaries on the platform"
+    assert max(got_e.values(), default=1) == 1, "duplicated events on the platform"
+    assert got_s == Counter(want_s)
+    assert got_e == Counter(want_e)
+    return {"summaries": len(got_s), "events": len(got_e)}
+
+
+def assert_pull_matches(db, url: str) -> None:
+    """The same, through the SensorThings API (what ``summaries --from URL`` does)."""
+    got = pull(url, 0, 2**31)
+    want_s, want_e = from_gateway(db, 0, 2**31)
+    assert got.duplicates == 0
+    assert Counter(got.summaries) == Counter(want_s)
+    assert Counter(got.events) == Counter(want_e)

@@ -1,0 +1,140 @@
+"""``reverbere summaries`` and ``reverbere sync status``, and the ``[sync]`` config checks."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+from click.testing import CliRunner
+
+from gateway.cli import cli
+from gateway.db import open_db
+from gateway.sync import (
+    Event,
+    SyncConfig,
+    SyncConfigError,
+    build_worker,
+    enqueue_events,
+    enqueue_summaries,
+    parse_bytes,
+)
+from sim.platform import start_platform
+from tests.sync_helpers import H0, locations, week_of_summaries
+
+
+@pytest.fixture(scope="module")
+def synced(tmp_path_factory):
+    """A gateway database synced to a platform: (db path, platform url)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    with start_platform(tmp / "platform.sqlite3") as platform:
+        db = open_db(tmp / "gw.db")
+        enqueue_summaries(db, week_of_summaries(3, hours=30))
+        enqueue_events(
+            db,
+            [
+                Event(
+                    f"lamp-{n:03d}",
+                    "p",
+                    H0 + 3600 * (10 + n),
+                    H0 + 3600 * (11 + n),
+                    "lit_by_day",
+                    4.5,
+                    "lamp on in daylight",
+                )
+                for n in range(3)
+            ],
+        )
+        worker = build_worker(db, SyncConfig(url=platform.url), locations(3), batch_rows=50)
+        assert worker.sync_until_idle() == "idle"
+        worker.target.close()
+        yield tmp / "gw.db", platform.url
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+WINDOW = ("--since", "2026-01-01T00:00Z", "--until", "2026-01-02T06:00Z")
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_the_platform_and_the_gateway_print_the_same(synced, fmt):
+    db, url = synced
+    from_platform = run("summaries", "--from", url, *WINDOW, "--format", fmt)
+    from_gateway = run("summaries", "--from", "gateway", "--db", str(db), *WINDOW, "--format", fmt)
+    assert from_platform == from_gateway
+    if fmt == "json":
+        data = json.loads(from_platform)
+        assert len(data["summaries"]) == 3 * 2 * 30
+        assert data["summaries"][0]["hour"] == "2026-01-01T00:00Z"
+    if fmt == "csv":
+        lines = from_platform.splitlines()
+        assert lines[0].startswith("type,node,channel,hour,count,min,max,mean,wh")
+        assert sum(1 for line in lines if line.startswith("event,")) == 3
+
+
+def test_paging_through_next_links(synced):
+    """Fewer rows per page than rows: the client must follow @iot.nextLink."""
+    from gateway.sync.report import pull
+
+    _, url = synced
+    got = pull(url, H0, H0 + 30 * 3600, page_size=40)
+    assert got.requests > 5 and len(got.summaries) == 180 and got.duplicates == 0
+
+
+def test_node_filter(synced):
+    _, url = synced
+    out = json.loads(
+        run("summaries", "--from", url, *WINDOW, "--format", "json", "--node", "lamp-001")
+    )
+    assert {s["node"] for s in out["summaries"]} == {"lamp-001"}
+
+
+@pytest.mark.parametrize("suffix", [".svg", ".html"])
+def test_chart_of_energy_per_hour_with_anomalies(synced, tmp_path, suffix):
+    _, url = synced
+    chart = tmp_path / ("chart" + suffix)
+    run("summaries", "--from", url, *WINDOW, "--chart", str(chart))
+    text = chart.read_text()
+    assert "lamp-000" in text and "anomalies" in text
+    if suffix == ".svg":
+        ET.fromstring(text)  # well-formed SVG
+    else:
+        assert "<svg" in text and "lamp on in daylight" in text
+
+
+def test_chart_format_errors_say_what_to_use(synced, tmp_path):
+    _, url = synced
+    result = CliRunner().invoke(
+        cli, ["summaries", "--from", url, *WINDOW, "--chart", str(tmp_path / "c.gif")]
+    )
+    assert result.exit_code != 0 and ".svg" in result.output
+
+
+def test_sync_status(synced):
+    db, _ = synced
+    status = json.loads(run("sync", "status", "--db", str(db), "--json"))
+    assert status["pending_summaries"] == 0 and status["synced"] == 3 * 2 * 30 + 3
+    assert status["budget_sent"] > 0 and status["last_success"]
+    text = run("sync", "status", "--db", str(db))
+    assert "backlog:       0 events, 0 summaries" in text
+
+
+def test_unreachable_platform_is_a_message_with_a_hint():
+    result = CliRunner().invoke(cli, ["summaries", "--from", "http://127.0.0.1:9/v1.1"])
+    assert result.exit_code == 1 and "hint" in result.output
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(SyncConfigError, match="url"):
+        SyncConfig.from_dict({"target": "sensorthings"})
+    with pytest.raises(SyncConfigError, match="daily_budget"):
+        SyncConfig.from_dict({"url": "http://x/v1.1", "daily_budget": "lots"})
+    with pytest.raises(SyncConfigError, match="batch_size"):
+        SyncConfig.from_dict({"url": "http://x/v1.1", "batch_size": 3})
+    with pytest.raises(SyncConfigError, match=r"mqtt\.preset"):
+        SyncConfig.from_dict({"target": "mqtt", "mqtt": {"preset": "aws"}})
+    cfg = SyncConfig.from_dict({"url": "http://x/v1.1", "daily_budget": "5 MB", "timeout": 5})
+    assert cfg.daily_budget == 5_000_000 and cfg.timeout == 5.0
+    assert parse_bytes("1MiB") == 1 << 20 and parse_bytes(0) is None
