@@ -1,6 +1,3 @@
-"""Réverbère gateway: the service on the Pi.
-
-CoAP ingest -> verify -> store (SQLite) -> detect -> summarise -> sync.
-"""
+"""Réverbère gateway, the service on the Pi: CoAP ingest, SQLite, detect, summarise, sync."""
 
 __version__ = "0.1.0"

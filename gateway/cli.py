@@ -4,7 +4,7 @@ import json
 
 import click
 
-from gateway import __version__
+from gateway import __version__, cli_gateway
 
 
 @click.group()
@@ -13,12 +13,20 @@ def cli() -> None:
     """Réverbère: an edge gateway for the sensor networks of small towns."""
 
 
+cli.add_command(cli_gateway.gateway_group)
+cli.add_command(cli_gateway.node_group)
+cli.add_command(cli_gateway.readings)
+
+
 @cli.command()
+@click.option("--nodes", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--hours", type=click.FloatRange(0.1), default=24, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), help="Write report.json here.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object of figures.")
-def demo(as_json: bool) -> None:
+def demo(nodes: int, hours: float, out: str | None, as_json: bool) -> None:
     """Run the whole system on one machine, on the embedded defaults."""
     from sim.demo import run_demo
 
-    report = run_demo(echo=click.echo)
+    report = run_demo(echo=click.echo, nodes=nodes, hours=hours, out=out)
     if as_json:
         click.echo(json.dumps(report))

@@ -11,7 +11,10 @@ from pathlib import Path
 import sqlite_utils
 
 # "module:attribute" of each migration set, applied in this order.
-MIGRATION_SETS: tuple[str, ...] = ()
+MIGRATION_SETS: tuple[str, ...] = (
+    "gateway.registry:migrations",
+    "gateway.store:migrations",
+)
 
 
 def open_db(path: str | Path) -> sqlite_utils.Database:

@@ -1,0 +1,235 @@
+"""The gateway's TOML configuration: defaults, checks, and errors that name file, line and key.
+
+``load(path)`` returns a ``Config``. Every section this module knows is checked key by key
+(unknown keys, wrong types and out-of-range values are errors); sections it does not know
+are kept in ``Config.raw`` for the stages that own them (``Config.section(name)``), so a new
+stage adds its own section without touching this file. Relative paths are relative to the
+directory of the config file. ``TEMPLATE`` is the commented file ``gateway init`` writes.
+"""
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration file is unreadable or holds a bad value; ``str()`` says where."""
+
+    def __init__(self, path: str | Path, line: int | None, key: str | None, message: str):
+        self.path = str(path)
+        self.line = line
+        self.key = key
+        self.message = message
+        where = self.path + (f":{line}" if line else "")
+        super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The checked configuration. Times in seconds, sizes in bytes."""
+
+    path: Path  # the file it came from (or a notional one)
+    database: Path
+    coap_host: str = "::"
+    coap_port: int = 5683
+    http_host: str = "127.0.0.1"
+    http_port: int = 9683
+    max_payload: int = 1024  # bytes of COSE_Mac0; more gets 4.13
+    max_future: float = 600.0  # a reading may be this far ahead of the gateway's clock
+    max_past: float = 400 * 86400.0  # and this far behind it
+    dedup_lifetime: float = 60.0  # seconds a CoAP response is kept for retransmissions
+    dedup_max: int = 20000  # and at most this many of them
+    commit_max_packs: int = 128  # a group commit takes at most this many packs
+    commit_delay: float = 0.002  # and waits at most this long for more to arrive
+    max_queue: int = 2000  # packs waiting for a commit; beyond it the gateway answers 5.03
+    disk_budget: int = 1 << 30  # bytes the database may use
+    min_free: int = 64 << 20  # bytes to leave free on the disk
+    retry_after: int = 60  # Max-Age of a 5.03, seconds
+    retention_days: float = 30.0
+    log_level: str = "info"
+    log_format: str = "auto"  # auto (JSON unless a TTY), json, text
+    node_defaults: dict[str, Any] = field(default_factory=lambda: {"interval": 60, "pack": 10})
+    node_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def node_config(self, node_id: str) -> dict[str, Any]:
+        """The settings sent to ``node_id`` in each 2.04 (defaults, then its overrides)."""
+        over = self.node_overrides.get(node_id)
+        return {**self.node_defaults, **over} if over else self.node_defaults
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The raw table ``[name]`` of the file (empty if absent), for stages that own it."""
+        return self.raw.get(name, {})
+
+
+# section -> key -> (Config attribute, type, minimum, scale to the attribute's unit)
+_KEYS: dict[str, dict[str, tuple[str, type, float | None, float]]] = {
+    "gateway": {"database": ("database", str, None, 1)},
+    "coap": {
+        "host": ("coap_host", str, None, 1),
+        "port": ("coap_port", int, 0, 1),
+        "max_payload": ("max_payload", int, 64, 1),
+        "max_future_s": ("max_future", int, 0, 1),
+        "max_past_days": ("max_past", int, 1, 86400),
+        "dedup_lifetime_s": ("dedup_lifetime", int, 1, 1),
+        "dedup_max": ("dedup_max", int, 0, 1),
+    },
+    "http": {"host": ("http_host", str, None, 1), "port": ("http_port", int, 0, 1)},
+    "store": {
+        "commit_max_packs": ("commit_max_packs", int, 1, 1),
+        "commit_delay_ms": ("commit_delay", int, 0, 0.001),
+        "max_queue": ("max_queue", int, 1, 1),
+        "disk_budget_mb": ("disk_budget", int, 1, 1 << 20),
+        "min_free_mb": ("min_free", int, 0, 1 << 20),
+        "retry_after_s": ("retry_after", int, 1, 1),
+        "retention_days": ("retention_days", int, 1, 1),
+    },
+    "log": {"level": ("log_level", str, None, 1), "format": ("log_format", str, None, 1)},
+}
+_CHOICES = {
+    "log_level": ("debug", "info", "warning", "error"),
+    "log_format": ("auto", "json", "text"),
+}
+_NODE_KEYS = ("interval", "pack")
+_PORT_MAX = 65535
+
+
+def _key_line(text: str, table: str, key: str | None) -> int | None:
+    """The line of ``key`` in ``[table]`` (or of the table header when ``key`` is None)."""
+    current = ""
+    header = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]")
+    for i, line in enumerate(text.splitlines(), 1):
+        m = header.match(line)
+        if m:
+            current = m.group(1).replace('"', "").replace(" ", "")
+            if key is None and current == table:
+                return i
+            continue
+        if key is not None and current == table:
+            m = re.match(r'^\s*"?([A-Za-z0-9_.\-]+)"?\s*=', line)
+            if m and m.group(1) == key:
+                return i
+    return None
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and check the config at ``path``; raise ``ConfigError`` naming file, line, key.
+
+    ``overrides`` (attribute -> value, e.g. from ``--coap``) replace what the file says.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(path, None, None, f"cannot read: {e.strerror}") from None
+    return loads(text, path, overrides)
+
+
+def loads(text: str, path: str | Path = "gateway.toml", overrides: dict | None = None) -> Config:
+    """Check the TOML ``text`` as if read from ``path`` (see ``load``)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+), column \d+\)", str(e))
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
+        raise ConfigError(path, int(m.group(1)) if m else None, None, msg) from None
+
+    def fail(table: str, key: str | None, message: str) -> ConfigError:
+        dotted = table + ("." + key if key else "")
+        return ConfigError(path, _key_line(text, table, key), dotted, message)
+
+    values: dict[str, Any] = {"path": path, "raw": raw}
+    for section, keys in _KEYS.items():
+        table = raw.get(section, {})
+        if not isinstance(table, dict):
+            raise fail(section, None, f"expected a table [{section}]")
+        for key, value in table.items():
+            if key not in keys:
+                raise fail(section, key, "unknown key (known: " + ", ".join(sorted(keys)) + ")")
+            attr, kind, minimum, scale = keys[key]
+            if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise fail(section, key, f"expected an integer, got {value!r}")
+            if kind is str and not isinstance(value, str):
+                raise fail(section, key, f"expected a string, got {value!r}")
+            if minimum is not None and value < minimum:
+                raise fail(section, key, f"must be at least {minimum}, got {value}")
+            if attr.endswith("_port") and value > _PORT_MAX:
+                raise fail(section, key, f"a port is at most {_PORT_MAX}, got {value}")
+            if attr in _CHOICES and value not in _CHOICES[attr]:
+                raise fail(section, key, "must be one of " + ", ".join(_CHOICES[attr]))
+            values[attr] = value * scale if scale != 1 else value
+
+    defaults = dict(Config.__dataclass_fields__["node_defaults"].default_factory())
+    overrides_by_node: dict[str, dict[str, Any]] = {}
+    for table_name in ("node_defaults", "nodes"):
+        table = raw.get(table_name, {})
+        if not isinstance(table, dict):
+            raise fail(table_name, None, "expected a table")
+    for key, value in raw.get("node_defaults", {}).items():
+        _check_node_key(fail, "node_defaults", key, value)
+        defaults[key] = value
+    for node_id, table in raw.get("nodes", {}).items():
+        if not isinstance(table, dict):
+            raise fail("nodes", node_id, f"expected a table [nodes.{node_id}]")
+        for key, value in table.items():
+            _check_node_key(fail, "nodes." + node_id, key, value)
+        overrides_by_node[node_id] = dict(table)
+    values["node_defaults"] = defaults
+    values["node_overrides"] = overrides_by_node
+
+    database = Path(values.get("database", "reverbere.db"))
+    values["database"] = database if database.is_absolute() else path.parent / database
+    values.update(overrides or {})
+    return Config(**values)
+
+
+def _check_node_key(fail, table: str, key: str, value: Any) -> None:
+    if key not in _NODE_KEYS:
+        raise fail(table, key, "unknown node setting (known: " + ", ".join(_NODE_KEYS) + ")")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise fail(table, key, f"expected a positive integer, got {value!r}")
+
+
+TEMPLATE = """\
+# Réverbère gateway configuration. Every key is optional; the values shown are the defaults.
+# Relative paths are relative to this file's directory. Sizes in MB, times as the key says.
+
+[gateway]
+database = "reverbere.db"      # the SQLite buffer (WAL mode)
+
+[coap]                         # where the nodes post their readings (CoAP over UDP, path /r)
+host = "::"                    # "::" is every address, IPv4 and IPv6
+port = 5683
+max_payload = 1024             # bytes; a larger message gets 4.13
+max_future_s = 600             # readings further ahead of the gateway clock are refused (4.00)
+max_past_days = 400            # and readings older than this
+dedup_lifetime_s = 60          # a response is kept this long to answer CoAP retransmissions
+dedup_max = 20000              # and at most this many (bounds memory; see docs/gateway.md)
+
+[http]                         # /metrics for Prometheus; keep it on loopback
+host = "127.0.0.1"
+port = 9683
+
+[store]
+commit_max_packs = 128         # group commit: packs per transaction (one fsync each)
+commit_delay_ms = 2            # how long a commit waits for more packs
+max_queue = 2000               # packs waiting for a commit; beyond it nodes get 5.03
+disk_budget_mb = 1024          # database size at which nodes get 5.03 instead of a full disk
+min_free_mb = 64               # free disk space to keep
+retry_after_s = 60             # Max-Age sent with a 5.03
+retention_days = 30            # raw readings older than this go, once summarised and synced
+
+[log]
+level = "info"                 # debug, info, warning, error
+format = "auto"                # auto (JSON unless on a terminal), json, text
+
+[node_defaults]                # sent to every node in each 2.04 response
+interval = 60                  # seconds between samples
+pack = 10                      # readings per message
+
+# [nodes."lamp-001"]           # per-node settings override the defaults
+# interval = 30
+"""

@@ -1,0 +1,234 @@
+"""The CoAP resource ``/r``: check, verify, decode and validate a node's pack, then store it.
+
+Order of checks (the first failing one answers; nothing is stored on any failure):
+
+1. Content-Format must be 17 (COSE_Mac0)                                    else 4.15
+2. the payload must be at most ``max_payload`` bytes                        else 4.13
+3. it must decode (``cbor2``) as a COSE_Mac0 (``protocols.cose.parse``)     else 4.00
+4. its kid must name an active node, and the MAC verify with that node's key else 4.01
+5. its counter must be above the node's last accepted one                   else 4.01
+   (equal to it: a retransmission of what is already stored, answered 2.04 again)
+6. the payload must be a SenML pack of known channels, with the channel's unit if a unit is
+   given, finite numbers, and times within [now - max_past, now + max_future] else 4.00
+7. the committer stores it (gateway.store); 5.03 with Max-Age if it cannot.
+
+Then 2.04 with the CBOR map ``{"t": gateway time, "c": the node's config}``. Every rejection
+is counted in ``reverbere_packs_rejected_total{reason}`` and logged at most once per node (or
+source address) per minute.
+"""
+
+import hashlib
+import hmac
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+import sqlite_utils
+from aiocoap import Message, resource
+from aiocoap.numbers.codes import Code
+
+from gateway import registry
+from gateway.config import Config
+from gateway.logs import RateLimiter, event
+from gateway.metrics import Registry
+from gateway.records import Reading
+from gateway.store import Committer, Outcome, Overloaded, Pack, Stopped
+from protocols import cbor, cose, senml
+from protocols.const import CF_CBOR, CF_COSE_MAC0, CHANNELS, MAC_LEN, RESP_CONFIG, RESP_TIME
+
+log = logging.getLogger("reverbere.ingest")
+
+# What a decoder may raise on hostile bytes (cbor2's errors are ValueErrors or EOFErrors).
+_MALFORMED = (ValueError, TypeError, LookupError, RecursionError, OverflowError, EOFError)
+MAX_VALUE = 1e15  # larger magnitudes are no sensor reading (and would overflow SQLite ints)
+
+
+class Rejected(Exception):
+    """A pack refused with a CoAP ``code``; ``reason`` is the metric label."""
+
+    def __init__(self, code: Code, reason: str, detail: str = "", node: str | None = None):
+        super().__init__(detail or reason)
+        self.code = code
+        self.reason = reason
+        self.node = node
+
+
+@dataclass
+class Answer:
+    """What to send back."""
+
+    code: Code
+    payload: bytes = b""
+    max_age: int | None = None
+    content_format: int | None = None
+
+
+def verify_mac(mac0: cose.Mac0, key: bytes) -> bool:
+    """``mac0.verify(key)`` with the C HMAC of the standard library (same result, faster)."""
+    out = bytearray()
+    cbor.encode_into(out, ["MAC0", mac0.protected, b"", mac0.payload])
+    tag = hmac.new(key, out, hashlib.sha256).digest()[:MAC_LEN]
+    return hmac.compare_digest(tag, mac0.tag)
+
+
+def validate(records: list[tuple], node_id: str, now: float, cfg: Config) -> list[Reading]:
+    """Turn resolved SenML records into ``Reading``s, or raise ``Rejected`` (4.00)."""
+    out = []
+    for name, unit, t, value in records:
+        channel = name
+        if ":" in name:
+            prefix, _, channel = name.partition(":")
+            if prefix != node_id:
+                raise _bad("foreign_name", f"record name {name!r} is not this node's")
+        if channel not in CHANNELS:
+            raise _bad("unknown_channel", f"unknown channel {channel!r}")
+        if unit is not None and unit != CHANNELS[channel]:
+            raise _bad("bad_unit", f"channel {channel} is in {CHANNELS[channel]}, not {unit}")
+        try:
+            value = float(value) if not isinstance(value, int) else value
+            ok = math.isfinite(value) and abs(value) <= MAX_VALUE
+        except OverflowError:
+            ok = False
+        if not ok:
+            raise _bad("bad_value", f"value of {channel} is not a finite number")
+        if not (isinstance(t, int | float) and math.isfinite(t)):
+            raise _bad("bad_time", f"time of {channel} is not a finite number")
+        if t > now + cfg.max_future or t < now - cfg.max_past:
+            raise _bad("bad_time", f"time {t} of {channel} is out of range")
+        if isinstance(t, float) and t.is_integer():
+            t = int(t)
+        out.append(Reading(node_id, channel, t, value))
+    return out
+
+
+def _bad(reason: str, detail: str) -> Rejected:
+    return Rejected(Code.BAD_REQUEST, reason, detail)
+
+
+class Ingest:
+    """Everything between a POST on ``/r`` and its answer; ``handle`` is the whole path."""
+
+    def __init__(
+        self, cfg: Config, db: sqlite_utils.Database, committer: Committer, metrics: Registry
+    ):
+        self.cfg = cfg
+        self.db = db  # a reading connection, for node lookups (the committer writes)
+        self.committer = committer
+        self.metrics = metrics
+        self.limiter = RateLimiter(60.0)
+        self._rejected = metrics.counter(
+            "reverbere_packs_rejected_total", "Packs refused, by reason."
+        )
+        self._accepted = metrics.counter("reverbere_packs_accepted_total", "Packs answered 2.04.")
+        self._received = metrics.counter(
+            "reverbere_readings_received_total", "Readings in packs that passed validation."
+        )
+
+    async def handle(self, payload: bytes, content_format: int | None, source: str) -> Answer:
+        try:
+            code = await self._handle(payload, content_format)
+        except Rejected as r:
+            self._reject(r, source)
+            if r.code == Code.SERVICE_UNAVAILABLE:
+                return Answer(r.code, str(r).encode(), max_age=self.cfg.retry_after)
+            return Answer(r.code, str(r).encode())
+        return code
+
+    async def _handle(self, payload: bytes, content_format: int | None) -> Answer:
+        if content_format != CF_COSE_MAC0:
+            raise Rejected(
+                Code.UNSUPPORTED_CONTENT_FORMAT, "content_format", "use Content-Format 17"
+            )
+        if len(payload) > self.cfg.max_payload:
+            raise Rejected(
+                Code.REQUEST_ENTITY_TOO_LARGE,
+                "too_large",
+                f"at most {self.cfg.max_payload} bytes",
+            )
+        try:
+            mac0 = cose.parse(cbor2.loads(payload), cbor2.loads)
+        except _MALFORMED as e:
+            raise _bad("bad_cose", f"not a COSE_Mac0: {e}") from None
+        try:
+            node_id = mac0.kid.decode()
+        except UnicodeDecodeError:
+            raise Rejected(Code.UNAUTHORIZED, "unknown_node", "unknown node") from None
+        entry = registry.lookup(self.db, node_id)
+        if entry is None:
+            raise Rejected(Code.UNAUTHORIZED, "unknown_node", "unknown node", node_id)
+        ref, key, last_seq = entry
+        if not verify_mac(mac0, key):
+            raise Rejected(Code.UNAUTHORIZED, "bad_mac", "bad MAC", node_id)
+        if mac0.seq < last_seq:
+            raise Rejected(Code.UNAUTHORIZED, "replay", "counter already used", node_id)
+        if mac0.seq == last_seq:
+            return self._ok(node_id, Outcome.REPEATED)
+        now = time.time()
+        try:
+            records = senml.resolve(cbor2.loads(mac0.payload), now)
+        except _MALFORMED as e:
+            raise _bad("bad_senml", f"not a SenML pack: {e}") from None
+        try:
+            readings = validate(records, node_id, now, self.cfg)
+        except Rejected as r:
+            r.node = node_id
+            raise
+        try:
+            future = self.committer.submit(Pack(ref, node_id, key, mac0.seq, readings, now))
+        except (Overloaded, Stopped):
+            raise Rejected(Code.SERVICE_UNAVAILABLE, "overload", "busy", node_id) from None
+        outcome = await future
+        if outcome is Outcome.FULL:
+            raise Rejected(Code.SERVICE_UNAVAILABLE, "store_full", "cannot store now", node_id)
+        if outcome is Outcome.REPLAY:
+            raise Rejected(Code.UNAUTHORIZED, "replay", "counter already used", node_id)
+        if outcome is Outcome.UNKNOWN_NODE:
+            raise Rejected(Code.UNAUTHORIZED, "unknown_node", "unknown node", node_id)
+        self._received.inc(len(readings))
+        return self._ok(node_id, outcome)
+
+    def _ok(self, node_id: str, outcome: Outcome) -> Answer:
+        self._accepted.inc(outcome=outcome.value)
+        body = cbor2.dumps(
+            {RESP_TIME: int(time.time()), RESP_CONFIG: self.cfg.node_config(node_id)}
+        )
+        return Answer(Code.CHANGED, body, content_format=CF_CBOR)
+
+    def _reject(self, r: Rejected, source: str) -> None:
+        self._rejected.inc(reason=r.reason)
+        who = r.node or source
+        suppressed = self.limiter.allow(who)
+        if suppressed is not None:
+            event(
+                log,
+                logging.WARNING,
+                "pack rejected",
+                node=r.node,
+                source=source,
+                code=str(r.code.dotted),
+                reason=r.reason,
+                detail=str(r),
+                suppressed=suppressed,
+            )
+
+
+class ReadingsResource(resource.Resource):
+    """``POST /r``: a thin aiocoap wrapper around ``Ingest.handle``."""
+
+    def __init__(self, ingest: Ingest):
+        super().__init__()
+        self.ingest = ingest
+
+    async def render_post(self, request: Any) -> Message:
+        cf = request.opt.content_format
+        source = request.remote.hostinfo
+        answer = await self.ingest.handle(request.payload, None if cf is None else int(cf), source)
+        msg = Message(code=answer.code, payload=answer.payload)
+        if answer.content_format is not None:
+            msg.opt.content_format = answer.content_format
+        if answer.max_age is not None:
+            msg.opt.max_age = answer.max_age
+        return msg

@@ -1,0 +1,141 @@
+"""The node registry: which nodes may post, their keys, and what the gateway saw of them.
+
+Keys live in the gateway database (table ``nodes``); the database file is created 0600 and
+the service runs as its own user (see docs/gateway.md), so only that user can read them.
+A removed node keeps its row (its readings refer to it) but loses its key, so it gets 4.01.
+``last_seq`` is the last accepted message counter (Partial IV); it only ever grows, in the
+same transaction that stores the readings (``gateway.store``). ``gaps`` counts the counter
+values never seen: messages that were lost for good.
+"""
+
+import os
+import re
+import time
+from dataclasses import dataclass
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("reverbere.registry")
+
+KEY_BYTES = 32
+NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@migrations()
+def m001_nodes(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE nodes (
+            ref INTEGER PRIMARY KEY,           -- what readings.node refers to
+            id TEXT NOT NULL UNIQUE,           -- the COSE kid, as text
+            key BLOB,                          -- 32-byte HMAC key; NULL once removed
+            added REAL NOT NULL,               -- Unix time of add or last rotate-key
+            last_seq INTEGER NOT NULL DEFAULT 0,
+            last_seen REAL,
+            messages INTEGER NOT NULL DEFAULT 0,
+            gaps INTEGER NOT NULL DEFAULT 0,
+            battery REAL                       -- last "bat" reading
+        )
+        """
+    )
+
+
+class RegistryError(Exception):
+    """A registry operation that cannot be done; ``hint`` says what to do instead."""
+
+    hint = ""
+
+
+class NodeExists(RegistryError):
+    hint = "use `reverbere node rotate-key` to give it a new key"
+
+
+class NodeNotFound(RegistryError):
+    hint = "see `reverbere node list`"
+
+
+class BadNodeId(RegistryError):
+    hint = "use 1 to 64 of A-Z a-z 0-9 . _ -"
+
+
+@dataclass(frozen=True)
+class Node:
+    """What ``node list`` shows of one node."""
+
+    id: str
+    active: bool
+    added: float
+    last_seq: int
+    last_seen: float | None
+    messages: int
+    gaps: int
+    battery: float | None
+
+
+def _check_id(node_id: str) -> None:
+    if not NODE_ID.match(node_id):
+        raise BadNodeId(f"{node_id!r} is not a valid node id")
+
+
+def add_node(db: sqlite_utils.Database, node_id: str) -> bytes:
+    """Register ``node_id`` with a new random key and return the key (shown once)."""
+    _check_id(node_id)
+    key = os.urandom(KEY_BYTES)
+    with db.conn:
+        row = db.execute("SELECT key FROM nodes WHERE id = ?", [node_id]).fetchone()
+        if row is not None and row[0] is not None:
+            raise NodeExists(f"node {node_id} already exists")
+        if row is None:
+            db.execute(
+                "INSERT INTO nodes (id, key, added) VALUES (?, ?, ?)", [node_id, key, time.time()]
+            )
+        else:  # a removed node comes back: same ref, so its old readings stay its own
+            db.execute(
+                "UPDATE nodes SET key = ?, added = ?, last_seq = 0 WHERE id = ?",
+                [key, time.time(), node_id],
+            )
+    return key
+
+
+def rotate_key(db: sqlite_utils.Database, node_id: str) -> bytes:
+    """Give ``node_id`` a new key (the old one stops working) and restart its counter."""
+    key = os.urandom(KEY_BYTES)
+    with db.conn:
+        cur = db.execute(
+            "UPDATE nodes SET key = ?, added = ?, last_seq = 0 WHERE id = ? AND key IS NOT NULL",
+            [key, time.time(), node_id],
+        )
+        if cur.rowcount == 0:
+            raise NodeNotFound(f"no node {node_id}")
+    return key
+
+
+def remove_node(db: sqlite_utils.Database, node_id: str) -> None:
+    """Revoke ``node_id``: its key is deleted, its readings are kept."""
+    with db.conn:
+        cur = db.execute("UPDATE nodes SET key = NULL WHERE id = ? AND key IS NOT NULL", [node_id])
+        if cur.rowcount == 0:
+            raise NodeNotFound(f"no node {node_id}")
+
+
+def list_nodes(db: sqlite_utils.Database, include_removed: bool = False) -> list[Node]:
+    """Every node, by id."""
+    rows = db.execute(
+        "SELECT id, key IS NOT NULL, added, last_seq, last_seen, messages, gaps, battery"
+        " FROM nodes %s ORDER BY id" % ("" if include_removed else "WHERE key IS NOT NULL")
+    ).fetchall()
+    return [Node(r[0], bool(r[1]), *r[2:]) for r in rows]
+
+
+def lookup(db: sqlite_utils.Database, node_id: str) -> tuple[int, bytes, int] | None:
+    """``(ref, key, last_seq)`` of an active node, or None."""
+    row = db.execute(
+        "SELECT ref, key, last_seq FROM nodes WHERE id = ? AND key IS NOT NULL", [node_id]
+    ).fetchone()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def node_ids(db: sqlite_utils.Database) -> dict[int, str]:
+    """ref -> id of every node ever registered."""
+    return dict(db.execute("SELECT ref, id FROM nodes").fetchall())

@@ -1,0 +1,343 @@
+"""The durable buffer: readings in SQLite, written by one committer with group commit.
+
+``Committer`` owns the one writing connection, in its own thread. Verified packs wait in a
+queue; the committer takes up to ``commit_max_packs`` of them into one transaction (one fsync
+with ``synchronous=FULL``), checks each pack's message counter against ``nodes.last_seq``
+inside that transaction and moves it on, inserts the readings with ``INSERT OR IGNORE`` (the
+key (node, channel, time) makes a retransmitted pack a no-op), commits, and only then resolves
+each pack's future, so the 2.04 goes out after the commit. While one commit runs, the next
+batch gathers: the busier the gateway, the more packs share an fsync.
+
+Disk budget: ``PRAGMA max_page_count`` caps the file, so a full budget makes SQLite refuse the
+transaction (SQLITE_FULL) rather than corrupt anything; the committer rolls back and every pack
+of the batch gets ``Outcome.FULL`` (5.03). Freed pages (after retention) are reused, so the
+gateway recovers by itself. The same happens when the disk's free space falls under ``min_free``.
+
+After each commit the ``after_commit`` stages run in the writer thread, with the writer
+database and the readings that were new (duplicates filtered) in commit order.
+"""
+
+import asyncio
+import enum
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from gateway.db import open_db
+from gateway.logs import RateLimiter, event
+from gateway.records import Reading
+
+migrations = Migrations("reverbere.store")
+log = logging.getLogger("reverbere.store")
+
+BATTERY_CHANNEL = "bat"
+
+
+@migrations()
+def m001_readings(db: sqlite_utils.Database) -> None:
+    # WITHOUT ROWID: the key is the table, so a reading costs one b-tree entry. node is
+    # nodes.ref (an integer: 1-2 bytes instead of the id's text); integral times and values
+    # are stored as integers by SQLite, which keeps a reading near 20 bytes.
+    db.execute(
+        """
+        CREATE TABLE readings (
+            node INTEGER NOT NULL,
+            channel TEXT NOT NULL,
+            time REAL NOT NULL,
+            value REAL NOT NULL,
+            PRIMARY KEY (node, channel, time)
+        ) WITHOUT ROWID
+        """
+    )
+
+
+class Outcome(enum.Enum):
+    """What became of a pack; ingest turns it into a CoAP code."""
+
+    STORED = "stored"  # committed (some readings may have been there already) -> 2.04
+    REPEATED = "repeated"  # the counter of the last stored pack again: already stored -> 2.04
+    REPLAY = "replay"  # an older counter -> 4.01
+    UNKNOWN_NODE = "unknown_node"  # removed or re-keyed since it was verified -> 4.01
+    FULL = "full"  # disk budget reached or the database refused -> 5.03
+
+
+@dataclass
+class Pack:
+    """A verified pack on its way to the database."""
+
+    node_ref: int
+    node_id: str
+    key: bytes  # the key that verified it; the commit checks it is still the node's key
+    seq: int
+    readings: list[Reading]
+    received: float = field(default_factory=time.time)
+    future: Any = None  # asyncio.Future resolved with an Outcome
+
+
+class Overloaded(Exception):
+    """Too many packs wait for a commit: answer 5.03."""
+
+
+class Stopped(Exception):
+    """The committer is shutting down: answer 5.03."""
+
+
+AfterCommit = Callable[[sqlite_utils.Database, list[Reading]], None]
+
+
+def commit_batch(
+    db: sqlite_utils.Database, batch: list[Pack], now: float | None = None
+) -> tuple[list[Outcome], list[Reading]]:
+    """Store ``batch`` in one transaction; return each pack's outcome and the new readings.
+
+    Raises ``sqlite3.Error`` after rolling back if the database refuses the transaction.
+    """
+    now = time.time() if now is None else now
+    conn = db.conn
+    outcomes: list[Outcome] = []
+    new: list[Reading] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for pack in batch:
+            row = conn.execute(
+                "SELECT key, last_seq FROM nodes WHERE ref = ?", [pack.node_ref]
+            ).fetchone()
+            if row is None or row[0] != pack.key:
+                outcomes.append(Outcome.UNKNOWN_NODE)
+                continue
+            last = row[1]
+            if pack.seq <= last:
+                outcomes.append(Outcome.REPEATED if pack.seq == last else Outcome.REPLAY)
+                continue
+            battery = None
+            for r in pack.readings:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO readings (node, channel, time, value)"
+                    " VALUES (?, ?, ?, ?)",
+                    [pack.node_ref, r.channel, r.time, r.value],
+                )
+                if cur.rowcount == 1:
+                    new.append(r)
+                if r.channel == BATTERY_CHANNEL:
+                    battery = r.value
+            conn.execute(
+                "UPDATE nodes SET last_seq = ?, last_seen = ?, messages = messages + 1,"
+                " gaps = gaps + ?, battery = coalesce(?, battery) WHERE ref = ?",
+                [pack.seq, now, pack.seq - last - 1, battery, pack.node_ref],
+            )
+            outcomes.append(Outcome.STORED)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return outcomes, new
+
+
+def set_disk_budget(db: sqlite_utils.Database, budget_bytes: int) -> None:
+    """Cap the database file at ``budget_bytes`` (rounded down to whole pages)."""
+    page = db.execute("PRAGMA page_size").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {max(1, budget_bytes // page)}")
+
+
+def db_bytes(db: sqlite_utils.Database) -> int:
+    """Bytes the database uses (its pages minus the free ones)."""
+    page, count, free = (
+        db.execute(f"PRAGMA {p}").fetchone()[0]
+        for p in ("page_size", "page_count", "freelist_count")
+    )
+    return (count - free) * page
+
+
+def query_readings(
+    db: sqlite_utils.Database,
+    node: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    limit: int | None = None,
+) -> list[Reading]:
+    """Stored readings, by node, channel, time; optionally of one node and a time range."""
+    where, args = [], []
+    if node is not None:
+        where.append("n.id = ?")
+        args.append(node)
+    if since is not None:
+        where.append("r.time >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("r.time < ?")
+        args.append(until)
+    sql = (
+        "SELECT n.id, r.channel, r.time, r.value FROM readings r JOIN nodes n ON n.ref = r.node"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY n.id, r.channel, r.time"
+        + (f" LIMIT {int(limit)}" if limit is not None else "")
+    )
+    return [Reading(*row) for row in db.execute(sql, args).fetchall()]
+
+
+def delete_before(db: sqlite_utils.Database, before: float) -> int:
+    """Delete raw readings older than ``before``; return how many. Their pages get reused."""
+    with db.conn:
+        return db.execute("DELETE FROM readings WHERE time < ?", [before]).rowcount
+
+
+class Committer:
+    """The one writer: group commit, ack after commit, then the after-commit stages."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_packs: int = 128,
+        delay: float = 0.002,
+        max_queue: int = 2000,
+        disk_budget: int = 1 << 30,
+        min_free: int = 64 << 20,
+        metrics: Any = None,
+    ):
+        self.path = Path(path)
+        self.max_packs = max_packs
+        self.delay = delay
+        self.max_queue = max_queue
+        self.disk_budget = disk_budget
+        self.min_free = min_free
+        self.metrics = metrics
+        self.after_commit: list[AfterCommit] = []
+        self.db: sqlite_utils.Database | None = None  # the writer's; use only via run()
+        self.full = False
+        self.last_commit_seconds = 0.0
+        self._pending: list[Pack] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="reverbere-writer")
+        self._full_log = RateLimiter(60.0)
+
+    async def run(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run ``func(db, *args)`` in the writer thread, between commits."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: func(self.db, *args))
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.db = await loop.run_in_executor(self._executor, self._open)
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._loop(), name="reverbere-committer")
+
+    def _open(self) -> sqlite_utils.Database:
+        db = open_db(self.path)
+        set_disk_budget(db, self.disk_budget)
+        return db
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def submit(self, pack: Pack) -> "asyncio.Future[Outcome]":
+        """Queue ``pack``; its future resolves with an ``Outcome`` after the commit."""
+        if self._stopping:
+            raise Stopped()
+        if len(self._pending) >= self.max_queue:
+            raise Overloaded()
+        pack.future = asyncio.get_running_loop().create_future()
+        self._pending.append(pack)
+        self._wake.set()
+        return pack.future
+
+    async def stop(self) -> None:
+        """Commit what is queued (those packs still get their answer), then close."""
+        self._stopping = True
+        if self._task is not None:
+            self._wake.set()
+            await self._task
+        if self.db is not None:
+            await self.run(lambda db: db.close())
+        self._executor.shutdown(wait=True)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                if self._stopping:
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            if len(self._pending) < self.max_packs and self.delay > 0 and not self._stopping:
+                await asyncio.sleep(self.delay)  # let a few more packs join this commit
+            batch = self._pending[: self.max_packs]
+            del self._pending[: self.max_packs]
+            t0 = time.perf_counter()
+            try:
+                outcomes, new = await loop.run_in_executor(self._executor, self._commit, batch)
+            except Exception as e:  # the database refused: nothing of the batch is stored
+                outcomes, new = [Outcome.FULL] * len(batch), []
+                self._note_full(str(e))
+            self.last_commit_seconds = time.perf_counter() - t0
+            for pack, outcome in zip(batch, outcomes, strict=True):
+                if not pack.future.done():
+                    pack.future.set_result(outcome)
+            self._count(batch, outcomes, len(new))
+            if new and self.after_commit:
+                await loop.run_in_executor(self._executor, self._stages, new)
+
+    def _commit(self, batch: list[Pack]) -> tuple[list[Outcome], list[Reading]]:
+        free = shutil.disk_usage(self.path.parent).free
+        if free < self.min_free:
+            raise OSError(f"only {free >> 20} MB free on the disk (min_free)")
+        outcomes, new = commit_batch(self.db, batch)
+        if self.full:
+            self.full = False
+            event(log, logging.INFO, "storing again", db_bytes=db_bytes(self.db))
+        return outcomes, new
+
+    def _note_full(self, reason: str) -> None:
+        self.full = True
+        if self.metrics is not None:
+            self.metrics.gauge("reverbere_store_full").set(1)
+        if self._full_log.allow("full") is not None:
+            event(log, logging.ERROR, "cannot store: answering 5.03", reason=reason)
+
+    def _count(self, batch: list[Pack], outcomes: list[Outcome], new: int) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        m.counter("reverbere_readings_stored_total").inc(new)
+        m.counter("reverbere_commits_total").inc()
+        m.counter("reverbere_packs_committed_total").inc(len(batch))
+        m.gauge("reverbere_store_full").set(1 if self.full else 0)
+        m.gauge("reverbere_last_commit_seconds").set(self.last_commit_seconds)
+
+    def _stages(self, new: list[Reading]) -> None:
+        for stage in self.after_commit:
+            name = getattr(stage, "__qualname__", repr(stage))
+            try:
+                stage(self.db, new)
+            except Exception:
+                # A stage's failure must not stop ingestion; stages catch up from the tables.
+                log.exception("after-commit stage %s failed", name, extra={"fields": {}})
+                if self.metrics is not None:
+                    self.metrics.counter("reverbere_stage_errors_total").inc(stage=name)
+
+
+def wal_bytes(path: Path) -> int:
+    """Size of the write-ahead log next to the database at ``path``."""
+    try:
+        return os.stat(str(path) + "-wal").st_size
+    except FileNotFoundError:
+        return 0
+
+
+def is_full_error(e: BaseException) -> bool:
+    """True for SQLite's 'database or disk is full'."""
+    return isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", 0) == sqlite3.SQLITE_FULL

@@ -1,0 +1,123 @@
+"""The operator's commands, through click's runner and (for `gateway run`) a real process."""
+
+import asyncio
+import json
+import signal
+
+from click.testing import CliRunner
+from gateway_helpers import GatewayProcess, http_get, metric, minute_readings
+
+from gateway import registry, store
+from gateway.cli import cli
+from gateway.cli_gateway import parse_since
+from gateway.db import open_db
+from gateway.records import Reading
+from sim.sender import Sender, SimNode
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_init_writes_a_commented_config_and_the_database(tmp_path):
+    r = invoke("gateway", "init", tmp_path / "gw")
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "gw" / "gateway.toml").read_text()
+    assert "[coap]" in text and "# " in text
+    assert (tmp_path / "gw" / "reverbere.db").exists()
+    again = invoke("gateway", "init", tmp_path / "gw")
+    assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_node_commands(tmp_path):
+    invoke("gateway", "init", tmp_path)
+    cfg = tmp_path / "gateway.toml"
+    r = invoke("node", "add", "lamp-001", "--config", cfg, "--json")
+    out = json.loads(r.output)
+    assert out["node_id"] == "lamp-001" and len(bytes.fromhex(out["key"])) == 32
+    assert registry.lookup(open_db(tmp_path / "reverbere.db"), "lamp-001")[1].hex() == out["key"]
+    dup = invoke("node", "add", "lamp-001", "--config", cfg)
+    assert dup.exit_code == 1 and "rotate-key" in dup.output  # the hint
+    r = invoke("node", "rotate-key", "lamp-001", "--config", cfg, "--json")
+    assert json.loads(r.output)["key"] != out["key"]
+    invoke("node", "add", "lamp-002", "--config", cfg)
+    listing = invoke("node", "list", "--config", cfg)
+    assert "lamp-001" in listing.output and "never" in listing.output
+    assert invoke("node", "remove", "lamp-002", "--config", cfg).exit_code == 0
+    nodes = json.loads(invoke("node", "list", "--config", cfg, "--json").output)
+    assert [n["id"] for n in nodes] == ["lamp-001"]
+    assert invoke("node", "remove", "lamp-002", "--config", cfg).exit_code == 1
+
+
+def test_readings_in_three_formats(tmp_path):
+    invoke("gateway", "init", tmp_path)
+    cfg = tmp_path / "gateway.toml"
+    db = open_db(tmp_path / "reverbere.db")
+    registry.add_node(db, "a")
+    ref, key, _ = registry.lookup(db, "a")
+    store.commit_batch(
+        db,
+        [
+            store.Pack(
+                ref,
+                "a",
+                key,
+                1,
+                [Reading("a", "p", 1767225600, 61.5), Reading("a", "t", 1767225660, 4)],
+            )
+        ],
+    )
+    rows = json.loads(invoke("readings", "--config", cfg, "--format", "json").output)
+    assert rows[0] == {"node": "a", "channel": "p", "time": "2026-01-01T00:00:00Z", "value": 61.5}
+    csv_out = invoke("readings", "--config", cfg, "--format", "csv", "--node", "a").output
+    assert csv_out.splitlines()[0] == "node,channel,time,value" and len(csv_out.splitlines()) == 3
+    since = invoke("readings", "--config", cfg, "--since", "2026-01-01T00:00:30Z").output
+    assert "61.5" not in since and "2026-01-01T00:01:00Z" in since
+
+
+def test_since_accepts_durations_iso_and_unix():
+    assert parse_since("2h", now=10000) == 10000 - 7200
+    assert parse_since("1767225600") == 1767225600
+    assert parse_since("2026-01-01") == 1767225600
+
+
+def test_config_errors_name_file_line_and_key(tmp_path):
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text("[store]\nmax_queue = -1\n")
+    r = invoke("node", "list", "--config", cfg)
+    assert r.exit_code == 1
+    assert f"{cfg}:2: store.max_queue: must be at least 1" in r.output
+
+
+def test_gateway_run_serves_coap_and_metrics_and_stops_on_sigterm(tmp_path):
+    invoke("gateway", "init", tmp_path)
+    key = bytes.fromhex(
+        json.loads(
+            invoke("node", "add", "n1", "--config", tmp_path / "gateway.toml", "--json").output
+        )["key"]
+    )
+    gw = GatewayProcess(tmp_path / "gateway.toml")
+    try:
+
+        async def go():
+            async with Sender("127.0.0.1", gw.coap_port) as s:
+                assert (await s.send(SimNode("n1", key), minute_readings())).acked
+            return await http_get(gw.http_port, "/metrics")
+
+        status, text = asyncio.run(go())
+        assert status == 200 and metric(text, "reverbere_readings_stored_total") == 10
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(timeout=20) == 0
+        assert any(rec.get("msg") == "gateway stopped" for rec in gw.log)
+    finally:
+        if gw.proc.poll() is None:
+            gw.kill()
+
+
+def test_demo_ends_with_one_json_line(tmp_path):
+    r = invoke("demo", "--nodes", 2, "--hours", 1, "--out", tmp_path, "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output.strip().splitlines()[-1])
+    assert report["readings_sent"] == report["readings_acked"] == report["readings_stored"] > 0
+    assert report["duplicates_stored"] == report["acked_but_lost"] == 0
+    assert json.loads((tmp_path / "report.json").read_text())["nodes"] == 2

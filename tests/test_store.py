@@ -1,0 +1,153 @@
+"""The durable buffer: one transaction per batch, counter checks inside it, INSERT OR IGNORE,
+group commit, after-commit stages, retention and the disk budget (real SQLite files)."""
+
+import asyncio
+
+import pytest
+from gateway_helpers import make_config
+
+from gateway import registry, store
+from gateway.db import open_db
+from gateway.metrics import Registry
+from gateway.records import Reading
+from gateway.service import Gateway
+from gateway.store import Committer, Outcome, Pack
+
+
+@pytest.fixture
+def db(tmp_path):
+    d = open_db(tmp_path / "r.db")
+    yield d
+    d.close()
+
+
+def _pack(db, node_id, seq, readings, key=None):
+    ref, k, _ = registry.lookup(db, node_id)
+    return Pack(ref, node_id, key or k, seq, [Reading(node_id, *r) for r in readings])
+
+
+def test_commit_batch_checks_counters_in_the_transaction(db):
+    registry.add_node(db, "a")
+    batch = [
+        _pack(db, "a", 1, [("p", 100, 1), ("bat", 100, 87)]),
+        _pack(db, "a", 3, [("p", 160, 2)]),  # counter 2 lost: a gap
+        _pack(db, "a", 3, [("p", 220, 3)]),  # same counter again in the batch
+        _pack(db, "a", 2, [("p", 280, 4)]),  # older: replay
+        _pack(db, "a", 9, [("p", 340, 5)], key=b"x" * 32),  # verified with another key
+    ]
+    outcomes, new = store.commit_batch(db, batch, now=1000.0)
+    assert outcomes == [
+        Outcome.STORED,
+        Outcome.STORED,
+        Outcome.REPEATED,
+        Outcome.REPLAY,
+        Outcome.UNKNOWN_NODE,
+    ]
+    assert [(r.channel, r.time) for r in new] == [("p", 100), ("bat", 100), ("p", 160)]
+    (node,) = registry.list_nodes(db)
+    assert (node.last_seq, node.gaps, node.messages, node.battery, node.last_seen) == (
+        3,
+        1,
+        2,
+        87,
+        1000.0,
+    )
+
+
+def test_a_resent_pack_inserts_nothing_and_reports_no_new_readings(db):
+    registry.add_node(db, "a")
+    readings = [("p", 100 + 60 * i, i) for i in range(10)]
+    store.commit_batch(db, [_pack(db, "a", 1, readings)])
+    outcomes, new = store.commit_batch(db, [_pack(db, "a", 2, [*readings[5:], ("p", 9999, 1)])])
+    assert outcomes == [Outcome.STORED] and new == [Reading("a", "p", 9999, 1)]
+    assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 11
+
+
+def test_a_failed_transaction_leaves_nothing_behind(db):
+    registry.add_node(db, "a")
+    bad = _pack(db, "a", 2, [("p", 100, 1)])
+    bad.readings.append(Reading("a", "p", 200, 2**70))  # too big for SQLite: raises mid-batch
+    with pytest.raises(OverflowError):
+        store.commit_batch(db, [_pack(db, "a", 1, [("p", 50, 1)]), bad])
+    assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 0
+    assert registry.lookup(db, "a")[2] == 0  # counter untouched
+
+
+def test_group_commit_shares_transactions_and_stages_see_new_readings_in_order(tmp_path):
+    async def go():
+        open_db(tmp_path / "r.db").close()
+        db = open_db(tmp_path / "r.db")
+        keys = {f"n{i}": registry.add_node(db, f"n{i}") for i in range(50)}
+        metrics = Registry()
+        c = Committer(tmp_path / "r.db", max_packs=16, delay=0.005, metrics=metrics)
+        seen = []
+        c.after_commit.append(lambda wdb, new: seen.extend(new))
+        c.after_commit.insert(0, _failing_stage)  # a failing stage must not stop the others
+        await c.start()
+        futures = []
+        for i, (node_id, key) in enumerate(keys.items()):
+            ref = registry.lookup(db, node_id)[0]
+            futures.append(
+                c.submit(Pack(ref, node_id, key, 1, [Reading(node_id, "p", 100 + i, i)]))
+            )
+        outcomes = await asyncio.gather(*futures)
+        await c.stop()
+        assert outcomes == [Outcome.STORED] * 50
+        # 50 packs submitted at once, at most 16 per transaction: 4 commits (one fsync each)
+        assert metrics.counter("reverbere_commits_total").get() == 4
+        assert metrics.counter("reverbere_stage_errors_total").get(stage="_failing_stage") == 4
+        assert [r.time for r in seen] == [100 + i for i in range(50)]
+
+    asyncio.run(go())
+
+
+def _failing_stage(db, new):
+    raise RuntimeError("a broken stage")
+
+
+def test_retention_keeps_what_a_guard_has_not_released(tmp_path):
+    async def go():
+        gw = Gateway(make_config(tmp_path, retention_days=30))
+        await gw.start()
+        db = open_db(gw.cfg.database)
+        registry.add_node(db, "a")
+        now = 100 * 86400.0
+        old = [("p", now - 40 * 86400 + i, i) for i in range(5)]
+        recent = [("p", now - 86400, 1)]
+        store.commit_batch(db, [_pack(db, "a", 1, old + recent)])
+        # summaries reach only up to 35 days ago: readings after that must stay
+        gw.retention_guards.append(lambda wdb: now - 40 * 86400 + 2)
+        assert await gw.retention(now) == 2
+        gw.retention_guards.clear()
+        assert await gw.retention(now) == 3
+        assert [r.time for r in store.query_readings(db)] == [now - 86400]
+        await gw.stop()
+
+    asyncio.run(go())
+
+
+def test_query_readings_filters_by_node_and_time(db):
+    registry.add_node(db, "a")
+    registry.add_node(db, "b")
+    store.commit_batch(
+        db,
+        [_pack(db, "a", 1, [("p", 100, 1), ("p", 200, 2)]), _pack(db, "b", 1, [("t", 150, 20.5)])],
+    )
+    assert store.query_readings(db, node="a", since=150) == [Reading("a", "p", 200, 2)]
+    assert [r.node for r in store.query_readings(db)] == ["a", "a", "b"]
+    assert store.query_readings(db, limit=1) == [Reading("a", "p", 100, 1)]
+
+
+def test_disk_budget_makes_sqlite_refuse_not_corrupt(db):
+    registry.add_node(db, "a")
+    store.set_disk_budget(db, 16 * 4096)
+    seq = 0
+    with pytest.raises(Exception) as info:
+        for i in range(1000):
+            seq += 1
+            store.commit_batch(
+                db, [_pack(db, "a", seq, [("p", i * 1000 + k, k) for k in range(50)])]
+            )
+    assert store.is_full_error(info.value)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert store.db_bytes(db) <= 16 * 4096
