@@ -92,7 +92,8 @@ class Store:
             self.acked = acked1 - 1
             self.boot = boot + 1
         else:
-            self.gen = self.limit = self.drops = self.boot = 0
+            self.gen = self.drops = self.boot = 0
+            self.limit = 1  # counters start at 1: the gateway takes only seq > last (0)
             self.acked = -1
         head = self.acked + 1
         for i in range(self.n):

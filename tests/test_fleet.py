@@ -42,12 +42,13 @@ def _delivered(rx):
     return {k for k in rx.readings if k[1] != "drop"}
 
 
-def test_hundred_nodes_one_day_through_ten_percent_loss_deliver_every_reading_once():
-    # The acceptance test of issue 3. Each datagram, either way, has a 10 % chance of being
-    # lost; every reading a node made must be stored once, none invented, none changed.
-    fleet, rx, stats, proxy = asyncio.run(_run(100, 86400, Impairments(loss=0.1)))
+def test_one_day_through_ten_percent_loss_delivers_every_reading_once():
+    # Each datagram, either way, has a 10 % chance of being lost; every reading a node made
+    # must be stored once, none invented, none changed. (The 100-node run against the real
+    # gateway is tests/test_fleet_gateway.py.)
+    fleet, rx, stats, proxy = asyncio.run(_run(30, 86400, Impairments(loss=0.1)))
     sampled = fleet.sampled()
-    assert stats.readings == len(sampled) > 100 * 1440  # 1-minute power and more
+    assert stats.readings == len(sampled) > 30 * 1440  # 1-minute power and more
     assert _delivered(rx) == sampled
     assert rx.conflicts == [] and rx.rejected == 0
     assert proxy.stats.dropped > 0.08 * (proxy.stats.forwarded + proxy.stats.dropped)
