@@ -5,6 +5,7 @@ import json
 import click
 
 from gateway import __version__, cli_gateway
+from sim.cli import sim_group
 
 
 @click.group()
@@ -16,6 +17,7 @@ def cli() -> None:
 cli.add_command(cli_gateway.gateway_group)
 cli.add_command(cli_gateway.node_group)
 cli.add_command(cli_gateway.readings)
+cli.add_command(sim_group)
 
 
 @cli.command()

@@ -333,3 +333,52 @@ async def run_fleet(
     if truth is not None:
         fleet.write_truth(truth)
     return await fleet.run()
+
+
+class KeysError(Exception):
+    """A keys file that cannot be used; ``hint`` says what to do."""
+
+    def __init__(self, message: str, hint: str):
+        super().__init__(message)
+        self.hint = hint
+
+
+def load_keys(path: str | Path) -> dict[str, bytes]:
+    """Node keys from a JSON file: {"lamp-001": "<64 hex digits>", ...}."""
+    try:
+        raw = json.loads(Path(path).read_text())
+        keys = {str(node): bytes.fromhex(k) for node, k in raw.items()}
+    except (OSError, ValueError, AttributeError) as e:
+        raise KeysError(
+            f"{path}: not a JSON object of node id -> 64 hex digits ({e})",
+            "delete it to have keys generated, or write one per node",
+        ) from None
+    bad = [node for node, k in keys.items() if len(k) != 32]
+    if bad:
+        raise KeysError(f"{path}: keys of {', '.join(bad)} are not 32 bytes", "64 hex digits")
+    return keys
+
+
+def save_keys(path: str | Path, keys: dict[str, bytes]) -> None:
+    """Write keys as load_keys reads them (mode 0600: they are secrets)."""
+    p = Path(path)
+    p.write_text(json.dumps({node: k.hex() for node, k in keys.items()}, indent=1) + "\n")
+    p.chmod(0o600)
+
+
+def gateway_keys(config_path: str | Path, ids: list[str]) -> dict[str, bytes]:
+    """Keys for ``ids`` from the gateway's registry: new nodes are added, known ones get a new
+    key and a fresh counter (a simulated node boots with empty flash: its counter restarts)."""
+    from gateway import config as gw_config
+    from gateway import registry
+    from gateway.db import open_db
+
+    db = open_db(gw_config.load(config_path).database)
+    try:
+        keys = {}
+        for node in ids:
+            found = registry.lookup(db, node)
+            keys[node] = registry.rotate_key(db, node) if found else registry.add_node(db, node)
+        return keys
+    finally:
+        db.close()
