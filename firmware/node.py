@@ -47,6 +47,7 @@ class Node:
         self.off = None  # Unix time minus monotonic seconds, once known
         self.packn = cfg["pack"]
         self.send_at = 0  # no sending before (back-off)
+        self.hold = None  # a ready pack waits until then (spread), ms
         self.fails = 0
         self.oldest = 0 if self.store.pending() else None  # ms the oldest pending was made
         self.flight = None  # (end seq, lost, drops reported) of the pack in flight
@@ -103,6 +104,8 @@ class Node:
         nxt = min(self.due.values())
         if link.busy():
             nxt = min(nxt, link.due)
+        elif self.hold is not None:
+            nxt = min(nxt, max(self.send_at, self.hold))
         elif self.oldest is not None:
             nxt = min(nxt, max(self.send_at, self.oldest + self.cfg["deadline"] * 1000))
         return max(0, nxt - now)
@@ -135,9 +138,14 @@ class Node:
     def _should_send(self, now):
         if self.oldest is None or now < self.send_at:
             return False
-        return (
-            self.store.pending() >= self.packn or now >= self.oldest + self.cfg["deadline"] * 1000
-        )
+        if self.hold is None:
+            due = self.oldest + self.cfg["deadline"] * 1000
+            if self.store.pending() < self.packn and now < due:
+                return False
+            # Ready. Nodes that sample on the same second would all send on the same second:
+            # each waits a random part of "spread" seconds so the gateway sees no stampede.
+            self.hold = now + self.cfg["spread"] * 1000 * self.hal.urandom(1)[0] // 256
+        return now >= self.hold
 
     def _send(self, now):
         st = self.store
@@ -161,11 +169,14 @@ class Node:
             return
         body = cose.sign(self.key, self.kid, st.next_counter(), senml.encode(readings))
         self.flight = (end, lost, drops)
+        self.hold = None
         self.stats["packs"] += 1
         self.link.start(POST, _OPTS, body, now)
 
     def _after_ack(self, now):
         self.oldest = None
+        if self.store.pending() >= self.packn:
+            self.hold = now  # backfill: the next full pack goes at once
         if self.store.pending():
             self.oldest = now
             recs, _ = self.store.peek(1)

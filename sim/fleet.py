@@ -240,12 +240,17 @@ class Fleet:
         return False
 
     async def _settle(self) -> None:
+        """Wait until this instant's exchanges are answered, or until nothing has arrived for
+        ``quiet`` seconds (what is missing then was lost: time may move on). The first answer
+        of a large burst may take longer: the receiver has the whole burst to read."""
+        wait = max(self.quiet, 0.0005 * len(self._batch))
         while self._waiting():
             self._activity.clear()
             try:
-                await asyncio.wait_for(self._activity.wait(), self.quiet)
+                await asyncio.wait_for(self._activity.wait(), wait)
             except TimeoutError:
                 return
+            wait = self.quiet
 
     def _drained(self) -> bool:
         return all(
