@@ -4,8 +4,9 @@ import json
 
 import click
 
-from gateway import __version__, cli_gateway
-from sim.cli import sim_group
+from gateway import __version__, cli_gateway, cli_reports, cli_sync
+from gateway.node_cli import doctor_cmd, flash_cmd
+from sim.cli import sim
 
 
 @click.group()
@@ -16,8 +17,13 @@ def cli() -> None:
 
 cli.add_command(cli_gateway.gateway_group)
 cli.add_command(cli_gateway.node_group)
+cli_gateway.node_group.add_command(flash_cmd)
+cli_gateway.node_group.add_command(doctor_cmd)
 cli.add_command(cli_gateway.readings)
-cli.add_command(sim_group)
+cli.add_command(cli_reports.anomalies)
+cli.add_command(cli_sync.sync_group)
+cli.add_command(cli_sync.summaries)
+cli.add_command(sim)
 
 
 @cli.command()
@@ -32,3 +38,6 @@ def demo(nodes: int, hours: float, out: str | None, as_json: bool) -> None:
     report = run_demo(echo=click.echo, nodes=nodes, hours=hours, out=out)
     if as_json:
         click.echo(json.dumps(report))
+
+
+cli.add_command(sim)

@@ -14,6 +14,9 @@ import sqlite_utils
 MIGRATION_SETS: tuple[str, ...] = (
     "gateway.registry:migrations",
     "gateway.store:migrations",
+    "gateway.detect:migrations",
+    "gateway.summarise:migrations",
+    "gateway.sync.outbox:migrations",
 )
 
 

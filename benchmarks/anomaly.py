@@ -1,0 +1,325 @@
+"""Evaluate the gateway's anomaly detection; print figures.
+
+    python benchmarks/anomaly.py            # full: NAB's 58 series, a 2-week synthetic fleet
+    python benchmarks/anomaly.py --quick    # reduced, for CI (a few NAB series, 4 days)
+
+1. NAB (../shared/data/nab, or --nab DIR): every series runs through
+   ``gateway.detect.replay(kind="generic")``, the very detectors of the gateway, and is scored
+   with NAB's method (benchmarks/nab.py) for the three profiles, with the threshold tuned over the
+   corpus (NAB's convention) and with the fixed default threshold.
+2. A labelled synthetic fleet (street lights following sunrise and sunset with night dimming,
+   buildings on a weekly schedule with an energy counter, temperature sensors) with injected
+   anomalies of every kind, run through the real detect stage on a real SQLite file: event-level
+   precision and recall per kind, median detection delay, false events per node per week.
+3. Cost: microseconds per reading per channel (detectors alone, and the whole stage with SQLite),
+   bytes of packed state per channel.
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import nab  # noqa: E402
+
+from gateway.db import open_db  # noqa: E402
+from gateway.detect import DEFAULT_THRESHOLD, DetectConfig, Detector, replay  # noqa: E402
+from gateway.detect.config import Schedule, _parse_days  # noqa: E402
+from gateway.detect.engine import ChannelDetector  # noqa: E402
+from gateway.detect.rules import Clock  # noqa: E402
+from gateway.records import Reading  # noqa: E402
+
+PUBLISHED = {  # NAB standard profile, from NAB's scoreboard
+    "ARTime": 74.9,
+    "Numenta HTM": "70.1-70.5",
+    "CAD OSE": 69.9,
+    "KNN CAD": 58.0,
+    "Random Cut Forest": 51.7,
+    "Windowed Gaussian": 39.6,
+}
+QUICK_FILES = [
+    "artificialWithAnomaly/art_daily_jumpsup.csv",
+    "realAWSCloudwatch/ec2_cpu_utilization_5f5533.csv",
+    "realKnownCause/ec2_request_latency_system_failure.csv",
+    "realTraffic/speed_t4013.csv",
+    "realTweets/Twitter_volume_CRM.csv",
+    "artificialNoAnomaly/art_daily_small_noise.csv",
+]
+
+
+# -- 1. NAB -------------------------------------------------------------------------------------
+def run_nab(root: Path, quick: bool) -> dict:
+    files = nab.load_corpus(root, QUICK_FILES if quick else None)
+    scores, alarms = [], []
+    n = 0
+    t0 = time.perf_counter()
+    for f in files:
+        rows = [(_ts(t), v) for t, v in zip(f.times, f.values, strict=True)]
+        s, a = [], []
+        for _, score, alarm in replay(rows, kind="generic"):
+            s.append(score)
+            a.append(1.0 if alarm else 0.0)
+        scores.append(s)
+        alarms.append(a)
+        n += len(rows)
+    elapsed = time.perf_counter() - t0
+    by_score, by_alarm = nab.Corpus(files, scores), nab.Corpus(files, alarms)
+    out = {"files": len(files), "rows": n, "windows": sum(len(f.windows) for f in files),
+           "us_per_row_replay": round(1e6 * elapsed / n, 1), "profiles": {}}
+    for name, profile in nab.PROFILES.items():
+        thr, tuned = by_score.best_threshold(profile)
+        out["profiles"][name] = {
+            "tuned": round(tuned, 1),
+            "tuned_threshold": round(thr, 4),
+            "default_threshold": round(by_score.normalised(DEFAULT_THRESHOLD, profile), 1),
+            "default_alarms": round(by_alarm.normalised(0.5, profile), 1),
+        }
+    return out
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+# -- 2. A labelled synthetic fleet ----------------------------------------------------------------
+SITE = {"latitude": 45.76, "longitude": 4.84, "timezone": "Europe/Paris"}
+SCHOOL = Schedule(("school-*",), _parse_days("k", "mon-fri"),
+                  *[datetime.strptime(x, "%H:%M").time() for x in ("07:30", "18:30")])
+
+
+def make_fleet(days: int, lamps: int, buildings: int, seed: int = 7):
+    """Readings (time-ordered) and ground truth [(node, kind, start, end)]."""
+    rng = random.Random(seed)
+    cfg = DetectConfig(**SITE, buildings=(SCHOOL,))
+    clock = Clock(cfg)
+    t0 = int(datetime(2026, 10, 5, tzinfo=UTC).timestamp())  # a Monday
+    end = t0 + days * 86400
+    readings: list[Reading] = []
+    truth = []
+    inject_from = t0 + 3 * 86400  # three days to learn first
+
+    def pick(length: float) -> float:
+        return rng.uniform(inject_from, end - length - 3600)
+
+    lamp_kinds = ["lit_by_day", "dark_at_night", "silent", "drift", "stuck"]
+    for i in range(lamps):
+        node = f"lamp-{i + 1:03d}"
+        kind = lamp_kinds[i % len(lamp_kinds)]
+        nominal = rng.uniform(55, 120)
+        a0 = a1 = None
+        if kind == "lit_by_day":
+            day = rng.randrange(3, days)
+            a0 = t0 + day * 86400 + 10 * 3600 + rng.uniform(0, 3 * 3600)  # late morning UTC
+            a1 = a0 + 2 * 3600
+        elif kind == "dark_at_night":
+            day = rng.randrange(3, days - 1)
+            a0 = t0 + day * 86400 + 20 * 3600 + rng.uniform(0, 3600)
+            a1 = a0 + 2 * 3600
+        elif kind == "silent":
+            a0 = pick(3 * 3600)
+            a1 = a0 + 3 * 3600
+        elif kind == "stuck":
+            a0 = t0 + rng.randrange(3, days - 1) * 86400 + 21 * 3600
+            a1 = a0 + 3 * 3600
+        drift_from = t0 + 3 * 86400
+        drift_days = max(1.0, (days - 3) * 0.8)
+        stuck_value = None
+        for k in range(days * 1440):
+            t = t0 + 60 * k + rng.uniform(0, 2)
+            sun = clock.sun(t)
+            rise, set_ = sun
+            lit = t > set_ + 300 or t < rise - 300
+            loc_h = (clock.local(t) // 3600) % 24
+            level = nominal * (0.6 if 0 <= loc_h < 5 else 1.0)  # dimmed after midnight
+            if kind == "drift" and t > drift_from:
+                level *= 1 + 0.25 * min(1.0, (t - drift_from) / (drift_days * 86400))
+            p = level + rng.gauss(0, 0.01 * nominal) if lit else 0.0
+            if a0 is not None and a0 <= t < a1:
+                if kind == "lit_by_day":
+                    p = nominal + rng.gauss(0, 0.01 * nominal)
+                elif kind == "dark_at_night":
+                    p = 0.0
+                elif kind == "silent":
+                    continue
+                elif kind == "stuck":
+                    stuck_value = p if stuck_value is None else stuck_value
+                    p = stuck_value
+            readings.append(Reading(node, "p", t, round(p, 2)))
+        if kind == "drift":
+            # The truth starts when the excess crosses the documented drift_percent (10 %).
+            a0 = drift_from + 0.4 * drift_days * 86400
+            a1 = end
+        truth.append((node, kind, a0, a1))
+
+    b_kinds = ["off_schedule", "counter_reset", "unusual"]
+    for i in range(buildings):
+        node = f"school-{i + 1:02d}"
+        kind = b_kinds[i % len(b_kinds)]
+        base, busy = rng.uniform(200, 500), rng.uniform(2000, 5000)
+        if kind == "off_schedule":
+            day = rng.choice([d for d in range(3, days) if (d % 7) < 4])
+            a0 = t0 + day * 86400 + 19.5 * 3600
+            a1 = a0 + 3 * 3600
+        elif kind == "counter_reset":
+            a0 = pick(600)
+            a1 = a0 + 600
+        else:
+            a0 = pick(3 * 3600)
+            a1 = a0 + 3 * 3600
+        energy = rng.uniform(1e5, 1e6)
+        reset_done = False
+        for k in range(days * 288):  # every 5 minutes
+            t = t0 + 300 * k + rng.uniform(0, 2)
+            wd, now = clock.weekday_time(t)
+            p = busy if SCHOOL.is_open(wd, now) else base
+            p *= 1 + rng.gauss(0, 0.05)
+            if kind == "off_schedule" and a0 <= t < a1:
+                p = busy * (1 + rng.gauss(0, 0.05))
+            energy += p * 300 / 3600
+            if kind == "counter_reset" and t >= a0 and not reset_done:
+                energy, reset_done = 0.0, True
+            temp = 20 + 2 * math.sin(2 * math.pi * ((t - t0) % 86400) / 86400) + rng.gauss(0, 0.2)
+            if kind == "unusual" and a0 <= t < a1:
+                temp += 8
+            readings.append(Reading(node, "p", t, round(p, 1)))
+            readings.append(Reading(node, "e", t + 0.5, round(energy, 1)))
+            readings.append(Reading(node, "t", t + 1, round(temp, 2)))
+        truth.append((node, kind, a0, a1))
+    readings.sort(key=lambda r: r.time)
+    return cfg, readings, truth, lamps + buildings
+
+
+def run_fleet(days: int, lamps: int, buildings: int) -> dict:
+    cfg, readings, truth, nodes = make_fleet(days, lamps, buildings)
+    with tempfile.TemporaryDirectory() as d:
+        db = open_db(os.path.join(d, "gateway.db"))
+        detect = Detector(cfg)
+        t0 = time.perf_counter()
+        batch = 50  # about what one group commit carries
+        for k in range(0, len(readings), batch):
+            detect(db, readings[k : k + batch])
+        stage_us = 1e6 * (time.perf_counter() - t0) / len(readings)
+        events = list(db.query("SELECT * FROM anomalies"))
+        sizes = [len(s) for (s,) in db.execute("SELECT state FROM detect_state")]
+    slack = 3 * 3600
+    kinds = sorted({k for _, k, _, _ in truth})
+    per_kind = {}
+    matched_events = set()
+    for kind in kinds:
+        cases = [t for t in truth if t[1] == kind]
+        found, delays = 0, []
+        for node, _, a0, a1 in cases:
+            hits = [e for e in events if e["node"] == node and e["kind"] == kind
+                    and e["start"] <= a1 + slack and (e["end"] is None or e["end"] >= a0 - 60)]
+            if hits:
+                found += 1
+                first = min(hits, key=lambda e: e["start"])
+                delays.append(max(0.0, first["start"] - a0))
+                matched_events.update(e["id"] for e in hits)
+        kind_events = [e for e in events if e["kind"] == kind]
+        per_kind[kind] = {
+            "injected": len(cases),
+            "found": found,
+            "recall": round(found / len(cases), 3),
+            "precision": round(sum(e["id"] in matched_events for e in kind_events)
+                               / len(kind_events), 3) if kind_events else None,
+            "median_delay_min": round(statistics.median(delays) / 60, 1) if delays else None,
+        }
+    # Events that explain an injected anomaly of another kind (e.g. "unusual" at a lamp that went
+    # dark) are not false alarms; anything else is.
+    for e in events:
+        if e["id"] in matched_events:
+            continue
+        for node, _, a0, a1 in truth:
+            if e["node"] == node and e["start"] <= a1 + slack and (
+                    e["end"] is None or e["end"] >= a0 - 60):
+                matched_events.add(e["id"])
+    false = [e for e in events if e["id"] not in matched_events]
+    weeks = days / 7
+    return {
+        "days": days,
+        "nodes": nodes,
+        "readings": len(readings),
+        "events": len(events),
+        "per_kind": per_kind,
+        "false_events": len(false),
+        "false_events_per_node_week": round(len(false) / nodes / weeks, 3),
+        "false_by_kind": _count(e["kind"] for e in false),
+        "stage_us_per_reading": round(stage_us, 1),
+        "state_bytes_max": max(sizes),
+        "state_bytes_median": int(statistics.median(sizes)),
+        "anomalies_injected": len(truth),
+        "anomalies_found": sum(v["found"] for v in per_kind.values()),
+        "anomalies_missed": sum(v["injected"] - v["found"] for v in per_kind.values()),
+        "false_alarms": len(false),
+    }
+
+
+def _count(items) -> dict:
+    out: dict[str, int] = {}
+    for x in items:
+        out[x] = out.get(x, 0) + 1
+    return out
+
+
+# -- 3. Cost of the detectors alone ---------------------------------------------------------------
+def run_cost(n: int) -> dict:
+    cfg = DetectConfig(**SITE, buildings=(SCHOOL,))
+    clock = Clock(cfg)
+    rng = random.Random(1)
+    out = {}
+    for label, node, channel in (("generic", "x", "x"), ("lamp power", "lamp-001", "p"),
+                                 ("building energy", "school-01", "e")):
+        cd = ChannelDetector(node, channel, cfg, clock)
+        t = 1.79e9
+        e = 0.0
+        vals = []
+        for k in range(n):
+            v = 60 + rng.gauss(0, 1) if (k // 600) % 2 else rng.gauss(0, 0.1)
+            e += abs(v)
+            vals.append((t + 60 * k, e if channel == "e" else v))
+        t0 = time.perf_counter()
+        for tt, v in vals:
+            cd.step(tt, v)
+        out[label] = {"us_per_reading": round(1e6 * (time.perf_counter() - t0) / n, 1),
+                      "state_bytes": len(cd.dumps())}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="reduced size, for CI")
+    ap.add_argument("--nab", default=str(ROOT.parent / "shared" / "data" / "nab"))
+    ap.add_argument("--json", action="store_true", help="print one JSON object only")
+    args = ap.parse_args()
+    nab_root = Path(args.nab)
+    if not nab_root.exists():
+        nab_root = Path("/work/shared/data/nab")
+    report = {}
+    if nab_root.exists():
+        report["nab"] = run_nab(nab_root, args.quick)
+        report["nab"]["published_standard"] = PUBLISHED
+    else:
+        report["nab"] = {"skipped": f"no NAB data at {args.nab}"}
+    days, lamps, buildings = (5, 5, 3) if args.quick else (14, 20, 6)
+    report["fleet"] = run_fleet(days, lamps, buildings)
+    report["cost"] = run_cost(5000 if args.quick else 50000)
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The operator's commands for the uplink: ``sync status|push`` and ``summaries``.
+
+A thin shell: each command makes one library call (``gateway.sync``); library exceptions
+become a message with a hint here.
+"""
+
+import json
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from gateway.db import open_db
+from gateway.sync import SyncConfig, SyncConfigError, build_worker, sync_status
+from gateway.sync.report import FORMATS, ChartError, PullError, from_gateway, pull, render
+from gateway.sync.report import write_chart as _write_chart
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="gateway.toml",
+    show_default=True,
+    envvar="REVERBERE_CONFIG",
+    help="The gateway's TOML config (env REVERBERE_CONFIG).",
+)
+db_option = click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The gateway database (default: the one the config names).",
+)
+
+
+def _load(config_path: Path, db_path: Path | None) -> tuple[Path, SyncConfig | None]:
+    """The database path and the checked ``[sync]`` section."""
+    section: dict = {}
+    database = db_path
+    if config_path.exists():
+        try:
+            from gateway import config as gwconfig  # the gateway's loader, when present
+
+            cfg = gwconfig.load(config_path)
+            section = cfg.section("sync")
+            database = database or Path(cfg.database)
+        except ImportError:
+            import tomllib
+
+            raw = tomllib.loads(config_path.read_text())
+            section = raw.get("sync", {})
+            database = database or config_path.parent / raw.get("database", "gateway.db")
+        except ValueError as e:
+            raise click.ClickException(f"{e}\n  hint: check {config_path}") from None
+    if database is None:
+        raise click.ClickException(
+            f"no database: {config_path} does not exist and --db is not given\n"
+            "  hint: reverbere gateway init DIR, or pass --db PATH"
+        )
+    try:
+        sync = SyncConfig.from_dict(section) if section else None
+    except SyncConfigError as e:
+        raise click.ClickException(f"{config_path}: {e}") from None
+    return database, sync
+
+
+@click.group("sync")
+def sync_group() -> None:
+    """The uplink to the municipal platform."""
+
+
+def _ago(t: float | None) -> str:
+    if not t:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t)) + f" ({time.time() - t:.0f} s ago)"
+
+
+@sync_group.command("status")
+@config_option
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def status(config_path: Path, db_path: Path | None, as_json: bool) -> None:
+    """Budget use, cursor, backlog and last success of the sync."""
+    database, sync = _load(config_path, db_path)
+    st = sync_status(open_db(database), sync)
+    if as_json:
+        click.echo(json.dumps(st))
+        return
+    limit = st["budget_limit"]
+    use = f"{st['budget_sent']} B sent"
+    if limit:
+        use += f" of {limit} B ({100 * st['budget_sent'] / limit:.1f} %)"
+    click.echo(f"target:        {st['target'] or '(not configured)'}")
+    click.echo(
+        f"budget {st['budget_day']}: {use}, {st['budget_received']} B received, "
+        f"{st['budget_requests']} requests"
+    )
+    click.echo(f"cursor:        {st['cursor']}")
+    click.echo(
+        f"backlog:       {st['pending_events']} events, {st['pending_summaries']} "
+        f"summaries ({st['inflight']} awaiting reconciliation, {st['rejected']} rejected)"
+    )
+    click.echo(f"synced:        {st['synced']}")
+    click.echo(f"last success:  {_ago(st['last_success'])}")
+    if st["failures"]:
+        click.echo(
+            f"failing:       {st['failures']} in a row, last: {st['last_error']}; "
+            f"next try {_ago(st['next_attempt'])}"
+        )
+
+
+@sync_group.command("push")
+@config_option
+@db_option
+def push(config_path: Path, db_path: Path | None) -> None:
+    """Send what the outbox owes now (as the service would), then print the status."""
+    database, sync = _load(config_path, db_path)
+    if sync is None or sync.target == "none":
+        raise click.ClickException("no [sync] target configured\n  hint: see docs/sync.md")
+    db = open_db(database)
+    worker = build_worker(db, sync)
+    try:
+        outcome = worker.sync_until_idle(wait=False)
+    finally:
+        worker.target.close()
+    click.echo(
+        f"{outcome}: {worker.stats.created} created, {worker.stats.updated} updated, "
+        f"{worker.stats.adopted} found after an uncertain outcome"
+    )
+    if outcome in ("failed", "auth"):
+        raise click.ClickException(f"{worker.last_error}\n  hint: reverbere sync status")
+
+
+_SPAN = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+
+
+def parse_time(value: str, now: float | None = None) -> float:
+    """``7d``/``12h`` (ago), ISO 8601 (UTC unless it says), or Unix seconds."""
+    now = time.time() if now is None else now
+    m = _SPAN.match(value)
+    if m:
+        return (
+            now
+            - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        )
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        d = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: use 7d, 12h, 2026-01-31T12:00Z or Unix seconds"
+        ) from None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=UTC)
+    return d.timestamp()
+
+
+@click.command("summaries")
+@config_option
+@db_option
+@click.option(
+    "--from",
+    "source",
+    default="gateway",
+    show_default=True,
+    help="'gateway', or the SensorThings service root (URL ending in /v1.1).",
+)
+@click.option("--since", default="7d", show_default=True, help="Start: 7d, 12h, ISO, Unix.")
+@click.option("--until", default=None, help="End (exclusive); default now.")
+@click.option("--node", "nodes", multiple=True, help="Only this node (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option(
+    "--chart",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also draw energy per hour per node, anomalies marked (.svg, .html, .png).",
+)
+@click.option("--token", envvar="REVERBERE_SYNC_TOKEN", help="Bearer token for --from URL.")
+@click.option("--user", envvar="REVERBERE_SYNC_USER", help="Basic auth user for --from URL.")
+@click.option("--password", envvar="REVERBERE_SYNC_PASSWORD", help="Basic auth password.")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), help="CA bundle (TLS).")
+def summaries(
+    config_path, db_path, source, since, until, nodes, fmt, chart, token, user, password, ca_file
+) -> None:
+    """Hourly summaries and anomaly events, from the gateway or pulled from the platform."""
+    start = parse_time(since)
+    end = parse_time(until) if until else time.time() + 3600
+    if source == "gateway":
+        database, _ = _load(config_path, db_path)
+        sums, events = from_gateway(open_db(database), start, end, nodes)
+    elif source.startswith(("http://", "https://")):
+        try:
+            got = pull(
+                source,
+                start,
+                end,
+                token=token,
+                ca_file=ca_file,
+                nodes=nodes,
+                basic=(user, password) if user else None,
+            )
+        except PullError as e:
+            raise click.ClickException(
+                f"{e}\n  hint: check the URL (it ends in /v1.1) and --token/--user"
+            ) from None
+        sums, events = got.summaries, got.events
+    else:
+        raise click.BadParameter("use 'gateway' or an http(s) URL", param_hint="--from")
+    click.echo(render(sums, events, fmt))
+    if chart:
+        try:
+            _write_chart(chart, sums, events)
+        except ChartError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"chart written to {chart}", err=True)

@@ -1,0 +1,306 @@
+"""The detect stage: every detector of every channel, their state in SQLite, and the events.
+
+``Detector(config)(db, readings)`` runs after each commit of new readings (see
+``gateway/service.py``). Per (node, channel) a :class:`ChannelDetector` holds the statistical
+detector, the rules that apply to that channel and one event tracker per kind; its state is packed
+into at most ``MAX_STATE`` bytes and saved in ``detect_state`` in the same transaction as the
+events it produced, so a restart keeps the learnt baseline and the open events.
+
+Readings must reach a channel's detectors in time order: a reading not newer than the last one
+seen on its channel (a reordered or replayed pack) is left to the summaries and skipped here.
+"""
+
+import json
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from gateway.detect.baseline import StatDetector
+from gateway.detect.config import DetectConfig
+from gateway.detect.events import Event, Finding, Tracker
+from gateway.detect.rules import Clock, CounterRule, LampRule, ScheduleRule, StuckRule, fmt_value
+from gateway.records import Reading
+from protocols.const import CHANNELS, SUM_CHANNELS
+
+MAX_STATE = 4096  # bytes of packed state per channel, at most
+STUCK_CHANNELS = ("p", "t", "lux", "x")  # channels that always vary a little when healthy
+SILENT_CHANNEL = "*"  # the channel of a "silent" event: the whole node
+INTERVAL_ALPHA = 0.1  # weight of one gap in a channel's usual reading interval
+
+migrations = Migrations("reverbere.detect")
+
+
+@migrations()
+def m001_detect_tables(db: sqlite_utils.Database) -> None:
+    db["detect_state"].create(
+        {"node": str, "channel": str, "last_time": float, "interval": float, "state": bytes},
+        pk=("node", "channel"),
+    )
+    db["anomalies"].create(
+        {
+            "id": int,
+            "node": str,
+            "channel": str,
+            "kind": str,
+            "start": float,
+            "end": float,
+            "score": float,
+            "reason": str,
+            "version": int,
+            "synced_version": int,
+        },
+        pk="id",
+        not_null={"node", "channel", "kind", "start", "score", "reason", "version"},
+        defaults={"version": 1, "synced_version": 0},
+    )
+    db["anomalies"].create_index(["start"])
+    db["anomalies"].create_index(["node", "channel", "kind", "end"])
+
+
+class ChannelDetector:
+    """All detectors of one node's channel, and their events."""
+
+    __slots__ = ("channel", "clock", "config", "interval", "last_time", "node", "prev", "rules",
+                 "stat", "trackers", "unit")
+
+    def __init__(self, node: str, channel: str, config: DetectConfig, clock: Clock):
+        self.node, self.channel, self.config, self.clock = node, channel, config, clock
+        self.unit = CHANNELS.get(channel, "")
+        self.rules: list = []
+        counter = channel in SUM_CHANNELS
+        if counter:
+            self.rules.append(CounterRule(node, self.unit, clock))
+        if channel in STUCK_CHANNELS:
+            self.rules.append(StuckRule(node, self.unit, config.stuck_readings, clock))
+        if channel == "p" and config.is_lamp(node):
+            self.rules.append(LampRule(node, self.unit, config, clock))
+        sched = config.schedule_for(node)
+        if sched is not None and channel in ("p", "e"):
+            self.rules.append(ScheduleRule(node, sched, clock, counter=counter))
+        # Counters are judged by their rate of increase, not their ever-growing value.
+        self.stat = StatDetector() if channel != "drop" else None
+        self.trackers: dict[str, Tracker] = {}
+        self.last_time: float | None = None
+        self.interval = 0.0
+        self.prev: float | None = None  # last counter value, for its rate
+
+    def step(self, t: float, x: float) -> tuple[float, list[Event]]:
+        """One reading: its anomaly score in [0, 1] (the highest score of a kind with no event
+        open) and the events it opened, changed or closed. Readings not newer than the last one
+        are skipped (score 0)."""
+        last = self.last_time
+        if last is not None:
+            if t <= last:
+                return 0.0, []
+            gap = t - last
+            self.interval = gap if self.interval == 0 else (
+                self.interval + INTERVAL_ALPHA * (gap - self.interval))
+        self.last_time = t
+        findings: list[Finding] = []
+        for rule in self.rules:
+            findings.extend(rule.step(t, x))
+        if self.stat is not None:
+            f = self._stat(t, x, last)
+            if f is not None:
+                findings.append(f)
+        score = 0.0
+        changed = []
+        threshold = self.config.threshold
+        seen = set()
+        for f in findings:
+            seen.add(f.kind)
+            tr = self.trackers.get(f.kind)
+            # The reading's score is new evidence only: a kind whose event is already open
+            # (the same condition going on) adds nothing to it.
+            if f.score > score and (tr is None or not tr.open):
+                score = f.score
+            if tr is None:
+                if f.score < threshold:
+                    continue
+                tr = self.trackers[f.kind] = Tracker()
+            ev = tr.step(self.node, self.channel, t, f, threshold)
+            if ev is not None:
+                changed.append(ev)
+        for kind, tr in self.trackers.items():
+            if kind not in seen and tr.open:
+                ev = tr.step(self.node, self.channel, t, None, threshold)
+                if ev is not None:
+                    changed.append(ev)
+        return score, changed
+
+    def _stat(self, t: float, x: float, last: float | None) -> Finding | None:
+        if self.channel in SUM_CHANNELS:
+            prev, self.prev = self.prev, x
+            if prev is None or last is None or x < prev:
+                return None
+            x = (x - prev) * 3600.0 / (t - last)  # counter units per hour (Wh -> W)
+            unit = "W" if self.unit == "Wh" else self.unit + "/h"
+        else:
+            unit = self.unit
+        v = self.stat.update(t, x)
+        active = v.score >= 0.5 * self.config.threshold
+        if not active and v.novelty == 0.0:
+            return Finding("unusual", 0.0, False, str)
+        node, clock = self.node, self.clock
+        what = "" if self.channel in ("x", "") else " " + self.channel
+        return Finding("unusual", v.novelty, active,
+                       lambda: f"{node}{what} read {fmt_value(x, unit)} at {clock.hhmm(t)},"
+                       f" usually {fmt_value(v.expected, unit)} (± {fmt_value(v.spread, unit)})"
+                       " then")
+
+    # -- persistence ---------------------------------------------------------------------------
+    def dumps(self) -> bytes:
+        stat = self.stat.dumps() if self.stat is not None else b""
+        meta = json.dumps(
+            [
+                self.last_time,
+                self.interval,
+                self.prev,
+                [r.dump() for r in self.rules],
+                {k: tr.dump() for k, tr in self.trackers.items() if tr.event is not None},
+            ],
+            separators=(",", ":"),
+        ).encode()
+        return struct.pack("<H", len(stat)) + stat + meta
+
+    def loads(self, data: bytes) -> None:
+        (n,) = struct.unpack_from("<H", data)
+        if self.stat is not None and n:
+            self.stat = StatDetector.loads(data[2 : 2 + n])
+        last, self.interval, self.prev, rules, trackers = json.loads(data[2 + n :])
+        self.last_time = last
+        for rule, d in zip(self.rules, rules, strict=True):
+            rule.load(d)
+        self.trackers = {
+            k: Tracker.load(self.node, self.channel, d) for k, d in trackers.items()
+        }
+
+
+class Detector:
+    """The detect stage. Call it with the open database and the readings just committed."""
+
+    def __init__(self, config: DetectConfig | None = None):
+        self.config = config or DetectConfig()
+        self.clock = Clock(self.config)
+        self._channels: dict[tuple[str, str], ChannelDetector] = {}
+
+    def channel(self, db: sqlite_utils.Database, node: str, channel: str) -> ChannelDetector:
+        key = (node, channel)
+        cd = self._channels.get(key)
+        if cd is None:
+            cd = ChannelDetector(node, channel, self.config, self.clock)
+            row = db.execute(
+                "SELECT state FROM detect_state WHERE node = ? AND channel = ?", key
+            ).fetchone()
+            if row is not None:
+                cd.loads(row[0])
+            self._channels[key] = cd
+        return cd
+
+    def __call__(self, db: sqlite_utils.Database, readings: Sequence[Reading]) -> list[Event]:
+        """Run every detector on ``readings`` (in commit order); store their state and the
+        events they opened, changed or closed; then look for silent nodes. Returns the events."""
+        if not readings:
+            return []
+        changed: dict[int, Event] = {}
+        touched: dict[tuple[str, str], ChannelDetector] = {}
+        for r in readings:
+            cd = self.channel(db, r.node, r.channel)
+            touched[(r.node, r.channel)] = cd
+            for ev in cd.step(r.time, r.value)[1]:
+                changed[id(ev)] = ev
+        now = max(r.time for r in readings)
+        with db.conn:
+            for ev in changed.values():
+                save_event(db, ev)
+            db["detect_state"].upsert_all(
+                (
+                    {
+                        "node": cd.node,
+                        "channel": cd.channel,
+                        "last_time": cd.last_time,
+                        "interval": cd.interval,
+                        "state": cd.dumps(),
+                    }
+                    for cd in touched.values()
+                ),
+                pk=("node", "channel"),
+            )
+            silent = check_silent(db, now, self.config, heard={r.node for r in readings})
+        return [*changed.values(), *silent]
+
+
+def save_event(db: sqlite_utils.Database, ev: Event) -> None:
+    row = ev.as_row()
+    if ev.id is None:
+        ev.id = db["anomalies"].insert(row).last_pk
+    else:
+        db["anomalies"].update(ev.id, row)
+
+
+def check_silent(
+    db: sqlite_utils.Database, now: float, config: DetectConfig, heard: Iterable[str] = ()
+) -> list[Event]:
+    """Open a ``silent`` event for each node that has sent nothing for ``silent_intervals`` of
+    its usual reading interval (and at least ``silent_minutes``) before ``now``; close the open
+    one of every node in ``heard``. Call it after each commit, and on a timer when nothing comes.
+    The caller owns the transaction."""
+    out = []
+    heard = set(heard)
+    open_rows = {
+        row[1]: row
+        for row in db.execute(
+            "SELECT id, node, start, score, reason, version FROM anomalies"
+            " WHERE kind = 'silent' AND end IS NULL"
+        ).fetchall()
+    }
+    clock = Clock(config)
+    for node, last, interval in db.execute(
+        "SELECT node, MAX(last_time), MIN(NULLIF(interval, 0)) FROM detect_state GROUP BY node"
+    ).fetchall():
+        row = open_rows.get(node)
+        if row is not None:
+            if node in heard:
+                ev = Event(node, SILENT_CHANNEL, "silent", row[2], last, row[3], row[4], row[0],
+                           row[5] + 1)
+                save_event(db, ev)
+                out.append(ev)
+            continue
+        limit = max(config.silent_intervals * (interval or 0.0), config.silent_minutes * 60)
+        if last is None or now - last <= limit:
+            continue
+        every = (f"every {_duration(interval)}") if interval else "regularly"
+        ev = Event(node, SILENT_CHANNEL, "silent", last + limit, None, 0.7,
+                   f"{node} has sent nothing since {clock.hhmm(last)} (it reads {every})")
+        save_event(db, ev)
+        out.append(ev)
+    return out
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{round(seconds)} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+REPLAY_KINDS = {"power": "p", "energy": "e", "temperature": "t", "generic": "x"}
+
+
+def replay(
+    rows: Iterable[tuple[float, float]], kind: str = "generic", config: DetectConfig | None = None
+) -> Iterator[tuple[float, float, bool]]:
+    """Run the very detectors of the stage over ``(unix_time, value)`` rows of one channel,
+    offline: yield ``(time, score, alarm)`` per row, ``alarm`` when an event opens at that row at
+    the configured threshold (by default :data:`~gateway.detect.config.DEFAULT_THRESHOLD`)."""
+    if kind not in REPLAY_KINDS:
+        raise ValueError("unknown kind {!r} (one of {})".format(kind, ", ".join(REPLAY_KINDS)))
+    config = config or DetectConfig()
+    cd = ChannelDetector("replay", REPLAY_KINDS[kind], config, Clock(config))
+    for t, x in rows:
+        score, events = cd.step(t, x)
+        alarm = any(ev.end is None and ev.start == t for ev in events)
+        yield t, score, alarm

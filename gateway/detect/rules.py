@@ -1,0 +1,301 @@
+"""Energy rules an operator understands at a glance.
+
+Each rule watches one channel of one node, keeps a few numbers of state, and says for each
+reading a :class:`~gateway.detect.events.Finding` (or None when it has nothing to say):
+
+========================  ==========================================================  ========
+kind                      condition                                                   channels
+========================  ==========================================================  ========
+``lit_by_day``            a street light draws power between sunrise and sunset       p (lamps)
+``dark_at_night``         a street light draws nothing between sunset and sunrise     p (lamps)
+``drift``                 a lit lamp draws ``drift_percent`` more than it learnt,     p (lamps)
+                          at the same hour of the night (so at equal dimming)
+``off_schedule``          a building's meter draws, outside its opening hours,        p, e
+                          closer to its opening-hours use than to its standby
+``counter_reset``         a counter goes backwards (reset, replaced meter)            e, drop
+``stuck``                 the same value ``stuck_readings`` times in a row            p, t, lux
+========================  ==========================================================  ========
+
+"Node silent" is not a rule on readings (it is about their absence): see
+:func:`gateway.detect.engine.check_silent`.
+
+Sunrise and sunset come from the ``astral`` package (NOAA's solar equations) for the site's
+latitude and longitude; the lamp rules leave ``twilight_minutes`` of grace around both.
+A rule's condition must hold for ``CONFIRM`` readings in a row before it scores, and then scores
+0.5 to 1 growing with how long (or how far) it holds.
+"""
+
+import datetime as dt
+from array import array
+
+from astral import Observer
+from astral.sun import sunrise, sunset
+
+from gateway.detect.config import DetectConfig, Schedule
+from gateway.detect.events import Finding
+
+CONFIRM = 3  # readings in a row before a rule's condition counts
+DRIFT_LEARN = 30  # lit readings per hour of night that make the drift rule's reference
+DRIFT_ALPHA = 1 / 300  # weight of a lit reading in the drift average (about 5 h at 1/min)
+LEARN_ALPHA = 0.02  # weight of a reading in the learnt levels of a building
+
+
+class Clock:
+    """Local time and sun times of the site, cheap per reading: the UTC offset is cached per
+    hour and sunrise/sunset per local date."""
+
+    def __init__(self, config: DetectConfig):
+        self.tz = config.tz
+        self.observer = Observer(config.latitude, config.longitude)
+        self._offset_hour = -1
+        self._offset = 0.0
+        self._sun: dict[dt.date, tuple[float, float] | None] = {}
+
+    def local(self, t: float) -> float:
+        """Seconds since the epoch, shifted to local wall-clock time."""
+        hour = int(t // 3600)
+        if hour != self._offset_hour:
+            off = dt.datetime.fromtimestamp(t, self.tz).utcoffset()
+            self._offset = off.total_seconds() if off else 0.0
+            self._offset_hour = hour
+        return t + self._offset
+
+    def hhmm(self, t: float) -> str:
+        loc = self.local(t)
+        return f"{int(loc // 3600) % 24:02d}:{int(loc // 60) % 60:02d}"
+
+    def weekday_time(self, t: float) -> tuple[int, dt.time]:
+        loc = self.local(t)
+        day = int(loc // 86400)
+        sec = int(loc - day * 86400)
+        return (day + 3) % 7, dt.time(sec // 3600, sec // 60 % 60)  # 1970-01-01 was a Thursday
+
+    def sun(self, t: float) -> tuple[float, float] | None:
+        """(sunrise, sunset) as Unix times on the local date of ``t``; None on polar days."""
+        date = dt.date(1970, 1, 1) + dt.timedelta(days=int(self.local(t) // 86400))
+        try:
+            return self._sun[date]
+        except KeyError:
+            pass
+        try:
+            v = (
+                sunrise(self.observer, date, self.tz).timestamp(),
+                sunset(self.observer, date, self.tz).timestamp(),
+            )
+        except ValueError:  # the sun never rises or never sets that day
+            v = None
+        if len(self._sun) > 8:
+            self._sun.clear()
+        self._sun[date] = v
+        return v
+
+
+def fmt_value(x: float, unit: str) -> str:
+    unit = {"Cel": "°C", "%EL": "%", "1": ""}.get(unit, unit)
+    if unit == "W" and abs(x) >= 10000:
+        return f"{x / 1000:.1f} kW"
+    text = f"{round(x)}" if abs(x) >= 100 or x == int(x) else f"{x:.1f}"
+    return text + (" " + unit if unit else "")
+
+
+def _confirm_score(run: int) -> float:
+    return min(1.0, 0.5 + 0.05 * (run - CONFIRM))
+
+
+class LampRule:
+    """Lit by day, dark at night, and drift, for the power channel of a street light."""
+
+    __slots__ = ("cfg", "clock", "counts", "dark_run", "drift", "lit_run", "node", "refs", "unit")
+
+    def __init__(self, node: str, unit: str, cfg: DetectConfig, clock: Clock):
+        self.node, self.unit, self.cfg, self.clock = node, unit, cfg, clock
+        self.lit_run = 0
+        self.dark_run = 0
+        self.drift = 1.0
+        self.refs = array("f", bytes(4 * 24))
+        self.counts = array("H", bytes(2 * 24))
+
+    def step(self, t: float, x: float) -> list[Finding]:
+        cfg, clock = self.cfg, self.clock
+        sun = clock.sun(t)
+        if sun is None:
+            return []
+        rise, set_ = sun
+        grace = cfg.twilight_minutes * 60
+        lit = x > cfg.lamp_on_watts
+        out = []
+        if rise + grace <= t <= set_ - grace:
+            self.dark_run = 0
+            self.lit_run = self.lit_run + 1 if lit else 0
+            if self.lit_run >= CONFIRM:
+                out.append(Finding("lit_by_day", _confirm_score(self.lit_run), True,
+                                   lambda: f"{self.node} drew {fmt_value(x, self.unit)} at"
+                                   f" {clock.hhmm(t)}, lamps are off between sunrise"
+                                   f" {clock.hhmm(rise)} and sunset {clock.hhmm(set_)}"))
+            else:
+                out.append(Finding("lit_by_day", 0.0, False, str))
+        elif t < rise - grace or t > set_ + grace:
+            self.lit_run = 0
+            if not lit and not self._planned_off(t):
+                self.dark_run += 1
+            else:
+                self.dark_run = 0
+            if self.dark_run >= CONFIRM:
+                out.append(Finding("dark_at_night", _confirm_score(self.dark_run), True,
+                                   lambda: f"{self.node} drew {fmt_value(x, self.unit)} at"
+                                   f" {clock.hhmm(t)}, lamps are on between sunset"
+                                   f" {clock.hhmm(set_)} and sunrise {clock.hhmm(rise)}"))
+            else:
+                out.append(Finding("dark_at_night", 0.0, False, str))
+            if lit:
+                out.append(self._drift(t, x))
+        return out
+
+    def _planned_off(self, t: float) -> bool:
+        off = self.cfg.lamps_off
+        if off is None:
+            return False
+        _, now = self.clock.weekday_time(t)
+        a, b = off
+        return a <= now < b if a <= b else (now >= a or now < b)
+
+    def _drift(self, t: float, x: float) -> Finding:
+        h = int(self.clock.local(t) // 3600) % 24
+        c = self.counts[h]
+        if c < DRIFT_LEARN:
+            self.refs[h] += (x - self.refs[h]) / (c + 1)  # running mean while learning
+            self.counts[h] = c + 1
+            return Finding("drift", 0.0, False, str)
+        ref = self.refs[h]
+        self.drift += DRIFT_ALPHA * (x / ref - self.drift)
+        limit = self.cfg.drift_percent / 100.0
+        excess = self.drift - 1.0
+        active = excess >= limit / 2
+        score = 0.0 if excess < limit else min(1.0, 0.5 + 0.5 * (excess - limit) / limit)
+        drift = self.drift
+        return Finding("drift", score, active,
+                       lambda: f"{self.node} draws {round(100 * (drift - 1))} % more than it"
+                       f" learnt at equal dimming ({fmt_value(x, self.unit)} at"
+                       f" {self.clock.hhmm(t)}, {fmt_value(ref, self.unit)} then when new)")
+
+    def dump(self) -> list:
+        return [self.lit_run, self.dark_run, self.drift, list(self.refs), list(self.counts)]
+
+    def load(self, d: list) -> None:
+        self.lit_run, self.dark_run, self.drift, refs, counts = d
+        self.refs = array("f", refs)
+        self.counts = array("H", counts)
+
+
+class ScheduleRule:
+    """Consumption outside a building's opening hours, on power or on an energy counter (as the
+    mean power between two counter readings)."""
+
+    __slots__ = ("busy", "clock", "counter", "idle", "n_busy", "n_idle", "node", "prev", "run",
+                 "sched")
+
+    def __init__(self, node: str, sched: Schedule, clock: Clock, counter: bool):
+        self.node, self.sched, self.clock, self.counter = node, sched, clock, counter
+        self.busy = self.idle = 0.0
+        self.n_busy = self.n_idle = 0
+        self.prev: tuple[float, float] | None = None
+        self.run = 0
+
+    def step(self, t: float, x: float) -> list[Finding]:
+        if self.counter:
+            prev, self.prev = self.prev, (t, x)
+            if prev is None or t <= prev[0] or x < prev[1]:
+                return []
+            x = (x - prev[1]) * 3600.0 / (t - prev[0])  # Wh over seconds -> W
+        wd, now = self.clock.weekday_time(t)
+        if self.sched.is_open(wd, now):
+            self.run = 0
+            self.n_busy += 1
+            self.busy += max(LEARN_ALPHA, 1.0 / self.n_busy) * (x - self.busy)
+            return [Finding("off_schedule", 0.0, False, str)]
+        limit = self._limit()
+        if limit is None or x <= limit:
+            self.run = 0
+            if limit is None or x <= limit:
+                self.n_idle += 1
+                self.idle += max(LEARN_ALPHA, 1.0 / self.n_idle) * (x - self.idle)
+            return [Finding("off_schedule", 0.0, False, str)]
+        self.run += 1
+        if self.run < CONFIRM:
+            return [Finding("off_schedule", 0.0, False, str)]
+        sched, clock = self.sched, self.clock
+        return [Finding("off_schedule", _confirm_score(self.run), True,
+                        lambda: f"{self.node} drew {fmt_value(x, 'W')} at {clock.hhmm(t)},"
+                        f" outside its hours ({sched.describe()}) it draws about"
+                        f" {fmt_value(limit if sched.standby_watts else self.idle, 'W')}")]
+
+    def _limit(self) -> float | None:
+        if self.sched.standby_watts is not None:
+            return self.sched.standby_watts
+        if self.n_idle < 30 or self.n_busy < 30 or self.busy <= self.idle:
+            return None  # still learning what "open" and "closed" look like
+        return self.idle + 0.5 * (self.busy - self.idle)
+
+    def dump(self) -> list:
+        return [self.busy, self.idle, self.n_busy, self.n_idle, self.prev, self.run]
+
+    def load(self, d: list) -> None:
+        self.busy, self.idle, self.n_busy, self.n_idle, prev, self.run = d
+        self.prev = tuple(prev) if prev else None
+
+
+class CounterRule:
+    """A counter (energy in Wh, drops) must never go backwards."""
+
+    __slots__ = ("clock", "node", "prev", "unit")
+
+    def __init__(self, node: str, unit: str, clock: Clock):
+        self.node, self.unit, self.clock = node, unit, clock
+        self.prev: float | None = None
+
+    def step(self, t: float, x: float) -> list[Finding]:
+        prev, self.prev = self.prev, x
+        if prev is None or x >= prev:
+            return [Finding("counter_reset", 0.0, False, str)]
+        return [Finding("counter_reset", 0.9, True,
+                        lambda: f"{self.node} counter went back from"
+                        f" {fmt_value(prev, self.unit)} to {fmt_value(x, self.unit)} at"
+                        f" {self.clock.hhmm(t)} (meter reset or replaced?)")]
+
+    def dump(self) -> list:
+        return [self.prev]
+
+    def load(self, d: list) -> None:
+        (self.prev,) = d
+
+
+class StuckRule:
+    """The same non-zero value too many times in a row: a frozen sensor or a stale register."""
+
+    __slots__ = ("clock", "limit", "node", "run", "since", "unit", "value")
+
+    def __init__(self, node: str, unit: str, limit: int, clock: Clock):
+        self.node, self.unit, self.limit, self.clock = node, unit, limit, clock
+        self.value: float | None = None
+        self.run = 0
+        self.since = 0.0
+
+    def step(self, t: float, x: float) -> list[Finding]:
+        if x != self.value:
+            self.value, self.run, self.since = x, 1, t
+            return [Finding("stuck", 0.0, False, str)]
+        self.run += 1
+        if self.run < self.limit or x == 0:
+            return [Finding("stuck", 0.0, False, str)]
+        run, since = self.run, self.since
+        return [Finding("stuck", min(1.0, 0.5 * run / self.limit), True,
+                        lambda: f"{self.node} read exactly {fmt_value(x, self.unit)} {run} times"
+                        f" in a row since {self.clock.hhmm(since)} (stuck sensor?)")]
+
+    def dump(self) -> list:
+        return [self.value, self.run, self.since]
+
+    def load(self, d: list) -> None:
+        self.value, self.run, self.since = d
+
+

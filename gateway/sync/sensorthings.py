@@ -1,0 +1,503 @@
+"""The SensorThings API v1.1 (OGC 18-088) adapter: the default sync target.
+
+Mapping: a node is a Thing (with its Location), each channel a Datastream (with a Sensor and
+an ObservedProperty) named ``<node>/<channel>``, plus one ``<node>/anomalies`` Datastream.
+They are created by deep insert on first use and their ids remembered in ``sync_streams``.
+An hourly summary is an Observation (phenomenonTime = hour start, result = mean or Wh,
+parameters = min/max/count/wh); an anomaly event is an Observation on the ``anomalies``
+Datastream (phenomenonTime = window start, result = score, parameters = reason, kind, end).
+
+Every request goes through :meth:`SensorThingsTarget.request`, which measures it, charges the
+byte budget before it leaves, and sorts failures into the three outcomes the worker needs:
+:class:`Unreachable` (nothing was sent), :class:`Rejected` (the platform answered no) and
+:class:`Uncertain` (it may have been applied: reconcile before sending again).
+"""
+
+import gzip
+import json
+import re
+import ssl
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import httpx
+import sqlite_utils
+
+from gateway.sync.budget import Budget
+from gateway.sync.outbox import ANOMALIES
+from protocols.const import CHANNELS
+
+OM_MEASUREMENT = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
+
+# SenML unit (RFC 8428 Section 12.1) -> SensorThings unitOfMeasurement name.
+UNIT_NAMES = {
+    "W": "watt",
+    "Wh": "watt hour",
+    "Cel": "degree Celsius",
+    "lx": "lux",
+    "%EL": "percent of remaining energy level",
+    "dBW": "decibel watt",
+    "1": "count",
+}
+PROPERTY_NAMES = {
+    "p": "Active power",
+    "e": "Energy",
+    "t": "Temperature",
+    "lux": "Illuminance",
+    "bat": "Battery level",
+    "rssi": "Radio signal strength",
+    "drop": "Dropped readings",
+    ANOMALIES: "Anomaly score",
+}
+
+
+class SyncError(Exception):
+    """Base of the sync target's failures."""
+
+
+class Unreachable(SyncError):
+    """No connection: the request never left, nothing happened at the platform."""
+
+
+class Uncertain(SyncError):
+    """The request may have been applied (timeout, reset, 5xx): read back before resending."""
+
+
+class Rejected(SyncError):
+    """The platform answered with a client error: the request was not applied."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"platform refused ({status}): {text[:200]}")
+        self.status = status
+
+
+class AuthFailed(Rejected):
+    """401/403: the token or password in ``[sync]`` is wrong."""
+
+
+def iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def parse_time(s: str) -> int:
+    """A SensorThings time instant (or the start of an interval) -> Unix seconds."""
+    from datetime import datetime
+
+    start = s.split("/", 1)[0].replace("Z", "+00:00")
+    return int(datetime.fromisoformat(start).timestamp())
+
+
+_ID_IN_LINK = re.compile(r"\('?([^')]+)'?\)$")
+_UNQUOTED_ID = re.compile(
+    r"^(\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+)
+
+
+def id_from_link(link: str) -> str:
+    m = _ID_IN_LINK.search(link)
+    if not m:
+        raise SyncError(f"not an entity link: {link!r}")
+    return m.group(1)
+
+
+def id_literal(entity_id: str) -> str:
+    """How an id is written in a path or a $filter: numbers and UUIDs bare, strings quoted."""
+    if _UNQUOTED_ID.match(entity_id):
+        return entity_id
+    return "'{}'".format(entity_id.replace("'", "''"))
+
+
+def rebase(root: str, path: str) -> str:
+    """An absolute URL for ``path`` under the service ``root``.
+
+    A link the platform made (self link, ``@iot.nextLink``) keeps its path and query but is
+    sent to the root we were configured with: the platform may sit behind a proxy and not
+    know its public address.
+    """
+    if path.startswith(("http://", "https://")):
+        tail = "/" + root.rsplit("/", 1)[1] + "/"
+        if tail in path:
+            return root + "/" + path.split(tail, 1)[1]
+        return path
+    return root + "/" + path.lstrip("/")
+
+
+def path_id(entity_id: str) -> str:
+    return entity_id if entity_id.isdigit() else f"'{entity_id}'"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One Observation to create or update, as the worker hands it over."""
+
+    item: int  # outbox row id
+    time: int
+    result: float
+    parameters: dict
+
+
+def _wire_size(request: httpx.Request) -> int:
+    """Bytes of the request on the wire: request line, headers, blank line, body."""
+    target = request.url.raw_path.decode("ascii")
+    size = len(f"{request.method} {target} HTTP/1.1\r\n") + 2
+    size += sum(len(k) + len(v) + 4 for k, v in request.headers.raw)
+    return size + len(request.content)
+
+
+def _response_size(response: httpx.Response) -> int:
+    head = 17 + sum(len(k) + len(v) + 4 for k, v in response.headers.raw) + 2
+    return head + response.num_bytes_downloaded
+
+
+class SensorThingsTarget:
+    """A SensorThings v1.1 service at ``url`` (its root, e.g. ``https://host/v1.1``)."""
+
+    def __init__(
+        self,
+        url: str,
+        db: sqlite_utils.Database,
+        budget: Budget,
+        *,
+        token: str | None = None,
+        basic: tuple[str, str] | None = None,
+        ca_file: str | None = None,
+        timeout: float = 30.0,
+        compress: str = "auto",
+        locations: Mapping[str, tuple[float, float]] | None = None,
+        default_location: tuple[float, float] | None = None,
+        max_rows: int = 2000,
+    ) -> None:
+        if compress not in ("auto", "gzip", "none"):
+            raise ValueError(f"compress must be auto, gzip or none, not {compress!r}")
+        self.url = url.rstrip("/")
+        self.db = db
+        self.budget = budget
+        self.compress = compress
+        self.locations = dict(locations or {})
+        self.default_location = default_location
+        self.max_rows = max_rows
+        headers = {"Accept-Encoding": "gzip"}
+        if token:
+            headers["Authorization"] = "Bearer " + token
+        verify: ssl.SSLContext | bool = True
+        if ca_file:
+            verify = ssl.create_default_context(cafile=ca_file)
+        self.client = httpx.Client(
+            headers=headers,
+            auth=httpx.BasicAuth(*basic) if basic else None,
+            verify=verify,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        )
+        # Drop httpx's User-Agent and Accept: bytes on a metered link.
+        for name in ("User-Agent", "Accept"):
+            self.client.headers.pop(name, None)
+        self._gzip_ok = compress == "gzip" or (
+            compress == "auto" and (self._state("gzip") or "1") == "1"
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- one request ------------------------------------------------------------------------
+
+    def _state(self, name: str) -> str | None:
+        row = self.db.execute(
+            "SELECT value FROM sync_state WHERE name = ?", [f"st:{self.url}:{name}"]
+        ).fetchone()
+        return row[0] if row else None
+
+    def _set_state(self, name: str, value: str) -> None:
+        with self.db.conn:
+            self.db.execute(
+                "INSERT INTO sync_state (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                [f"st:{self.url}:{name}", value],
+            )
+
+    def _absolute(self, path: str) -> str:
+        return rebase(self.url, path)
+
+    def request(
+        self, method: str, path: str, *, body: object = None, params: dict | None = None
+    ) -> httpx.Response:
+        """Send one request within the budget; return a 2xx response or raise."""
+        content = None
+        headers = {}
+        compressed = False
+        if body is not None:
+            content = json.dumps(body, separators=(",", ":")).encode()
+            headers["Content-Type"] = "application/json"
+            if self._gzip_ok and len(content) > 200:
+                content = gzip.compress(content, compresslevel=9, mtime=0)
+                headers["Content-Encoding"] = "gzip"
+                compressed = True
+        req = self.client.build_request(
+            method, self._absolute(path), content=content, headers=headers, params=params
+        )
+        size = _wire_size(req)
+        self.budget.spend(size)
+        try:
+            resp = self.client.send(req)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            self.budget.refund(size)
+            raise Unreachable(str(exc) or type(exc).__name__) from exc
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            raise Uncertain(str(exc) or type(exc).__name__) from exc
+        self.budget.add_received(_response_size(resp))
+        if resp.status_code >= 500:
+            raise Uncertain(f"platform answered {resp.status_code}")
+        if compressed and self.compress == "auto" and resp.status_code in (400, 415, 422):
+            # This platform does not take compressed bodies: say so once, send plain.
+            self._gzip_ok = False
+            self._set_state("gzip", "0")
+            return self.request(method, path, body=body, params=params)
+        if resp.status_code in (401, 403):
+            raise AuthFailed(resp.status_code, resp.text)
+        if resp.status_code >= 400:
+            raise Rejected(resp.status_code, resp.text)
+        return resp
+
+    def _json(self, resp: httpx.Response) -> object:
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise Uncertain("unreadable answer from the platform") from exc
+
+    def pages(self, path: str, params: dict | None = None) -> Iterator[dict]:
+        """GET a collection and follow its ``@iot.nextLink`` pages."""
+        resp = self.request("GET", path, params=params)
+        while True:
+            page = self._json(resp)
+            if not isinstance(page, dict):
+                raise Uncertain("a collection should be a JSON object")
+            yield page
+            link = page.get("@iot.nextLink")
+            if not link:
+                return
+            resp = self.request("GET", link)
+
+    # -- Things and Datastreams -------------------------------------------------------------
+
+    def known_streams(self) -> dict[tuple[str, str], str]:
+        return {
+            (r[0], r[1]): r[2]
+            for r in self.db.execute(
+                "SELECT node, stream, entity_id FROM sync_streams WHERE target = ?", [self.url]
+            )
+        }
+
+    def _remember(self, rows: Iterable[tuple[str, str, str]]) -> None:
+        with self.db.conn:
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO sync_streams (node, stream, target, entity_id) "
+                "VALUES (?, ?, ?, ?)",
+                [(node, stream, self.url, eid) for node, stream, eid in rows],
+            )
+
+    def _location(self, node: str) -> tuple[float, float]:
+        loc = self.locations.get(node) or self.default_location
+        if loc is None:
+            raise SyncError(
+                f"no location for node {node}: set its location in the nodes config, "
+                "or [sync] location for the gateway's own"
+            )
+        return loc
+
+    @staticmethod
+    def _datastream(node: str, stream: str) -> dict:
+        unit = "1" if stream == ANOMALIES else CHANNELS.get(stream, "1")
+        what = PROPERTY_NAMES.get(stream, stream)
+        summary = "anomaly events" if stream == ANOMALIES else "hourly summaries"
+        return {
+            "name": f"{node}/{stream}",
+            "description": f"{what} of node {node}: {summary}",
+            "observationType": OM_MEASUREMENT,
+            "unitOfMeasurement": {
+                "name": UNIT_NAMES.get(unit, unit),
+                "symbol": unit,
+                "definition": "https://ucum.org/ucum#" + unit,
+            },
+            "properties": {"node": node, "channel": stream},
+            "Sensor": {
+                "name": f"Réverbère node {node}",
+                "description": "MicroPython sensor node behind a Réverbère gateway",
+                "encodingType": "text/html",
+                "metadata": "https://reverbere.invalid/node",
+            },
+            "ObservedProperty": {
+                "name": what,
+                "definition": f"urn:reverbere:channel:{stream}",
+                "description": what,
+            },
+        }
+
+    def ensure_streams(self, needed: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """Datastream ids of every ``(node, stream)`` in ``needed``, creating what is missing.
+
+        Never creates before looking: a Thing or Datastream whose creation had an uncertain
+        outcome is found by name and adopted, not created twice.
+        """
+        known = self.known_streams()
+        missing = sorted({k for k in needed if k not in known})
+        if not missing:
+            return known
+        by_node: dict[str, set[str]] = {}
+        for node, stream in missing:
+            by_node.setdefault(node, set()).add(stream)
+        # 1. Look the Things up by name (20 per request), with their Datastreams.
+        unknown = [n for n in by_node if (n, "") not in known]
+        for i in range(0, len(unknown), 20):
+            chunk = unknown[i : i + 20]
+            flt = " or ".join("name eq '{}'".format(n.replace("'", "''")) for n in chunk)
+            found = []
+            for page in self.pages(
+                "Things",
+                {"$filter": flt, "$select": "id,name", "$expand": "Datastreams($select=id,name)"},
+            ):
+                for thing in page.get("value", []):
+                    node = thing["name"]
+                    found.append((node, "", str(thing["@iot.id"])))
+                    for ds in thing.get("Datastreams", []):
+                        prefix, _, stream = ds["name"].rpartition("/")
+                        if prefix == node:
+                            found.append((node, stream, str(ds["@iot.id"])))
+            self._remember(found)
+        known = self.known_streams()
+        # 2. Create what is still missing: a whole Thing by deep insert, or Datastreams.
+        for node, streams in sorted(by_node.items()):
+            todo = sorted(s for s in streams if (node, s) not in known)
+            if not todo:
+                continue
+            if (node, "") not in known:
+                lon, lat = self._location(node)
+                thing = {
+                    "name": node,
+                    "description": f"Réverbère sensor node {node}",
+                    "properties": {"node": node},
+                    "Locations": [
+                        {
+                            "name": node,
+                            "description": f"where node {node} is installed",
+                            "encodingType": "application/geo+json",
+                            "location": {"type": "Point", "coordinates": [lon, lat]},
+                        }
+                    ],
+                    "Datastreams": [self._datastream(node, s) for s in todo],
+                }
+                resp = self.request("POST", "Things", body=thing)
+                thing_id = id_from_link(resp.headers.get("location", ""))
+                rows = [(node, "", thing_id)]
+            else:
+                thing_id = known[(node, "")]
+                rows = []
+                # An earlier uncertain creation may have made some: look first.
+                have = self._thing_streams(node, thing_id)
+                for stream in todo:
+                    if stream in have:
+                        continue
+                    body = self._datastream(node, stream)
+                    body["Thing"] = {"@iot.id": thing_id}
+                    self.request("POST", "Datastreams", body=body)
+            have = self._thing_streams(node, thing_id)
+            rows += [(node, s, i) for s, i in have.items()]
+            self._remember(rows)
+        return self.known_streams()
+
+    def _thing_streams(self, node: str, thing_id: str) -> dict[str, str]:
+        out = {}
+        for page in self.pages(f"Things({path_id(thing_id)})/Datastreams", {"$select": "id,name"}):
+            for ds in page.get("value", []):
+                prefix, _, stream = ds["name"].rpartition("/")
+                if prefix == node:
+                    out[stream] = str(ds["@iot.id"])
+        return out
+
+    # -- Observations -----------------------------------------------------------------------
+
+    def create(self, groups: Mapping[str, list[Row]]) -> dict[int, str | None]:
+        """Create Observations in one ``CreateObservations`` request (DataArray extension).
+
+        Returns, per outbox item, the new Observation's id, or None where the platform
+        answered "error" for that row (a failed row still comes back inside a 201).
+        Raises :class:`Uncertain` when the answer does not account for every row.
+        """
+        body = []
+        order: list[int] = []
+        for ds_id, rows in groups.items():
+            body.append(
+                {
+                    "Datastream": {"@iot.id": ds_id},
+                    "components": ["phenomenonTime", "result", "parameters"],
+                    "dataArray": [[iso(r.time), r.result, r.parameters] for r in rows],
+                }
+            )
+            order += [r.item for r in rows]
+        resp = self.request("POST", "CreateObservations", body=body)
+        links = self._json(resp)
+        if not isinstance(links, list) or len(links) != len(order):
+            raise Uncertain(
+                f"CreateObservations answered {len(links) if isinstance(links, list) else links!r}"
+                f" for {len(order)} rows"
+            )
+        out: dict[int, str | None] = {}
+        for item, link in zip(order, links, strict=True):
+            out[item] = None if not isinstance(link, str) or link == "error" else id_from_link(link)
+        return out
+
+    def update(self, obs_id: str, row: Row) -> bool:
+        """PATCH an existing Observation; False when it no longer exists (404)."""
+        try:
+            self.request(
+                "PATCH",
+                f"Observations({path_id(obs_id)})",
+                body={"result": row.result, "parameters": row.parameters},
+            )
+        except Rejected as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def delete(self, obs_id: str) -> None:
+        try:
+            self.request("DELETE", f"Observations({path_id(obs_id)})")
+        except Rejected as exc:
+            if exc.status != 404:
+                raise
+
+    def observations(
+        self, ds_ids: Iterable[str] | None, t0: int, t1: int
+    ) -> dict[str, list[tuple[str, int, float, dict]]]:
+        """What the platform has, per Datastream id: ``(obs id, time, result, parameters)``
+        for phenomenonTime in ``[t0, t1]`` (all Datastreams when ``ds_ids`` is None)."""
+        flt = f"phenomenonTime ge {iso(t0)} and phenomenonTime le {iso(t1)}"
+        if ds_ids is not None:
+            ids = sorted(set(ds_ids))
+            flt = "({}) and {}".format(
+                " or ".join(f"Datastream/id eq {id_literal(i)}" for i in ids),
+                flt,
+            )
+        params = {
+            "$filter": flt,
+            "$select": "id,phenomenonTime,result,parameters",
+            "$resultFormat": "dataArray",
+            "$orderby": "id asc",
+            "$top": "10000",
+        }
+        out: dict[str, list] = {}
+        for page in self.pages("Observations", params):
+            for group in page.get("value", []):
+                ds = id_from_link(group["Datastream@iot.navigationLink"])
+                cols = group["components"]
+                for values in group["dataArray"]:
+                    rec = dict(zip(cols, values, strict=True))
+                    out.setdefault(ds, []).append(
+                        (
+                            str(rec["id"]),
+                            parse_time(rec["phenomenonTime"]),
+                            rec["result"],
+                            rec.get("parameters") or {},
+                        )
+                    )
+        return out

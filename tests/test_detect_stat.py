@@ -1,0 +1,88 @@
+"""The statistical detector: quiet on a healthy seasonal series, loud on a spike and a level
+shift, its state bounded; and the event life cycle (dedup, close, re-arm)."""
+
+import math
+import random
+
+from gateway.detect import DetectConfig, replay
+from gateway.detect.baseline import StatDetector
+from gateway.detect.engine import MAX_STATE, ChannelDetector
+from gateway.detect.events import REARM, Finding, Tracker
+from gateway.detect.rules import Clock
+
+T0 = 1_791_158_400
+EVERY = 300
+
+
+def seasonal(days=8, seed=5):
+    rng = random.Random(seed)
+    return [(T0 + EVERY * k,
+             20 + 3 * math.sin(2 * math.pi * (EVERY * k % 86400) / 86400) + rng.gauss(0, 0.3))
+            for k in range(days * 86400 // EVERY)]
+
+
+def alarms(rows, kind="temperature"):
+    return [t for t, _, alarm in replay(rows, kind=kind) if alarm]
+
+
+def test_quiet_on_healthy_series():
+    assert alarms(seasonal()) == []
+
+
+def test_spike_and_level_shift_raise_one_alarm_each():
+    rows = seasonal()
+    spike = len(rows) - 600
+    shift = len(rows) - 300
+    rows[spike] = (rows[spike][0], rows[spike][1] + 8)
+    rows[shift:] = [(t, v + 5) for t, v in rows[shift:]]
+    found = alarms(rows)
+    assert rows[spike][0] in found
+    assert any(rows[shift][0] <= t <= rows[shift + 3][0] for t in found)
+    assert len(found) <= 3  # the shift is one event, not one per reading
+
+
+def test_learns_before_it_speaks():
+    rows = seasonal(days=2)
+    rows[300] = (rows[300][0], rows[300][1] + 50)
+    assert alarms(rows) == []  # three days of each hour first
+
+
+def test_scores_are_in_unit_interval_and_state_is_bounded():
+    cfg = DetectConfig()
+    cd = ChannelDetector("lamp-001", "p", cfg, Clock(cfg))
+    rng = random.Random(1)
+    for k in range(20000):
+        score, _ = cd.step(T0 + 60 * k, rng.choice([0.0, 60.0, 1e6, -5.0]))
+        assert 0.0 <= score <= 1.0
+    assert len(cd.dumps()) <= MAX_STATE
+
+
+def test_state_round_trip():
+    a = StatDetector()
+    for t, v in seasonal(days=4):
+        a.update(t, v)
+    b = StatDetector.loads(a.dumps())
+    for t, v in seasonal(days=1, seed=9):
+        va, vb = a.update(t + 4 * 86400, v), b.update(t + 4 * 86400, v)
+        assert (va.score, va.novelty) == (vb.score, vb.novelty)
+
+
+def test_tracker_dedups_closes_and_rearms():
+    tr = Tracker()
+    on = Finding("stuck", 0.8, True, lambda: "stuck")
+    off = Finding("stuck", 0.0, False, str)
+    opened = tr.step("n", "t", 0, on, 0.5)
+    assert opened is not None and opened.end is None
+    assert tr.step("n", "t", 1, on, 0.5) is None  # same condition: no new event
+    for k in range(2, 4):
+        assert tr.step("n", "t", k, off, 0.5) is None
+    closed = tr.step("n", "t", 4, off, 0.5)
+    assert closed is opened and closed.end == 2  # ends at the first clear reading
+    again = tr.step("n", "t", 5, on, 0.5)
+    assert again is opened and again.end is None  # flapping: the same event re-opens
+    for k in range(6, 9):
+        tr.step("n", "t", k, off, 0.5)
+    for k in range(9, 9 + REARM + 1):
+        tr.step("n", "t", k, off, 0.5)
+    later = tr.step("n", "t", 100, on, 0.5)
+    assert later is not opened  # long after: a new event
