@@ -4,7 +4,9 @@ All nodes live in one process and one asyncio loop; each has its own UDP socket 
 the gateway (or a ``sim.net`` proxy in front of it) sees one address per node, as in the field.
 
 Time is simulated (``SimClock``) and runs as fast as the traffic allows: the scheduler jumps
-to the next instant a node has something to do, runs every node due then, and, if they sent
+to the next instant a node has something to do (wake-ups are rounded up to ``tick``, 1 s, so
+that nodes share instants and the gateway sees bursts it can commit together), runs every
+node due then, and, if they sent
 datagrams, waits (in real time) until their exchanges are answered or the network has been
 quiet for ``quiet`` seconds, before moving time on. Readings carry their own timestamps, so
 nothing downstream depends on the pace. ``speed`` caps it (simulated seconds per real second),
@@ -113,6 +115,7 @@ class Fleet:
         anomalies: list[Anomaly] | int = 0,
         speed: float | None = None,
         quiet: float = 0.005,
+        tick: float = 1.0,
         drain: float = 3600,
         know_time: bool = True,
         record: bool = False,
@@ -130,6 +133,7 @@ class Fleet:
         self.anomalies = anomalies
         self.speed = speed
         self.quiet = quiet
+        self._tick = max(1, round(tick * 1000))
         self.drain = drain
         self.know_time = know_time
         self.record = record
@@ -196,11 +200,13 @@ class Fleet:
     # --- the scheduler -------------------------------------------------------------------------
 
     def _schedule(self, idx: int, t: float) -> None:
-        """Wake node ``idx`` at Unix time ``t`` (kept as whole ms: no float drift)."""
+        """Wake node ``idx`` at Unix time ``t``, rounded up to the next tick (whole ms)."""
         m = self.members[idx]
         m.version += 1
         self._seq += 1
-        heapq.heappush(self._heap, (round((t - self.start) * 1000), self._seq, idx, m.version))
+        ms = round((t - self.start) * 1000)
+        ms = -(-ms // self._tick) * self._tick
+        heapq.heappush(self._heap, (ms, self._seq, idx, m.version))
 
     def _now_ms(self) -> int:
         return round((self.clock.now - self.start) * 1000)
