@@ -227,7 +227,11 @@ class Fleet:
                 self._schedule(idx, silent.end)
                 return
         ms = m.node.poll()
-        self._schedule(idx, self.start + (self._now_ms() + max(ms, 1)) / 1000)
+        wake = self.start + (self._now_ms() + max(ms, 1)) / 1000
+        for a in m.hal.profile.anomalies:  # be there when the power goes
+            if a.kind == "silent" and now < a.start < wake:
+                wake = a.start
+        self._schedule(idx, wake)
 
     def _datagram(self, idx: int, data: bytes) -> None:
         m = self.members[idx]
