@@ -75,8 +75,13 @@ def run_nab(root: Path, quick: bool) -> dict:
         n += len(rows)
     elapsed = time.perf_counter() - t0
     by_score, by_alarm = nab.Corpus(files, scores), nab.Corpus(files, alarms)
-    out = {"files": len(files), "rows": n, "windows": sum(len(f.windows) for f in files),
-           "us_per_row_replay": round(1e6 * elapsed / n, 1), "profiles": {}}
+    out = {
+        "files": len(files),
+        "rows": n,
+        "windows": sum(len(f.windows) for f in files),
+        "us_per_row_replay": round(1e6 * elapsed / n, 1),
+        "profiles": {},
+    }
     for name, profile in nab.PROFILES.items():
         thr, tuned = by_score.best_threshold(profile)
         out["profiles"][name] = {
@@ -94,8 +99,11 @@ def _ts(text: str) -> float:
 
 # -- 2. A labelled synthetic fleet ----------------------------------------------------------------
 SITE = {"latitude": 45.76, "longitude": 4.84, "timezone": "Europe/Paris"}
-SCHOOL = Schedule(("school-*",), _parse_days("k", "mon-fri"),
-                  *[datetime.strptime(x, "%H:%M").time() for x in ("07:30", "18:30")])
+SCHOOL = Schedule(
+    ("school-*",),
+    _parse_days("k", "mon-fri"),
+    *[datetime.strptime(x, "%H:%M").time() for x in ("07:30", "18:30")],
+)
 
 
 def make_fleet(days: int, lamps: int, buildings: int, seed: int = 7):
@@ -220,8 +228,14 @@ def run_fleet(days: int, lamps: int, buildings: int) -> dict:
         cases = [t for t in truth if t[1] == kind]
         found, delays = 0, []
         for node, _, a0, a1 in cases:
-            hits = [e for e in events if e["node"] == node and e["kind"] == kind
-                    and e["start"] <= a1 + slack and (e["end"] is None or e["end"] >= a0 - 60)]
+            hits = [
+                e
+                for e in events
+                if e["node"] == node
+                and e["kind"] == kind
+                and e["start"] <= a1 + slack
+                and (e["end"] is None or e["end"] >= a0 - 60)
+            ]
             if hits:
                 found += 1
                 first = min(hits, key=lambda e: e["start"])
@@ -232,8 +246,11 @@ def run_fleet(days: int, lamps: int, buildings: int) -> dict:
             "injected": len(cases),
             "found": found,
             "recall": round(found / len(cases), 3),
-            "precision": round(sum(e["id"] in matched_events for e in kind_events)
-                               / len(kind_events), 3) if kind_events else None,
+            "precision": round(
+                sum(e["id"] in matched_events for e in kind_events) / len(kind_events), 3
+            )
+            if kind_events
+            else None,
             "median_delay_min": round(statistics.median(delays) / 60, 1) if delays else None,
         }
     # Events that explain an injected anomaly of another kind (e.g. "unusual" at a lamp that went
@@ -242,8 +259,11 @@ def run_fleet(days: int, lamps: int, buildings: int) -> dict:
         if e["id"] in matched_events:
             continue
         for node, _, a0, a1 in truth:
-            if e["node"] == node and e["start"] <= a1 + slack and (
-                    e["end"] is None or e["end"] >= a0 - 60):
+            if (
+                e["node"] == node
+                and e["start"] <= a1 + slack
+                and (e["end"] is None or e["end"] >= a0 - 60)
+            ):
                 matched_events.add(e["id"])
     false = [e for e in events if e["id"] not in matched_events]
     weeks = days / 7
@@ -279,8 +299,11 @@ def run_cost(n: int) -> dict:
     clock = Clock(cfg)
     rng = random.Random(1)
     out = {}
-    for label, node, channel in (("generic", "x", "x"), ("lamp power", "lamp-001", "p"),
-                                 ("building energy", "school-01", "e")):
+    for label, node, channel in (
+        ("generic", "x", "x"),
+        ("lamp power", "lamp-001", "p"),
+        ("building energy", "school-01", "e"),
+    ):
         cd = ChannelDetector(node, channel, cfg, clock)
         t = 1.79e9
         e = 0.0
@@ -292,8 +315,10 @@ def run_cost(n: int) -> dict:
         t0 = time.perf_counter()
         for tt, v in vals:
             cd.step(tt, v)
-        out[label] = {"us_per_reading": round(1e6 * (time.perf_counter() - t0) / n, 1),
-                      "state_bytes": len(cd.dumps())}
+        out[label] = {
+            "us_per_reading": round(1e6 * (time.perf_counter() - t0) / n, 1),
+            "state_bytes": len(cd.dumps()),
+        }
     return out
 
 

@@ -93,7 +93,9 @@ class Store:
             self.boot = boot + 1
         else:
             self.gen = self.drops = self.boot = 0
-            self.limit = 1  # counters start at 1: the gateway takes only seq > last (0)
+            # Message counters start at 1: the gateway takes a counter only if it is greater
+            # than the last it accepted, and it starts from 0 (docs/protocol.md example).
+            self.limit = 1
             self.acked = -1
         head = self.acked + 1
         for i in range(self.n):

@@ -93,10 +93,14 @@ def anomalies(ctx, config_path, db_path, since, open_only, fmt) -> None:
     show_default=True,
     help="What the values are: power W, energy counter Wh, temperature °C, anything.",
 )
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
-              show_default=True)
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True),
-              help="Alarm threshold (default: the documented default, 0.5).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Alarm threshold (default: the documented default, 0.5).",
+)
 def anomalies_replay(csv_file, kind, fmt, threshold) -> None:
     """Run a CSV of ``timestamp,value`` rows through the gateway's detectors, offline.
 
@@ -134,8 +138,14 @@ def anomalies_replay(csv_file, kind, fmt, threshold) -> None:
 
 
 @click.command()
-@click.option("--from", "source", type=click.Choice(["gateway"]), default="gateway",
-              show_default=True, help="Where the summaries come from.")
+@click.option(
+    "--from",
+    "source",
+    type=click.Choice(["gateway"]),
+    default="gateway",
+    show_default=True,
+    help="Where the summaries come from.",
+)
 @config_option
 @db_option
 @click.option("--node", help="Only this node.")

@@ -66,9 +66,7 @@ def m001_summaries(db: sqlite_utils.Database) -> None:
         )
         """
     )
-    db.execute(
-        "CREATE INDEX summaries_dirty ON summaries (hour) WHERE version > synced_version"
-    )
+    db.execute("CREATE INDEX summaries_dirty ON summaries (hour) WHERE version > synced_version")
     # The newest reading of each channel: where the next in-order segment starts.
     db.execute(
         """
@@ -100,12 +98,30 @@ class _Hours:
                 key,
             ).fetchone()
             if cur is None:
-                row = {"node": node, "channel": channel, "hour": hour, "count": 0, "min": None,
-                       "max": None, "sum": 0.0, "wh": None, "version": 0}
+                row = {
+                    "node": node,
+                    "channel": channel,
+                    "hour": hour,
+                    "count": 0,
+                    "min": None,
+                    "max": None,
+                    "sum": 0.0,
+                    "wh": None,
+                    "version": 0,
+                }
             else:
                 c, mn, mx, s, wh, v = cur
-                row = {"node": node, "channel": channel, "hour": hour, "count": c, "min": mn,
-                       "max": mx, "sum": s, "wh": wh, "version": v}
+                row = {
+                    "node": node,
+                    "channel": channel,
+                    "hour": hour,
+                    "count": c,
+                    "min": mn,
+                    "max": mx,
+                    "sum": s,
+                    "wh": wh,
+                    "version": v,
+                }
             row["_changed"] = False
             self.rows[key] = row
         return row
@@ -118,8 +134,14 @@ class _Hours:
         row["max"] = r.value if row["max"] is None else max(row["max"], r.value)
         row["_changed"] = True
 
-    def add_segment(self, node: str, channel: str, a: tuple[float, float],
-                    b: tuple[float, float], sign: float = 1.0) -> None:
+    def add_segment(
+        self,
+        node: str,
+        channel: str,
+        a: tuple[float, float],
+        b: tuple[float, float],
+        sign: float = 1.0,
+    ) -> None:
         """Add (sign=-1: take out) the energy of the segment from reading ``a`` to ``b``."""
         for hour, wh in segment_energy(ENERGY_CHANNELS[channel], a, b):
             row = self.get(node, channel, hour)

@@ -62,11 +62,27 @@ def test_anomalies_and_summaries_from_the_database(tmp_path):
     assert events[0]["start"] == "2026-10-05T02:30:00Z"
     table = run(cli, ["anomalies", "--db", str(tmp_path / "g.db"), "--open"])
     assert table.output.splitlines()[0].split()[:4] == ["id", "node", "channel", "kind"]
-    summ = run(cli, ["summaries", "--from", "gateway", "--db", str(tmp_path / "g.db"),
-                     "--node", "school-01", "--format", "csv"])
+    summ = run(
+        cli,
+        [
+            "summaries",
+            "--from",
+            "gateway",
+            "--db",
+            str(tmp_path / "g.db"),
+            "--node",
+            "school-01",
+            "--format",
+            "csv",
+        ],
+    )
     rows = list(csv.DictReader(io.StringIO(summ.output)))
-    assert [r["hour"] for r in rows] == ["2026-10-05T00:00:00Z", "2026-10-05T01:00:00Z",
-                                         "2026-10-05T02:00:00Z", "2026-10-05T03:00:00Z"]
+    assert [r["hour"] for r in rows] == [
+        "2026-10-05T00:00:00Z",
+        "2026-10-05T01:00:00Z",
+        "2026-10-05T02:00:00Z",
+        "2026-10-05T03:00:00Z",
+    ]
     assert float(rows[0]["wh"]) == 120.0  # 12 steps of 10 Wh
 
 

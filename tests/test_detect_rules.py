@@ -41,8 +41,11 @@ def run(db, cfg, readings, batch=20):
 def test_lit_by_day(tmp_path):
     cfg = DetectConfig(**SITE)
     a0, a1 = T0 + 2 * 86400 + 11 * 3600, T0 + 2 * 86400 + 13 * 3600  # 13:00-15:00 local
-    events = run(make_db(tmp_path / "g.db"), cfg,
-                 lamp_series(cfg, fault=lambda t, p: 61.0 if a0 <= t < a1 else p))
+    events = run(
+        make_db(tmp_path / "g.db"),
+        cfg,
+        lamp_series(cfg, fault=lambda t, p: 61.0 if a0 <= t < a1 else p),
+    )
     lit = [e for e in events if e["kind"] == "lit_by_day"]
     assert len(lit) == 1  # one event for the whole episode: deduplicated
     e = lit[0]
@@ -84,8 +87,14 @@ def test_drift(tmp_path):
 
 
 def test_off_schedule(tmp_path):
-    cfg = DetectConfig.from_mapping({**SITE, "buildings": [
-        {"nodes": ["school-*"], "days": "mon-fri", "open": "07:30", "close": "18:30"}]})
+    cfg = DetectConfig.from_mapping(
+        {
+            **SITE,
+            "buildings": [
+                {"nodes": ["school-*"], "days": "mon-fri", "open": "07:30", "close": "18:30"}
+            ],
+        }
+    )
     clock = Clock(cfg)
     sched = cfg.buildings[0]
     a0 = T0 + 3 * 86400 + 20 * 3600  # Thursday 22:00 local

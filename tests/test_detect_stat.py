@@ -16,9 +16,13 @@ EVERY = 300
 
 def seasonal(days=8, seed=5):
     rng = random.Random(seed)
-    return [(T0 + EVERY * k,
-             20 + 3 * math.sin(2 * math.pi * (EVERY * k % 86400) / 86400) + rng.gauss(0, 0.3))
-            for k in range(days * 86400 // EVERY)]
+    return [
+        (
+            T0 + EVERY * k,
+            20 + 3 * math.sin(2 * math.pi * (EVERY * k % 86400) / 86400) + rng.gauss(0, 0.3),
+        )
+        for k in range(days * 86400 // EVERY)
+    ]
 
 
 def alarms(rows, kind="temperature"):

@@ -42,7 +42,9 @@ def test_segment_split_across_hours_and_long_gaps():
     assert segment_energy("power", (H, 60.0), (H + 3600, 60.0)) == []
     # A counter spreads its increase over the time it took, whatever the gap.
     assert segment_energy("counter", (H + 1800, 100.0), (H + 5400, 160.0)) == [
-        (H, pytest.approx(30.0)), (H + 3600, pytest.approx(30.0))]
+        (H, pytest.approx(30.0)),
+        (H + 3600, pytest.approx(30.0)),
+    ]
     # ...and a counter going backwards adds nothing.
     assert segment_energy("counter", (H, 100.0), (H + 60, 5.0)) == []
 

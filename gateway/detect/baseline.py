@@ -86,7 +86,7 @@ class StatDetector:
         "n",
         "peak",
         "slots",
-        "zq"
+        "zq",
     )
 
     def __init__(self) -> None:
@@ -204,16 +204,36 @@ class StatDetector:
     def dumps(self) -> bytes:
         """The whole state, packed (about 2.4 KB)."""
         head = _HEAD.pack(
-            self.n, self.hour, self.level, self.dev, self.floor, self.cusum_hi, self.cusum_lo,
-            self.peak, self.zq, self.lo, self.hi,
+            self.n,
+            self.hour,
+            self.level,
+            self.dev,
+            self.floor,
+            self.cusum_hi,
+            self.cusum_lo,
+            self.peak,
+            self.zq,
+            self.lo,
+            self.hi,
         )
         return head + self.slots.tobytes()
 
     @classmethod
     def loads(cls, data: bytes) -> "StatDetector":
         self = cls()
-        (self.n, self.hour, self.level, self.dev, self.floor, self.cusum_hi, self.cusum_lo,
-         self.peak, self.zq, self.lo, self.hi) = _HEAD.unpack_from(data)
+        (
+            self.n,
+            self.hour,
+            self.level,
+            self.dev,
+            self.floor,
+            self.cusum_hi,
+            self.cusum_lo,
+            self.peak,
+            self.zq,
+            self.lo,
+            self.hi,
+        ) = _HEAD.unpack_from(data)
         self.slots = array("f")
         self.slots.frombytes(data[_HEAD.size :])
         return self

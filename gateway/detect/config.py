@@ -117,8 +117,15 @@ class DetectConfig:
 
 
 def _convert(key: str, value: Any) -> Any:
-    if key in ("latitude", "longitude", "threshold", "lamp_on_watts", "twilight_minutes",
-               "drift_percent", "silent_minutes"):
+    if key in (
+        "latitude",
+        "longitude",
+        "threshold",
+        "lamp_on_watts",
+        "twilight_minutes",
+        "drift_percent",
+        "silent_minutes",
+    ):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise DetectConfigError(key, f"expected a number, got {value!r}")
         value = float(value)

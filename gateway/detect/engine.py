@@ -62,8 +62,19 @@ def m001_detect_tables(db: sqlite_utils.Database) -> None:
 class ChannelDetector:
     """All detectors of one node's channel, and their events."""
 
-    __slots__ = ("channel", "clock", "config", "interval", "last_time", "node", "prev", "rules",
-                 "stat", "trackers", "unit")
+    __slots__ = (
+        "channel",
+        "clock",
+        "config",
+        "interval",
+        "last_time",
+        "node",
+        "prev",
+        "rules",
+        "stat",
+        "trackers",
+        "unit",
+    )
 
     def __init__(self, node: str, channel: str, config: DetectConfig, clock: Clock):
         self.node, self.channel, self.config, self.clock = node, channel, config, clock
@@ -95,8 +106,11 @@ class ChannelDetector:
             if t <= last:
                 return 0.0, []
             gap = t - last
-            self.interval = gap if self.interval == 0 else (
-                self.interval + INTERVAL_ALPHA * (gap - self.interval))
+            self.interval = (
+                gap
+                if self.interval == 0
+                else (self.interval + INTERVAL_ALPHA * (gap - self.interval))
+            )
         self.last_time = t
         findings: list[Finding] = []
         for rule in self.rules:
@@ -145,10 +159,16 @@ class ChannelDetector:
             return Finding("unusual", 0.0, False, str)
         node, clock = self.node, self.clock
         what = "" if self.channel in ("x", "") else " " + self.channel
-        return Finding("unusual", v.novelty, active,
-                       lambda: f"{node}{what} read {fmt_value(x, unit)} at {clock.hhmm(t)},"
-                       f" usually {fmt_value(v.expected, unit)} (± {fmt_value(v.spread, unit)})"
-                       " then")
+        return Finding(
+            "unusual",
+            v.novelty,
+            active,
+            lambda: (
+                f"{node}{what} read {fmt_value(x, unit)} at {clock.hhmm(t)},"
+                f" usually {fmt_value(v.expected, unit)} (± {fmt_value(v.spread, unit)})"
+                " then"
+            ),
+        )
 
     # -- persistence ---------------------------------------------------------------------------
     def dumps(self) -> bytes:
@@ -173,9 +193,7 @@ class ChannelDetector:
         self.last_time = last
         for rule, d in zip(self.rules, rules, strict=True):
             rule.load(d)
-        self.trackers = {
-            k: Tracker.load(self.node, self.channel, d) for k, d in trackers.items()
-        }
+        self.trackers = {k: Tracker.load(self.node, self.channel, d) for k, d in trackers.items()}
 
 
 class Detector:
@@ -263,8 +281,9 @@ def check_silent(
         row = open_rows.get(node)
         if row is not None:
             if node in heard:
-                ev = Event(node, SILENT_CHANNEL, "silent", row[2], last, row[3], row[4], row[0],
-                           row[5] + 1)
+                ev = Event(
+                    node, SILENT_CHANNEL, "silent", row[2], last, row[3], row[4], row[0], row[5] + 1
+                )
                 save_event(db, ev)
                 out.append(ev)
             continue
@@ -272,8 +291,15 @@ def check_silent(
         if last is None or now - last <= limit:
             continue
         every = (f"every {_duration(interval)}") if interval else "regularly"
-        ev = Event(node, SILENT_CHANNEL, "silent", last + limit, None, 0.7,
-                   f"{node} has sent nothing since {clock.hhmm(last)} (it reads {every})")
+        ev = Event(
+            node,
+            SILENT_CHANNEL,
+            "silent",
+            last + limit,
+            None,
+            0.7,
+            f"{node} has sent nothing since {clock.hhmm(last)} (it reads {every})",
+        )
         save_event(db, ev)
         out.append(ev)
     return out

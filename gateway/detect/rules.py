@@ -128,10 +128,18 @@ class LampRule:
             self.dark_run = 0
             self.lit_run = self.lit_run + 1 if lit else 0
             if self.lit_run >= CONFIRM:
-                out.append(Finding("lit_by_day", _confirm_score(self.lit_run), True,
-                                   lambda: f"{self.node} drew {fmt_value(x, self.unit)} at"
-                                   f" {clock.hhmm(t)}, lamps are off between sunrise"
-                                   f" {clock.hhmm(rise)} and sunset {clock.hhmm(set_)}"))
+                out.append(
+                    Finding(
+                        "lit_by_day",
+                        _confirm_score(self.lit_run),
+                        True,
+                        lambda: (
+                            f"{self.node} drew {fmt_value(x, self.unit)} at"
+                            f" {clock.hhmm(t)}, lamps are off between sunrise"
+                            f" {clock.hhmm(rise)} and sunset {clock.hhmm(set_)}"
+                        ),
+                    )
+                )
             else:
                 out.append(Finding("lit_by_day", 0.0, False, str))
         elif t < rise - grace or t > set_ + grace:
@@ -141,10 +149,18 @@ class LampRule:
             else:
                 self.dark_run = 0
             if self.dark_run >= CONFIRM:
-                out.append(Finding("dark_at_night", _confirm_score(self.dark_run), True,
-                                   lambda: f"{self.node} drew {fmt_value(x, self.unit)} at"
-                                   f" {clock.hhmm(t)}, lamps are on between sunset"
-                                   f" {clock.hhmm(set_)} and sunrise {clock.hhmm(rise)}"))
+                out.append(
+                    Finding(
+                        "dark_at_night",
+                        _confirm_score(self.dark_run),
+                        True,
+                        lambda: (
+                            f"{self.node} drew {fmt_value(x, self.unit)} at"
+                            f" {clock.hhmm(t)}, lamps are on between sunset"
+                            f" {clock.hhmm(set_)} and sunrise {clock.hhmm(rise)}"
+                        ),
+                    )
+                )
             else:
                 out.append(Finding("dark_at_night", 0.0, False, str))
             if lit:
@@ -173,10 +189,16 @@ class LampRule:
         active = excess >= limit / 2
         score = 0.0 if excess < limit else min(1.0, 0.5 + 0.5 * (excess - limit) / limit)
         drift = self.drift
-        return Finding("drift", score, active,
-                       lambda: f"{self.node} draws {round(100 * (drift - 1))} % more than it"
-                       f" learnt at equal dimming ({fmt_value(x, self.unit)} at"
-                       f" {self.clock.hhmm(t)}, {fmt_value(ref, self.unit)} then when new)")
+        return Finding(
+            "drift",
+            score,
+            active,
+            lambda: (
+                f"{self.node} draws {round(100 * (drift - 1))} % more than it"
+                f" learnt at equal dimming ({fmt_value(x, self.unit)} at"
+                f" {self.clock.hhmm(t)}, {fmt_value(ref, self.unit)} then when new)"
+            ),
+        )
 
     def dump(self) -> list:
         return [self.lit_run, self.dark_run, self.drift, list(self.refs), list(self.counts)]
@@ -191,8 +213,18 @@ class ScheduleRule:
     """Consumption outside a building's opening hours, on power or on an energy counter (as the
     mean power between two counter readings)."""
 
-    __slots__ = ("busy", "clock", "counter", "idle", "n_busy", "n_idle", "node", "prev", "run",
-                 "sched")
+    __slots__ = (
+        "busy",
+        "clock",
+        "counter",
+        "idle",
+        "n_busy",
+        "n_idle",
+        "node",
+        "prev",
+        "run",
+        "sched",
+    )
 
     def __init__(self, node: str, sched: Schedule, clock: Clock, counter: bool):
         self.node, self.sched, self.clock, self.counter = node, sched, clock, counter
@@ -224,10 +256,18 @@ class ScheduleRule:
         if self.run < CONFIRM:
             return [Finding("off_schedule", 0.0, False, str)]
         sched, clock = self.sched, self.clock
-        return [Finding("off_schedule", _confirm_score(self.run), True,
-                        lambda: f"{self.node} drew {fmt_value(x, 'W')} at {clock.hhmm(t)},"
-                        f" outside its hours ({sched.describe()}) it draws about"
-                        f" {fmt_value(limit if sched.standby_watts else self.idle, 'W')}")]
+        return [
+            Finding(
+                "off_schedule",
+                _confirm_score(self.run),
+                True,
+                lambda: (
+                    f"{self.node} drew {fmt_value(x, 'W')} at {clock.hhmm(t)},"
+                    f" outside its hours ({sched.describe()}) it draws about"
+                    f" {fmt_value(limit if sched.standby_watts else self.idle, 'W')}"
+                ),
+            )
+        ]
 
     def _limit(self) -> float | None:
         if self.sched.standby_watts is not None:
@@ -257,10 +297,18 @@ class CounterRule:
         prev, self.prev = self.prev, x
         if prev is None or x >= prev:
             return [Finding("counter_reset", 0.0, False, str)]
-        return [Finding("counter_reset", 0.9, True,
-                        lambda: f"{self.node} counter went back from"
-                        f" {fmt_value(prev, self.unit)} to {fmt_value(x, self.unit)} at"
-                        f" {self.clock.hhmm(t)} (meter reset or replaced?)")]
+        return [
+            Finding(
+                "counter_reset",
+                0.9,
+                True,
+                lambda: (
+                    f"{self.node} counter went back from"
+                    f" {fmt_value(prev, self.unit)} to {fmt_value(x, self.unit)} at"
+                    f" {self.clock.hhmm(t)} (meter reset or replaced?)"
+                ),
+            )
+        ]
 
     def dump(self) -> list:
         return [self.prev]
@@ -288,14 +336,20 @@ class StuckRule:
         if self.run < self.limit or x == 0:
             return [Finding("stuck", 0.0, False, str)]
         run, since = self.run, self.since
-        return [Finding("stuck", min(1.0, 0.5 * run / self.limit), True,
-                        lambda: f"{self.node} read exactly {fmt_value(x, self.unit)} {run} times"
-                        f" in a row since {self.clock.hhmm(since)} (stuck sensor?)")]
+        return [
+            Finding(
+                "stuck",
+                min(1.0, 0.5 * run / self.limit),
+                True,
+                lambda: (
+                    f"{self.node} read exactly {fmt_value(x, self.unit)} {run} times"
+                    f" in a row since {self.clock.hhmm(since)} (stuck sensor?)"
+                ),
+            )
+        ]
 
     def dump(self) -> list:
         return [self.value, self.run, self.since]
 
     def load(self, d: list) -> None:
         self.value, self.run, self.since = d
-
-
