@@ -156,6 +156,16 @@ class Board:
                 if wlan.isconnected():
                     break
                 time.sleep_ms(100)
+        if wlan.isconnected():
+            self.log("wifi ok ssid=" + w["ssid"])
+        else:
+            st = wlan.status()
+            why = "timeout"
+            if st == getattr(network, "STAT_WRONG_PASSWORD", None):
+                why = "wrong-password"
+            elif st == getattr(network, "STAT_NO_AP_FOUND", None):
+                why = "no-ap"
+            self.log("wifi error=%s ssid=%s" % (why, w["ssid"]))
         return wlan
 
     # --- the HAL -------------------------------------------------------------------------------
@@ -199,6 +209,9 @@ class Board:
 
     def urandom(self, n):
         return os.urandom(n)
+
+    def log(self, line):
+        print("reverbere:", line)  # the console lines commissioning reads (docs/flashing.md)
 
     def start_watchdog(self):
         self.wdt = machine.WDT(timeout=self.cfg["wdt_ms"])

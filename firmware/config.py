@@ -21,6 +21,7 @@ SCHEMA = (
     ("pack", 10, "int", 1, 64),  # readings per pack
     ("deadline", 600, "int", 1, 86400),  # longest a reading waits before a pack goes (s)
     ("spread", 10, "int", 0, 600),  # a ready pack waits a random part of this (s)
+    ("first", False, "bool", 0, 0),  # send the first reading after boot at once
     ("backoff", 10, "int", 1, 3600),  # first back-off when the gateway is away (s)
     ("backoff_max", 900, "int", 1, 86400),  # back-off cap (s)
     ("sync_time", True, "bool", 0, 0),  # take the gateway's time from 2.04 responses

@@ -15,7 +15,7 @@ since boot, sent as a SenML relative time (a negative offset from the moment of 
 """
 
 from firmware import config
-from firmware.link import FAILED, Link
+from firmware.link import REFUSED, Link
 from firmware.store import Store
 from protocols import cbor, coap, cose, senml
 from protocols.const import (
@@ -50,7 +50,9 @@ class Node:
         self.hold = None  # a ready pack waits until then (spread), ms
         self.fails = 0
         self.oldest = 0 if self.store.pending() else None  # ms the oldest pending was made
-        self.flight = None  # (end seq, lost, drops reported) of the pack in flight
+        self.flight = None  # (end seq, lost, drops reported, counter, readings) in flight
+        self.first = cfg["first"]  # the first reading after boot goes at once
+        self.log = getattr(hal, "log", None)  # console lines for commissioning, if the HAL has
         self.drops_sent = 0
         self.stats = {"packs": 0, "acked": 0, "failed": 0, "readings": 0}
         self.due = {}
@@ -140,7 +142,7 @@ class Node:
             return False
         if self.hold is None:
             due = self.oldest + self.cfg["deadline"] * 1000
-            if self.store.pending() < self.packn and now < due:
+            if self.store.pending() < self.packn and now < due and not self.first:
                 return False
             # Ready. Nodes that sample on the same second would all send on the same second:
             # each waits a random part of "spread" seconds so the gateway sees no stampede.
@@ -167,8 +169,9 @@ class Node:
             st.ack(end, lost)
             self._after_ack(now)
             return
-        body = cose.sign(self.key, self.kid, st.next_counter(), senml.encode(readings))
-        self.flight = (end, lost, drops)
+        seq = st.next_counter()
+        body = cose.sign(self.key, self.kid, seq, senml.encode(readings))
+        self.flight = (end, lost, drops, seq, len(readings))
         self.hold = None
         self.stats["packs"] += 1
         self.link.start(POST, _OPTS, body, now)
@@ -185,10 +188,17 @@ class Node:
                 self.oldest = now - (u - recs[0][2]) * 1000
 
     def _answer(self, m, now):
-        end, lost, drops = self.flight
+        end, lost, drops, seq, n = self.flight
         self.flight = None
         self.link.result = None
-        if m != FAILED:
+        self.first = False
+        if self.log:
+            if isinstance(m, int):
+                what = "error=refused" if m == REFUSED else "error=timeout"
+            else:
+                what = "code=%d.%02d" % (m.code >> 5, m.code & 31)
+            self.log("send seq=%d readings=%d %s" % (seq, n, what))
+        if not isinstance(m, int):
             code = m.code
             if code >> 5 == 2:
                 self.store.ack(end, lost)

@@ -48,6 +48,7 @@ class FakeHal:
         self.feeds = 0
         self._r = 7
         self.set_times = []
+        self.lines = []  # console lines
 
     def ms(self):
         return self.now
@@ -77,6 +78,9 @@ class FakeHal:
 
     def led(self, on):
         pass
+
+    def log(self, line):
+        self.lines.append(line)
 
 
 def node_cfg(**kw):

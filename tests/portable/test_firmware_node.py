@@ -95,3 +95,17 @@ def test_watchdog_is_fed_every_poll():
     node = Node(hal, node_cfg())
     run(node, hal, FakeGateway(now=T0), 300)
     assert hal.feeds >= 5
+
+
+def test_first_reading_goes_at_once_and_the_console_says_how_it_went():
+    # Commissioning: a technician waits for one answer, not for a full pack.
+    hal = FakeHal(unix0=T0)
+    gw = FakeGateway(now=T0)
+    node = Node(hal, node_cfg(sync_time=False, first=True))
+    run(node, hal, gw, 1)
+    assert gw.readings == [("p", T0, 61)]
+    assert hal.lines == ["send seq=1 readings=1 code=2.04"]
+    run(node, hal, gw, 600)
+    assert len(gw.readings) == 11  # then full packs again
+    run(node, hal, None, 800, up=False)  # the next pack goes at ~1200 s, gives up ~93 s later
+    assert "send seq=3 readings=10 error=timeout" in hal.lines
