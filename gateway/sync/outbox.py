@@ -270,6 +270,9 @@ FROM summaries s
 LEFT JOIN sync_outbox o ON o.kind = 'summary' AND o.node = s.node AND o.stream = s.channel
      AND o.key = CAST(s.hour AS TEXT)
 WHERE s.version > s.synced_version AND (o.src_version IS NULL OR o.src_version < s.version)
+  AND (:now IS NULL OR s.hour + 3600 + :grace <= :now
+       OR s.hour + 3600 <= (SELECT c.time FROM summary_cursor c
+                            WHERE c.node = s.node AND c.channel = s.channel))
 """
 _FEED_EVENTS = """
 SELECT a.id, a.node, a.channel, a.kind, a.start, a.end, a.score, a.reason, a.version
@@ -289,9 +292,21 @@ def _has(db: sqlite_utils.Database, table: str) -> bool:
     )
 
 
-def feed(db: sqlite_utils.Database, readings: object = None) -> int:
+def feed(
+    db: sqlite_utils.Database,
+    readings: object = None,
+    *,
+    settled_at: float | None = None,
+    grace: float = 3600.0,
+) -> int:
     """The outbox stage: take every summary and anomaly event whose ``version`` is above its
     ``synced_version`` and not yet in the outbox at that version. Returns the rows taken.
+
+    ``settled_at`` (Unix time, e.g. the newest reading just stored) holds back the summaries
+    of hours still open: an hour is taken once its channel has a reading after it (its
+    figures and energy are final), or ``grace`` seconds after it ended (a node gone quiet).
+    Without it every changed row is taken at once, the open hour included, which would send
+    that hour again after every commit.
 
     Signature of an after-commit stage (``stage(db, new_readings)``); the readings are not
     needed, the tables say what changed. The platform's confirmation later sets the source
@@ -300,7 +315,7 @@ def feed(db: sqlite_utils.Database, readings: object = None) -> int:
     taken = 0
     with db.atomic():
         if _has(db, "summaries"):
-            rows = db.execute(_FEED_SUMMARIES).fetchall()
+            rows = db.execute(_FEED_SUMMARIES, {"now": settled_at, "grace": grace}).fetchall()
             sums = [
                 (Summary(n, c, h, k or 0, lo, hi, m if m is not None else 0.0, wh), v)
                 for n, c, h, k, lo, hi, m, wh, v in rows
