@@ -89,6 +89,12 @@ def gateway_run(config_path: Path, coap: str | None, http: str | None) -> None:
             overrides[f"{name}_port"] = value[1]
     cfg = _load(config_path, overrides)
     try:
+        service.pipeline_config(cfg)  # [site], [detect], [sync]: errors before binding ports
+    except config.ConfigError as e:
+        raise click.ClickException(
+            f"{e}\n  hint: see docs/anomalies.md ([detect]) and docs/sync.md ([sync])"
+        ) from None
+    try:
         asyncio.run(service.serve(cfg))
     except OSError as e:
         raise click.ClickException(

@@ -63,6 +63,19 @@ class Config:
         """The raw table ``[name]`` of the file (empty if absent), for stages that own it."""
         return self.raw.get(name, {})
 
+    def error(self, table: str, key: str | None, message: str) -> "ConfigError":
+        """A ``ConfigError`` for ``table.key`` of a stage's section, with its line in the file
+        when the file can be read (``key`` may be dotted: ``mqtt.host`` in ``[sync]``)."""
+        if key and "." in key:
+            sub, key = key.rsplit(".", 1)
+            table = f"{table}.{sub}"
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+        dotted = table + ("." + key if key else "")
+        return ConfigError(self.path, _key_line(text, table, key), dotted, message)
+
 
 # section -> key -> (Config attribute, type, minimum, scale to the attribute's unit)
 _KEYS: dict[str, dict[str, tuple[str, type, float | None, float]]] = {
@@ -232,4 +245,47 @@ pack = 10                      # readings per message
 
 # [nodes."lamp-001"]           # per-node settings override the defaults
 # interval = 30
+
+[site]                         # where the town is: sunrise and sunset, local time, map position
+latitude = 48.8566             # degrees north
+longitude = 2.3522             # degrees east
+timezone = "UTC"               # IANA name, e.g. "Europe/Paris": schedules and reasons use it
+
+# [site.locations]             # map position [longitude, latitude] of nodes (the platform's
+# "lamp-001" = [2.3525, 48.857]  # Things); nodes not listed get the site's
+
+[detect]                       # anomaly detection (docs/anomalies.md); [site] gives the place
+threshold = 0.5                # THE one default threshold: a score at or above it opens an event
+lamps = ["lamp-*"]             # node ids (glob patterns) that are street lights
+lamp_on_watts = 5.0            # a lamp drawing more than this is lit
+twilight_minutes = 30          # grace around sunrise and sunset for the lamp rules
+# lamps_off = ["01:00", "05:00"]  # lamps are switched off at night in this window
+drift_percent = 10.0           # a lit lamp drawing this much more than it learnt is drifting
+silent_intervals = 5           # a node is silent after this many of its intervals...
+silent_minutes = 30            # ...and at least this long
+stuck_readings = 30            # identical readings in a row before a sensor counts as stuck
+
+# [[detect.buildings]]         # meters with opening hours, one table per group
+# nodes = ["school-*"]         # node ids (glob patterns)
+# days = "mon-fri"             # "mon-fri", "mon,wed,fri", "daily"
+# open = "07:30"               # local time
+# close = "18:30"
+# standby_watts = 400.0        # optional; learnt from the meter's out-of-hours use if absent
+
+[sync]                         # the uplink to the municipal platform (docs/sync.md)
+target = "none"                # "sensorthings", "mqtt", or "none" (no uplink)
+# url = "https://platform.example.org/v1.1"  # SensorThings service root
+# token = "secret"             # bearer token; or username = "..." and password = "..."
+# ca_file = "/etc/reverbere/platform-ca.pem"  # CA that signs the platform's certificate
+# daily_budget = "5 MB"        # bytes a day (UTC) on a metered link; absent: no limit
+timeout = 30.0                 # seconds per request
+compress = "auto"              # gzip request bodies: auto, gzip, none
+batch_rows = 2000              # Observations per CreateObservations request
+backoff_base = 2.0             # seconds after the first failure, doubling...
+backoff_cap = 600.0            # ...up to this (with jitter)
+
+# [sync.mqtt]                  # with target = "mqtt"
+# host = "127.0.0.1"
+# port = 1883
+# preset = "thingsboard"       # topic v1/gateway/telemetry and ThingsBoard's payload
 """

@@ -4,6 +4,8 @@
                                                   │
                                                   └──> after_commit stages, in order:
                                                        detect -> summarise -> outbox
+                                                                              │ notify
+    platform <── SyncService (own thread, own connection: the outbox, batches) <┘
     HTTP /metrics <── Registry
     every hour: retention (raw readings older than retention_days, and no newer than
                 what every retention guard says is summarised and synced)
@@ -14,6 +16,10 @@ A stage after the store is a callable ``stage(db, new_readings)`` appended to
 out). A stage that owns data the retention must wait for appends a callable
 ``guard(db) -> float | None`` (Unix time up to which raw readings may go) to
 ``Gateway.retention_guards``.
+
+The config sections of the stages: ``[site]`` (latitude, longitude, timezone, and map
+positions of nodes), ``[detect]`` (docs/anomalies.md; the site's place and time zone unless it
+sets its own) and ``[sync]`` (docs/sync.md; no uplink without it or with ``target = "none"``).
 """
 
 import asyncio
@@ -33,10 +39,13 @@ import sqlite_utils
 from gateway import coap, config, logs, store
 from gateway.config import TEMPLATE, Config
 from gateway.db import open_db
+from gateway.detect import DetectConfig, DetectConfigError, Detector
 from gateway.ingest import Ingest, ReadingsResource
 from gateway.logs import event
 from gateway.metrics import PROM_CONTENT_TYPE, HttpServer, Registry
 from gateway.records import Reading
+from gateway.summarise import summarise
+from gateway.sync import SyncConfig, SyncConfigError, SyncService, declare_metrics, feed
 
 log = logging.getLogger("reverbere.service")
 
@@ -50,10 +59,111 @@ Guard = Callable[[sqlite_utils.Database], float | None]
 def stages(cfg: Config) -> list[tuple[Stage, Guard | None]]:
     """The pipeline after the store, in order: (stage, retention guard or None) for each.
 
-    One line per stage, e.g. ``(detect.Detector(cfg.section("detect")), None)``; a stage
-    that keeps state across calls is an object with ``__call__``.
+    detect raises anomaly events, summarise keeps the hourly summaries (raw readings stay
+    until they are summarised), and, when ``[sync]`` names a target, the outbox takes what
+    the platform is owed (raw readings stay until their hour's summaries are confirmed).
     """
-    return []
+    p = pipeline_config(cfg)
+    out: list[tuple[Stage, Guard | None]] = [
+        (Detector(p.detect), None),
+        (summarise, summarised_until),
+    ]
+    if p.sync is not None:
+        out.append((Outbox(), synced_until))
+    return out
+
+
+class PipelineConfig:
+    """The checked sections of the stages: ``detect`` always, ``sync`` None without uplink."""
+
+    def __init__(self, detect: DetectConfig, sync: SyncConfig | None, locations: dict):
+        self.detect = detect
+        self.sync = sync
+        self.locations = locations  # node -> (longitude, latitude)
+
+
+def pipeline_config(cfg: Config) -> PipelineConfig:
+    """Check ``[site]``, ``[detect]`` and ``[sync]``; raise ``ConfigError`` (file, line, key)."""
+    site = dict(cfg.section("site"))
+    locations = site.pop("locations", {})
+    for key in site:
+        if key not in ("latitude", "longitude", "timezone"):
+            raise cfg.error(
+                "site", key, "unknown key (known: latitude, locations, longitude, timezone)"
+            )
+    if not isinstance(locations, dict):
+        raise cfg.error("site", "locations", "expected a table [site.locations]")
+    places = {}
+    for node, where in locations.items():
+        if not (
+            isinstance(where, list)
+            and len(where) == 2
+            and all(isinstance(x, int | float) for x in where)
+        ):
+            raise cfg.error("site.locations", node, "expected [longitude, latitude]")
+        places[node] = (float(where[0]), float(where[1]))
+    try:
+        detect = DetectConfig.from_mapping({**site, **cfg.section("detect")})
+    except DetectConfigError as e:
+        table = "site" if e.key in site and e.key not in cfg.section("detect") else "detect"
+        raise cfg.error(table, e.key, str(e).split(": ", 1)[-1]) from None
+    raw = dict(cfg.section("sync"))
+    sync = None
+    if raw and raw.get("target", "sensorthings") != "none":
+        if "location" not in raw and ("latitude" in site or "longitude" in site):
+            raw["location"] = [detect.longitude, detect.latitude]
+        try:
+            sync = SyncConfig.from_dict(raw)
+        except SyncConfigError as e:
+            raise cfg.error("sync", e.key, str(e).split(": ", 1)[-1]) from None
+    return PipelineConfig(detect, sync, places)
+
+
+class Outbox:
+    """The outbox stage: what the platform is owed (``gateway.sync.feed``), summaries of an
+    hour once it is over; then it wakes the sync worker (``listeners``)."""
+
+    def __init__(self) -> None:
+        self.listeners: list[Callable[[], None]] = []
+
+    def __call__(self, db: sqlite_utils.Database, new: list[Reading]) -> int:
+        settled = max((r.time for r in new), default=None)
+        taken = feed(db, new, settled_at=settled)
+        if taken:
+            for notify in self.listeners:
+                notify()
+        return taken
+
+    def flush(self, db: sqlite_utils.Database) -> int:
+        """Take every changed row now, open hours included (e.g. before a planned stop)."""
+        taken = feed(db)
+        if taken:
+            for notify in self.listeners:
+                notify()
+        return taken
+
+
+def summarised_until(db: sqlite_utils.Database) -> float | None:
+    """Raw readings up to the oldest one not yet folded into the summaries may go."""
+    oldest = None
+    cursors = db.execute(
+        "SELECT n.ref, c.node, c.channel, c.time "
+        "FROM summary_cursor c JOIN nodes n ON n.id = c.node"
+    ).fetchall()
+    for ref, _node, channel, t in cursors:
+        row = db.execute(
+            "SELECT 1 FROM readings WHERE node = ? AND channel = ? AND time > ? LIMIT 1",
+            [ref, channel, t],
+        ).fetchone()
+        if row is not None and (oldest is None or t < oldest):
+            oldest = t
+    return oldest
+
+
+def synced_until(db: sqlite_utils.Database) -> float | None:
+    """Raw readings before the oldest hour whose summary the platform has not confirmed."""
+    row = db.execute("SELECT min(hour) FROM summaries WHERE version > synced_version").fetchone()
+    return row[0]
 
 
 class Gateway:
@@ -75,10 +185,15 @@ class Gateway:
         # The stages after the store; see the module docstring and ``stages``.
         self.after_commit: list[Stage] = self.committer.after_commit
         self.retention_guards: list[Guard] = []
+        self.pipeline = pipeline_config(cfg)
+        self.outbox: Outbox | None = None
         for stage, guard in stages(cfg):
             self.after_commit.append(stage)
             if guard is not None:
                 self.retention_guards.append(guard)
+            if isinstance(stage, Outbox):
+                self.outbox = stage
+        self.sync: SyncService | None = None  # started with the gateway when [sync] says so
         self.http = HttpServer({"/metrics": self._metrics_page})
         self.db: sqlite_utils.Database | None = None  # the event loop's reading connection
         self.coap_port = 0
@@ -104,6 +219,12 @@ class Gateway:
         self.http_port = await self.http.start(self.cfg.http_host, self.cfg.http_port)
         self._declare_metrics()
         self._tasks.append(asyncio.create_task(self._retention_loop()))
+        if self.pipeline.sync is not None:
+            self.sync = SyncService(self.cfg.database, self.pipeline.sync, self.pipeline.locations)
+            await asyncio.get_running_loop().run_in_executor(None, self.sync.start)
+            if self.outbox is not None:
+                self.outbox.listeners.append(self.sync.notify)
+            self.sync.notify()  # what an earlier run left in the outbox
         event(
             log,
             logging.INFO,
@@ -120,6 +241,8 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await self.committer.stop()  # the queued packs are committed and answered here
+        if self.sync is not None:  # a request in flight is reconciled at the next start
+            await asyncio.get_running_loop().run_in_executor(None, self.sync.stop)
         if self._ctx is not None:
             await self._ingest.idle()  # every handler has returned its answer to aiocoap
             await asyncio.sleep(0)  # which sends it on its next step
@@ -165,6 +288,8 @@ class Gateway:
         m.gauge("reverbere_disk_budget_bytes", "The database's disk budget.").set(
             self.cfg.disk_budget
         )
+        if self.pipeline.sync is not None:
+            declare_metrics(m, self.db, self.pipeline.sync)
 
     async def _metrics_page(self) -> tuple[int, str, bytes]:
         return 200, PROM_CONTENT_TYPE, self.metrics.render().encode()
