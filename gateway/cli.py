@@ -28,11 +28,20 @@ cli.add_command(sim)
 
 @cli.command()
 @click.option("--nodes", type=click.IntRange(1), default=20, show_default=True)
-@click.option("--hours", type=click.FloatRange(0.1), default=24, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), help="Write report.json here.")
+@click.option(
+    "--hours", type=click.FloatRange(1), default=48, show_default=True, help="Simulated hours."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="demo-out",
+    show_default=True,
+    help="Where the chart (summaries.svg) and report.json go.",
+)
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object of figures.")
-def demo(nodes: int, hours: float, out: str | None, as_json: bool) -> None:
-    """Run the whole system on one machine, on the embedded defaults."""
+def demo(nodes: int, hours: float, out: str, as_json: bool) -> None:
+    """Run the whole system on one machine: a platform, a gateway, a simulated fleet on the
+    real firmware through a lossy network, outages, injected anomalies; then a report."""
     from sim.demo import run_demo
 
     report = run_demo(echo=click.echo, nodes=nodes, hours=hours, out=out)

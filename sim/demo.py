@@ -1,121 +1,381 @@
-"""``reverbere demo``: the whole system on one machine.
+"""``reverbere demo``: the whole system on one machine, every figure computed from what happened.
 
-This version: a gateway on a temporary directory, ``nodes`` simulated nodes (``sim.sender``)
-each sending ``hours`` of one-minute readings through a lossy path (5 % of datagrams dropped
-each way, so CoAP retransmissions, lost acknowledgements and re-sent packs all happen), then
-a check of what was sent, acknowledged and stored. The fleet, network and platform of sim/
-join the demo as they land.
+    fleet (real firmware,  ──> lossy UDP proxy ──> gateway ──────> fault proxy ──> platform
+    simulated clock, N     (loss, duplicates,    (ingest, detect,  (the uplink:     (SensorThings
+    nodes, anomalies)       reordering, a cut)    summarise,        down a while,    server on
+                                                  outbox, sync)     some faults)     SQLite)
+
+1. A SensorThings server (sim/platform) starts behind the seeded fault proxy.
+2. A gateway starts on a temporary directory, configured as an operator would (gateway.toml
+   with [site], [detect] and [sync] pointing at the platform through the proxy).
+3. A fleet of nodes running the real firmware (sim/fleet.py) sends ``hours`` of simulated time
+   through a lossy proxy (sim/net.py); the nodes are cut off from the gateway for 15 minutes
+   (they buffer and backfill), and the uplink is down for a quarter of the run (the outbox
+   waits, the worker backs off, then catches up). Anomalies are injected with ground truth.
+4. At the end: the gateway's readings against what the nodes sent and saw acknowledged (every
+   datagram a node sends and every answer it accepts is decoded on the way), its anomaly
+   events against the ground truth, and the summaries pulled back from the platform against
+   the gateway's; a chart of energy per hour with the anomalies marked.
 """
 
 import asyncio
 import json
-import math
-import random
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway import config, registry
+from firmware.link import Link
+from gateway import config
 from gateway.db import open_db
 from gateway.service import Gateway
-from sim.sender import Sender, SimNode
+from gateway.sync import sync_status
+from protocols import coap, cose, senml
+from protocols.errors import DecodeError
+from sim.fleet import Fleet, gateway_keys, kind_of, make_keys
+from sim.groundtruth import evaluate
+from sim.net import Impairments, LossyProxy
+from sim.platform.demo import DemoPlatform, pull_back, start_demo_platform
+from sim.profiles import LATITUDE, LONGITUDE, plan_anomalies
 
-PACK = 10
+SEED = 1
+NODE_OUTAGE = 900  # seconds (simulated) the nodes cannot reach the gateway: below the
+# silent rule's 30 minutes, so a network cut is not reported as silent nodes
+UPLINK_DOWN = (0.25, 0.5)  # fractions of the run during which the platform is unreachable
+LEARNING_DAYS = 4  # the statistical detector learns 3 days before it speaks (docs/anomalies.md)
+STAT_KINDS = ("spike", "drift")  # injected kinds only the statistical detector can find
+
+GATEWAY_TOML = """\
+# The demo's gateway, configured as an operator would (see `reverbere gateway init`).
+[site]
+latitude = {lat}
+longitude = {lon}
+timezone = "Etc/GMT-1"
+
+[detect]
+lamps = ["lamp-*"]
+
+[[detect.buildings]]
+nodes = ["bldg-*"]
+days = "mon-fri"
+open = "08:00"
+close = "18:00"
+
+[sync]
+target = "sensorthings"
+url = "{url}"
+timeout = 3.0
+backoff_base = 0.5
+backoff_cap = 4.0
+"""
 
 
-def node_readings(index: int, start: int, hours: float) -> list[tuple[str, int, float]]:
-    """One-minute power readings of a street light (on at night), a temperature every
-    ten minutes and the battery every hour, in time order."""
-    rng = random.Random(index)
-    out: list[tuple[str, int, float]] = []
-    for k in range(int(hours * 60)):
-        t = start + 60 * k
-        hour = (t // 3600) % 24
-        lit = hour >= 18 or hour < 7
-        out.append(("p", t, round((60.0 if lit else 0.5) + rng.uniform(-1, 1), 1)))
-        if k % 10 == 0:
-            out.append(("t", t, round(12 + 6 * math.sin(t / 86400 * 2 * math.pi), 1)))
-        if k % 60 == 0:
-            out.append(("bat", t, round(100 - k / 600, 1)))
-    return out
+class ObservedFleet(Fleet):
+    """The fleet, with every reading a node sends and every one it saw acknowledged.
+
+    The firmware is untouched: each node's CoAP request is decoded (COSE_Mac0 -> SenML) when
+    it leaves, and when the node's link accepts a 2.xx answer for it, its readings count as
+    acknowledged (what the node then deletes from its flash)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sent: set[tuple[str, str, int]] = set()
+        self.acked: set[tuple[str, str, int]] = set()
+        self._links: dict[int, Link] = {}
+        self._last_msg: dict[int, bytes] = {}
+        self._readings: dict[bytes, list[tuple[str, str, int]]] = {}
+
+    def _decode(self, node: str, msg: bytes) -> list[tuple[str, str, int]]:
+        got = self._readings.get(msg)
+        if got is None:
+            try:
+                mac = cose.decode(coap.decode(msg).payload)
+                records = senml.decode(mac.payload, int(self.clock.now))
+            except (DecodeError, ValueError):
+                records = []
+            got = [(node, name.rpartition(":")[2], int(t)) for name, _, t, _ in records]
+            self._readings[msg] = got
+        return got
+
+    def _watch(self, idx: int) -> None:
+        m = self.members[idx]
+        link = m.node.link
+        if self._links.get(idx) is not link:  # a new node object (first boot or reboot)
+            self._links[idx] = link
+            end = link._end
+
+            def _end(result, link=link, end=end, node=m.id):
+                ok = isinstance(result, coap.Message) and result.code >> 5 == 2
+                if ok and link.msg is not None:
+                    self.acked.update(self._decode(node, link.msg))
+                end(result)
+
+            link._end = _end
+        if link.msg is not None and link.msg is not self._last_msg.get(idx):
+            self._last_msg[idx] = link.msg
+            self.sent.update(self._decode(m.id, link.msg))
+            if len(self._readings) > 4096:  # answered long ago: keep memory bounded
+                self._readings.clear()
+
+    def _step(self, idx: int) -> None:
+        super()._step(idx)
+        self._watch(idx)
+
+
+def _plan(keys: dict[str, bytes], start: float, duration: float) -> tuple[list, str]:
+    """Anomalies to inject: one node in four. A run shorter than the statistical detector's
+    learning leaves out the kinds only it can find (and says so)."""
+    nodes = {n: kind_of(n) for n in keys}
+    count = max(1, len(keys) // 4)
+    plan = plan_anomalies(nodes, start, duration, len(keys), SEED)
+    note = ""
+    if duration < LEARNING_DAYS * 86400:
+        plan = [a for a in plan if a.kind not in STAT_KINDS]
+        note = (
+            f"(spikes and drift are left out: the statistical detector learns for 3 days, "
+            f"use --hours {LEARNING_DAYS * 24} or more to inject them too)"
+        )
+    return plan[:count], note
+
+
+def _at(start: float, t: float) -> str:
+    """A simulated time as hours into the run."""
+    return f"hour {(t - start) / 3600:.1f}"
+
+
+async def _uplink_outage(plat: DemoPlatform, fleet: Fleet, window: tuple[float, float]) -> None:
+    """Take the platform off the network between two simulated times."""
+    while fleet.clock.now < window[0]:
+        await asyncio.sleep(0.02)
+    plat.proxy.down = True
+    while fleet.clock.now < window[1]:
+        await asyncio.sleep(0.02)
+    plat.proxy.down = False
+
+
+async def _wait_synced(gw: Gateway, timeout: float) -> dict:
+    db = open_db(gw.cfg.database)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            st = sync_status(db)
+            if st["pending_summaries"] + st["pending_events"] + st["inflight"] == 0:
+                return st
+            if time.monotonic() > deadline:
+                return st
+            await asyncio.sleep(0.1)
+    finally:
+        db.close()
 
 
 async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: Path) -> dict:
-    cfg = config.loads(
-        "", workdir / "gateway.toml", {"coap_host": "127.0.0.1", "coap_port": 0, "http_port": 0}
-    )
-    gw = Gateway(cfg)
-    await gw.start()
-    db = open_db(cfg.database)
-    fleet = [
-        SimNode(f"lamp-{i + 1:03d}", registry.add_node(db, f"lamp-{i + 1:03d}"))
-        for i in range(nodes)
-    ]
-    start = int(time.time() - hours * 3600) // 60 * 60
-    sent: set[tuple[str, str, int]] = set()
-    acked: set[tuple[str, str, int]] = set()
-    echo(f"gateway on udp/{gw.coap_port}, {nodes} nodes, {hours:g} h of readings each")
+    t_begin = time.monotonic()
+    duration = hours * 3600
+    # Whole hours in the past, so that every reading is older than the gateway's clock.
+    start = (int(time.time() - duration) // 3600 - 2) * 3600
+    keys_plan = make_keys(nodes, SEED)
+    truth, note = _plan(keys_plan, start, duration)
 
-    async def run_node(i: int, node: SimNode, sender: Sender) -> None:
-        readings = node_readings(i, start, hours)
-        for j in range(0, len(readings), PACK):
-            pack = readings[j : j + PACK]
-            keys = {(node.node_id, ch, t) for ch, t, _ in pack}
-            sent.update(keys)
-            result = await sender.send(node, pack, attempts=20)
-            if result.acked:
-                acked.update(keys)
+    plat = start_demo_platform(workdir / "platform", fault_rate=0.05, seed=SEED)
+    try:
+        path = workdir / "gateway.toml"
+        path.write_text(GATEWAY_TOML.format(lat=LATITUDE, lon=LONGITUDE, url=plat.url))
+        cfg = config.load(path, {"coap_host": "127.0.0.1", "coap_port": 0, "http_port": 0})
+        keys = gateway_keys(path, list(keys_plan))  # `reverbere node add` for each node
+        gw = Gateway(cfg)
+        await gw.start()
+        lamps = sum(kind_of(n) == "lamp" for n in keys)
+        cut = start + duration * 0.6
+        up0, up1 = (start + duration * f for f in UPLINK_DOWN)
+        echo(
+            f"Réverbère demo: {nodes} nodes ({lamps} street lights, {nodes - lamps} buildings) "
+            f"running the real firmware, {hours:g} simulated hours"
+        )
+        echo(f"  gateway   coap udp/{gw.coap_port}, database {cfg.database}")
+        echo(f"  platform  SensorThings {plat.direct_url} behind a fault proxy (5 % of requests)")
+        echo(
+            f"  network   2 % loss, 1 % duplicated, 1 % reordered; nodes cut off from the gateway"
+            f" at {_at(start, cut)} for {NODE_OUTAGE // 60} min"
+        )
+        echo(f"  uplink    platform unreachable from {_at(start, up0)} to {_at(start, up1)}")
+        echo(f"  anomalies {len(truth)} injected {note}".rstrip())
 
-    t0 = time.perf_counter()
-    async with Sender("127.0.0.1", gw.coap_port, ack_timeout=0.1, loss=0.05, seed=1) as sender:
-        await asyncio.gather(*(run_node(i, n, sender) for i, n in enumerate(fleet)))
-        datagrams = sender.datagrams_sent
-    elapsed = time.perf_counter() - t0
-    await gw.stop()
+        fleet: Fleet | None = None
+        proxy = LossyProxy(
+            ("127.0.0.1", gw.coap_port),
+            Impairments(
+                loss=0.02, duplicate=0.01, reorder=0.01, outages=[(cut, cut + NODE_OUTAGE)]
+            ),
+            seed=SEED,
+            clock=lambda: fleet.clock.now,
+        )
+        addr = await proxy.start()
+        fleet = ObservedFleet(keys, addr, start, duration, seed=SEED, anomalies=truth, record=True)
+        outage = asyncio.create_task(_uplink_outage(plat, fleet, (up0, up1)))
+        t0 = time.monotonic()
+        stats = await fleet.run()
+        fleet_wall = time.monotonic() - t0
+        outage.cancel()
+        plat.proxy.down = False
+        proxy.close()
+        echo(
+            f"fleet done: {stats.sim_seconds / 3600:.1f} simulated hours in {fleet_wall:.1f} s "
+            f"({stats.speedup:.0f}x real time); the gateway's uplink catches up..."
+        )
+        # The hours still open at the end (no reading after them yet) go now, as before a stop.
+        await gw.committer.run(gw.outbox.flush)
+        st = await _wait_synced(gw, timeout=60)
+        sync_stats = gw.sync.worker.stats if gw.sync and gw.sync.worker else None
+        await gw.stop()
 
+        db = open_db(cfg.database)
+        try:
+            report = _figures(db, fleet, stats, truth, start)
+            report.update(pull_back(db, plat, workdir / "summaries.svg"))
+            report["summaries_made"] = db.execute(
+                "SELECT count(*) FROM summaries WHERE count > 0 OR wh IS NOT NULL"
+            ).fetchone()[0]
+        finally:
+            db.close()
+        report.update(
+            {
+                "nodes": nodes,
+                "hours": hours,
+                "sync_requests_failed": sync_stats.requests_failed if sync_stats else None,
+                "sync_reconciled": (sync_stats.adopted + sync_stats.resent) if sync_stats else None,
+                "sync_backlog_at_end": st["pending_summaries"] + st["pending_events"],
+                "network": {
+                    "forwarded": proxy.stats.forwarded,
+                    "dropped": proxy.stats.dropped,
+                    "duplicated": proxy.stats.duplicated,
+                    "reordered": proxy.stats.reordered,
+                    "outage_dropped": proxy.stats.outage_dropped,
+                },
+                "fleet_seconds": round(fleet_wall, 1),
+                "seconds": round(time.monotonic() - t_begin, 1),
+            }
+        )
+    finally:
+        plat.stop()
+    _print(echo, report)
+    return report
+
+
+def _figures(db, fleet: ObservedFleet, stats, truth: list, start: float) -> dict:
     rows = db.execute(
         "SELECT n.id, r.channel, r.time FROM readings r JOIN nodes n ON n.ref = r.node"
     ).fetchall()
     stored = {(a, b, int(c)) for a, b, c in rows}
-    report = {
-        "nodes": nodes,
-        "hours": hours,
-        "readings_sent": len(sent),
-        "readings_acked": len(acked),
+    events = list(db.query("SELECT * FROM anomalies ORDER BY start"))
+    found = evaluate(events, truth)
+    per = []
+    for a in truth:
+        hits = [
+            e
+            for e in events
+            if e["node"] == a.node
+            and e["start"] <= a.end + 3600
+            and (e["end"] is None or e["end"] >= a.start)
+        ]
+        first = min(hits, key=lambda e: e["start"]) if hits else None
+        per.append(
+            {
+                "node": a.node,
+                "kind": a.kind,
+                "at": _at(start, a.start),
+                "found_as": first["kind"] if first else None,
+                "delay_min": round(max(0, first["start"] - a.start) / 60) if first else None,
+                "reason": first["reason"] if first else None,
+            }
+        )
+    return {
+        "readings_made": stats.readings,
+        "readings_sent": len(fleet.sent),
+        "readings_acked": len(fleet.acked),
         "readings_stored": len(rows),
         "duplicates_stored": len(rows) - len(stored),
-        "acked_but_lost": len(acked - stored),
-        "stored_not_sent": len(stored - sent),
-        "datagrams_sent": datagrams,
-        "seconds": round(elapsed, 2),
-        "readings_per_second": round(len(sent) / elapsed) if elapsed else 0,
+        "acked_but_lost": len(fleet.acked - stored),
+        "stored_not_sent": len(stored - fleet.sent),
+        "readings_left_on_nodes": stats.pending,
+        "readings_dropped_by_nodes": stats.dropped,
+        "packs_sent": stats.packs,
+        "packs_acked": stats.acked,
+        "datagrams_sent": stats.datagrams,
+        "anomalies_injected": found["anomalies_injected"],
+        "anomalies_found": found["anomalies_found"],
+        "anomalies_missed": found["anomalies_missed"],
+        "false_alarms": found["false_alarms"],
+        "false_alarm_kinds": found["false_alarm_kinds"],
+        "events": len(events),
+        "anomaly_details": per,
     }
-    db.close()
+
+
+def _print(echo: Callable[[str], None], r: dict) -> None:
+    echo("")
+    echo("Nodes -> gateway")
     echo(
-        f"sent {report['readings_sent']} readings in {datagrams} datagrams "
-        f"({elapsed:.1f} s, 5 % loss each way), acknowledged {report['readings_acked']}, "
-        f"stored {report['readings_stored']}"
+        f"  readings made {r['readings_made']}, sent {r['readings_sent']} "
+        f"({r['packs_sent']} packs, {r['datagrams_sent']} datagrams with retransmissions), "
+        f"acknowledged {r['readings_acked']}, stored {r['readings_stored']}"
     )
     echo(
-        f"duplicates stored: {report['duplicates_stored']}, "
-        f"acknowledged but lost: {report['acked_but_lost']}"
+        f"  duplicates stored {r['duplicates_stored']}, acknowledged but lost "
+        f"{r['acked_but_lost']}, left in the nodes' buffers {r['readings_left_on_nodes']}"
     )
-    return report
+    n = r["network"]
+    echo(
+        f"  the lossy network dropped {n['dropped']} datagrams, duplicated {n['duplicated']}, "
+        f"reordered {n['reordered']}, and {n['outage_dropped']} during the cut"
+    )
+    echo("Anomalies")
+    echo(
+        f"  injected {r['anomalies_injected']}, found {r['anomalies_found']}, missed "
+        f"{r['anomalies_missed']}, false alarms {r['false_alarms']} "
+        f"{r['false_alarm_kinds'] or ''}".rstrip()
+    )
+    for a in r["anomaly_details"]:
+        if a["found_as"]:
+            echo(
+                f"  - {a['node']} {a['kind']} at {a['at']}: found as {a['found_as']} after "
+                f"{a['delay_min']} min: {a['reason']}"
+            )
+        else:
+            echo(f"  - {a['node']} {a['kind']} at {a['at']}: MISSED")
+    echo("Gateway -> platform")
+    echo(
+        f"  summaries made {r['summaries_made']}, synced {r['summaries_synced']}, on the platform "
+        f"{r['summaries_on_platform']} (duplicates {r['duplicates_on_platform']}); events synced "
+        f"{r['events_synced']}, on the platform {r['events_on_platform']}"
+    )
+    per_node_day = r["uplink_bytes"] / max(1, r["nodes"]) / max(r["hours"] / 24, 1 / 24)
+    echo(
+        f"  uplink {r['uplink_bytes']} bytes ({per_node_day:.0f} per node per day), "
+        f"{r['faults_injected']} faults injected by the proxy, {r['sync_requests_failed']} "
+        f"failed requests (outage included), {r['sync_reconciled']} rows reconciled by reading "
+        f"the platform back"
+    )
+    echo(f"done in {r['seconds']} s (fleet {r['fleet_seconds']} s)")
 
 
 def run_demo(
     echo: Callable[[str], None] = print,
     nodes: int = 20,
-    hours: float = 24,
-    out: str | Path | None = None,
+    hours: float = 48,
+    out: str | Path | None = "demo-out",
 ) -> dict:
-    """Run the demo; return its figures (also written to ``out``/report.json if given)."""
+    """Run the demo; write ``report.json`` and ``summaries.svg`` into ``out``; return the
+    figures."""
     with tempfile.TemporaryDirectory(prefix="reverbere-demo-") as tmp:
         report = asyncio.run(_demo(echo, nodes, hours, Path(tmp)))
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        echo(f"report: {out / 'report.json'}")
+        chart = Path(report["chart"]) if report.get("chart") else None
+        if out is not None:
+            out = Path(out)
+            out.mkdir(parents=True, exist_ok=True)
+            if chart is not None and chart.exists():
+                shutil.copy(chart, out / chart.name)
+                report["chart"] = str(out / chart.name)
+            (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            echo(f"chart: {report['chart']}   report: {out / 'report.json'}")
     return report
