@@ -68,17 +68,16 @@ class Hal:
         pass
 
 
-cfg = {"node": "lamp-001", "key": "00" * 32, "gateway": "gw", "port": 5683,
-       "channels": {"p": 60}, "pack": 10, "deadline": 600, "backoff": 10,
-       "backoff_max": 900, "sync_time": False, "store_kb": 16, "wdt_ms": 30000,
-       "wifi": {}, "hw": {}}
+cfg = {"node": "lamp-001", "key": "00" * 32, "gateway": "gw", "sync_time": False,
+       "spread": 0, "store_kb": 16}
 hal = Hal()  # its 16 KB of RAM flash is a file on a device: not counted
 gc.collect()
 heap0 = gc.mem_alloc()
 from firmware.node import Node
+from firmware.config import validate
 from protocols import coap
 from protocols.const import ACK, CHANGED
-node = Node(hal, cfg)
+node = Node(hal, validate(cfg))
 for i in range(9):
     node.poll()
     hal.now += 60000

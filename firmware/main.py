@@ -36,6 +36,7 @@ def run():
         cfg = load(FS())
     except config.ConfigError as e:
         print("CONFIG ERROR:", e)
+        print("reverbere: config error=" + str(e).replace(" ", "_"))
         led = machine.Pin("LED" if "rp2" in __import__("sys").platform else 2, machine.Pin.OUT)
         while True:  # blink fast: the node waits for a good config.json over the REPL
             led.value(not led.value())
