@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from firmware.config import SCHEMA
 from gateway import registry
 from gateway.cli import cli
 from gateway.config import load as load_gateway_config
@@ -40,7 +39,9 @@ from sim.board.serial import VirtualBoard
 from sim.board.vm import Identity, identity_for
 
 NODE = "lamp-042"
-PACK = {k: default for k, default, *_ in SCHEMA}["pack"]  # readings in the node's first pack
+# The flash tool provisions "first": true, so the node's first pack after boot is its first
+# reading alone (one power reading), sent at once instead of when ten readings fill a pack.
+FIRST = 1
 
 
 class RealGateway:
@@ -71,6 +72,18 @@ class RealGateway:
         db = open_db(self.gw.cfg.database)
         try:
             return registry.add_node(db, node_id)
+        finally:
+            db.close()
+
+    def stored(self, node_id: str) -> int:
+        """Readings from ``node_id`` in the gateway's database."""
+        db = open_db(self.gw.cfg.database)
+        try:
+            return db.execute(
+                "SELECT COUNT(*) FROM readings JOIN nodes ON readings.node = nodes.ref "
+                "WHERE nodes.id = ?",
+                [node_id],
+            ).fetchone()[0]
         finally:
             db.close()
 
@@ -134,8 +147,9 @@ def test_flash_verify_and_commission(board, gateway, firmware):
         commission_timeout=20,
         watch=watch,
     )
-    assert result.commission.sentence == f"{NODE} is sending to gw-test ({PACK} readings received)"
+    assert result.commission.sentence == f"{NODE} is sending to gw-test ({FIRST} reading received)"
     assert result.commission.ok
+    assert gateway.stored(NODE) == FIRST  # counted in the gateway's database
     assert result.files_sent == result.files_total == len(firmware)
     # What the board holds is what was built, byte for byte, in the slot the pointer names.
     slot = (board.flash_dir / POINTER_PATH.lstrip("/")).read_text()
@@ -149,6 +163,7 @@ def test_flash_verify_and_commission(board, gateway, firmware):
     assert int(counts["hw"]) <= 1
     config = json.loads((board.flash_dir / "config.json").read_text())
     assert config["node"] == NODE and bytes.fromhex(config["key"]) == key
+    assert config["first"] is True
 
 
 def test_second_flash_sends_nothing(board, gateway, firmware):
@@ -229,8 +244,9 @@ def test_cli_flash_and_doctor_never_print_the_key(tmp_path, gateway):
         done = CliRunner().invoke(cli, [*args, "--gateway-name", "gw-mairie", "--timeout", "20"])
         assert done.exit_code == 0, done.output
         assert done.output.rstrip().endswith(
-            f"{NODE} is sending to gw-mairie ({PACK} readings received)"
+            f"{NODE} is sending to gw-mairie ({FIRST} reading received)"
         )
+        assert gateway.stored(NODE) == FIRST
         assert key.hex() not in done.output
         shown = CliRunner().invoke(cli, ["node", "doctor", "--port", b.port])
         assert shown.exit_code == 0, shown.output
