@@ -164,6 +164,12 @@ def test_flash_verify_and_commission(board, gateway, firmware):
     config = json.loads((board.flash_dir / "config.json").read_text())
     assert config["node"] == NODE and bytes.fromhex(config["key"]) == key
     assert config["first"] is True
+    # The firmware's own status record: its first pack was acknowledged seconds after boot in
+    # the node's time (the random spread, up to 10 s, and the exchange), not 9 minutes later
+    # when a pack of ten readings a minute apart is full.
+    status = doctor(board.port).status
+    assert status["acks"] == 1 and status["ack_s"] <= 15
+    assert status["boot"] == 0 and status["last_error"] is None
 
 
 def test_second_flash_sends_nothing(board, gateway, firmware):
@@ -209,6 +215,10 @@ def test_wrong_key_says_key_mismatch(board, gateway, firmware):
     assert not result.commission.ok
     assert "key mismatch" in result.commission.sentence
     assert "4.01" in result.commission.sentence
+    shown = CliRunner().invoke(cli, ["node", "doctor", "--port", board.port])
+    assert shown.exit_code == 0, shown.output
+    assert "0 packs acknowledged; last error: gateway: 4.01 (boot #0, at " in shown.output
+    assert gateway.stored(NODE) == 0
 
 
 def test_wrong_wifi_password_is_named(board, gateway, firmware):
@@ -253,6 +263,9 @@ def test_cli_flash_and_doctor_never_print_the_key(tmp_path, gateway):
         assert f"node={NODE}" in shown.output and "Key: present (not shown)" in shown.output
         # The firmware's ring on the board: its first pack was acknowledged, nothing waits.
         assert "Buffer: 0/" in shown.output
+        assert "boot #0, up " in shown.output
+        assert "1 pack acknowledged, the last at " in shown.output
+        assert "last error: none" in shown.output
         assert key.hex() not in shown.output
         wrong_board = CliRunner().invoke(cli, [a if a != "rp2" else "esp32" for a in args])
         assert wrong_board.exit_code == 1
