@@ -185,6 +185,9 @@ class Ingest:
             # not node=: a claimed id is not a node, so these are limited per source address
             raise Rejected(Code.UNAUTHORIZED, "unknown_node", f"unknown node {node_id[:64]!r}")
         ref, key, last_seq = entry
+        if not verify_mac(mac0, key) or mac0.seq < last_seq:
+            # The cache may be a moment behind a rotate-key: read the node again, once.
+            ref, key, last_seq = self.nodes.recheck(node_id) or entry
         if not verify_mac(mac0, key):
             raise Rejected(Code.UNAUTHORIZED, "bad_mac", "bad MAC", node_id)
         if mac0.seq < last_seq:

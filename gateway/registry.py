@@ -158,6 +158,7 @@ class NodeCache:
         self.refresh = refresh
         self._nodes: dict[str, tuple[int, bytes, int]] = {}
         self._misses: dict[str, float] = {}
+        self._rechecked: dict[str, float] = {}
         self._loaded = float("-inf")
 
     def get(self, node_id: str) -> tuple[int, bytes, int] | None:
@@ -175,6 +176,23 @@ class NodeCache:
                     self._misses.clear()
                 self._misses[node_id] = now
                 return None
+            self._nodes[node_id] = entry
+        return entry
+
+    def recheck(self, node_id: str) -> tuple[int, bytes, int] | None:
+        """The node's entry read again from the database, for when the cached one may be
+        stale (a bad MAC or an old counter just after ``rotate-key``); None if it was read
+        again less than ``refresh`` seconds ago, so forged packets cannot each cost a query."""
+        now = time.monotonic()
+        if now - self._rechecked.get(node_id, float("-inf")) < self.refresh:
+            return None
+        if len(self._rechecked) >= self.MAX_MISSES:
+            self._rechecked.clear()
+        self._rechecked[node_id] = now
+        entry = lookup(self.db, node_id)
+        if entry is None:
+            self._nodes.pop(node_id, None)
+        else:
             self._nodes[node_id] = entry
         return entry
 

@@ -243,6 +243,23 @@ def test_a_key_revoked_while_running_stores_nothing_even_before_the_cache_reload
     run(go())
 
 
+def test_a_node_with_a_new_key_is_taken_at_once_before_the_cache_reloads(tmp_path):
+    # rotate-key gives a new key and a fresh counter; a re-provisioned node starts sending
+    # at once, and its first pack must not wait for the cache's next reload.
+    async def go():
+        async with running_gateway(tmp_path) as gw:
+            old = SimNode("lamp-001", add_node(gw))
+            async with Sender("127.0.0.1", gw.coap_port) as s:
+                for _ in range(3):  # the cached counter is now 3
+                    assert (await s.send(old, minute_readings(start=int(time.time()) - 7200))).acked
+                new = SimNode("lamp-001", registry.rotate_key(open_db(gw.cfg.database), "lamp-001"))
+                r = await s.send(new, minute_readings(start=int(time.time()) - 3600))
+                assert r.acked
+            assert count_readings(gw.cfg) == 20
+
+    run(go())
+
+
 def test_rejections_are_logged_once_per_node_per_minute_but_all_counted(tmp_path, caplog):
     async def go():
         async with running_gateway(tmp_path) as gw:
