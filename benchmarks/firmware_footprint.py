@@ -38,10 +38,25 @@ class Dev:
         self.buf[off : off + len(data)] = data
 
 
+class Files:
+    def __init__(self):
+        self.files = {}
+
+    def read(self, name):
+        return self.files.get(name)
+
+    def write(self, name, text):
+        self.files[name] = text
+
+    def rename(self, a, b):
+        self.files[b] = self.files.pop(a)
+
+
 class Hal:
     def __init__(self):
         self.now = 0
         self.dev = Dev(16 * 1024)
+        self.fs = Files()  # status.json: written at the first poll, not during the cycle
         self.out = None
         self.r = 1
 

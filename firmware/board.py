@@ -117,6 +117,7 @@ class Board:
             self.sensors["lux"] = lambda: ldr.read_u16() * k
         self.sensors["t"] = self._temp
         self.wlan = None
+        self.error = None  # a Wi-Fi failure at boot, for the status record
         if net:
             self._net(cfg)
 
@@ -166,6 +167,7 @@ class Board:
             elif st == getattr(network, "STAT_NO_AP_FOUND", None):
                 why = "no-ap"
             self.log("wifi error=%s ssid=%s" % (why, w["ssid"]))
+            self.error = "wifi: " + why
         return wlan
 
     # --- the HAL -------------------------------------------------------------------------------

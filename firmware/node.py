@@ -16,6 +16,7 @@ since boot, sent as a SenML relative time (a negative offset from the moment of 
 
 from firmware import config
 from firmware.link import REFUSED, Link
+from firmware.status import Status
 from firmware.store import Store
 from protocols import cbor, coap, cose, senml
 from protocols.const import (
@@ -43,6 +44,7 @@ class Node:
         self.kid = cfg["node"].encode()
         self.key = bytes.fromhex(cfg["key"])
         self.store = Store(hal.dev)
+        self.status = Status(hal.fs, self.store.boot)  # status.json, for node doctor
         self.link = Link(hal.send, hal.urandom)
         self.off = None  # Unix time minus monotonic seconds, once known
         self.packn = cfg["pack"]
@@ -90,6 +92,7 @@ class Node:
         hal = self.hal
         hal.feed()
         now = hal.ms()
+        self.status.poll(now)
         for ch in self.due:
             if now >= self.due[ch]:
                 self._sample(ch, now)
@@ -192,12 +195,15 @@ class Node:
         self.flight = None
         self.link.result = None
         self.first = False
-        if self.log:
+        ok = not isinstance(m, int) and m.code >> 5 == 2
+        if self.log or not ok:
             if isinstance(m, int):
                 what = "error=refused" if m == REFUSED else "error=timeout"
             else:
                 what = "code=%d.%02d" % (m.code >> 5, m.code & 31)
-            self.log("send seq=%d readings=%d %s" % (seq, n, what))
+            if self.log:
+                self.log("send seq=%d readings=%d %s" % (seq, n, what))
+        self.status.note(None if ok else "gateway: " + what[what.find("=") + 1 :], now)
         if not isinstance(m, int):
             code = m.code
             if code >> 5 == 2:

@@ -105,6 +105,9 @@ class NodeConfig:
         d = dict(existing)
         d.update({"node": self.node_id, "key": key.hex(), "gateway": self.gateway})
         d["port"] = self.port
+        # Send the first reading at once after every boot (a one-reading pack), so that the
+        # technician sees the gateway's answer within a minute, not when a full pack is due.
+        d["first"] = True
         if self.wifi_ssid:
             d["wifi"] = {"ssid": self.wifi_ssid, "password": self.wifi_password or ""}
         return json.dumps(d, sort_keys=True).encode()
@@ -374,7 +377,7 @@ def judge(lines: list[str], node_id: str, gateway_name: str, gateway_addr: str) 
             code = kv.get("code")
             n = int(kv.get("readings", "0") or 0)
             if code == "2.04":
-                sentence = f"{node_id} is sending to {gateway_name} ({n} readings received)"
+                sentence = f"{node_id} is sending to {gateway_name} ({_received(n)})"
                 return Commission(True, sentence, lines, n)
             if code == "4.01":
                 return Commission(
@@ -406,6 +409,10 @@ def judge(lines: list[str], node_id: str, gateway_name: str, gateway_addr: str) 
         f"(mpremote connect PORT repl) and its power supply.",
         lines,
     )
+
+
+def _received(n: int) -> str:
+    return f"{n} reading{'' if n == 1 else 's'} received"
 
 
 def _named(name: str, addr: str) -> str:
@@ -496,7 +503,7 @@ def commission(
             n = watch.received()
         if n > 0:
             return Commission(
-                True, f"{node_id} is sending to {gateway_name} ({n} readings received)", lines, n
+                True, f"{node_id} is sending to {gateway_name} ({_received(n)})", lines, n
             )
         if verdict.ok:
             return Commission(

@@ -220,9 +220,23 @@ def doctor_cmd(port, baud, as_json) -> None:
         )
     else:
         click.echo("Buffer: none yet (the firmware makes it when it first runs)")
-    s = d.status
-    if s:
-        click.echo(
-            f"Node status: up {s.get('uptime_s', '?')} s, boots {s.get('boots', '?')}, "
-            f"last error: {s.get('last_error') or 'none'}"
-        )
+    click.echo(_status_line(d.status))
+
+
+def _status_line(s: dict) -> str:
+    """The node's own status record (firmware/status.py), in one line."""
+    if not s:
+        return "Node status: none (the firmware writes it when it runs)"
+    if "error" in s:
+        return "Node status: status.json is unreadable"
+    acks = s.get("acks") or 0
+    sent = f"{acks} pack{'' if acks == 1 else 's'} acknowledged"
+    if s.get("ack_s") is not None:
+        sent += f", the last at {s['ack_s']} s"
+    err = s.get("last_error")
+    if err:
+        err += f" (boot #{s.get('error_boot', '?')}, at {s.get('error_s', '?')} s)"
+    return (
+        f"Node status (its last record): boot #{s.get('boot', '?')}, up {s.get('uptime_s', '?')} "
+        f"s, {sent}; last error: {err or 'none'}"
+    )

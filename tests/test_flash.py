@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from firmware.config import SCHEMA
 from gateway import registry
 from gateway.cli import cli
 from gateway.config import load as load_gateway_config
@@ -40,7 +39,9 @@ from sim.board.serial import VirtualBoard
 from sim.board.vm import Identity, identity_for
 
 NODE = "lamp-042"
-PACK = {k: default for k, default, *_ in SCHEMA}["pack"]  # readings in the node's first pack
+# The flash tool provisions "first": true, so the node's first pack after boot is its first
+# reading alone (one power reading), sent at once instead of when ten readings fill a pack.
+FIRST = 1
 
 
 class RealGateway:
@@ -71,6 +72,18 @@ class RealGateway:
         db = open_db(self.gw.cfg.database)
         try:
             return registry.add_node(db, node_id)
+        finally:
+            db.close()
+
+    def stored(self, node_id: str) -> int:
+        """Readings from ``node_id`` in the gateway's database."""
+        db = open_db(self.gw.cfg.database)
+        try:
+            return db.execute(
+                "SELECT COUNT(*) FROM readings JOIN nodes ON readings.node = nodes.ref "
+                "WHERE nodes.id = ?",
+                [node_id],
+            ).fetchone()[0]
         finally:
             db.close()
 
@@ -134,8 +147,9 @@ def test_flash_verify_and_commission(board, gateway, firmware):
         commission_timeout=20,
         watch=watch,
     )
-    assert result.commission.sentence == f"{NODE} is sending to gw-test ({PACK} readings received)"
+    assert result.commission.sentence == f"{NODE} is sending to gw-test ({FIRST} reading received)"
     assert result.commission.ok
+    assert gateway.stored(NODE) == FIRST  # counted in the gateway's database
     assert result.files_sent == result.files_total == len(firmware)
     # What the board holds is what was built, byte for byte, in the slot the pointer names.
     slot = (board.flash_dir / POINTER_PATH.lstrip("/")).read_text()
@@ -149,6 +163,13 @@ def test_flash_verify_and_commission(board, gateway, firmware):
     assert int(counts["hw"]) <= 1
     config = json.loads((board.flash_dir / "config.json").read_text())
     assert config["node"] == NODE and bytes.fromhex(config["key"]) == key
+    assert config["first"] is True
+    # The firmware's own status record: its first pack was acknowledged seconds after boot in
+    # the node's time (the random spread, up to 10 s, and the exchange), not 9 minutes later
+    # when a pack of ten readings a minute apart is full.
+    status = doctor(board.port).status
+    assert status["acks"] == 1 and status["ack_s"] <= 15
+    assert status["boot"] == 0 and status["last_error"] is None
 
 
 def test_second_flash_sends_nothing(board, gateway, firmware):
@@ -194,6 +215,10 @@ def test_wrong_key_says_key_mismatch(board, gateway, firmware):
     assert not result.commission.ok
     assert "key mismatch" in result.commission.sentence
     assert "4.01" in result.commission.sentence
+    shown = CliRunner().invoke(cli, ["node", "doctor", "--port", board.port])
+    assert shown.exit_code == 0, shown.output
+    assert "0 packs acknowledged; last error: gateway: 4.01 (boot #0, at " in shown.output
+    assert gateway.stored(NODE) == 0
 
 
 def test_wrong_wifi_password_is_named(board, gateway, firmware):
@@ -229,14 +254,18 @@ def test_cli_flash_and_doctor_never_print_the_key(tmp_path, gateway):
         done = CliRunner().invoke(cli, [*args, "--gateway-name", "gw-mairie", "--timeout", "20"])
         assert done.exit_code == 0, done.output
         assert done.output.rstrip().endswith(
-            f"{NODE} is sending to gw-mairie ({PACK} readings received)"
+            f"{NODE} is sending to gw-mairie ({FIRST} reading received)"
         )
+        assert gateway.stored(NODE) == FIRST
         assert key.hex() not in done.output
         shown = CliRunner().invoke(cli, ["node", "doctor", "--port", b.port])
         assert shown.exit_code == 0, shown.output
         assert f"node={NODE}" in shown.output and "Key: present (not shown)" in shown.output
         # The firmware's ring on the board: its first pack was acknowledged, nothing waits.
         assert "Buffer: 0/" in shown.output
+        assert "boot #0, up " in shown.output
+        assert "1 pack acknowledged, the last at " in shown.output
+        assert "last error: none" in shown.output
         assert key.hex() not in shown.output
         wrong_board = CliRunner().invoke(cli, [a if a != "rp2" else "esp32" for a in args])
         assert wrong_board.exit_code == 1

@@ -15,8 +15,10 @@
    (the board returns to its REPL): that is what commissioning needs to see.
 
 The console lines (docs/flashing.md, "What the node prints") are printed here, in the
-firmware's stead, and ``/status.json`` (uptime, boots, last error) is written for ``node
-doctor``; the reading buffer doctor reads is the firmware's own ring.
+firmware's stead. ``/status.json`` is the firmware's own record (firmware/status.py), written
+by the node as ``firmware/main.py`` has it write: at its first poll, with a Wi-Fi failure or a
+bad config noted, and when the node stops (here: after the first exchange); the reading
+buffer ``node doctor`` reads is the firmware's own ring.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.flash import CONFIG_PATH, STATUS_PATH
+from gateway.flash import CONFIG_PATH
 from protocols import cbor, coap, cose, senml
 
 # Real seconds the node may take for its first exchange before the board gives up on it.
@@ -140,25 +142,39 @@ class _Hal:
     def led(s, on):
         pass
 
+def _first_exchange(node, hal):
+    end = time.ticks_add(time.ticks_ms(), BUDGET_MS)
+    while not (node.stats['acked'] or node.stats['failed']):
+        if time.ticks_diff(end, time.ticks_ms()) < 0:
+            break
+        d = hal.wait(node.poll(), node.link.busy())
+        if d:
+            node.datagram(d)
+        elif __rb_radio('refused'):  # ICMP port unreachable: nobody listens there
+            break
+    last = __rb_radio('last')
+    what = 'code=' + last['code'] if last['code'] else 'error=' + last['error']
+    print('reverbere: send seq=%d readings=%d %s' % (last['seq'], last['readings'], what))
+
 try:
     _cfg = _fc.load(open('config.json').read())
 except (OSError, ValueError) as e:
+    _cfg = None
     print('reverbere: config error=' + str(e).replace(' ', '_')[:60])
-else:
+    # firmware/main.py records a bad config, without a node
+    from firmware.status import Status
+    _st = Status(_Files(), None)
+    _st.note('config: ' + str(e), 0)
+    _st.write(0)
+if _cfg is not None:
     _hal = _Hal(_cfg)
     _node = Node(_hal, _cfg)
-    _end = time.ticks_add(time.ticks_ms(), BUDGET_MS)
-    while not (_node.stats['acked'] or _node.stats['failed']):
-        if time.ticks_diff(_end, time.ticks_ms()) < 0:
-            break
-        _d = _hal.wait(_node.poll(), _node.link.busy())
-        if _d:
-            _node.datagram(_d)
-        elif __rb_radio('refused'):  # ICMP port unreachable: nobody listens there
-            break
-    _last = __rb_radio('last')
-    _what = 'code=' + _last['code'] if _last['code'] else 'error=' + _last['error']
-    print('reverbere: send seq=%d readings=%d %s' % (_last['seq'], _last['readings'], _what))
+    if WIFI_ERROR:  # the radio did not join: main.py notes it at boot; the board stops here
+        _node.status.note('wifi: ' + WIFI_ERROR, 0)
+        print('reverbere: wifi error=%s ssid=%s' % (WIFI_ERROR, _cfg['wifi'].get('ssid')))
+    else:
+        _first_exchange(_node, _hal)
+    _node.status.write(_hal.ms())  # as main.py does when Ctrl-C stops the node
     _hal.dev.f.close()
 """
 
@@ -235,13 +251,6 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _write_status(flash: Path, status: dict) -> None:
-    path = flash / STATUS_PATH.lstrip("/")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(status))
-    os.replace(tmp, path)
-
-
 def run(
     flash: Path,
     wifi: tuple[str, str] | None,
@@ -250,10 +259,7 @@ def run(
     plug_radio: Callable[[Radio | None], None],
 ) -> None:
     """Boot the node once: join the Wi-Fi, run the firmware until its first exchange ends."""
-    t0 = time.monotonic()
     cfg = _read_json(flash / CONFIG_PATH.lstrip("/"))
-    status = _read_json(flash / STATUS_PATH.lstrip("/"))
-    status["boots"] = status.get("boots", 0) + 1
     site = cfg.get("wifi") or {}
     ssid = site.get("ssid")
     error = None
@@ -262,26 +268,14 @@ def run(
             error = "no-ap"
         elif wifi[1] != site.get("password", ""):
             error = "wrong-password"
-    if error:
-        console(f"reverbere: wifi error={error} ssid={ssid}\n")
-        status["last_error"] = "wifi: " + error
-    else:
-        if ssid:
-            console(f"reverbere: wifi ok ssid={ssid}\n")
-        radio = Radio(str(cfg.get("gateway", "")), int(cfg.get("port", 5683)))
-        plug_radio(radio)
-        try:
-            out, err = execute(RUN_NODE.replace("BUDGET_MS", str(BUDGET_S * 1000)))
-        finally:
-            plug_radio(None)
-            radio.close()
-        console((out + err).decode("utf-8", "replace"))
-        last = radio.op_last()
-        if err:
-            status["last_error"] = "firmware: " + err.decode().strip().splitlines()[-1]
-        elif last["code"] == "2.04":
-            status["last_error"] = None
-        else:
-            status["last_error"] = "gateway: " + (last["code"] or last["error"])
-    status["uptime_s"] = int(time.monotonic() - t0)
-    _write_status(flash, status)
+    if ssid and not error:  # (the error line comes from the node, after its boot record)
+        console(f"reverbere: wifi ok ssid={ssid}\n")
+    radio = Radio(str(cfg.get("gateway", "")), int(cfg.get("port", 5683)))
+    plug_radio(radio)
+    try:
+        code = RUN_NODE.replace("BUDGET_MS", str(BUDGET_S * 1000))
+        out, err = execute(code.replace("WIFI_ERROR", repr(error)))
+    finally:
+        plug_radio(None)
+        radio.close()
+    console((out + err).decode("utf-8", "replace"))

@@ -68,3 +68,12 @@ class WDT:
 
 def reset():
     raise SystemExit("reset")
+
+
+PWRON_RESET = 1
+WDT_RESET = 3
+RESET_CAUSE = PWRON_RESET
+
+
+def reset_cause():
+    return RESET_CAUSE
