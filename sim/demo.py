@@ -154,6 +154,17 @@ async def _uplink_outage(plat: DemoPlatform, fleet: Fleet, window: tuple[float, 
     plat.proxy.down = False
 
 
+async def _progress(echo, fleet: "ObservedFleet", start: float, hours: float, plat) -> None:
+    """A line every 10 s while the fleet runs, so that a person sees it move."""
+    while True:
+        await asyncio.sleep(10)
+        down = ", uplink down" if plat.proxy.down else ""
+        echo(
+            f"  ... simulated hour {(fleet.clock.now - start) / 3600:.0f} of {hours:g}: "
+            f"{len(fleet.acked)} readings acknowledged{down}"
+        )
+
+
 async def _wait_synced(gw: Gateway, timeout: float) -> dict:
     db = open_db(gw.cfg.database)
     deadline = time.monotonic() + timeout
@@ -213,10 +224,12 @@ async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: 
         addr = await proxy.start()
         fleet = ObservedFleet(keys, addr, start, duration, seed=SEED, anomalies=truth, record=True)
         outage = asyncio.create_task(_uplink_outage(plat, fleet, (up0, up1)))
+        progress = asyncio.create_task(_progress(echo, fleet, start, hours, plat))
         t0 = time.monotonic()
         stats = await fleet.run()
         fleet_wall = time.monotonic() - t0
         outage.cancel()
+        progress.cancel()
         plat.proxy.down = False
         proxy.close()
         echo(
@@ -377,5 +390,6 @@ def run_demo(
                 shutil.copy(chart, out / chart.name)
                 report["chart"] = str(out / chart.name)
             (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-            echo(f"chart: {report['chart']}   report: {out / 'report.json'}")
+            echo(f"chart: {Path(report['chart']).resolve()}")
+            echo(f"report: {(out / 'report.json').resolve()}")
     return report
