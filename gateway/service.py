@@ -31,6 +31,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +74,13 @@ def stages(cfg: Config) -> list[tuple[Stage, Guard | None]]:
     return out
 
 
+@dataclass(frozen=True)
 class PipelineConfig:
     """The checked sections of the stages: ``detect`` always, ``sync`` None without uplink."""
 
-    def __init__(self, detect: DetectConfig, sync: SyncConfig | None, locations: dict):
-        self.detect = detect
-        self.sync = sync
-        self.locations = locations  # node -> (longitude, latitude)
+    detect: DetectConfig
+    sync: SyncConfig | None
+    locations: dict[str, tuple[float, float]]  # node -> (longitude, latitude), [site.locations]
 
 
 def pipeline_config(cfg: Config) -> PipelineConfig:
