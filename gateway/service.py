@@ -61,17 +61,16 @@ def stages(cfg: Config) -> list[tuple[Stage, Guard | None]]:
     """The pipeline after the store, in order: (stage, retention guard or None) for each.
 
     detect raises anomaly events, summarise keeps the hourly summaries (raw readings stay
-    until they are summarised), and, when ``[sync]`` names a target, the outbox takes what
-    the platform is owed (raw readings stay until their hour's summaries are confirmed).
+    until they are summarised), and the outbox takes what the platform is owed (what
+    ``reverbere summaries --from gateway`` shows, uplink or not); when ``[sync]`` names a
+    target, raw readings also stay until their hour's summaries are confirmed.
     """
     p = pipeline_config(cfg)
-    out: list[tuple[Stage, Guard | None]] = [
+    return [
         (Detector(p.detect), None),
         (summarise, summarised_until),
+        (Outbox(), synced_until if p.sync is not None else None),
     ]
-    if p.sync is not None:
-        out.append((Outbox(), synced_until))
-    return out
 
 
 @dataclass(frozen=True)
