@@ -149,6 +149,7 @@ def as_record(
             str(p["id"]) if "id" in p else None,
         )
         return (node, stream, str(p.get("id", t))), event
+
     def num(v: object) -> float | None:
         return None if v is None else float(v)  # the wire drops ".0"; the tables do not
 
