@@ -64,6 +64,10 @@ def _load(config_path: Path, db_path: Path | None) -> tuple[Path, SyncConfig | N
             f"no database: {config_path} does not exist and --db is not given\n"
             "  hint: reverbere gateway init DIR, or pass --db PATH"
         )
+    if not Path(database).exists():
+        raise click.ClickException(
+            f"no database at {database}\n  hint: has the gateway run yet (`reverbere gateway run`)?"
+        )
     try:
         sync = SyncConfig.from_dict(section) if section else None
     except SyncConfigError as e:
@@ -157,7 +161,7 @@ def parse_time(value: str) -> float:
     show_default=True,
     help="'gateway', or the SensorThings service root (URL ending in /v1.1).",
 )
-@click.option("--since", default="7d", show_default=True, help="Start: 7d, 12h, ISO, Unix.")
+@click.option("--since", default=None, help="Start: 7d, 12h, ISO, Unix (default: all).")
 @click.option("--until", default=None, help="End (exclusive); default now.")
 @click.option("--node", "nodes", multiple=True, help="Only this node (repeatable).")
 @click.option(
@@ -194,8 +198,8 @@ def summaries(
     ca_file,
 ) -> None:
     """Hourly summaries and anomaly events, from the gateway or pulled from the platform."""
-    start = parse_time(since)
-    end = parse_time(until) if until else time.time() + 3600
+    start = parse_time(since) if since else 0.0
+    end = parse_time(until) if until else 2.0**31
     if source == "gateway":
         database, _ = _load(config_path, db_path)
         sums, events = from_tables(open_db(database), start, end, nodes)
