@@ -5,16 +5,22 @@ become a message with a hint here.
 """
 
 import json
-import re
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
+from gateway import report
 from gateway.db import open_db
 from gateway.sync import SyncConfig, SyncConfigError, build_worker, sync_status
-from gateway.sync.report import FORMATS, ChartError, PullError, from_gateway, pull, render
+from gateway.sync.report import (
+    ChartError,
+    PullError,
+    event_rows,
+    from_tables,
+    pull,
+    summary_rows,
+)
 from gateway.sync.report import write_chart as _write_chart
 
 config_option = click.option(
@@ -57,6 +63,10 @@ def _load(config_path: Path, db_path: Path | None) -> tuple[Path, SyncConfig | N
         raise click.ClickException(
             f"no database: {config_path} does not exist and --db is not given\n"
             "  hint: reverbere gateway init DIR, or pass --db PATH"
+        )
+    if not Path(database).exists():
+        raise click.ClickException(
+            f"no database at {database}\n  hint: has the gateway run yet (`reverbere gateway run`)?"
         )
     try:
         sync = SyncConfig.from_dict(section) if section else None
@@ -132,31 +142,13 @@ def push(config_path: Path, db_path: Path | None) -> None:
         raise click.ClickException(f"{worker.last_error}\n  hint: reverbere sync status")
 
 
-_SPAN = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-
-
-def parse_time(value: str, now: float | None = None) -> float:
-    """``7d``/``12h`` (ago), ISO 8601 (UTC unless it says), or Unix seconds."""
-    now = time.time() if now is None else now
-    m = _SPAN.match(value)
-    if m:
-        return (
-            now
-            - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
-        )
+def parse_time(value: str) -> float:
     try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        d = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return report.parse_when(value)
     except ValueError:
         raise click.BadParameter(
             f"{value!r}: use 7d, 12h, 2026-01-31T12:00Z or Unix seconds"
         ) from None
-    if d.tzinfo is None:
-        d = d.replace(tzinfo=UTC)
-    return d.timestamp()
 
 
 @click.command("summaries")
@@ -169,10 +161,18 @@ def parse_time(value: str, now: float | None = None) -> float:
     show_default=True,
     help="'gateway', or the SensorThings service root (URL ending in /v1.1).",
 )
-@click.option("--since", default="7d", show_default=True, help="Start: 7d, 12h, ISO, Unix.")
+@click.option("--since", default=None, help="Start: 7d, 12h, ISO, Unix (default: all).")
 @click.option("--until", default=None, help="End (exclusive); default now.")
 @click.option("--node", "nodes", multiple=True, help="Only this node (repeatable).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(report.FORMATS), default="table", show_default=True
+)
+@click.option(
+    "--anomalies",
+    "events_only",
+    is_flag=True,
+    help="Print the anomaly events instead of the summaries (CSV, JSON).",
+)
 @click.option(
     "--chart",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -183,14 +183,26 @@ def parse_time(value: str, now: float | None = None) -> float:
 @click.option("--password", envvar="REVERBERE_SYNC_PASSWORD", help="Basic auth password.")
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), help="CA bundle (TLS).")
 def summaries(
-    config_path, db_path, source, since, until, nodes, fmt, chart, token, user, password, ca_file
+    config_path,
+    db_path,
+    source,
+    since,
+    until,
+    nodes,
+    fmt,
+    events_only,
+    chart,
+    token,
+    user,
+    password,
+    ca_file,
 ) -> None:
     """Hourly summaries and anomaly events, from the gateway or pulled from the platform."""
-    start = parse_time(since)
-    end = parse_time(until) if until else time.time() + 3600
+    start = parse_time(since) if since else 0.0
+    end = parse_time(until) if until else 2.0**31
     if source == "gateway":
         database, _ = _load(config_path, db_path)
-        sums, events = from_gateway(open_db(database), start, end, nodes)
+        sums, events = from_tables(open_db(database), start, end, nodes)
     elif source.startswith(("http://", "https://")):
         try:
             got = pull(
@@ -209,7 +221,13 @@ def summaries(
         sums, events = got.summaries, got.events
     else:
         raise click.BadParameter("use 'gateway' or an http(s) URL", param_hint="--from")
-    click.echo(render(sums, events, fmt))
+    if events_only:
+        click.echo(report.render(event_rows(events), report.ANOMALY_COLUMNS, fmt))
+    else:
+        click.echo(report.render(summary_rows(sums), report.SUMMARY_COLUMNS, fmt))
+        if fmt == "table" and events:
+            click.echo("\nanomalies:")
+            click.echo(report.render(event_rows(events), report.ANOMALY_COLUMNS, fmt))
     if chart:
         try:
             _write_chart(chart, sums, events)

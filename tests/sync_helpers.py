@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.sync import ANOMALIES, Event, Summary
-from gateway.sync.report import as_record, from_gateway, pull
+from gateway.sync.report import as_record, from_outbox, pull
 
 H0 = 1767225600  # 2026-01-01T00:00Z
 WEEK = 7 * 24
@@ -133,7 +133,7 @@ def assert_platform_matches(db, platform) -> dict:
     """The platform holds exactly the gateway's summaries and events: none missing, none
     extra, none duplicated, each with its latest figures."""
     got_s, got_e = platform_records(platform.db_path)
-    want_s, want_e = from_gateway(db, 0, 2**31)
+    want_s, want_e = from_outbox(db, 0, 2**31)
     assert max(got_s.values(), default=1) == 1, "duplicated summaries on the platform"
     assert max(got_e.values(), default=1) == 1, "duplicated events on the platform"
     assert got_s == Counter(want_s)
@@ -144,7 +144,7 @@ def assert_platform_matches(db, platform) -> dict:
 def assert_pull_matches(db, url: str) -> None:
     """The same, through the SensorThings API (what ``summaries --from URL`` does)."""
     got = pull(url, 0, 2**31)
-    want_s, want_e = from_gateway(db, 0, 2**31)
+    want_s, want_e = from_outbox(db, 0, 2**31)
     assert got.duplicates == 0
     assert Counter(got.summaries) == Counter(want_s)
     assert Counter(got.events) == Counter(want_e)

@@ -9,12 +9,10 @@ from click.testing import CliRunner
 from gateway.cli import cli
 from gateway.db import open_db
 from gateway.sync import (
-    Event,
     SyncConfig,
     SyncConfigError,
     build_worker,
-    enqueue_events,
-    enqueue_summaries,
+    feed,
     parse_bytes,
 )
 from sim.platform import start_platform
@@ -23,26 +21,38 @@ from tests.sync_helpers import H0, locations, week_of_summaries
 
 @pytest.fixture(scope="module")
 def synced(tmp_path_factory):
-    """A gateway database synced to a platform: (db path, platform url)."""
+    """A gateway database whose summarise and detect tables went through the outbox to a
+    platform: (db path, platform url). Figures have at most 3 decimals, the platform's."""
     tmp = tmp_path_factory.mktemp("cli")
     with start_platform(tmp / "platform.sqlite3") as platform:
         db = open_db(tmp / "gw.db")
-        enqueue_summaries(db, week_of_summaries(3, hours=30))
-        enqueue_events(
-            db,
-            [
-                Event(
-                    f"lamp-{n:03d}",
-                    "p",
-                    H0 + 3600 * (10 + n),
-                    H0 + 3600 * (11 + n),
-                    "lit_by_day",
-                    4.5,
-                    "lamp on in daylight",
-                )
-                for n in range(3)
-            ],
+        db["summaries"].insert_all(
+            {
+                "node": s.node,
+                "channel": s.channel,
+                "hour": s.hour,
+                "count": s.count,
+                "min": round(s.min, 3),
+                "max": round(s.max, 3),
+                "sum": 0.0,
+                "mean": round(s.mean, 3),
+                "wh": round(s.wh, 3),
+            }
+            for s in week_of_summaries(3, hours=30)
         )
+        db["anomalies"].insert_all(
+            {
+                "node": f"lamp-{n:03d}",
+                "channel": "p",
+                "kind": "lit_by_day",
+                "start": H0 + 3600 * (10 + n),
+                "end": H0 + 3600 * (11 + n) if n else None,
+                "score": 0.75,
+                "reason": "lamp on in daylight",
+            }
+            for n in range(3)
+        )
+        assert feed(db) == 3 * 2 * 30 + 3
         worker = build_worker(db, SyncConfig(url=platform.url), locations(3), batch_rows=50)
         assert worker.sync_until_idle() == "idle"
         worker.target.close()
@@ -66,12 +76,28 @@ def test_the_platform_and_the_gateway_print_the_same(synced, fmt):
     assert from_platform == from_gateway
     if fmt == "json":
         data = json.loads(from_platform)
-        assert len(data["summaries"]) == 3 * 2 * 30
-        assert data["summaries"][0]["hour"] == "2026-01-01T00:00Z"
+        assert len(data) == 3 * 2 * 30
+        assert data[0]["hour"] == "2026-01-01T00:00:00Z"
     if fmt == "csv":
         lines = from_platform.splitlines()
-        assert lines[0].startswith("type,node,channel,hour,count,min,max,mean,wh")
-        assert sum(1 for line in lines if line.startswith("event,")) == 3
+        assert lines[0] == "node,channel,hour,count,min,max,mean,wh"
+        assert len(lines) == 1 + 3 * 2 * 30
+    if fmt == "table":
+        assert "anomalies:" in from_platform and "lamp on in daylight" in from_platform
+
+
+def test_anomalies_alike_from_both(synced):
+    db, url = synced
+    args = (*WINDOW, "--anomalies", "--format", "json")
+    from_platform = json.loads(run("summaries", "--from", url, *args))
+    assert from_platform == json.loads(
+        run("summaries", "--from", "gateway", "--db", str(db), *args)
+    )
+    assert [e["end"] for e in from_platform] == [
+        None,
+        "2026-01-01T12:00:00Z",
+        "2026-01-01T13:00:00Z",
+    ]
 
 
 def test_paging_through_next_links(synced):
@@ -88,7 +114,7 @@ def test_node_filter(synced):
     out = json.loads(
         run("summaries", "--from", url, *WINDOW, "--format", "json", "--node", "lamp-001")
     )
-    assert {s["node"] for s in out["summaries"]} == {"lamp-001"}
+    assert {s["node"] for s in out} == {"lamp-001"}
 
 
 @pytest.mark.parametrize("suffix", [".svg", ".html"])

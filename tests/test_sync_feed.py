@@ -1,6 +1,8 @@
 """The outbox stage fed from the summarise and detect tables, and the platform's confirmation
 flowing back to their ``synced_version``."""
 
+import threading
+
 import pytest
 
 from gateway.db import open_db
@@ -71,3 +73,57 @@ def test_summaries_and_anomalies_flow_through_the_outbox(tmp_path, platform):
     )
     got = assert_platform_matches(db, platform)
     assert got == {"summaries": n_summaries, "events": 1}
+
+
+def test_attach_wires_sync_into_the_gateway_service(tmp_path, platform):
+    import asyncio
+
+    from gateway.config import ConfigError, loads
+    from gateway.service import Gateway
+    from gateway.sync import attach
+
+    text = f"""
+[gateway]
+database = "gw.db"
+[coap]
+host = "127.0.0.1"
+port = 0
+[http]
+host = "127.0.0.1"
+port = 0
+[sync]
+url = "{platform.url}"
+daily_budget = "1 MB"
+location = [4.83, 45.76]
+"""
+    cfg = loads(text, tmp_path / "gateway.toml")
+
+    async def run() -> dict:
+        gw = Gateway(cfg)
+        await gw.start()
+        service = attach(gw)
+        try:
+            db = open_db(cfg.database)
+            summarise(db, readings(1, 2))
+            stage = gw.after_commit[-1]
+            done = threading.Event()
+            worker = service.worker
+            worker.on_idle = lambda: worker.stats.created and done.set()
+            stage(db, [])  # what the committer does after a commit
+            assert await asyncio.to_thread(done.wait, 30)
+            text = gw.metrics.render()
+        finally:
+            service.stop()
+            await gw.stop()
+        return {"metrics": text}
+
+    out = asyncio.run(run())
+    assert "reverbere_sync_pending_summaries 0" in out["metrics"]
+    assert "reverbere_sync_budget_limit_bytes 1000000" in out["metrics"]
+    db = open_db(cfg.database)
+    assert backlog(db).synced == db.execute("SELECT count(*) FROM summaries").fetchone()[0] > 0
+    bad = loads(
+        text.replace('daily_budget = "1 MB"', 'daily_budget = "lots"'), tmp_path / "gateway.toml"
+    )
+    with pytest.raises(ConfigError, match=r"sync\.daily_budget"):
+        attach(type("G", (), {"cfg": bad})())

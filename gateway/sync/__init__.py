@@ -42,6 +42,7 @@ __all__ = [
     "SyncService",
     "SyncStats",
     "SyncWorker",
+    "attach",
     "build_worker",
     "declare_metrics",
     "enqueue_events",
@@ -90,7 +91,7 @@ def build_worker(
 ) -> SyncWorker:
     """A worker on ``db`` (use it from the thread that opened ``db``)."""
     budget = Budget(db, config.daily_budget)
-    target = build_target(db, config, budget, locations)
+    target = build_target(db, config, budget, {**config.locations, **(locations or {})})
     kwargs = {
         "batch_rows": config.batch_rows,
         "probe_rows": config.probe_rows,
@@ -159,6 +160,35 @@ class SyncService:
         if self.worker is not None:
             self.worker.stop(timeout=0)
         self._thread.join(timeout)
+
+
+def attach(gateway) -> "SyncService | None":
+    """Wire sync into a started ``gateway.service.Gateway`` (call at the end of its
+    ``start()``; call ``.stop()`` on the result in its ``stop()``).
+
+    Appends the outbox stage (:func:`~gateway.sync.outbox.feed`, then a nudge to the worker)
+    to ``gateway.after_commit`` - it must come after the summarise and detect stages - declares
+    the ``reverbere_sync_*`` gauges, and starts the worker thread. Without a ``[sync]``
+    section, or with ``target = "none"``, the outbox still fills and nothing is sent.
+    """
+    from gateway.config import ConfigError
+
+    try:
+        section = gateway.cfg.section("sync")
+        config = SyncConfig.from_dict(section) if section else None
+    except SyncConfigError as exc:
+        raise ConfigError(gateway.cfg.path, None, f"sync.{exc.key}", str(exc)) from None
+    service = None
+    if config is not None and config.target != "none":
+        service = SyncService(gateway.cfg.database, config).start()
+
+    def outbox_stage(db: sqlite_utils.Database, readings) -> None:
+        if feed(db) and service is not None:
+            service.notify()
+
+    gateway.after_commit.append(outbox_stage)
+    declare_metrics(gateway.metrics, gateway.db, config)
+    return service
 
 
 def declare_metrics(registry, db: sqlite_utils.Database, config: SyncConfig | None) -> None:

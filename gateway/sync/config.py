@@ -66,6 +66,7 @@ class SyncConfig:
     backoff_cap: float = 600.0
     recent_hours: int = 24
     location: tuple[float, float] | None = None  # [lon, lat] for nodes without their own
+    locations: dict[str, tuple[float, float]] = field(default_factory=dict)  # node -> [lon, lat]
     mqtt: MqttConfig = field(default_factory=MqttConfig)
 
     @classmethod
@@ -80,9 +81,11 @@ class SyncConfig:
             elif key == "mqtt":
                 values[key] = _mqtt(value)
             elif key == "location":
-                if not (isinstance(value, list) and len(value) == 2):
-                    raise SyncConfigError(key, "expected [longitude, latitude]")
-                values[key] = (float(value[0]), float(value[1]))
+                values[key] = _lonlat(key, value)
+            elif key == "locations":
+                if not isinstance(value, dict):
+                    raise SyncConfigError(key, 'expected a table: "node-id" = [lon, lat]')
+                values[key] = {n: _lonlat(f"locations.{n}", v) for n, v in value.items()}
             else:
                 values[key] = _typed(key, value, known[key].type)
         config = cls(**values)
@@ -95,6 +98,18 @@ class SyncConfig:
         if bool(config.username) != bool(config.password):
             raise SyncConfigError("password", "basic auth needs both username and password")
         return config
+
+
+def _lonlat(key: str, value: object) -> tuple[float, float]:
+    if not (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value)
+        and -180 <= value[0] <= 180
+        and -90 <= value[1] <= 90
+    ):
+        raise SyncConfigError(key, "expected [longitude, latitude] in degrees")
+    return (float(value[0]), float(value[1]))
 
 
 def _typed(key: str, value: object, annotation: object) -> object:

@@ -103,7 +103,7 @@ class Event:
     node: str
     channel: str
     start: float  # Unix seconds: the window the event covers
-    end: float
+    end: float | None  # None while it is ongoing
     kind: str  # the rule or detector, e.g. "lit_by_day"
     score: float
     reason: str  # plain words for the operator
@@ -126,7 +126,10 @@ def summary_row(s: Summary) -> dict:
         value = getattr(s, name)
         if value is not None:  # an hour only a counter segment crossed has no min or max
             params[name] = _num(value)
-    result = s.wh if (s.channel in SUM_CHANNELS and s.wh is not None) else s.mean
+    counter = s.channel in SUM_CHANNELS and s.wh is not None
+    if counter and s.mean is not None:
+        params["mean"] = _num(s.mean)  # the result carries the Wh: keep the mean too
+    result = s.wh if counter else s.mean
     return {
         "kind": "summary",
         "node": s.node,
@@ -145,7 +148,7 @@ def event_row(e: Event) -> dict:
         "channel": e.channel,
         "kind": e.kind,
         "reason": e.reason,
-        "end": int(e.end),
+        "end": int(e.end) if e.end is not None else None,
     }
     return {
         "kind": "event",
@@ -325,7 +328,7 @@ def feed(
         if _has(db, "anomalies"):
             rows = db.execute(_FEED_EVENTS).fetchall()
             evs = [
-                (Event(n, c, st, en if en is not None else st, k, sc, why, str(i)), v)
+                (Event(n, c, st, en, k, sc, why, str(i)), v)
                 for i, n, c, k, st, en, sc, why, v in rows
             ]
             taken += _feed_rows(db, [(event_row(x), v) for x, v in evs])

@@ -3,16 +3,15 @@ and drawn as a chart of energy per hour per node with the anomalies marked.
 
 ``reverbere summaries --from URL`` uses :func:`pull`; ``--from gateway`` reads the same
 :class:`~gateway.sync.outbox.Summary` and :class:`~gateway.sync.outbox.Event` records from
-the gateway's own tables; both print through :func:`render` and :func:`write_chart`.
+the gateway's own tables (:func:`from_tables`); both print through the one formatter,
+:func:`gateway.report.render`, and draw through :func:`write_chart`.
 """
 
-import csv
 import html
-import io
 import json
 import ssl
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +21,6 @@ import httpx
 from gateway.sync.outbox import ANOMALIES, Event, Summary
 from gateway.sync.sensorthings import id_from_link, iso, parse_time, rebase
 from protocols.const import SUM_CHANNELS
-
-FORMATS = ("table", "csv", "json")
 
 
 class PullError(Exception):
@@ -129,8 +126,9 @@ def pull(
                         continue
                     seen.add(key)
                     (out.events if stream == ANOMALIES else out.summaries).append(item)
-    out.summaries.sort(key=lambda s: (s.hour, s.node, s.channel))
-    out.events.sort(key=lambda e: (e.start, e.node, e.channel))
+    # The gateway's order (gateway.report): by node, channel and hour; events by start, id.
+    out.summaries.sort(key=lambda s: (s.node, s.channel, s.hour))
+    out.events.sort(key=lambda e: (e.start, int(e.key) if (e.key or "").isdigit() else 0))
     return out
 
 
@@ -144,86 +142,32 @@ def as_record(
             node,
             str(p.get("channel", "")),
             t,
-            float(p.get("end", t)),
+            float(p["end"]) if p.get("end") is not None else None,
             str(p.get("kind", "")),
             float(result),
             str(p.get("reason", "")),
             str(p["id"]) if "id" in p else None,
         )
         return (node, stream, str(p.get("id", t))), event
+
+    def num(v: object) -> float | None:
+        return None if v is None else float(v)  # the wire drops ".0"; the tables do not
+
     summary = Summary(
-        node, stream, t, int(p.get("count", 0)), p.get("min"), p.get("max"), result, p.get("wh")
+        node,
+        stream,
+        t,
+        int(p.get("count", 0)),
+        num(p.get("min")),
+        num(p.get("max")),
+        num(p.get("mean", result)),
+        num(p.get("wh")),
     )
     return (node, stream, t), summary
 
 
-# -- output ----------------------------------------------------------------------------------
-
-SUMMARY_COLUMNS = ("node", "channel", "hour", "count", "min", "max", "mean", "wh")
-EVENT_COLUMNS = ("node", "channel", "start", "end", "kind", "score", "reason")
-
-
 def _when(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(t))
-
-
-def _cell(v: object) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.3f}".rstrip("0").rstrip(".")
-    return str(v)
-
-
-def _summary_dict(s: Summary) -> dict:
-    d = asdict(s)
-    d["hour"] = _when(s.hour)
-    return d
-
-
-def _event_dict(e: Event) -> dict:
-    d = asdict(e)
-    d.pop("key")
-    d["start"], d["end"] = _when(e.start), _when(e.end)
-    return d
-
-
-def render(summaries: Sequence[Summary], events: Sequence[Event], fmt: str = "table") -> str:
-    """The summaries and events as ``table`` (aligned text), ``csv`` or ``json``."""
-    if fmt == "json":
-        return json.dumps(
-            {
-                "summaries": [_summary_dict(s) for s in summaries],
-                "events": [_event_dict(e) for e in events],
-            },
-            indent=1,
-        )
-    if fmt == "csv":
-        buf = io.StringIO()
-        cols = ("type", *SUMMARY_COLUMNS, "start", "end", "kind", "score", "reason")
-        w = csv.DictWriter(buf, cols, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        for s in summaries:
-            w.writerow({"type": "summary", **{k: _cell(v) for k, v in _summary_dict(s).items()}})
-        for e in events:
-            w.writerow({"type": "event", **{k: _cell(v) for k, v in _event_dict(e).items()}})
-        return buf.getvalue()
-    if fmt != "table":
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}")
-    parts = [_table(SUMMARY_COLUMNS, [_summary_dict(s) for s in summaries])]
-    if events:
-        parts += ["", "anomalies:", _table(EVENT_COLUMNS, [_event_dict(e) for e in events])]
-    return "\n".join(parts)
-
-
-def _table(cols: Sequence[str], rows: list[dict]) -> str:
-    cells = [[_cell(r[c]) for c in cols] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
-    lines += [
-        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    ]
-    return "\n".join(lines)
 
 
 # -- chart -----------------------------------------------------------------------------------
@@ -330,44 +274,65 @@ def _png(path: Path, energy: dict, events: Sequence[Event]) -> None:
     plt.close(fig)
 
 
-def from_gateway(
+def from_outbox(
     db, start: float, end: float, nodes: Sequence[str] | None = None
 ) -> tuple[list[Summary], list[Event]]:
-    """The summaries and events the gateway holds for ``[start, end)``: its sync outbox,
-    which keeps the latest version of each (synced or not)."""
+    """What the gateway owes the platform for ``[start, end)``, as the platform will hold it:
+    the sync outbox keeps the latest version of each summary and event (synced or not)."""
     sql = (
-        "SELECT kind, node, stream, key, time, result, parameters FROM sync_outbox "
+        "SELECT node, stream, time, result, parameters FROM sync_outbox "
         "WHERE time >= ? AND time < ? ORDER BY time, node, stream"
     )
     summaries, events = [], []
-    for kind, node, stream, key, t, result, params in db.execute(sql, [int(start), int(end)]):
+    for node, stream, t, result, params in db.execute(sql, [int(start), int(end)]):
         if nodes and node not in nodes:
             continue
-        p = json.loads(params)
-        if kind == "event":
-            events.append(
-                Event(
-                    node,
-                    p.get("channel", ""),
-                    t,
-                    p.get("end", t),
-                    p.get("kind", ""),
-                    result,
-                    p.get("reason", ""),
-                    key,
-                )
-            )
-        else:
-            summaries.append(
-                Summary(
-                    node,
-                    stream,
-                    t,
-                    p.get("count", 0),
-                    p.get("min"),
-                    p.get("max"),
-                    result,
-                    p.get("wh"),
-                )
-            )
+        _, record = as_record(node, stream, t, result, json.loads(params))
+        (events if stream == ANOMALIES else summaries).append(record)
+    return summaries, events
+
+
+def summary_rows(summaries: Iterable[Summary]) -> list[dict]:
+    """Row dicts for :func:`gateway.report.render` (``SUMMARY_COLUMNS``)."""
+    return [asdict(x) for x in summaries]
+
+
+def event_rows(events: Iterable[Event]) -> list[dict]:
+    """Row dicts for :func:`gateway.report.render` (``ANOMALY_COLUMNS``)."""
+    out = []
+    for e in events:
+        d = asdict(e)
+        key = d.pop("key")
+        d["id"] = int(key) if key and key.isdigit() else key
+        out.append(d)
+    return out
+
+
+def from_tables(
+    db, start: float, end: float, nodes: Sequence[str] | None = None
+) -> tuple[list[Summary], list[Event]]:
+    """The gateway's own summaries and anomaly events (tables ``summaries``, ``anomalies``)."""
+    from gateway import report
+
+    summaries = [
+        Summary(
+            r["node"], r["channel"], r["hour"], r["count"], r["min"], r["max"], r["mean"], r["wh"]
+        )
+        for r in report.summaries(db, since=start)
+        if r["hour"] < end and (not nodes or r["node"] in nodes)
+    ]
+    events = [
+        Event(
+            r["node"],
+            r["channel"],
+            r["start"],
+            r["end"],
+            r["kind"],
+            r["score"],
+            r["reason"],
+            str(r["id"]),
+        )
+        for r in report.anomalies(db, since=start)
+        if r["start"] < end and (not nodes or r["node"] in nodes)
+    ]
     return summaries, events

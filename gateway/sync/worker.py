@@ -98,6 +98,7 @@ class SyncWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        self.on_idle: Callable[[], None] | None = None  # called each time the outbox is drained
 
     # -- persistent link state ----------------------------------------------------------------
 
@@ -417,6 +418,8 @@ class SyncWorker:
             outcome = self.sync_until_idle()
             if outcome == "stopped":
                 return
+            if outcome == "idle" and self.on_idle is not None:
+                self.on_idle()
             wait = idle_wait
             if outcome == "budget":
                 wait = 86400 - self.clock() % 86400 + 1  # next UTC day

@@ -26,6 +26,7 @@ reached the platform.
 """
 
 import contextlib
+import contextlib
 import http.client
 import random
 import socket
@@ -130,11 +131,16 @@ class FaultProxy:
     def down(self, value: bool) -> None:
         with self._lock:
             if value and not self._down:
+                self._down = True  # first: the accept loop must see it when accept() fails
+                # shutdown() stops listening at once, even while accept() blocks on it.
+                with contextlib.suppress(OSError):
+                    self._listener.shutdown(socket.SHUT_RDWR)
                 self._listener.close()
             elif not value and self._down:
-                self._listener = socket.create_server((self.host, self.port))
-                self._listener.settimeout(0.2)
-            self._down = value
+                listener = socket.create_server((self.host, self.port))
+                listener.settimeout(0.2)
+                self._listener = listener
+                self._down = False
 
     def wait_forwarded(self, n: int, timeout: float = 60.0) -> bool:
         """Wait until ``n`` requests have been forwarded to the platform."""
