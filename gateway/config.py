@@ -251,9 +251,6 @@ latitude = 48.8566             # degrees north
 longitude = 2.3522             # degrees east
 timezone = "UTC"               # IANA name, e.g. "Europe/Paris": schedules and reasons use it
 
-# [site.locations]             # map position [longitude, latitude] of nodes (the platform's
-# "lamp-001" = [2.3525, 48.857]  # Things); nodes not listed get the site's
-
 [detect]                       # anomaly detection (docs/anomalies.md); [site] gives the place
 threshold = 0.5                # THE one default threshold: a score at or above it opens an event
 lamps = ["lamp-*"]             # node ids (glob patterns) that are street lights
@@ -283,6 +280,9 @@ compress = "auto"              # gzip request bodies: auto, gzip, none
 batch_rows = 2000              # Observations per CreateObservations request
 backoff_base = 2.0             # seconds after the first failure, doubling...
 backoff_cap = 600.0            # ...up to this (with jitter)
+
+# [sync.locations]             # map positions [longitude, latitude] of the platform's Things;
+# "lamp-001" = [2.3525, 48.857]  # nodes not listed are placed at the [site]
 
 # [sync.mqtt]                  # with target = "mqtt"
 # host = "127.0.0.1"

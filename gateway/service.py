@@ -17,8 +17,8 @@ out). A stage that owns data the retention must wait for appends a callable
 ``guard(db) -> float | None`` (Unix time up to which raw readings may go) to
 ``Gateway.retention_guards``.
 
-The config sections of the stages: ``[site]`` (latitude, longitude, timezone, and map
-positions of nodes), ``[detect]`` (docs/anomalies.md; the site's place and time zone unless it
+The config sections of the stages: ``[site]`` (latitude, longitude, timezone),
+``[detect]`` (docs/anomalies.md; the site's place and time zone unless it
 sets its own) and ``[sync]`` (docs/sync.md; no uplink without it or with ``target = "none"``).
 """
 
@@ -79,29 +79,18 @@ class PipelineConfig:
 
     detect: DetectConfig
     sync: SyncConfig | None
-    locations: dict[str, tuple[float, float]]  # node -> (longitude, latitude), [site.locations]
 
 
 def pipeline_config(cfg: Config) -> PipelineConfig:
-    """Check ``[site]``, ``[detect]`` and ``[sync]``; raise ``ConfigError`` (file, line, key)."""
+    """Check ``[site]``, ``[detect]`` and ``[sync]``; raise ``ConfigError`` (file, line, key).
+
+    ``[site]`` (latitude, longitude, timezone) is where the town is: ``[detect]`` takes it
+    unless it sets its own, and ``[sync]`` places nodes without a location there.
+    """
     site = dict(cfg.section("site"))
-    locations = site.pop("locations", {})
     for key in site:
         if key not in ("latitude", "longitude", "timezone"):
-            raise cfg.error(
-                "site", key, "unknown key (known: latitude, locations, longitude, timezone)"
-            )
-    if not isinstance(locations, dict):
-        raise cfg.error("site", "locations", "expected a table [site.locations]")
-    places = {}
-    for node, where in locations.items():
-        if not (
-            isinstance(where, list)
-            and len(where) == 2
-            and all(isinstance(x, int | float) for x in where)
-        ):
-            raise cfg.error("site.locations", node, "expected [longitude, latitude]")
-        places[node] = (float(where[0]), float(where[1]))
+            raise cfg.error("site", key, "unknown key (known: latitude, longitude, timezone)")
     try:
         detect = DetectConfig.from_mapping({**site, **cfg.section("detect")})
     except DetectConfigError as e:
@@ -116,7 +105,7 @@ def pipeline_config(cfg: Config) -> PipelineConfig:
             sync = SyncConfig.from_dict(raw)
         except SyncConfigError as e:
             raise cfg.error("sync", e.key, str(e).split(": ", 1)[-1]) from None
-    return PipelineConfig(detect, sync, places)
+    return PipelineConfig(detect, sync)
 
 
 class Outbox:
@@ -220,7 +209,7 @@ class Gateway:
         self._declare_metrics()
         self._tasks.append(asyncio.create_task(self._retention_loop()))
         if self.pipeline.sync is not None:
-            self.sync = SyncService(self.cfg.database, self.pipeline.sync, self.pipeline.locations)
+            self.sync = SyncService(self.cfg.database, self.pipeline.sync)
             await asyncio.get_running_loop().run_in_executor(None, self.sync.start)
             if self.outbox is not None:
                 self.outbox.listeners.append(self.sync.notify)
