@@ -52,6 +52,7 @@ log = logging.getLogger("reverbere.service")
 
 RETENTION_PERIOD = 3600.0
 SWITCH_INTERVAL = 0.001  # seconds; see serve()
+SYNC_WATCH_PERIOD = 30.0  # seconds between checks that the sync worker is alive
 
 Stage = Callable[[sqlite_utils.Database, list[Reading]], None]
 Guard = Callable[[sqlite_utils.Database], float | None]
@@ -209,11 +210,8 @@ class Gateway:
         self._declare_metrics()
         self._tasks.append(asyncio.create_task(self._retention_loop()))
         if self.pipeline.sync is not None:
-            self.sync = SyncService(self.cfg.database, self.pipeline.sync)
-            await asyncio.get_running_loop().run_in_executor(None, self.sync.start)
-            if self.outbox is not None:
-                self.outbox.listeners.append(self.sync.notify)
-            self.sync.notify()  # what an earlier run left in the outbox
+            await self._start_sync()
+            self._tasks.append(asyncio.create_task(self._sync_watch()))
         event(
             log,
             logging.INFO,
@@ -240,6 +238,26 @@ class Gateway:
         if self.db is not None:
             self.db.close()
         event(log, logging.INFO, "gateway stopped")
+
+    async def _start_sync(self) -> None:
+        self.sync = SyncService(self.cfg.database, self.pipeline.sync)
+        await asyncio.get_running_loop().run_in_executor(None, self.sync.start)
+        if self.outbox is not None:
+            self.outbox.listeners[:] = [self.sync.notify]
+        self.sync.notify()  # what an earlier run left in the outbox
+
+    async def _sync_watch(self) -> None:
+        """Start the sync worker again if its thread died of an error (logged and counted):
+        the uplink must not stay silent until someone restarts the gateway."""
+        while True:
+            await asyncio.sleep(SYNC_WATCH_PERIOD)
+            if self.sync is not None and self.sync.error is not None:
+                err = self.sync.error
+                event(log, logging.ERROR, "sync worker died: restarting it", error=repr(err))
+                self.metrics.counter(
+                    "reverbere_sync_restarts_total", "Sync worker restarts after an error."
+                ).inc()
+                await self._start_sync()
 
     async def retention(self, now: float | None = None) -> int:
         """Delete raw readings older than ``retention_days`` that every guard lets go."""

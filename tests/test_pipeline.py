@@ -180,3 +180,39 @@ def test_stage_sections_are_checked_with_file_and_line(tmp_path):
 
     p = pipeline_config(config.load(init_dir(tmp_path / "init")))
     assert p.sync is None and p.detect.threshold == 0.5
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_sync_worker_that_dies_is_started_again(tmp_path, monkeypatch):
+    # An unexpected error (a disk error, a bug) ends the worker's thread; the gateway notices,
+    # logs it, counts it and starts a new worker, so the uplink does not stay silent.
+    import gateway.service
+    from gateway.sync.worker import SyncWorker
+
+    monkeypatch.setattr(gateway.service, "SYNC_WATCH_PERIOD", 0.05)
+    real_step, calls = SyncWorker.step, []
+
+    def step(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return real_step(self)
+
+    monkeypatch.setattr(SyncWorker, "step", step)
+    (tmp_path / "gateway.toml").write_text(
+        '[sync]\ntarget = "sensorthings"\nurl = "http://127.0.0.1:9/v1.1"\n'
+    )
+    ports = {"coap_host": "127.0.0.1", "coap_port": 0, "http_port": 0}
+    gw = Gateway(config.load(tmp_path / "gateway.toml", ports))
+
+    async def run() -> None:
+        await gw.start()
+        first = gw.sync
+        deadline = time.monotonic() + 10
+        while (gw.sync is first or len(calls) < 2) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert gw.sync is not first and gw.sync.error is None
+        assert "reverbere_sync_restarts_total 1" in gw.metrics.render()
+        await gw.stop()
+
+    asyncio.run(run())
