@@ -415,7 +415,12 @@ class SyncWorker:
         """Loop until :meth:`stop`: sync, then sleep until notified, due or a new day."""
         while not self._stop.is_set():
             self._wake.clear()
-            outcome = self.sync_until_idle()
+            try:
+                outcome = self.sync_until_idle()
+            except Exception as exc:  # a bug must not end the uplink for good: log, back off
+                log.exception("sync step failed")
+                self._failed(exc)
+                outcome = "failed"
             if outcome == "stopped":
                 return
             if outcome == "idle" and self.on_idle is not None:
@@ -423,7 +428,7 @@ class SyncWorker:
             wait = idle_wait
             if outcome == "budget":
                 wait = 86400 - self.clock() % 86400 + 1  # next UTC day
-            if outcome == "auth":
+            if outcome in ("auth", "failed"):
                 wait = max(idle_wait, self.next_attempt - self.clock())
             self._wake.wait(wait)
 
