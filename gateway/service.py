@@ -240,11 +240,12 @@ class Gateway:
         event(log, logging.INFO, "gateway stopped")
 
     async def _start_sync(self) -> None:
-        self.sync = SyncService(self.cfg.database, self.pipeline.sync)
-        await asyncio.get_running_loop().run_in_executor(None, self.sync.start)
+        sync = SyncService(self.cfg.database, self.pipeline.sync)
+        await asyncio.get_running_loop().run_in_executor(None, sync.start)  # until it is ready
+        self.sync = sync
         if self.outbox is not None:
-            self.outbox.listeners[:] = [self.sync.notify]
-        self.sync.notify()  # what an earlier run left in the outbox
+            self.outbox.listeners[:] = [sync.notify]
+        sync.notify()  # what an earlier run left in the outbox
 
     async def _sync_watch(self) -> None:
         """Start the sync worker again if its thread died of an error (logged and counted):
