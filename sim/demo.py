@@ -9,6 +9,7 @@
 2. A gateway starts on a temporary directory, configured as an operator would (gateway.toml
    with [site], [detect] and [sync] pointing at the platform through the proxy).
 3. A fleet of nodes running the real firmware (sim/fleet.py) sends ``hours`` of simulated time
+   from a Monday at midnight UTC
    through a lossy proxy (sim/net.py); the nodes are cut off from the gateway for 15 minutes
    (they buffer and backfill), and the uplink is down for a quarter of the run (the outbox
    waits, the worker backs off, then catches up). Anomalies are injected with ground truth.
@@ -183,8 +184,10 @@ async def _wait_synced(gw: Gateway, timeout: float) -> dict:
 async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: Path) -> dict:
     t_begin = time.monotonic()
     duration = hours * 3600
-    # Whole hours in the past, so that every reading is older than the gateway's clock.
-    start = (int(time.time() - duration) // 3600 - 2) * 3600
+    # A Monday, 00:00 UTC, in the past (every reading is older than the gateway's clock): the
+    # same run, anomalies and opening hours whatever the hour the demo is started.
+    day = int(time.time() - duration) // 86400 - 1
+    start = (day - (day + 3) % 7) * 86400  # 1970-01-01 was a Thursday
     keys_plan = make_keys(nodes, SEED)
     truth, note = _plan(keys_plan, start, duration)
 
