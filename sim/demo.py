@@ -8,11 +8,11 @@
 1. A SensorThings server (sim/platform) starts behind the seeded fault proxy.
 2. A gateway starts on a temporary directory, configured as an operator would (gateway.toml
    with [site], [detect] and [sync] pointing at the platform through the proxy).
-3. A fleet of nodes running the real firmware (sim/fleet.py) sends ``hours`` of simulated time
-   from a Monday at midnight UTC
-   through a lossy proxy (sim/net.py); the nodes are cut off from the gateway for 15 minutes
-   (they buffer and backfill), and the uplink is down for a quarter of the run (the outbox
-   waits, the worker backs off, then catches up). Anomalies are injected with ground truth.
+3. A fleet of nodes running the real firmware (sim/fleet.py) sends ``hours`` of simulated time,
+   from a Monday at midnight UTC, through a lossy proxy (sim/net.py); the nodes are cut off
+   from the gateway for 15 minutes (they buffer and backfill), and the uplink is down for a
+   quarter of the run (the outbox waits, the worker backs off, then catches up). Anomalies are
+   injected with ground truth.
 4. At the end: the gateway's readings against what the nodes sent and saw acknowledged (every
    datagram a node sends and every answer it accepts is decoded on the way), its anomaly
    events against the ground truth, and the summaries pulled back from the platform against
