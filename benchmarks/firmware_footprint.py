@@ -38,10 +38,25 @@ class Dev:
         self.buf[off : off + len(data)] = data
 
 
+class Files:
+    def __init__(self):
+        self.files = {}
+
+    def read(self, name):
+        return self.files.get(name)
+
+    def write(self, name, text):
+        self.files[name] = text
+
+    def rename(self, a, b):
+        self.files[b] = self.files.pop(a)
+
+
 class Hal:
     def __init__(self):
         self.now = 0
         self.dev = Dev(16 * 1024)
+        self.fs = Files()  # status.json: written at the first poll, not during the cycle
         self.out = None
         self.r = 1
 
@@ -68,17 +83,16 @@ class Hal:
         pass
 
 
-cfg = {"node": "lamp-001", "key": "00" * 32, "gateway": "gw", "port": 5683,
-       "channels": {"p": 60}, "pack": 10, "deadline": 600, "backoff": 10,
-       "backoff_max": 900, "sync_time": False, "store_kb": 16, "wdt_ms": 30000,
-       "wifi": {}, "hw": {}}
+cfg = {"node": "lamp-001", "key": "00" * 32, "gateway": "gw", "sync_time": False,
+       "spread": 0, "store_kb": 16}
 hal = Hal()  # its 16 KB of RAM flash is a file on a device: not counted
 gc.collect()
 heap0 = gc.mem_alloc()
 from firmware.node import Node
+from firmware.config import validate
 from protocols import coap
 from protocols.const import ACK, CHANGED
-node = Node(hal, cfg)
+node = Node(hal, validate(cfg))
 for i in range(9):
     node.poll()
     hal.now += 60000

@@ -12,8 +12,6 @@ Sensors, by channel (wiring in config.json "hw", see docs/firmware.md):
 """
 
 import os
-import select
-import socket
 import struct
 import sys
 import time
@@ -74,22 +72,22 @@ class INA219:
         self.r = shunt_ohm
         self.b = bytearray(2)
 
-    def _reg(self, n):
+    def _reg(self, n, fmt):
         self.i2c.readfrom_mem_into(self.addr, n, self.b)
-        return struct.unpack(">h", self.b)[0]
+        return struct.unpack(fmt, self.b)[0]
 
     def power(self):
-        volts = (self._reg(2) >> 3) * 0.004
-        amps = self._reg(1) * 0.00001 / self.r
+        volts = (self._reg(2, ">H") >> 3) * 0.004  # unsigned, bits 15..3
+        amps = self._reg(1, ">h") * 0.00001 / self.r  # signed
         return abs(volts * amps)
 
 
 class Board:
-    def __init__(self, cfg):
+    def __init__(self, cfg, dev=None, fs=None, net=True):
         hw = cfg["hw"]
         self.cfg = cfg
-        self.dev = FileDev("ring.bin", cfg["store_kb"] * 1024)
-        self.fs = FS()
+        self.dev = dev or FileDev("ring.bin", cfg["store_kb"] * 1024)
+        self.fs = fs or FS()
         self.wdt = None
         self._ms = 0
         self._last = time.ticks_ms()
@@ -118,6 +116,15 @@ class Board:
             k = hw.get("lux_scale", 1000) * 3.3 / 65535
             self.sensors["lux"] = lambda: ldr.read_u16() * k
         self.sensors["t"] = self._temp
+        self.wlan = None
+        self.error = None  # a Wi-Fi failure at boot, for the status record
+        if net:
+            self._net(cfg)
+
+    def _net(self, cfg):
+        import select
+        import socket
+
         self.wlan = self._wifi(cfg["wifi"])
         self.addr = socket.getaddrinfo(cfg["gateway"], cfg["port"])[0][-1]
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -150,6 +157,17 @@ class Board:
                 if wlan.isconnected():
                     break
                 time.sleep_ms(100)
+        if wlan.isconnected():
+            self.log("wifi ok ssid=" + w["ssid"])
+        else:
+            st = wlan.status()
+            why = "timeout"
+            if st == getattr(network, "STAT_WRONG_PASSWORD", None):
+                why = "wrong-password"
+            elif st == getattr(network, "STAT_NO_AP_FOUND", None):
+                why = "no-ap"
+            self.log("wifi error=%s ssid=%s" % (why, w["ssid"]))
+            self.error = "wifi: " + why
         return wlan
 
     # --- the HAL -------------------------------------------------------------------------------
@@ -193,6 +211,9 @@ class Board:
 
     def urandom(self, n):
         return os.urandom(n)
+
+    def log(self, line):
+        print("reverbere:", line)  # the console lines commissioning reads (docs/flashing.md)
 
     def start_watchdog(self):
         self.wdt = machine.WDT(timeout=self.cfg["wdt_ms"])

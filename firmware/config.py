@@ -20,6 +20,8 @@ SCHEMA = (
     ("channels", {"p": 60}, "chans", 1, 86400),  # channel -> sampling interval (s)
     ("pack", 10, "int", 1, 64),  # readings per pack
     ("deadline", 600, "int", 1, 86400),  # longest a reading waits before a pack goes (s)
+    ("spread", 10, "int", 0, 600),  # a ready pack waits a random part of this (s)
+    ("first", False, "bool", 0, 0),  # send the first reading after boot at once
     ("backoff", 10, "int", 1, 3600),  # first back-off when the gateway is away (s)
     ("backoff_max", 900, "int", 1, 86400),  # back-off cap (s)
     ("sync_time", True, "bool", 0, 0),  # take the gateway's time from 2.04 responses
@@ -30,7 +32,7 @@ SCHEMA = (
 )
 KEYS = tuple(s[0] for s in SCHEMA)
 # What the gateway may change remotely.
-REMOTE = ("channels", "pack", "deadline", "backoff", "backoff_max")
+REMOTE = ("channels", "pack", "deadline", "spread", "backoff", "backoff_max")
 
 
 class ConfigError(ValueError):

@@ -11,6 +11,7 @@ A HAL is any object with these attributes (duck-typed, no base class, to keep th
     urandom(n)          n random bytes (CoAP message ids, tokens, jitter)
     feed()              feed the watchdog
     led(on)             the status LED
+    log(line)           optional: a console line for commissioning ("send seq=1 ... code=2.04")
     dev                 flash for firmware.store: size, readinto(off, buf), write(off, data)
     fs                  files: read(name) -> str or None, write(name, text), rename(a, b)
 

@@ -4,8 +4,8 @@
 factor up to ACK_RANDOM_FACTOR), doubling the timeout each time, at most MAX_RETRANSMIT times;
 ``datagram(data, now)`` takes what came back: a piggybacked response in the ACK, or an empty
 ACK then a separate response (acknowledged if confirmable, Section 5.2.2), or a RST. When the
-exchange ends, ``result`` is the response ``Message``, or ``FAILED``. No sleeping, no I/O but
-``send``: the node's loop and the simulator drive it the same way.
+exchange ends, ``result`` is the response ``Message``, ``FAILED`` or ``REFUSED``. No sleeping,
+no I/O but ``send``: the node's loop and the simulator drive it the same way.
 """
 
 from protocols import coap
@@ -20,7 +20,8 @@ except ImportError:
         return x
 
 
-FAILED = const(-1)
+FAILED = const(-1)  # no answer after MAX_RETRANSMIT retransmissions
+REFUSED = const(-2)  # a RST: nobody there takes the request
 _SEPARATE_WAIT_MS = const(60000)  # how long to wait for a separate response after an empty ACK
 
 
@@ -87,7 +88,7 @@ class Link:
             return
         if m.mtype in (ACK, RST) and m.mid == self.mid:
             if m.mtype == RST:
-                self._end(FAILED)
+                self._end(REFUSED)
             elif m.code == EMPTY:
                 self.tries = -1
                 self.due = now + _SEPARATE_WAIT_MS

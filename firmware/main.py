@@ -2,12 +2,15 @@
 
 Loads config.json (a bad one is reported on the console and the LED blinks; the node does not
 start, so that the REPL stays reachable), starts the watchdog and runs the node's loop. A
-crash resets the board; a hang is reset by the watchdog.
+crash resets the board; a hang is reset by the watchdog. The status record (status.json,
+firmware/status.py) notes a Wi-Fi failure or a watchdog reset at boot, a bad config, a crash,
+and is written when Ctrl-C stops the node (mpremote, ``reverbere node doctor``).
 """
 
 import time
 
 from firmware import config
+from firmware.status import Status
 
 
 def _log(msg):
@@ -36,6 +39,10 @@ def run():
         cfg = load(FS())
     except config.ConfigError as e:
         print("CONFIG ERROR:", e)
+        print("reverbere: config error=" + str(e).replace(" ", "_"))
+        st = Status(FS(), None)
+        st.note("config: " + str(e), 0)
+        st.write(0)
         led = machine.Pin("LED" if "rp2" in __import__("sys").platform else 2, machine.Pin.OUT)
         while True:  # blink fast: the node waits for a good config.json over the REPL
             led.value(not led.value())
@@ -45,6 +52,9 @@ def run():
     node = Node(hal, cfg)
     st = node.store
     _log("node %s up, boot %d, %d readings waiting" % (cfg["node"], st.boot, st.pending()))
+    why = hal.error or (machine.reset_cause() == machine.WDT_RESET and "reset: watchdog")
+    if why:  # recorded in the boot's status record (the first poll writes it)
+        node.status.note(why, 0)
     cap = cfg["wdt_ms"] // 2
     try:
         while True:
@@ -53,10 +63,15 @@ def run():
             data = hal.wait(min(ms, cap))
             if data:
                 node.datagram(data)
-    except Exception as e:  # anything unexpected: log it, start afresh
+    except KeyboardInterrupt:  # Ctrl-C at the REPL: the record says how long it ran
+        node.status.write(hal.ms())
+        raise
+    except Exception as e:  # anything unexpected: log it, record it, start afresh
         import sys
 
         sys.print_exception(e)
+        node.status.note("crash: " + repr(e)[:80], hal.ms())
+        node.status.write(hal.ms())
         time.sleep_ms(1000)
         machine.reset()
 

@@ -15,7 +15,8 @@ since boot, sent as a SenML relative time (a negative offset from the moment of 
 """
 
 from firmware import config
-from firmware.link import FAILED, Link
+from firmware.link import REFUSED, Link
+from firmware.status import Status
 from firmware.store import Store
 from protocols import cbor, coap, cose, senml
 from protocols.const import (
@@ -43,13 +44,17 @@ class Node:
         self.kid = cfg["node"].encode()
         self.key = bytes.fromhex(cfg["key"])
         self.store = Store(hal.dev)
+        self.status = Status(hal.fs, self.store.boot)  # status.json, for node doctor
         self.link = Link(hal.send, hal.urandom)
         self.off = None  # Unix time minus monotonic seconds, once known
         self.packn = cfg["pack"]
         self.send_at = 0  # no sending before (back-off)
+        self.hold = None  # a ready pack waits until then (spread), ms
         self.fails = 0
         self.oldest = 0 if self.store.pending() else None  # ms the oldest pending was made
-        self.flight = None  # (end seq, lost, drops reported) of the pack in flight
+        self.flight = None  # (end seq, lost, drops reported, counter, readings) in flight
+        self.first = cfg["first"]  # the first reading after boot goes at once
+        self.log = getattr(hal, "log", None)  # console lines for commissioning, if the HAL has
         self.drops_sent = 0
         self.stats = {"packs": 0, "acked": 0, "failed": 0, "readings": 0}
         self.due = {}
@@ -87,6 +92,7 @@ class Node:
         hal = self.hal
         hal.feed()
         now = hal.ms()
+        self.status.poll(now)
         for ch in self.due:
             if now >= self.due[ch]:
                 self._sample(ch, now)
@@ -103,6 +109,8 @@ class Node:
         nxt = min(self.due.values())
         if link.busy():
             nxt = min(nxt, link.due)
+        elif self.hold is not None:
+            nxt = min(nxt, max(self.send_at, self.hold))
         elif self.oldest is not None:
             nxt = min(nxt, max(self.send_at, self.oldest + self.cfg["deadline"] * 1000))
         return max(0, nxt - now)
@@ -135,9 +143,14 @@ class Node:
     def _should_send(self, now):
         if self.oldest is None or now < self.send_at:
             return False
-        return (
-            self.store.pending() >= self.packn or now >= self.oldest + self.cfg["deadline"] * 1000
-        )
+        if self.hold is None:
+            due = self.oldest + self.cfg["deadline"] * 1000
+            if self.store.pending() < self.packn and now < due and not self.first:
+                return False
+            # Ready. Nodes that sample on the same second would all send on the same second:
+            # each waits a random part of "spread" seconds so the gateway sees no stampede.
+            self.hold = now + self.cfg["spread"] * 1000 * self.hal.urandom(1)[0] // 256
+        return now >= self.hold
 
     def _send(self, now):
         st = self.store
@@ -159,13 +172,17 @@ class Node:
             st.ack(end, lost)
             self._after_ack(now)
             return
-        body = cose.sign(self.key, self.kid, st.next_counter(), senml.encode(readings))
-        self.flight = (end, lost, drops)
+        seq = st.next_counter()
+        body = cose.sign(self.key, self.kid, seq, senml.encode(readings))
+        self.flight = (end, lost, drops, seq, len(readings))
+        self.hold = None
         self.stats["packs"] += 1
         self.link.start(POST, _OPTS, body, now)
 
     def _after_ack(self, now):
         self.oldest = None
+        if self.store.pending() >= self.packn:
+            self.hold = now  # backfill: the next full pack goes at once
         if self.store.pending():
             self.oldest = now
             recs, _ = self.store.peek(1)
@@ -174,10 +191,20 @@ class Node:
                 self.oldest = now - (u - recs[0][2]) * 1000
 
     def _answer(self, m, now):
-        end, lost, drops = self.flight
+        end, lost, drops, seq, n = self.flight
         self.flight = None
         self.link.result = None
-        if m != FAILED:
+        self.first = False
+        ok = not isinstance(m, int) and m.code >> 5 == 2
+        if self.log or not ok:
+            if isinstance(m, int):
+                what = "error=refused" if m == REFUSED else "error=timeout"
+            else:
+                what = "code=%d.%02d" % (m.code >> 5, m.code & 31)
+            if self.log:
+                self.log("send seq=%d readings=%d %s" % (seq, n, what))
+        self.status.note(None if ok else "gateway: " + what[what.find("=") + 1 :], now)
+        if not isinstance(m, int):
             code = m.code
             if code >> 5 == 2:
                 self.store.ack(end, lost)

@@ -92,7 +92,10 @@ class Store:
             self.acked = acked1 - 1
             self.boot = boot + 1
         else:
-            self.gen = self.limit = self.drops = self.boot = 0
+            self.gen = self.drops = self.boot = 0
+            # Message counters start at 1: the gateway takes a counter only if it is greater
+            # than the last it accepted, and it starts from 0 (docs/protocol.md example).
+            self.limit = 1
             self.acked = -1
         head = self.acked + 1
         for i in range(self.n):

@@ -1,8 +1,9 @@
-"""``reverbere anomalies`` and ``reverbere summaries``: what the gateway found and summarised.
+"""``reverbere anomalies`` (and ``anomalies replay``): what the gateway's detectors found.
 
 A thin shell: each command opens the database named by the config (or ``--db``), calls one
 function of :mod:`gateway.report` or :mod:`gateway.detect`, and prints with
-:func:`gateway.report.render`.
+:func:`gateway.report.render`. (``reverbere summaries`` lives in gateway/cli_sync.py, which reads
+both the gateway and the platform.)
 """
 
 import csv
@@ -135,24 +136,3 @@ def anomalies_replay(csv_file, kind, fmt, threshold) -> None:
         w.writerow(("timestamp", "score", "alarm"))
         for r in out:
             w.writerow((r["timestamp"], r["score"], r["alarm"]))
-
-
-@click.command()
-@click.option(
-    "--from",
-    "source",
-    type=click.Choice(["gateway"]),
-    default="gateway",
-    show_default=True,
-    help="Where the summaries come from.",
-)
-@config_option
-@db_option
-@click.option("--node", help="Only this node.")
-@since_option
-@format_option
-def summaries(source, config_path, db_path, node, since, fmt) -> None:
-    """Hourly summaries per node and channel: count, min, max, mean, energy (Wh)."""
-    db = _open(config_path, db_path)
-    rows = report.summaries(db, node=node, since=_since(since))
-    click.echo(report.render(rows, report.SUMMARY_COLUMNS, fmt))

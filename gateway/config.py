@@ -42,7 +42,7 @@ class Config:
     dedup_lifetime: float = 60.0  # seconds a CoAP response is kept for retransmissions
     dedup_max: int = 20000  # and at most this many of them
     commit_max_packs: int = 128  # a group commit takes at most this many packs
-    commit_delay: float = 0.002  # and waits at most this long for more to arrive
+    commit_delay: float = 0.001  # and waits at most this long for more to arrive
     max_queue: int = 2000  # packs waiting for a commit; beyond it the gateway answers 5.03
     disk_budget: int = 1 << 30  # bytes the database may use
     min_free: int = 64 << 20  # bytes to leave free on the disk
@@ -207,7 +207,7 @@ max_payload = 1024             # bytes; a larger message gets 4.13
 max_future_s = 600             # readings further ahead of the gateway clock are refused (4.00)
 max_past_days = 400            # and readings older than this
 dedup_lifetime_s = 60          # a response is kept this long to answer CoAP retransmissions
-dedup_max = 20000              # and at most this many (bounds memory; see docs/gateway.md)
+dedup_max = 20000              # and at most this many, ~0.5 KB each (docs/gateway.md)
 
 [http]                         # /metrics for Prometheus; keep it on loopback
 host = "127.0.0.1"
@@ -215,7 +215,7 @@ port = 9683
 
 [store]
 commit_max_packs = 128         # group commit: packs per transaction (one fsync each)
-commit_delay_ms = 2            # how long a commit waits for more packs
+commit_delay_ms = 1            # how long an idle committer waits for more packs
 max_queue = 2000               # packs waiting for a commit; beyond it nodes get 5.03
 disk_budget_mb = 1024          # database size at which nodes get 5.03 instead of a full disk
 min_free_mb = 64               # free disk space to keep

@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import serial
 from mpremote.transport import TransportError, TransportExecError
@@ -166,7 +167,7 @@ class Device:
         out = self._call(self._t.exec, code)
         return out.decode("utf-8", "replace")
 
-    def eval(self, expr: str):
+    def eval(self, expr: str) -> Any:
         return ast.literal_eval(self.exec(f"print(repr({expr}))").strip())
 
     def _need_helpers(self) -> None:

@@ -30,6 +30,10 @@ import time
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.device import BoardInfo, Device
 
 CONFIG_PATH = "/config.json"  # firmware/config.py reads it from the working directory, /
 STATUS_PATH = "/status.json"
@@ -101,6 +105,9 @@ class NodeConfig:
         d = dict(existing)
         d.update({"node": self.node_id, "key": key.hex(), "gateway": self.gateway})
         d["port"] = self.port
+        # Send the first reading at once after every boot (a one-reading pack), so that the
+        # technician sees the gateway's answer within a minute, not when a full pack is due.
+        d["first"] = True
         if self.wifi_ssid:
             d["wifi"] = {"ssid": self.wifi_ssid, "password": self.wifi_password or ""}
         return json.dumps(d, sort_keys=True).encode()
@@ -116,7 +123,7 @@ class Commission:
 
 @dataclass
 class FlashResult:
-    board: object  # gateway.device.BoardInfo
+    board: BoardInfo
     slot: str
     files_total: int
     files_sent: int
@@ -228,7 +235,7 @@ def build_firmware(bytecode: tuple[int, int]) -> list[FirmwareFile]:
 # --- flash -------------------------------------------------------------------------------
 
 
-def check_board(info, board: str | None) -> None:
+def check_board(info: BoardInfo, board: str | None) -> None:
     if info.version < MIN_VERSION:
         need = ".".join(map(str, MIN_VERSION))
         raise BoardTooOld(
@@ -243,7 +250,7 @@ def check_board(info, board: str | None) -> None:
         )
 
 
-def _put(dev, path: str, data: bytes, progress: Progress) -> None:
+def _put(dev: Device, path: str, data: bytes, progress: Progress) -> None:
     """Write one file via a temporary name, check it on the board, then rename it."""
     tmp = path + ".tmp"
     want = sha256(data).hexdigest()
@@ -252,7 +259,16 @@ def _put(dev, path: str, data: bytes, progress: Progress) -> None:
         raise FlashError(f"{path}: SHA-256 on the board does not match what was sent")
 
 
-def install(dev, files: list[FirmwareFile], progress: Progress) -> dict:
+def _boot_files(dev: Device) -> None:
+    """The boot shim (main.py, fwboot.py): the same for every firmware; written if it differs."""
+    files = {"/fwboot.py": FWBOOT.encode(), "/main.py": MAIN.encode()}
+    have = dev.sha256(files)
+    for path, data in files.items():
+        if have[path] != sha256(data).hexdigest():
+            _put(dev, path, data, Progress())
+
+
+def install(dev: Device, files: list[FirmwareFile], progress: Progress) -> dict[str, Any]:
     """Stage ``files`` in the free slot, verify, switch the pointer. Returns figures."""
     pointer = dev.read(POINTER_PATH)
     current = pointer.decode().strip() if pointer else None
@@ -268,6 +284,7 @@ def install(dev, files: list[FirmwareFile], progress: Progress) -> dict:
             if all(have[f"/fw/{current}/{p}"] == h for p, h in want.items()):
                 figures["slot"] = current
                 progress.start(0, 0)
+                _boot_files(dev)  # in case someone replaced main.py since
                 return figures  # the same firmware is installed: nothing to send
 
     target = "b" if current == "a" else "a"
@@ -297,17 +314,14 @@ def install(dev, files: list[FirmwareFile], progress: Progress) -> dict:
     bad = [p for p, h in want.items() if check[f"{base}/{p}"] != h]
     if bad:
         raise FlashError(f"verification failed on the board for {', '.join(sorted(bad))}")
-    for path, text in (("/fwboot.py", FWBOOT), ("/main.py", MAIN)):
-        data = text.encode()
-        if dev.sha256([path])[path] != sha256(data).hexdigest():
-            _put(dev, path, data, Progress())
+    _boot_files(dev)
     _put(dev, POINTER_PATH, target.encode(), Progress())  # the switch
     figures["slot"] = target
     figures["changed"] = True
     return figures
 
 
-def provision(dev, config: NodeConfig, key: bytes) -> None:
+def provision(dev: Device, config: NodeConfig, key: bytes) -> None:
     """Write the node's config.json (key included) in one atomic step, if it differs."""
     existing = _loads(dev.read(CONFIG_PATH))
     existing.pop("error", None)
@@ -363,7 +377,7 @@ def judge(lines: list[str], node_id: str, gateway_name: str, gateway_addr: str) 
             code = kv.get("code")
             n = int(kv.get("readings", "0") or 0)
             if code == "2.04":
-                sentence = f"{node_id} is sending to {gateway_name} ({n} readings received)"
+                sentence = f"{node_id} is sending to {gateway_name} ({_received(n)})"
                 return Commission(True, sentence, lines, n)
             if code == "4.01":
                 return Commission(
@@ -395,6 +409,10 @@ def judge(lines: list[str], node_id: str, gateway_name: str, gateway_addr: str) 
         f"(mpremote connect PORT repl) and its power supply.",
         lines,
     )
+
+
+def _received(n: int) -> str:
+    return f"{n} reading{'' if n == 1 else 's'} received"
 
 
 def _named(name: str, addr: str) -> str:
@@ -448,7 +466,7 @@ def gateway_key(config_path: str | Path, node_id: str) -> bytes:
 
 
 def commission(
-    dev,
+    dev: Device,
     node_id: str,
     gateway_name: str,
     gateway_addr: str,
@@ -461,16 +479,18 @@ def commission(
     database is local) the readings stored at the gateway confirm it, which also works with a
     firmware that prints nothing.
     """
-    got = {"n": 0}
-    last_poll = [0.0]
+    state = {"polled": 0.0, "seen": None}
 
     def until(line: str | None) -> bool:
         if line is not None and _final(line):
             return True
-        if watch is not None and time.monotonic() - last_poll[0] > 0.25:
-            last_poll[0] = time.monotonic()
-            got["n"] = watch.received()
-            return got["n"] > 0
+        now = time.monotonic()
+        if state["seen"] is not None:  # stored at the gateway: let the console catch up
+            return now - state["seen"] > 2.0
+        if watch is not None and now - state["polled"] > 0.25:
+            state["polled"] = now
+            if watch.received() > 0:
+                state["seen"] = now
         return False
 
     lines = dev.reset_and_listen(until, timeout)
@@ -483,7 +503,7 @@ def commission(
             n = watch.received()
         if n > 0:
             return Commission(
-                True, f"{node_id} is sending to {gateway_name} ({n} readings received)", lines, n
+                True, f"{node_id} is sending to {gateway_name} ({_received(n)})", lines, n
             )
         if verdict.ok:
             return Commission(
@@ -548,34 +568,74 @@ def flash(
 
 @dataclass
 class Diagnosis:
-    board: object
+    board: BoardInfo
     slot: str | None
-    config: dict  # without the key or the Wi-Fi password
+    config: dict  # without the key; the Wi-Fi password masked
     has_key: bool
-    status: dict  # what the node last wrote: uptime, buffer, dropped, last error
+    store: dict | None  # the firmware's reading buffer on flash: pending, capacity, dropped...
+    status: dict  # what the node last wrote in /status.json, if it does
+
+
+# Runs on the board: the config without its key (the key never crosses the cable).
+_READ_CONFIG = f"""\
+import json
+try:
+    with open({CONFIG_PATH!r}) as f:
+        c = json.load(f)
+except (OSError, ValueError):
+    c = {{}}
+k = c.pop('key', None)
+print(json.dumps([c, bool(k)]))
+"""
+
+# Runs on the board: the firmware's own Store reads its ring (read-only: writes are dropped).
+_READ_STORE = """\
+import sys, os
+sys.path.insert(0, '/fw/%s')
+from firmware.store import Store
+class _RO:
+    def __init__(s, p):
+        s.f = open(p, 'rb')
+        s.size = os.stat(p)[6]
+    def readinto(s, off, buf):
+        s.f.seek(off)
+        s.f.readinto(buf)
+    def write(s, off, data):
+        pass
+_st = Store(_RO('/ring.bin'))
+print(repr({'pending': _st.pending(), 'capacity': _st.n, 'dropped': _st.drops,
+            'boot': _st.boot - 1, 'counter': _st.limit}))
+_st.dev.f.close()
+"""
 
 
 def doctor(port: str, baud: int = 115200) -> Diagnosis:
-    """Read a node's state over serial, for a technician on site. Never reads the key."""
-    from gateway.device import Device
+    """Read a node's state over serial, for a technician on site. Writes nothing.
+
+    The key stays on the board (only whether there is one is reported); the reading buffer is
+    read by the firmware's own ``firmware.store.Store`` over a read-only view of its flash.
+    """
+    import ast
+
+    from gateway.device import Device, DeviceError
 
     with Device(port, baud) as dev:
         dev.enter_raw()
         info = dev.info()
         pointer = dev.read(POINTER_PATH)
-        config = _loads(dev.read(CONFIG_PATH))
+        slot = pointer.decode().strip() if pointer else None
+        config, has_key = json.loads(dev.exec(_READ_CONFIG))
+        store = None
+        if slot in SLOTS:
+            try:
+                store = ast.literal_eval(dev.exec(_READ_STORE % slot).strip())
+            except DeviceError:
+                store = None  # no ring yet (the node never ran), or another firmware
         raw_status = dev.read(STATUS_PATH)
-    has_key = bool(config.pop("key", None))
     wifi = config.get("wifi")
     if isinstance(wifi, dict) and wifi.get("password"):
         config["wifi"] = {**wifi, "password": "***"}
-    return Diagnosis(
-        board=info,
-        slot=pointer.decode().strip() if pointer else None,
-        config=config,
-        has_key=has_key,
-        status=_loads(raw_status),
-    )
+    return Diagnosis(info, slot, config, has_key, store, _loads(raw_status))
 
 
 def _loads(raw: bytes | None) -> dict:

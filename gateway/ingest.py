@@ -17,6 +17,7 @@ is counted in ``reverbere_packs_rejected_total{reason}`` and logged at most once
 source address) per minute.
 """
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -27,7 +28,7 @@ from typing import Any
 
 import cbor2
 import sqlite_utils
-from aiocoap import Message, resource
+from aiocoap import Message, error, resource
 from aiocoap.numbers.codes import Code
 
 from gateway import registry
@@ -37,12 +38,21 @@ from gateway.metrics import Registry
 from gateway.records import Reading
 from gateway.store import Committer, Outcome, Overloaded, Pack, Stopped
 from protocols import cbor, cose, senml
-from protocols.const import CF_CBOR, CF_COSE_MAC0, CHANNELS, MAC_LEN, RESP_CONFIG, RESP_TIME
+from protocols.const import (
+    CF_CBOR,
+    CF_COSE_MAC0,
+    CHANNELS,
+    MAC_LEN,
+    READINGS_PATH,
+    RESP_CONFIG,
+    RESP_TIME,
+)
 
 log = logging.getLogger("reverbere.ingest")
 
 # What a decoder may raise on hostile bytes (cbor2's errors are ValueErrors or EOFErrors).
 _MALFORMED = (ValueError, TypeError, LookupError, RecursionError, OverflowError, EOFError)
+MAX_REJECTION_LINES = 100  # per minute, whatever the number of sources
 MAX_VALUE = 1e15  # larger magnitudes are no sensor reading (and would overflow SQLite ints)
 
 
@@ -115,10 +125,13 @@ class Ingest:
         self, cfg: Config, db: sqlite_utils.Database, committer: Committer, metrics: Registry
     ):
         self.cfg = cfg
-        self.db = db  # a reading connection, for node lookups (the committer writes)
+        self.nodes = registry.NodeCache(db)  # db: a reading connection (the committer writes)
         self.committer = committer
         self.metrics = metrics
-        self.limiter = RateLimiter(60.0)
+        self.limiter = RateLimiter(60.0)  # one line per node (or source) per minute
+        self.log_budget = RateLimiter(60.0, burst=MAX_REJECTION_LINES)  # and 100 in all
+        self._busy = 0
+        self._idle = asyncio.Event()
         self._rejected = metrics.counter(
             "reverbere_packs_rejected_total", "Packs refused, by reason."
         )
@@ -127,15 +140,26 @@ class Ingest:
             "reverbere_readings_received_total", "Readings in packs that passed validation."
         )
 
-    async def handle(self, payload: bytes, content_format: int | None, source: str) -> Answer:
+    async def handle(self, payload: bytes, content_format: int | None, source: Any) -> Answer:
+        """The answer to a POST of ``payload``; ``source`` (str()-able) names the sender in logs."""
+        self._busy += 1
         try:
-            code = await self._handle(payload, content_format)
+            return await self._handle(payload, content_format)
         except Rejected as r:
             self._reject(r, source)
             if r.code == Code.SERVICE_UNAVAILABLE:
                 return Answer(r.code, str(r).encode(), max_age=self.cfg.retry_after)
             return Answer(r.code, str(r).encode())
-        return code
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
+
+    async def idle(self) -> None:
+        """Wait until no request is being handled (for a graceful stop)."""
+        while self._busy:
+            self._idle.clear()
+            await self._idle.wait()
 
     async def _handle(self, payload: bytes, content_format: int | None) -> Answer:
         if content_format != CF_COSE_MAC0:
@@ -156,10 +180,14 @@ class Ingest:
             node_id = mac0.kid.decode()
         except UnicodeDecodeError:
             raise Rejected(Code.UNAUTHORIZED, "unknown_node", "unknown node") from None
-        entry = registry.lookup(self.db, node_id)
+        entry = self.nodes.get(node_id)
         if entry is None:
-            raise Rejected(Code.UNAUTHORIZED, "unknown_node", "unknown node", node_id)
+            # not node=: a claimed id is not a node, so these are limited per source address
+            raise Rejected(Code.UNAUTHORIZED, "unknown_node", f"unknown node {node_id[:64]!r}")
         ref, key, last_seq = entry
+        if not verify_mac(mac0, key) or mac0.seq < last_seq:
+            # The cache may be a moment behind a rotate-key: read the node again, once.
+            ref, key, last_seq = self.nodes.recheck(node_id) or entry
         if not verify_mac(mac0, key):
             raise Rejected(Code.UNAUTHORIZED, "bad_mac", "bad MAC", node_id)
         if mac0.seq < last_seq:
@@ -187,6 +215,7 @@ class Ingest:
             raise Rejected(Code.UNAUTHORIZED, "replay", "counter already used", node_id)
         if outcome is Outcome.UNKNOWN_NODE:
             raise Rejected(Code.UNAUTHORIZED, "unknown_node", "unknown node", node_id)
+        self.nodes.accepted(node_id, key, mac0.seq)
         self._received.inc(len(readings))
         return self._ok(node_id, outcome)
 
@@ -197,11 +226,12 @@ class Ingest:
         )
         return Answer(Code.CHANGED, body, content_format=CF_CBOR)
 
-    def _reject(self, r: Rejected, source: str) -> None:
+    def _reject(self, r: Rejected, source: Any) -> None:
         self._rejected.inc(reason=r.reason)
-        who = r.node or source
-        suppressed = self.limiter.allow(who)
-        if suppressed is not None:
+        # per node, or per source host for what names no node; cheap even under a flood
+        suppressed = self.limiter.allow(r.node or getattr(source, "sockaddr", (source,))[0])
+        if suppressed is not None and self.log_budget.allow("all") is not None:
+            source = getattr(source, "hostinfo", source)  # costly in aiocoap: only to log
             event(
                 log,
                 logging.WARNING,
@@ -216,16 +246,30 @@ class Ingest:
 
 
 class ReadingsResource(resource.Resource):
-    """``POST /r``: a thin aiocoap wrapper around ``Ingest.handle``."""
+    """``POST /r``: a thin aiocoap wrapper around ``Ingest.handle``.
+
+    It is the server's root resource and checks the path itself (4.04 for any other): the
+    gateway serves one path, and aiocoap's ``Site`` would deep-copy every request to strip
+    its path, which costs more than verifying the MAC.
+    """
 
     def __init__(self, ingest: Ingest):
         super().__init__()
         self.ingest = ingest
 
+    async def needs_blockwise_assembly(self, request: Any) -> bool:
+        return True
+
+    async def render(self, request: Any) -> Message:
+        if request.opt.uri_path != (READINGS_PATH,):
+            raise error.NotFound()
+        return await super().render(request)
+
     async def render_post(self, request: Any) -> Message:
         cf = request.opt.content_format
-        source = request.remote.hostinfo
-        answer = await self.ingest.handle(request.payload, None if cf is None else int(cf), source)
+        answer = await self.ingest.handle(
+            request.payload, None if cf is None else int(cf), request.remote
+        )
         msg = Message(code=answer.code, payload=answer.payload)
         if answer.content_format is not None:
             msg.opt.content_format = answer.content_format

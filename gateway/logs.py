@@ -67,26 +67,33 @@ def event(logger: logging.Logger, level: int, msg: str, **fields: Any) -> None:
 
 
 class RateLimiter:
-    """Says whether an event for ``key`` may be logged now: at most once per ``period`` seconds.
+    """Says whether an event for ``key`` may be logged now: at most ``burst`` times per
+    ``period`` seconds (default once).
 
     Counts what it held back, so the next line can say how many were suppressed. Bounded: keeps
     at most ``max_keys`` keys (the oldest go first), so a flood of forged node ids cannot grow it.
     """
 
-    def __init__(self, period: float = 60.0, max_keys: int = 10000):
+    def __init__(self, period: float = 60.0, max_keys: int = 10000, burst: int = 1):
         self.period = period
         self.max_keys = max_keys
-        self._last: OrderedDict[Any, list] = OrderedDict()  # key -> [time logged, suppressed]
+        self.burst = burst
+        # key -> [start of the current period, events allowed in it, suppressed since]
+        self._last: OrderedDict[Any, list] = OrderedDict()
 
     def allow(self, key: Any, now: float | None = None) -> int | None:
         """None to stay quiet; else the number of events suppressed since the last line."""
         now = time.monotonic() if now is None else now
         entry = self._last.get(key)
         if entry is not None and now - entry[0] < self.period:
-            entry[1] += 1
+            if entry[1] < self.burst:
+                entry[1] += 1
+                suppressed, entry[2] = entry[2], 0
+                return suppressed
+            entry[2] += 1
             return None
-        suppressed = entry[1] if entry else 0
-        self._last[key] = [now, 0]
+        suppressed = entry[2] if entry else 0
+        self._last[key] = [now, 1, 0]
         self._last.move_to_end(key)
         while len(self._last) > self.max_keys:
             self._last.popitem(last=False)

@@ -114,7 +114,7 @@ def flash_cmd(
     installs atomically (a pulled cable leaves the old firmware or the new one, never a mix),
     writes the node's config and key, then resets the node and waits for its first pack.
     """
-    from gateway.device import DeviceError
+    from gateway.device import DeviceError, DeviceLost
     from gateway.flash import FlashError, GatewayWatch, NodeConfig, flash, parse_gateway
 
     bar = _Bar()
@@ -136,6 +136,12 @@ def flash_cmd(
             commission_timeout=None if no_commission else timeout,
             watch=watch,
         )
+    except DeviceLost as e:
+        bar.close()
+        raise click.ClickException(
+            f"{e}. Plug the node back in and run the same command again: it still boots the "
+            "firmware it had, and what was already copied is not sent again."
+        ) from None
     except (FlashError, DeviceError) as e:
         bar.close()
         raise click.ClickException(str(e)) from None
@@ -194,6 +200,7 @@ def doctor_cmd(port, baud, as_json) -> None:
             "slot": d.slot,
             "config": d.config,
             "has_key": d.has_key,
+            "store": d.store,
             "status": d.status,
         }
         click.echo(json.dumps(out, sort_keys=True))
@@ -205,13 +212,31 @@ def doctor_cmd(port, baud, as_json) -> None:
     else:
         click.echo("Config: none (flash the node with `reverbere node flash`)")
     click.echo(f"Key: {'present (not shown)' if d.has_key else 'MISSING'}")
-    s = d.status
+    st = d.store
+    if st:
+        click.echo(
+            f"Buffer: {st['pending']}/{st['capacity']} readings waiting, dropped "
+            f"{st['dropped']}, boot #{st['boot']}, message counter {st['counter']}"
+        )
+    else:
+        click.echo("Buffer: none yet (the firmware makes it when it first runs)")
+    click.echo(_status_line(d.status))
+
+
+def _status_line(s: dict) -> str:
+    """The node's own status record (firmware/status.py), in one line."""
     if not s:
-        click.echo("Node status: none yet (the firmware writes it once it has run)")
-        return
-    buf = s.get("buffer") or {}
-    click.echo(
-        f"Node status: up {s.get('uptime_s', '?')} s, boots {s.get('boots', '?')}, "
-        f"buffer {buf.get('used', '?')}/{buf.get('capacity', '?')} readings, "
-        f"dropped {s.get('dropped', '?')}, last error: {s.get('last_error') or 'none'}"
+        return "Node status: none (the firmware writes it when it runs)"
+    if "error" in s:
+        return "Node status: status.json is unreadable"
+    acks = s.get("acks") or 0
+    sent = f"{acks} pack{'' if acks == 1 else 's'} acknowledged"
+    if s.get("ack_s") is not None:
+        sent += f", the last at {s['ack_s']} s"
+    err = s.get("last_error")
+    if err:
+        err += f" (boot #{s.get('error_boot', '?')}, at {s.get('error_s', '?')} s)"
+    return (
+        f"Node status (its last record): boot #{s.get('boot', '?')}, up {s.get('uptime_s', '?')} "
+        f"s, {sent}; last error: {err or 'none'}"
     )

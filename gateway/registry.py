@@ -139,3 +139,73 @@ def lookup(db: sqlite_utils.Database, node_id: str) -> tuple[int, bytes, int] | 
 def node_ids(db: sqlite_utils.Database) -> dict[int, str]:
     """ref -> id of every node ever registered."""
     return dict(db.execute("SELECT ref, id FROM nodes").fetchall())
+
+
+class NodeCache:
+    """The active nodes in memory, for the ingest path: no SQL query per message.
+
+    Reloaded from the database every ``refresh`` seconds, so ``node add/remove/rotate-key``
+    from another process take effect within that time; an id not in the cache is looked up
+    at once (and a miss remembered for ``refresh`` seconds, against floods of forged ids).
+    The cache is only a pre-filter: the committer checks key and counter again inside the
+    transaction that stores the pack, which is what replay protection rests on.
+    """
+
+    MAX_MISSES = 10000
+
+    def __init__(self, db: sqlite_utils.Database, refresh: float = 1.0):
+        self.db = db
+        self.refresh = refresh
+        self._nodes: dict[str, tuple[int, bytes, int]] = {}
+        self._misses: dict[str, float] = {}
+        self._rechecked: dict[str, float] = {}
+        self._loaded = float("-inf")
+
+    def get(self, node_id: str) -> tuple[int, bytes, int] | None:
+        """``(ref, key, last_seq)`` of an active node, or None."""
+        now = time.monotonic()
+        if now - self._loaded >= self.refresh:
+            self.reload(now)
+        entry = self._nodes.get(node_id)
+        if entry is None:
+            if now - self._misses.get(node_id, float("-inf")) < self.refresh:
+                return None
+            entry = lookup(self.db, node_id)
+            if entry is None:
+                if len(self._misses) >= self.MAX_MISSES:
+                    self._misses.clear()
+                self._misses[node_id] = now
+                return None
+            self._nodes[node_id] = entry
+        return entry
+
+    def recheck(self, node_id: str) -> tuple[int, bytes, int] | None:
+        """The node's entry read again from the database, for when the cached one may be
+        stale (a bad MAC or an old counter just after ``rotate-key``); None if it was read
+        again less than ``refresh`` seconds ago, so forged packets cannot each cost a query."""
+        now = time.monotonic()
+        if now - self._rechecked.get(node_id, float("-inf")) < self.refresh:
+            return None
+        if len(self._rechecked) >= self.MAX_MISSES:
+            self._rechecked.clear()
+        self._rechecked[node_id] = now
+        entry = lookup(self.db, node_id)
+        if entry is None:
+            self._nodes.pop(node_id, None)
+        else:
+            self._nodes[node_id] = entry
+        return entry
+
+    def reload(self, now: float | None = None) -> None:
+        rows = self.db.execute(
+            "SELECT id, ref, key, last_seq FROM nodes WHERE key IS NOT NULL"
+        ).fetchall()
+        self._nodes = {r[0]: (r[1], r[2], r[3]) for r in rows}
+        self._misses.clear()
+        self._loaded = time.monotonic() if now is None else now
+
+    def accepted(self, node_id: str, key: bytes, seq: int) -> None:
+        """A pack of ``node_id`` with counter ``seq`` was committed."""
+        entry = self._nodes.get(node_id)
+        if entry is not None and entry[1] == key and seq > entry[2]:
+            self._nodes[node_id] = (entry[0], key, seq)

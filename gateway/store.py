@@ -19,6 +19,7 @@ database and the readings that were new (duplicates filtered) in commit order.
 
 import asyncio
 import enum
+import functools
 import logging
 import os
 import shutil
@@ -41,6 +42,7 @@ migrations = Migrations("reverbere.store")
 log = logging.getLogger("reverbere.store")
 
 BATTERY_CHANNEL = "bat"
+CHECKPOINT_PERIOD = 1.0  # seconds between WAL checkpoints, at most
 
 
 @migrations()
@@ -108,39 +110,58 @@ def commit_batch(
     new: list[Reading] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
+        # The nodes of the batch, read once: this transaction holds the write lock, so nobody
+        # changes them until it ends. ``nodes`` then follows what the batch accepts.
+        refs = sorted({p.node_ref for p in batch})
+        nodes = {
+            ref: [key, seq, 0, 0, None]  # key, last_seq, messages, gaps, battery
+            for ref, key, seq in conn.execute(
+                f"SELECT ref, key, last_seq FROM nodes WHERE ref IN ({', '.join('?' * len(refs))})",
+                refs,
+            )
+        }
         for pack in batch:
-            row = conn.execute(
-                "SELECT key, last_seq FROM nodes WHERE ref = ?", [pack.node_ref]
-            ).fetchone()
-            if row is None or row[0] != pack.key:
+            node = nodes.get(pack.node_ref)
+            if node is None or node[0] != pack.key:
                 outcomes.append(Outcome.UNKNOWN_NODE)
                 continue
-            last = row[1]
+            last = node[1]
             if pack.seq <= last:
                 outcomes.append(Outcome.REPEATED if pack.seq == last else Outcome.REPLAY)
                 continue
-            battery = None
+            # One statement per pack; RETURNING names the rows that were not there yet.
+            args: list = []
             for r in pack.readings:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO readings (node, channel, time, value)"
-                    " VALUES (?, ?, ?, ?)",
-                    [pack.node_ref, r.channel, r.time, r.value],
-                )
-                if cur.rowcount == 1:
-                    new.append(r)
+                args += (pack.node_ref, r.channel, r.time, r.value)
                 if r.channel == BATTERY_CHANNEL:
-                    battery = r.value
-            conn.execute(
-                "UPDATE nodes SET last_seq = ?, last_seen = ?, messages = messages + 1,"
-                " gaps = gaps + ?, battery = coalesce(?, battery) WHERE ref = ?",
-                [pack.seq, now, pack.seq - last - 1, battery, pack.node_ref],
-            )
+                    node[4] = r.value
+            inserted = conn.execute(_insert_sql(len(pack.readings)), args).fetchall()
+            if len(inserted) == len(pack.readings):
+                new.extend(pack.readings)
+            elif inserted:
+                fresh = set(inserted)
+                new.extend(r for r in pack.readings if (r.channel, r.time) in fresh)
+            node[1], node[2], node[3] = pack.seq, node[2] + 1, node[3] + pack.seq - last - 1
             outcomes.append(Outcome.STORED)
+        conn.executemany(
+            "UPDATE nodes SET last_seq = ?, last_seen = ?, messages = messages + ?,"
+            " gaps = gaps + ?, battery = coalesce(?, battery) WHERE ref = ?",
+            [(n[1], now, n[2], n[3], n[4], ref) for ref, n in nodes.items() if n[2]],
+        )
         conn.commit()
     except BaseException:
         conn.rollback()
         raise
     return outcomes, new
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(n: int) -> str:
+    return (
+        "INSERT OR IGNORE INTO readings (node, channel, time, value) VALUES "
+        + ", ".join(["(?, ?, ?, ?)"] * n)
+        + " RETURNING channel, time"
+    )
 
 
 def set_disk_budget(db: sqlite_utils.Database, budget_bytes: int) -> None:
@@ -199,7 +220,7 @@ class Committer:
         path: Path,
         *,
         max_packs: int = 128,
-        delay: float = 0.002,
+        delay: float = 0.001,
         max_queue: int = 2000,
         disk_budget: int = 1 << 30,
         min_free: int = 64 << 20,
@@ -222,6 +243,11 @@ class Committer:
         self._stopping = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="reverbere-writer")
         self._full_log = RateLimiter(60.0)
+        # WAL checkpoints run in their own thread and connection, beside the commits (below).
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="reverbere-checkpoint")
+        self._checkpoint_db: sqlite3.Connection | None = None
+        self._checkpoint_task: asyncio.Future | None = None
+        self._checkpoint_at = 0.0
 
     async def run(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run ``func(db, *args)`` in the writer thread, between commits."""
@@ -237,7 +263,27 @@ class Committer:
     def _open(self) -> sqlite_utils.Database:
         db = open_db(self.path)
         set_disk_budget(db, self.disk_budget)
+        # SQLite would checkpoint inside the commit that fills the WAL past 1000 pages, and every
+        # pack of that batch would wait for it; ``_maybe_checkpoint`` does it beside the commits.
+        db.execute("PRAGMA wal_autocheckpoint = 0")
         return db
+
+    def _maybe_checkpoint(self) -> None:
+        """At most once every CHECKPOINT_PERIOD, copy the WAL into the database (PASSIVE: never
+        waits for the writer), in the checkpoint thread."""
+        now = time.monotonic()
+        if self._checkpoint_task is not None and not self._checkpoint_task.done():
+            return
+        if now - self._checkpoint_at < CHECKPOINT_PERIOD:
+            return
+        self._checkpoint_at = now
+        loop = asyncio.get_running_loop()
+        self._checkpoint_task = loop.run_in_executor(self._checkpointer, self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        if self._checkpoint_db is None:
+            self._checkpoint_db = sqlite3.connect(self.path)
+        self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     @property
     def depth(self) -> int:
@@ -260,8 +306,12 @@ class Committer:
         if self._task is not None:
             self._wake.set()
             await self._task
+        if self._checkpoint_task is not None:
+            await asyncio.wait([self._checkpoint_task])
+        self._checkpointer.submit(lambda: self._checkpoint_db and self._checkpoint_db.close())
+        self._checkpointer.shutdown(wait=True)
         if self.db is not None:
-            await self.run(lambda db: db.close())
+            await self.run(_close)  # with a last checkpoint: the WAL is emptied
         self._executor.shutdown(wait=True)
 
     async def _loop(self) -> None:
@@ -280,14 +330,15 @@ class Committer:
             t0 = time.perf_counter()
             try:
                 outcomes, new = await loop.run_in_executor(self._executor, self._commit, batch)
-            except Exception as e:  # the database refused: nothing of the batch is stored
+            except (sqlite3.Error, OSError) as e:  # refused: nothing of the batch is stored
                 outcomes, new = [Outcome.FULL] * len(batch), []
-                self._note_full(str(e))
+                self._note_full(e)
             self.last_commit_seconds = time.perf_counter() - t0
             for pack, outcome in zip(batch, outcomes, strict=True):
                 if not pack.future.done():
                     pack.future.set_result(outcome)
             self._count(batch, outcomes, len(new))
+            self._maybe_checkpoint()
             if new and self.after_commit:
                 await loop.run_in_executor(self._executor, self._stages, new)
 
@@ -301,12 +352,15 @@ class Committer:
             event(log, logging.INFO, "storing again", db_bytes=db_bytes(self.db))
         return outcomes, new
 
-    def _note_full(self, reason: str) -> None:
+    def _note_full(self, e: BaseException) -> None:
+        """Disk budget or free space reached, or another database error (with its trace)."""
         self.full = True
         if self.metrics is not None:
             self.metrics.gauge("reverbere_store_full").set(1)
         if self._full_log.allow("full") is not None:
-            event(log, logging.ERROR, "cannot store: answering 5.03", reason=reason)
+            event(log, logging.ERROR, "cannot store: answering 5.03", reason=str(e))
+            if not (is_full_error(e) or isinstance(e, OSError)):
+                log.error("database error", exc_info=e, extra={"fields": {}})
 
     def _count(self, batch: list[Pack], outcomes: list[Outcome], new: int) -> None:
         m = self.metrics
@@ -328,6 +382,11 @@ class Committer:
                 log.exception("after-commit stage %s failed", name, extra={"fields": {}})
                 if self.metrics is not None:
                     self.metrics.counter("reverbere_stage_errors_total").inc(stage=name)
+
+
+def _close(db: sqlite_utils.Database) -> None:
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
 
 
 def wal_bytes(path: Path) -> int:

@@ -3,12 +3,32 @@
 Tests and the demo start the same parts in-process through the library.
 """
 
+import asyncio
 import contextlib
+import json
+import re
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import click
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(value: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", value.strip())
+    if not m:
+        raise click.BadParameter(f"{value!r} is not a duration (e.g. 90s, 30m, 6h, 1d, 1w)")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def _hostport(value: str) -> tuple[str, int]:
+    m = re.fullmatch(r"(?:\[([^\]]+)\]|([^:]+)):(\d+)", value)
+    if not m or int(m.group(3)) > 65535:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:5683)")
+    return m.group(1) or m.group(2), int(m.group(3))
 
 
 @click.group("sim")
@@ -114,3 +134,144 @@ def board(state, baud, disconnect_after, board, version, wifi) -> None:
         _serve_until_interrupted()
     finally:
         vb.stop()
+
+
+@sim.command("fleet")
+@click.option(
+    "--gateway",
+    "gateway",
+    default="127.0.0.1:5683",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where the nodes send (a gateway, or `sim net`).",
+)
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, 5000),
+    default=100,
+    show_default=True,
+    help="Fleet size: 4 street lights for each public building.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A gateway's TOML config: register the nodes there and use its keys.",
+)
+@click.option(
+    "--keys",
+    "keys_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON node id -> hex key; written with new keys if missing.",
+)
+@click.option("--duration", default="1d", show_default=True, help="Simulated time: 6h, 1d, 1w.")
+@click.option("--start", type=float, help="Simulated start, Unix seconds [now - duration].")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    help="At most this many simulated seconds per second [as fast as it goes].",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--anomalies",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="How many anomalies to inject (one per node at most).",
+)
+@click.option(
+    "--truth",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the injected anomalies here (JSON lines).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+def fleet_cmd(
+    gateway, nodes, config_path, keys_path, duration, start, speed, seed, anomalies, truth, as_json
+):
+    """Run NODES virtual nodes (the real firmware) against a gateway, on a simulated clock."""
+    from gateway.config import ConfigError
+    from gateway.registry import RegistryError
+    from sim.fleet import KeysError, gateway_keys, load_keys, make_keys, run_fleet, save_keys
+
+    addr = _hostport(gateway)
+    try:
+        if config_path is not None:
+            keys = gateway_keys(config_path, list(make_keys(nodes, seed)))
+        elif keys_path is not None and keys_path.exists():
+            keys = load_keys(keys_path)
+        else:
+            keys = make_keys(nodes, seed)
+        if keys_path is not None and not keys_path.exists():
+            save_keys(keys_path, keys)
+    except (KeysError, RegistryError) as e:
+        raise click.ClickException(f"{e} (hint: {e.hint})") from None
+    except ConfigError as e:
+        raise click.ClickException(
+            f"{e}\n  hint: `reverbere gateway init DIR` writes a commented example"
+        ) from None
+    stats = asyncio.run(
+        run_fleet(
+            keys,
+            addr,
+            start=start,
+            duration=_duration(duration),
+            speed=speed,
+            seed=seed,
+            anomalies=anomalies,
+            truth=truth,
+        )
+    )
+    if as_json:
+        click.echo(json.dumps(stats.as_dict()))
+    else:
+        click.echo(
+            f"{stats.nodes} nodes, {stats.sim_seconds / 3600:.1f} simulated hours in "
+            f"{stats.wall_seconds:.1f} s ({stats.speedup:.0f}x): {stats.readings} readings, "
+            f"{stats.packs} packs, {stats.acked} acknowledged, {stats.datagrams} datagrams, "
+            f"{stats.failed} failed exchanges, {stats.pending} readings left unsent"
+        )
+
+
+@sim.command("net")
+@click.option("--listen", default="127.0.0.1:5684", show_default=True, metavar="HOST:PORT")
+@click.option("--upstream", default="127.0.0.1:5683", show_default=True, metavar="HOST:PORT")
+@click.option("--loss", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--duplicate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--reorder", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option(
+    "--delay",
+    default="0:0",
+    show_default=True,
+    metavar="MIN:MAX",
+    help="Extra delay per datagram, milliseconds.",
+)
+@click.option(
+    "--outage",
+    "outages",
+    multiple=True,
+    metavar="START:END",
+    help="Drop everything from START to END seconds after start (repeatable).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def net_cmd(listen, upstream, loss, duplicate, reorder, delay, outages, seed):
+    """A UDP proxy that loses, duplicates, reorders and delays datagrams (Ctrl-C stops)."""
+    from sim.net import Impairments, serve
+
+    try:
+        lo, hi = (float(x) / 1000 for x in delay.split(":"))
+        t0 = time.time()
+        windows = [tuple(t0 + float(x) for x in o.split(":")) for o in outages]
+        assert all(len(w) == 2 for w in windows)
+    except (ValueError, AssertionError):
+        raise click.BadParameter("use MIN:MAX for --delay and START:END for --outage") from None
+    imp = Impairments(loss, duplicate, reorder, (lo, hi), windows)
+
+    def report(s):
+        click.echo(
+            f"forwarded {s.forwarded}, lost {s.dropped}, duplicated {s.duplicated}, "
+            f"reordered {s.reordered}, lost in outages {s.outage_dropped}"
+        )
+
+    click.echo(f"proxy {listen} -> {upstream}")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(_hostport(listen), _hostport(upstream), imp, seed, report))

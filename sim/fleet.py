@@ -4,7 +4,9 @@ All nodes live in one process and one asyncio loop; each has its own UDP socket 
 the gateway (or a ``sim.net`` proxy in front of it) sees one address per node, as in the field.
 
 Time is simulated (``SimClock``) and runs as fast as the traffic allows: the scheduler jumps
-to the next instant a node has something to do, runs every node due then, and, if they sent
+to the next instant a node has something to do (wake-ups are rounded up to ``tick``, 1 s, so
+that nodes share instants and the gateway sees bursts it can commit together), runs every
+node due then, and, if they sent
 datagrams, waits (in real time) until their exchanges are answered or the network has been
 quiet for ``quiet`` seconds, before moving time on. Readings carry their own timestamps, so
 nothing downstream depends on the pace. ``speed`` caps it (simulated seconds per real second),
@@ -113,6 +115,7 @@ class Fleet:
         anomalies: list[Anomaly] | int = 0,
         speed: float | None = None,
         quiet: float = 0.005,
+        tick: float = 1.0,
         drain: float = 3600,
         know_time: bool = True,
         record: bool = False,
@@ -130,6 +133,7 @@ class Fleet:
         self.anomalies = anomalies
         self.speed = speed
         self.quiet = quiet
+        self._tick = max(1, round(tick * 1000))
         self.drain = drain
         self.know_time = know_time
         self.record = record
@@ -196,11 +200,13 @@ class Fleet:
     # --- the scheduler -------------------------------------------------------------------------
 
     def _schedule(self, idx: int, t: float) -> None:
-        """Wake node ``idx`` at Unix time ``t`` (kept as whole ms: no float drift)."""
+        """Wake node ``idx`` at Unix time ``t``, rounded up to the next tick (whole ms)."""
         m = self.members[idx]
         m.version += 1
         self._seq += 1
-        heapq.heappush(self._heap, (round((t - self.start) * 1000), self._seq, idx, m.version))
+        ms = round((t - self.start) * 1000)
+        ms = -(-ms // self._tick) * self._tick
+        heapq.heappush(self._heap, (ms, self._seq, idx, m.version))
 
     def _now_ms(self) -> int:
         return round((self.clock.now - self.start) * 1000)
@@ -221,7 +227,11 @@ class Fleet:
                 self._schedule(idx, silent.end)
                 return
         ms = m.node.poll()
-        self._schedule(idx, self.start + (self._now_ms() + max(ms, 1)) / 1000)
+        wake = self.start + (self._now_ms() + max(ms, 1)) / 1000
+        for a in m.hal.profile.anomalies:  # be there when the power goes
+            if a.kind == "silent" and now < a.start < wake:
+                wake = a.start
+        self._schedule(idx, wake)
 
     def _datagram(self, idx: int, data: bytes) -> None:
         m = self.members[idx]
@@ -240,12 +250,17 @@ class Fleet:
         return False
 
     async def _settle(self) -> None:
+        """Wait until this instant's exchanges are answered, or until nothing has arrived for
+        ``quiet`` seconds (what is missing then was lost: time may move on). The first answer
+        of a large burst may take longer: the receiver has the whole burst to read."""
+        wait = max(self.quiet, 0.0005 * len(self._batch))
         while self._waiting():
             self._activity.clear()
             try:
-                await asyncio.wait_for(self._activity.wait(), self.quiet)
+                await asyncio.wait_for(self._activity.wait(), wait)
             except TimeoutError:
                 return
+            wait = self.quiet
 
     def _drained(self) -> bool:
         return all(
@@ -333,3 +348,52 @@ async def run_fleet(
     if truth is not None:
         fleet.write_truth(truth)
     return await fleet.run()
+
+
+class KeysError(Exception):
+    """A keys file that cannot be used; ``hint`` says what to do."""
+
+    def __init__(self, message: str, hint: str):
+        super().__init__(message)
+        self.hint = hint
+
+
+def load_keys(path: str | Path) -> dict[str, bytes]:
+    """Node keys from a JSON file: {"lamp-001": "<64 hex digits>", ...}."""
+    try:
+        raw = json.loads(Path(path).read_text())
+        keys = {str(node): bytes.fromhex(k) for node, k in raw.items()}
+    except (OSError, ValueError, AttributeError) as e:
+        raise KeysError(
+            f"{path}: not a JSON object of node id -> 64 hex digits ({e})",
+            "delete it to have keys generated, or write one per node",
+        ) from None
+    bad = [node for node, k in keys.items() if len(k) != 32]
+    if bad:
+        raise KeysError(f"{path}: keys of {', '.join(bad)} are not 32 bytes", "64 hex digits")
+    return keys
+
+
+def save_keys(path: str | Path, keys: dict[str, bytes]) -> None:
+    """Write keys as load_keys reads them (mode 0600: they are secrets)."""
+    p = Path(path)
+    p.write_text(json.dumps({node: k.hex() for node, k in keys.items()}, indent=1) + "\n")
+    p.chmod(0o600)
+
+
+def gateway_keys(config_path: str | Path, ids: list[str]) -> dict[str, bytes]:
+    """Keys for ``ids`` from the gateway's registry: new nodes are added, known ones get a new
+    key and a fresh counter (a simulated node boots with empty flash: its counter restarts)."""
+    from gateway import config as gw_config
+    from gateway import registry
+    from gateway.db import open_db
+
+    db = open_db(gw_config.load(config_path).database)
+    try:
+        keys = {}
+        for node in ids:
+            found = registry.lookup(db, node)
+            keys[node] = registry.rotate_key(db, node) if found else registry.add_node(db, node)
+        return keys
+    finally:
+        db.close()

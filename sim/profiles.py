@@ -38,8 +38,8 @@ class Anomaly:
     node: str
     channel: str
     kind: str
-    start: float  # Unix seconds
-    end: float
+    start: int  # Unix seconds
+    end: int
 
     def as_json(self) -> dict:
         return {
@@ -268,6 +268,10 @@ def plan_anomalies(
             a = day + rng.randrange(1, 23) * 3600
             b = a + 1800
         a, b = max(a, start), min(b, start + duration)
-        if b > a:
-            out.append(Anomaly(node, ch, kind, a, b))
+        if b - a < 600:  # a short run missed the window: put one inside the run instead
+            a = start + duration * rng.uniform(0.2, 0.5)
+            b = a + duration * 0.25
+            if kind in ("lit_by_day", "out_at_night"):  # may be night (or day): not visible
+                kind = "spike"
+        out.append(Anomaly(node, ch, kind, int(a), int(b)))
     return out

@@ -52,7 +52,7 @@ class Receiver:
             mac0 = cose.parse(cbor2.loads(request.payload), cbor2.loads)
             node = mac0.kid.decode()
             key = self.keys.get(node)
-            if key is None or not mac0.verify(key) or mac0.seq <= self.last_seq.get(node, -1):
+            if key is None or not mac0.verify(key) or mac0.seq <= self.last_seq.get(node, 0):
                 self.rejected += 1
                 return aiocoap.Message(code=aiocoap.UNAUTHORIZED)
             now = int(self.clock())

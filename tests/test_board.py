@@ -99,3 +99,13 @@ def test_sim_board_command_prints_the_device_path_first(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_paced_line_still_carries_everything(tmp_path):
+    # --baud paces both directions (10 bits a byte); the protocol must not depend on speed.
+    with VirtualBoard(tmp_path / "slow", baud=460800) as b:
+        src = tmp_path / "f.bin"
+        src.write_bytes(bytes(range(256)) * 8)
+        assert mpremote(b.device, "fs", "cp", str(src), ":f.bin").returncode == 0
+        assert (b.flash_dir / "f.bin").read_bytes() == src.read_bytes()
+        assert b.bytes_in > 2048 and b.bytes_out > 0

@@ -10,7 +10,7 @@ def test_the_template_says_exactly_the_defaults(tmp_path):
     from_nothing = config.loads("", tmp_path / "gateway.toml")
     assert from_template == from_nothing
     assert from_nothing.database == tmp_path / "reverbere.db"
-    assert from_nothing.coap_port == 5683 and from_nothing.commit_delay == 0.002
+    assert from_nothing.coap_port == 5683 and from_nothing.commit_delay == 0.001
 
 
 def test_syntax_errors_name_file_and_line(tmp_path):

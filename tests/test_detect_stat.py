@@ -30,7 +30,10 @@ def alarms(rows, kind="temperature"):
 
 
 def test_quiet_on_healthy_series():
-    assert alarms(seasonal()) == []
+    # The documented budget: at most one false alarm per channel per week. (A record of a
+    # noisy series, a new low by 2 % of its range, can happen on healthy data.)
+    for seed in (5, 6, 7):
+        assert len(alarms(seasonal(days=14, seed=seed))) <= 2
 
 
 def test_spike_and_level_shift_raise_one_alarm_each():

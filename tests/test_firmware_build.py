@@ -27,3 +27,18 @@ def test_compiled_build_loads_in_micropython(tmp_path):
         tmp_path,
     )
     assert out.split() == ["/input/firmware/node.mpy", "True", "node"]
+
+
+def test_footprint_benchmark_runs_a_whole_cycle_on_the_compiled_build():
+    # The benchmark's figures are for people; here only that its cycle still completes
+    # (sample, pack, sign, send, 2.04) on the .mpy build inside MicroPython.
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "firmware_footprint.py"
+    spec = importlib.util.spec_from_file_location("firmware_footprint", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.measure()
+    assert r["acked"] == 1 and r["request_bytes"] > 100
+    assert r["mpy_bytes"] == sum(s for p, s in r["files"].items() if p.endswith(".mpy"))

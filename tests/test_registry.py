@@ -59,3 +59,18 @@ def test_the_database_holding_keys_is_readable_by_its_owner_only(tmp_path):
     path = init_dir(tmp_path / "gw")
     mode = stat.S_IMODE(os.stat(path.parent / "reverbere.db").st_mode)
     assert mode == 0o600
+
+
+def test_node_cache_is_a_prefilter_refreshed_from_the_database(db):
+    key = registry.add_node(db, "lamp-001")
+    cache = registry.NodeCache(db, refresh=3600)
+    assert cache.get("lamp-001") == (1, key, 0)
+    assert cache.get("lamp-002") is None
+    registry.add_node(db, "lamp-002")  # e.g. `reverbere node add` from another process
+    assert cache.get("lamp-002") is None  # a miss is remembered until the next reload
+    new = registry.rotate_key(db, "lamp-001")
+    cache.accepted("lamp-001", key, 7)
+    assert cache.get("lamp-001") == (1, key, 7)  # stale until reloaded
+    cache.reload()
+    assert cache.get("lamp-001") == (1, new, 0)
+    assert cache.get("lamp-002") is not None

@@ -1,29 +1,37 @@
 """The statistical detector: how far is this reading from what this channel usually does?
 
-Three bounded, O(1)-per-reading models of one channel, all robust to the outliers they look for:
+Bounded, O(1)-per-reading models of one channel, all robust to the outliers they look for:
 
 * a short-term level: an exponentially weighted mean and mean absolute deviation, fed with the
   reading clipped to ``level ± CLIP · spread`` so that a spike barely moves it;
-* a seasonal baseline by hour of day (24 slots) and hour of week (168 slots): per slot a
+* a seasonal baseline by hour of day (24 slots, and 24 more for the closed days of a building
+  with a schedule) and hour of week (168 slots): per slot a
   streaming median (frugal stochastic approximation: the estimate steps towards each reading by a
-  fraction of the slot's spread) and a mean absolute deviation around it. A slot speaks only once
-  it has seen ``SLOT_READY`` readings; the hour-of-week slots take over from the hour-of-day ones
-  once they are ready;
-* a two-sided CUSUM of the standardised residual against the short-term level, for level shifts
-  too small for any one reading to stand out.
+  fraction of the slot's spread) and a mean absolute deviation around it. The hour-of-day slot is
+  the reference once it has been visited on ``SLOT_READY`` days; the hour-of-week slot becomes a
+  second reference after ``WEEK_READY`` weeks, and a reading is then unusual only if it is
+  unusual for both (a Saturday morning is judged against Saturdays too);
+* a two-sided CUSUM of the standardised residual against that reference, for level shifts too
+  small for any one reading to stand out;
+* the channel's range so far, for the reading and for its short average: a value beyond it by
+  more than ``RANGE_TOL`` of its width is a record, the plainest surprise there is.
 
-The surprise of a reading is a robust z (residual over spread): against the seasonal slot once
-it is ready (3 visits), else against the short-term level; a CUSUM past its decision interval
-overrides it. It is calibrated per channel, divided by a streaming 99th percentile of the
-channel's own z (so a spiky channel must spike harder), and mapped to a score in [0, 1] by
-``z² / (z² + Z_HALF²)``. A reading beyond the channel's whole range so far by more than
-``SPATIAL_TOL`` of that range scores 1. What is returned as the alarm score is the *novelty*:
-how much the score exceeds the decaying peak of the recent scores. A condition that persists
-therefore scores high once, when it begins, and again only if it worsens or after the peak has
-decayed (``HOLD`` readings), which is how alarms are damped at the source. The detector is quiet
-until the current hour of the day has been seen on 3 days (it learns first).
+The surprise of a reading is a robust z (residual over spread, or the CUSUM past its decision
+interval), calibrated per channel: divided by a streaming 99th percentile of the channel's own z
+(so a spiky channel must spike harder), raised to the calibrated short average of z when a run of
+readings is more unusual than any one of them, and mapped to [0, 1] by ``z² / (z² + Z_HALF²)``.
+What is returned as the alarm score is the *novelty* of that score: how much it exceeds the
+decaying peak of the recent scores (a record scores 1). A condition that persists therefore
+scores high once, when it begins, and again only if it worsens or after the peak has decayed
+(``HOLD`` readings): alarms are damped at the source.
 
-State: a handful of floats plus 192 slots of three float32 (count, median, spread), 2.4 KB packed
+The detector learns before it speaks: it is quiet until the current hour of the day has been seen
+on ``SLOT_READY`` days.
+
+Readings known to be wrong (a rule's event is open on the channel) are scored without being
+learnt (``learn=False``), so an anomaly does not teach the baseline that it is normal.
+
+State: 17 numbers plus 216 slots of three float32 (visits, median, spread), 2.7 KB packed
 (:meth:`StatDetector.dumps`).
 """
 
@@ -33,46 +41,55 @@ from array import array
 
 ALPHA = 0.02  # weight of a reading in the short-term level (about 50 readings of memory)
 CLIP = 4.0  # a reading moves the level by at most CLIP spreads
-Z_HALF = 6.0  # robust z that scores 0.5
-SLOT_READY = 3  # visits (days, weeks) a seasonal slot needs before it speaks
-SLOT_STEP = 0.25  # the slot median moves by this many slot spreads per reading
+Z_HALF = 6.0  # calibrated z that scores 0.5
+SLOT_READY = 3  # days an hour-of-day slot must have been visited before the detector speaks
+WEEK_READY = 2  # weeks an hour-of-week slot must have been visited to be a second reference
+SLOT_STEP = 0.25  # the slot median moves by at most this many slot spreads per reading
 SLOT_ALPHA = 0.1  # weight of a reading in a slot's spread
 CUSUM_K = 3.0  # allowance, in spreads: a smooth trend the level lags behind does not add up
 CUSUM_H = 20.0  # decision interval, in spreads: a CUSUM at H counts as z = Z_HALF
-COMBINE = 1
-CALIB = 1
-QUIET = 1
-Q_STEP = 0.05
-Q_P = 0.99
-Q_REF = 3.0
-SPATIAL = 1
-SPATIAL_TOL = 0.05
+Q_P = 0.99  # the quantile of z that calibrates it...
+Q_STEP = 0.05  # ...tracked by multiplicative steps of this size
+Q_REF = 3.0  # a z at the channel's own 99th percentile counts as this
+SMOOTH_ALPHA = 0.1  # weight of a reading in the short average of z (about 10 readings)
+RANGE_TOL = 0.02  # a reading beyond the range so far by this fraction of it is a record
+RANGE_SMOOTH_TOL = 0.01  # the same for the short average of the readings
+RANGE_ALPHA = 0.1  # weight of a reading in that short average
 HOLD = 200  # readings for a score peak to decay to a third (damping of repeated alarms)
 WARMUP = 30  # readings before the detector scores anything
 
-DAY_SLOTS = 24
+DAY_SLOTS = 48  # hours of an ordinary day, then hours of a closed day (a building's weekend)
 WEEK_SLOTS = 168
 _SLOTS = DAY_SLOTS + WEEK_SLOTS
-_HEAD = struct.Struct("<Iq9d")
+_HEAD = struct.Struct("<Iq15d")
 _DECAY = math.exp(-1.0 / HOLD)
 
 
 class Verdict:
     """What the statistical detector says about one reading."""
 
-    __slots__ = ("expected", "novelty", "score", "spread", "z")
+    __slots__ = ("expected", "novelty", "record", "score", "spread", "z")
 
-    def __init__(self, score: float, novelty: float, z: float, expected: float, spread: float):
+    def __init__(
+        self,
+        score: float,
+        novelty: float,
+        z: float,
+        expected: float,
+        spread: float,
+        record: tuple[float, float] | None = None,
+    ):
         self.score = score  # the surprise of this reading, in [0, 1]
-        self.novelty = novelty  # the part of it that is new (damped), in [0, 1]
+        self.novelty = novelty  # the part of it that is new (damped): the alarm score, in [0, 1]
         self.z = z
         self.expected = expected
         self.spread = spread
+        self.record = record  # the range (low, high) it broke, if it did
 
 
 class StatDetector:
-    """Seasonal baseline, short-term level and CUSUM of one channel. Feed readings in time order
-    with :meth:`update`; persist with :meth:`dumps` / :meth:`loads`."""
+    """Seasonal baseline, short-term level, CUSUM and range of one channel. Feed readings in time
+    order with :meth:`update`; persist with :meth:`dumps` / :meth:`loads`."""
 
     __slots__ = (
         "cusum_hi",
@@ -86,54 +103,117 @@ class StatDetector:
         "n",
         "peak",
         "slots",
+        "sm",
+        "sm_hi",
+        "sm_lo",
         "zq",
+        "zs",
+        "zsq",
     )
 
     def __init__(self) -> None:
         self.n = 0
+        self.hour = -1  # the hour (since the epoch) of the last reading: a new one is a visit
         self.level = 0.0
         self.dev = 0.0
-        self.floor = 0.0  # smallest spread worth believing: a fraction of the level's scale
+        self.floor = 0.0  # smallest spread worth believing: a fraction of the first value
         self.cusum_hi = 0.0
         self.cusum_lo = 0.0
         self.peak = 0.0
-        self.zq = 3.0
-        self.hour = -1
-        self.lo = self.hi = 0.0
-        self.slots = array("f", bytes(4 * 3 * _SLOTS))  # per slot: count, median, spread
+        self.zq = Q_REF  # streaming 99th percentile of z
+        self.zs = 0.0  # short average of calibrated z
+        self.zsq = 1.0  # streaming 99th percentile of that average
+        self.lo = self.hi = 0.0  # range of the readings
+        self.sm = self.sm_lo = self.sm_hi = 0.0  # short average of the readings, and its range
+        self.slots = array("f", bytes(4 * 3 * _SLOTS))  # per slot: visits, median, spread
 
-    # -- the model -------------------------------------------------------------------------------
-    def update(self, time: float, x: float) -> Verdict:
+    def update(
+        self, time: float, x: float, closed_day: bool = False, learn: bool = True
+    ) -> Verdict:
+        """Score reading ``x`` at ``time``; ``closed_day`` picks the hour-of-day slots of closed
+        days; ``learn=False`` scores without learning (the reading is known to be wrong)."""
         n = self.n
         self.n = n + 1
         if n == 0:
-            self.level = x
+            self.level = self.lo = self.hi = self.sm = self.sm_lo = self.sm_hi = x
             self.floor = max(abs(x) * 1e-3, 1e-9)
         level, dev = self.level, self.dev
         spread = max(dev, self.floor)
         resid = x - level
         z_short = abs(resid) / spread
 
-        # Seasonal slots (hour of day, hour of week), from UTC-shifted local time.
+        # The reference: the hour-of-day slot once known (and the hour-of-week one with it).
         hour = int(time // 3600)
-        day_i = 3 * (hour % 24)
-        week_i = 3 * (DAY_SLOTS + (hour + 72) % 168)  # Unix epoch was a Thursday
+        day_i = 3 * (hour % 24 + (24 if closed_day else 0))
+        week_i = 3 * (DAY_SLOTS + (hour + 72) % 168)  # the Unix epoch was a Thursday
         slots = self.slots
-        expected = level
-        z = z_short
-        for i in (week_i, day_i):
-            if slots[i] >= SLOT_READY:
-                s_med = slots[i + 1]
-                s_spread = max(slots[i + 2], self.floor, 0.25 * spread)
-                z_season = abs(x - s_med) / s_spread
-                if COMBINE == 0:
-                    if z_season < z:
-                        z, expected = z_season, s_med
-                elif COMBINE == 1:
-                    z, expected = z_season, s_med
-                elif COMBINE == 2:
-                    z, expected = math.sqrt(z_season * z), s_med
-                break
+        ready = slots[day_i] >= SLOT_READY
+        z, expected, used_spread = z_short, level, spread
+        if ready:
+            d_spread = max(slots[day_i + 2], self.floor, 0.25 * spread)
+            z, expected, used_spread = (
+                abs(x - slots[day_i + 1]) / d_spread,
+                slots[day_i + 1],
+                d_spread,
+            )
+            if slots[week_i] >= WEEK_READY:
+                w_spread = max(slots[week_i + 2], self.floor, 0.25 * spread)
+                z_week = abs(x - slots[week_i + 1]) / w_spread
+                if z_week < z:
+                    z, expected, used_spread = z_week, slots[week_i + 1], w_spread
+        if learn:
+            self._learn_slots(hour, day_i, week_i, x, spread)
+
+        # CUSUM of the residual against the reference (a lamp switching on at dusk, which the
+        # seasonal slots know, is no shift), standardised and clipped.
+        r = (x - expected) / used_spread
+        r = min(r, CLIP) if r > 0 else max(r, -CLIP)
+        self.cusum_hi = max(0.0, self.cusum_hi + r - CUSUM_K)
+        self.cusum_lo = max(0.0, self.cusum_lo - r - CUSUM_K)
+        z_cusum = max(self.cusum_hi, self.cusum_lo) * (Z_HALF / CUSUM_H)
+        if z_cusum > z and z_cusum > z_short * 0.5:
+            z = z_cusum
+
+        # The short-term level and spread learn from the clipped reading.
+        if learn:
+            self.level = level + ALPHA * (max(-CLIP * spread, min(CLIP * spread, resid)))
+            if n:
+                self.dev = dev + ALPHA * (min(abs(resid), CLIP * spread) - dev)
+
+        record = self._range(n, x) if learn else None
+        quiet = n < WARMUP or not ready
+        # Calibration by the channel's own high quantile of z, once it has learnt.
+        q = self.zq
+        if not quiet and learn:
+            if z > q:
+                self.zq = q * (1.0 + Q_STEP * Q_P)
+            else:
+                self.zq = max(1.0, q * (1.0 - Q_STEP * (1.0 - Q_P)))
+        z = z / max(q, 1.0) * Q_REF
+        if quiet:
+            return Verdict(0.0, 0.0, 0.0, expected, spread)
+        if z > Z_HALF:
+            self.cusum_hi = self.cusum_lo = 0.0  # the alarm is raised: start afresh
+        # A run of moderately unusual readings: the short average of z, calibrated likewise.
+        zs = self.zs + SMOOTH_ALPHA * (z - self.zs)
+        self.zs = zs
+        qs = self.zsq
+        if zs > qs:
+            self.zsq = qs * (1.0 + Q_STEP * Q_P)
+        else:
+            self.zsq = max(0.5, qs * (1.0 - Q_STEP * (1.0 - Q_P)))
+        z = max(z, zs / max(qs, 0.5) * Q_REF)
+
+        score = z * z / (z * z + Z_HALF * Z_HALF)
+        peak = self.peak * _DECAY
+        novelty = score - peak if score > peak else 0.0
+        self.peak = score if score > peak else peak
+        if record is not None:
+            novelty = 1.0
+        return Verdict(score, novelty, z, expected, spread, record)
+
+    def _learn_slots(self, hour: int, day_i: int, week_i: int, x: float, spread: float) -> None:
+        slots = self.slots
         new_visit = hour != self.hour
         self.hour = hour
         for i in (week_i, day_i):
@@ -154,55 +234,34 @@ class StatDetector:
             if new_visit and visits < 65000:
                 slots[i] = visits + 1
 
-        # CUSUM of the standardised residual, for shifts of the level.
-        r = resid / spread
-        r = min(r, CLIP) if r > 0 else max(r, -CLIP)
-        self.cusum_hi = max(0.0, self.cusum_hi + r - CUSUM_K)
-        self.cusum_lo = max(0.0, self.cusum_lo - r - CUSUM_K)
-        z_cusum = max(self.cusum_hi, self.cusum_lo) * (Z_HALF / CUSUM_H)
-        if z_cusum > z and z_cusum > z_short * 0.5:
-            z = z_cusum
-        # Short-term level and spread, updated with the clipped reading.
-        clipped = level + max(-CLIP * spread, min(CLIP * spread, resid))
-        self.level = level + ALPHA * (clipped - level)
-        if n == 0:
-            self.dev = 0.0
-        else:
-            self.dev = dev + ALPHA * (min(abs(resid), CLIP * spread) - dev)
-        # Calibration: how surprising is this z for this channel? Track a high quantile of z.
-        # (Only once the model has learnt: the z of the first readings mean nothing.)
-        q = self.zq
-        quiet = n < WARMUP or (QUIET and slots[day_i] < SLOT_READY)
-        if not quiet:
-            if z > q:
-                self.zq = q * (1.0 + Q_STEP * Q_P)
-            else:
-                self.zq = max(1.0, q * (1.0 - Q_STEP * (1.0 - Q_P)))
-        if CALIB:
-            z = z / max(q, 1.0) * Q_REF
+    def _range(self, n: int, x: float) -> tuple[float, float] | None:
+        """Update the ranges; return the one broken (by the reading or its short average)."""
         lo, hi = self.lo, self.hi
-        tol = (hi - lo) * SPATIAL_TOL
-        spatial = n >= WARMUP and hi > lo and (x > hi + tol or x < lo - tol)
-        if x > hi or n == 0:
+        broken = None
+        if n >= WARMUP and hi > lo:
+            tol = (hi - lo) * RANGE_TOL
+            if x > hi + tol or x < lo - tol:
+                broken = (lo, hi)
+        if x > hi:
             self.hi = x
-        if x < lo or n == 0:
+        elif x < lo:
             self.lo = x
-        if quiet:
-            return Verdict(0.0, 0.0, 0.0, expected, spread)
-        if z > Z_HALF:
-            # The alarm is raised: start the CUSUM afresh from the new level.
-            self.cusum_hi = self.cusum_lo = 0.0
-        score = z * z / (z * z + Z_HALF * Z_HALF)
-        peak = self.peak * _DECAY
-        novelty = score - peak if score > peak else 0.0
-        self.peak = score if score > peak else peak
-        if spatial and SPATIAL:
-            novelty = 1.0
-        return Verdict(score, novelty, z, expected, spread)
+        sm = self.sm + RANGE_ALPHA * (x - self.sm)
+        self.sm = sm
+        s_lo, s_hi = self.sm_lo, self.sm_hi
+        if broken is None and n >= WARMUP and s_hi > s_lo:
+            tol = (s_hi - s_lo) * RANGE_SMOOTH_TOL
+            if sm > s_hi + tol or sm < s_lo - tol:
+                broken = (s_lo, s_hi)
+        if sm > s_hi:
+            self.sm_hi = sm
+        elif sm < s_lo:
+            self.sm_lo = sm
+        return broken
 
     # -- persistence -------------------------------------------------------------------------------
     def dumps(self) -> bytes:
-        """The whole state, packed (about 2.4 KB)."""
+        """The whole state, packed (2.7 KB)."""
         head = _HEAD.pack(
             self.n,
             self.hour,
@@ -213,8 +272,14 @@ class StatDetector:
             self.cusum_lo,
             self.peak,
             self.zq,
+            self.zs,
+            self.zsq,
             self.lo,
             self.hi,
+            self.sm,
+            self.sm_lo,
+            self.sm_hi,
+            0.0,
         )
         return head + self.slots.tobytes()
 
@@ -231,8 +296,14 @@ class StatDetector:
             self.cusum_lo,
             self.peak,
             self.zq,
+            self.zs,
+            self.zsq,
             self.lo,
             self.hi,
+            self.sm,
+            self.sm_lo,
+            self.sm_hi,
+            _,
         ) = _HEAD.unpack_from(data)
         self.slots = array("f")
         self.slots.frombytes(data[_HEAD.size :])

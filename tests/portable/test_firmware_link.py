@@ -5,7 +5,7 @@ try:
 except ImportError:
     from tests.portable.fw_fakes import FakeHal
 
-from firmware.link import FAILED, Link
+from firmware.link import FAILED, REFUSED, Link
 from protocols import coap
 from protocols.const import ACK, CHANGED, CON, EMPTY, NON, POST, RST
 
@@ -80,4 +80,4 @@ def test_separate_non_response_and_reset():
     req2 = coap.decode(hal.sent[-1])
     assert req2.mid == (req.mid + 1) & 0xFFFF and req2.token != req.token
     link.datagram(coap.encode(RST, EMPTY, req2.mid), 200)
-    assert link.result == FAILED
+    assert link.result == REFUSED

@@ -61,35 +61,6 @@ def test_config_from_gateway_is_applied_and_saved_atomically():
     assert node.cfg["pack"] == 5
 
 
-def test_gateway_away_backs_off_capped_and_backfills_oldest_first():
-    hal = FakeHal(unix0=T0)
-    gw = FakeGateway(now=T0)
-    node = Node(hal, node_cfg(sync_time=False, backoff=10, backoff_max=120))
-    run(node, hal, gw, 3600, up=False)
-    # One exchange gives up after ~93 s at most; attempts are then spaced by the back-off.
-    attempts = node.stats["failed"]
-    assert 3600 // (120 * 5 // 4 + 93) <= attempts <= 3600 // 100 + 1
-    assert node.store.pending() == 61  # kept sampling (0 s to 3600 s)
-    run(node, hal, gw, 151)  # the back-off ends within 120 s + 25 % jitter
-    times = [r[1] for r in gw.readings]
-    assert times == [T0 + 60 * i for i in range(len(times))] and len(times) >= 60
-    assert node.store.pending() < 10
-
-
-def test_full_buffer_drops_oldest_and_reports_drop_counter():
-    dev = CutDev(16 * 20 + 16 * 20)  # 20 reading slots
-    hal = FakeHal(dev=dev, unix0=T0)
-    gw = FakeGateway(now=T0)
-    node = Node(hal, node_cfg(sync_time=False, backoff_max=60))
-    run(node, hal, gw, 30 * 60 - 1, up=False)  # 30 readings, room for 20
-    assert node.store.drops == 10
-    run(node, hal, gw, 76)  # the back-off ends within 60 s + 25 % jitter
-    drops = [r for r in gw.readings if r[0] == "drop"]
-    assert drops and drops[0][2] == node.store.drops == 11  # one more came while backing off
-    p = [r[1] for r in gw.readings if r[0] == "p"]
-    assert p[0] == T0 + 60 * 11  # the oldest went
-
-
 def test_service_unavailable_waits_max_age():
     hal = FakeHal(unix0=T0)
     gw = FakeGateway(now=T0)
@@ -124,3 +95,17 @@ def test_watchdog_is_fed_every_poll():
     node = Node(hal, node_cfg())
     run(node, hal, FakeGateway(now=T0), 300)
     assert hal.feeds >= 5
+
+
+def test_first_reading_goes_at_once_and_the_console_says_how_it_went():
+    # Commissioning: a technician waits for one answer, not for a full pack.
+    hal = FakeHal(unix0=T0)
+    gw = FakeGateway(now=T0)
+    node = Node(hal, node_cfg(sync_time=False, first=True))
+    run(node, hal, gw, 1)
+    assert gw.readings == [("p", T0, 61)]
+    assert hal.lines == ["send seq=1 readings=1 code=2.04"]
+    run(node, hal, gw, 600)
+    assert len(gw.readings) == 11  # then full packs again
+    run(node, hal, None, 800, up=False)  # the next pack goes at ~1200 s, gives up ~93 s later
+    assert "send seq=3 readings=10 error=timeout" in hal.lines

@@ -63,7 +63,7 @@ def test_counter_never_repeats_across_resets_and_rarely_writes():
             used.append(st.next_counter())
         # One meta write per RESERVE counters, not one per message.
         assert len(dev.writes) - before <= 100 // RESERVE + 1
-    assert used == sorted(set(used))
+    assert used == sorted(set(used)) and used[0] == 1  # the gateway takes seq > 0
 
 
 def _state(dev):
@@ -73,7 +73,7 @@ def _state(dev):
 
 def test_power_loss_at_every_byte_of_a_reading_write():
     for cut in range(17):
-        dev = CutDev(1024)
+        dev = CutDev(512)  # 12 reading slots: less to scan
         st = Store(dev)
         _fill(st, 5)
         st.ack(2)
@@ -95,7 +95,7 @@ def test_power_loss_at_every_byte_of_a_reading_write():
 def test_power_loss_at_every_byte_of_a_meta_write():
     for op in ("ack", "counter"):
         for cut in range(21):
-            dev = CutDev(1024)
+            dev = CutDev(512)  # 12 reading slots: less to scan
             st = Store(dev)
             _fill(st, 5)
             used = [st.next_counter() for _ in range(RESERVE)]  # the next one writes meta
@@ -115,7 +115,7 @@ def test_power_loss_at_every_byte_of_a_meta_write():
 
 
 def test_torn_slot_inside_pending_range_is_skipped_and_counted():
-    dev = CutDev(1024)
+    dev = CutDev(512)  # 12 reading slots: less to scan
     st = Store(dev)
     _fill(st, 4)
     off = st.m * 20 + 1 * 16  # slot of seq 1

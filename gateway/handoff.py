@@ -1,0 +1,69 @@
+"""The hand-off from detect and summarise to the sync outbox: the "outbox" stage.
+
+``feed_outbox(db, readings)`` runs after ``detect`` and ``summarise`` (see gateway/service.py).
+It takes every row of ``summaries`` and ``anomalies`` whose ``version`` is above its
+``synced_version`` (new, or changed since: a late reading corrected an hour, an event closed),
+owes it to the platform through :func:`gateway.sync.outbox.enqueue_summaries` and
+:func:`~gateway.sync.outbox.enqueue_events`, and sets ``synced_version = version``, in one
+transaction. From there the outbox owns exactly-once delivery; ``synced_version`` in the stage
+tables means "handed to the outbox".
+
+An event is handed over when it opens (its ``end`` is then its start) and again when it closes
+or its score grows; its identity (``<channel>:<kind>:<id>``) makes the platform update the same
+Observation. An hour with no reading of its own (``count`` 0: only the energy of a long counter
+segment) is not sent.
+"""
+
+from collections.abc import Sequence
+
+import sqlite_utils
+
+from gateway.records import Reading
+
+
+def feed_outbox(db: sqlite_utils.Database, readings: Sequence[Reading] = ()) -> int:
+    """Hand every new or changed summary and event to the outbox; return how many."""
+    from gateway.sync.outbox import Event, Summary, enqueue_events, enqueue_summaries
+
+    with db.conn:
+        sums = db.execute(
+            "SELECT node, channel, hour, count, min, max, mean, wh, version FROM summaries"
+            " WHERE version > synced_version"
+        ).fetchall()
+        events = db.execute(
+            "SELECT id, node, channel, kind, start, end, score, reason, version FROM anomalies"
+            " WHERE version > synced_version"
+        ).fetchall()
+        enqueue_summaries(
+            db,
+            [
+                Summary(node, ch, hour, count, mn, mx, mean, wh)
+                for node, ch, hour, count, mn, mx, mean, wh, _ in sums
+                if count
+            ],
+        )
+        enqueue_events(
+            db,
+            [
+                Event(
+                    node,
+                    ch,
+                    start,
+                    start if end is None else end,
+                    kind,
+                    score,
+                    reason,
+                    key=f"{ch}:{kind}:{eid}",
+                )
+                for eid, node, ch, kind, start, end, score, reason, _ in events
+            ],
+        )
+        db.conn.executemany(
+            "UPDATE summaries SET synced_version = ? WHERE node = ? AND channel = ? AND hour = ?",
+            [(v, node, ch, hour) for node, ch, hour, *_, v in sums],
+        )
+        db.conn.executemany(
+            "UPDATE anomalies SET synced_version = ? WHERE id = ?",
+            [(v, eid) for eid, *_, v in events],
+        )
+    return len(sums) + len(events)
