@@ -26,7 +26,6 @@ reached the platform.
 """
 
 import contextlib
-import contextlib
 import http.client
 import random
 import socket
