@@ -14,6 +14,7 @@ from gateway import report
 from gateway.db import open_db
 from gateway.sync import SyncConfig, SyncConfigError, build_worker, sync_status
 from gateway.sync.report import (
+    SUMMARY_COLUMNS,
     ChartError,
     PullError,
     event_rows,
@@ -224,7 +225,7 @@ def summaries(
     if events_only:
         click.echo(report.render(event_rows(events), report.ANOMALY_COLUMNS, fmt))
     else:
-        click.echo(report.render(summary_rows(sums), report.SUMMARY_COLUMNS, fmt))
+        click.echo(report.render(summary_rows(sums), SUMMARY_COLUMNS, fmt))
         if fmt == "table" and events:
             click.echo("\nanomalies:")
             click.echo(report.render(event_rows(events), report.ANOMALY_COLUMNS, fmt))

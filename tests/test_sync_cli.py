@@ -8,11 +8,11 @@ from click.testing import CliRunner
 
 from gateway.cli import cli
 from gateway.db import open_db
+from gateway.handoff import feed_outbox
 from gateway.sync import (
     SyncConfig,
     SyncConfigError,
     build_worker,
-    feed,
     parse_bytes,
 )
 from sim.platform import start_platform
@@ -52,7 +52,7 @@ def synced(tmp_path_factory):
             }
             for n in range(3)
         )
-        assert feed(db) == 3 * 2 * 30 + 3
+        assert feed_outbox(db) == 3 * 2 * 30 + 3
         worker = build_worker(db, SyncConfig(url=platform.url), locations(3), batch_rows=50)
         assert worker.sync_until_idle() == "idle"
         worker.target.close()

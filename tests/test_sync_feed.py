@@ -1,14 +1,15 @@
-"""The outbox stage fed from the summarise and detect tables, and the platform's confirmation
-flowing back to their ``synced_version``."""
+"""The real summarise stage through the outbox stage (gateway.handoff) to the platform, and
+the one call that wires sync into the gateway service."""
 
 import threading
 
 import pytest
 
 from gateway.db import open_db
+from gateway.handoff import feed_outbox
 from gateway.records import Reading
 from gateway.summarise import summarise
-from gateway.sync import SyncConfig, backlog, build_worker, feed
+from gateway.sync import SyncConfig, backlog, build_worker
 from sim.platform import start_platform
 from tests.sync_helpers import H0, assert_platform_matches, locations
 
@@ -45,8 +46,8 @@ def test_summaries_and_anomalies_flow_through_the_outbox(tmp_path, platform):
     )
     dirty = db.execute("SELECT count(*) FROM summaries WHERE version > synced_version")
     n_summaries = dirty.fetchone()[0]
-    assert feed(db) == n_summaries + 1
-    assert feed(db) == 0  # taken once per version
+    assert feed_outbox(db) == n_summaries + 1
+    assert feed_outbox(db) == 0  # taken once per version
     worker = build_worker(db, SyncConfig(url=platform.url), locations(2))
     assert worker.sync_until_idle() == "idle"
     # The platform's confirmation reached the source tables.
@@ -62,7 +63,7 @@ def test_summaries_and_anomalies_flow_through_the_outbox(tmp_path, platform):
         [H0],
     )
     db.execute("UPDATE anomalies SET end = ?, version = version + 1", [H0 + 3000])
-    assert feed(db) == 2
+    assert feed_outbox(db) == 2
     assert worker.sync_until_idle() == "idle"
     worker.target.close()
     assert worker.stats.updated == 2  # the same Observations, updated

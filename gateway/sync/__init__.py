@@ -22,7 +22,6 @@ from gateway.sync.outbox import (
     backlog,
     enqueue_events,
     enqueue_summaries,
-    feed,
     get_state,
     prune_synced,
 )
@@ -47,7 +46,6 @@ __all__ = [
     "declare_metrics",
     "enqueue_events",
     "enqueue_summaries",
-    "feed",
     "parse_bytes",
     "prune_synced",
     "sync_status",
@@ -166,8 +164,8 @@ def attach(gateway) -> "SyncService | None":
     """Wire sync into a started ``gateway.service.Gateway`` (call at the end of its
     ``start()``; call ``.stop()`` on the result in its ``stop()``).
 
-    Appends the outbox stage (:func:`~gateway.sync.outbox.feed`, then a nudge to the worker)
-    to ``gateway.after_commit`` - it must come after the summarise and detect stages - declares
+    Appends the outbox stage (:func:`gateway.handoff.feed_outbox`, then a nudge to the
+    worker) to ``gateway.after_commit`` - after the detect and summarise stages - declares
     the ``reverbere_sync_*`` gauges, and starts the worker thread. Without a ``[sync]``
     section, or with ``target = "none"``, the outbox still fills and nothing is sent.
     """
@@ -182,8 +180,10 @@ def attach(gateway) -> "SyncService | None":
     if config is not None and config.target != "none":
         service = SyncService(gateway.cfg.database, config).start()
 
+    from gateway.handoff import feed_outbox
+
     def outbox_stage(db: sqlite_utils.Database, readings) -> None:
-        if feed(db) and service is not None:
+        if feed_outbox(db, readings) and service is not None:
             service.notify()
 
     gateway.after_commit.append(outbox_stage)

@@ -128,8 +128,13 @@ def pull(
                     (out.events if stream == ANOMALIES else out.summaries).append(item)
     # The gateway's order (gateway.report): by node, channel and hour; events by start, id.
     out.summaries.sort(key=lambda s: (s.node, s.channel, s.hour))
-    out.events.sort(key=lambda e: (e.start, int(e.key) if (e.key or "").isdigit() else 0))
+    out.events.sort(key=lambda e: (e.start, _event_number(e)))
     return out
+
+
+def _event_number(e: Event) -> int:
+    tail = (e.key or "").rpartition(":")[2]
+    return int(tail) if tail.isdigit() else 0
 
 
 def as_record(
@@ -138,11 +143,13 @@ def as_record(
     """An Observation of the gateway's Datastream ``<node>/<stream>`` as the gateway's record,
     with its identity (what the platform must hold once)."""
     if stream == ANOMALIES:
+        end = p.get("end")
         event = Event(
             node,
             str(p.get("channel", "")),
             t,
-            float(p["end"]) if p.get("end") is not None else None,
+            # An open event goes out with end = start (gateway.handoff): show it open.
+            float(end) if end is not None and end != t else None,
             str(p.get("kind", "")),
             float(result),
             str(p.get("reason", "")),
@@ -164,6 +171,9 @@ def as_record(
         num(p.get("wh")),
     )
     return (node, stream, t), summary
+
+
+SUMMARY_COLUMNS = ("node", "channel", "hour", "count", "min", "max", "mean", "wh")
 
 
 def _when(t: float) -> str:
@@ -302,8 +312,8 @@ def event_rows(events: Iterable[Event]) -> list[dict]:
     out = []
     for e in events:
         d = asdict(e)
-        key = d.pop("key")
-        d["id"] = int(key) if key and key.isdigit() else key
+        key = (d.pop("key") or "").rpartition(":")[2]  # "<channel>:<kind>:<id>" or "<id>"
+        d["id"] = int(key) if key.isdigit() else key
         out.append(d)
     return out
 
@@ -318,8 +328,12 @@ def from_tables(
         Summary(
             r["node"], r["channel"], r["hour"], r["count"], r["min"], r["max"], r["mean"], r["wh"]
         )
-        for r in report.summaries(db, since=start)
-        if r["hour"] < end and (not nodes or r["node"] in nodes)
+        for r in db.query(
+            "SELECT * FROM summaries WHERE hour >= ? ORDER BY node, channel, hour",
+            [int(start // 3600) * 3600],
+        )
+        # count 0 (only a counter segment's energy): not sent (gateway.handoff), not shown
+        if r["count"] and r["hour"] < end and (not nodes or r["node"] in nodes)
     ]
     events = [
         Event(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import sqlite_utils
 
 from gateway.sync.budget import Budget, BudgetExhausted
-from gateway.sync.outbox import backlog, confirm_sources, get_state, set_state
+from gateway.sync.outbox import backlog, get_state, set_state
 from gateway.sync.sensorthings import (
     AuthFailed,
     Rejected,
@@ -230,7 +230,6 @@ class SyncWorker:
                     "synced_version = coalesce(?, synced_version) WHERE id = ?",
                     [obs_id, version, item],
                 )
-            self._confirm_sources([item for _, version, item in updates if version])
 
     def _pending(self, limit: int) -> list[dict]:
         """The next rows to send, in the order the budget calls for.
@@ -350,20 +349,7 @@ class SyncWorker:
                 "errors = 0 WHERE id = ?",
                 [(obs, version, item) for item, obs, version in confirmed],
             )
-            self._confirm_sources([item for item, _, _ in confirmed])
             set_state(self.db, "cursor", str(backlog(self.db).cursor))
-
-    def _confirm_sources(self, items: list[int]) -> None:
-        """Rows now confirmed at their latest version: tell their source tables."""
-        keys = []
-        for i in range(0, len(items), 500):
-            chunk = items[i : i + 500]
-            keys += self.db.execute(
-                "SELECT kind, node, stream, key FROM sync_outbox "
-                f"WHERE synced_version = version AND id IN ({_marks(chunk)})",
-                chunk,
-            ).fetchall()
-        confirm_sources(self.db, keys)
 
     def _clear_inflight(self, ids: list[int]) -> None:
         with self.db.atomic():
