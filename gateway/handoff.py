@@ -21,14 +21,30 @@ import sqlite_utils
 from gateway.records import Reading
 
 
-def feed_outbox(db: sqlite_utils.Database, readings: Sequence[Reading] = ()) -> int:
-    """Hand every new or changed summary and event to the outbox; return how many."""
+def feed_outbox(
+    db: sqlite_utils.Database,
+    readings: Sequence[Reading] = (),
+    *,
+    settled_at: float | None = None,
+    grace: float = 3600.0,
+) -> int:
+    """Hand every new or changed summary and event to the outbox; return how many.
+
+    ``settled_at`` (Unix time, e.g. the newest reading just stored) holds back the summaries of
+    hours still open: an hour goes once its channel has a reading after it (its figures and
+    energy are final), or ``grace`` seconds after it ended (a node gone quiet). Without it the
+    open hour goes at every commit, and the platform's Observation is updated as often.
+    """
     from gateway.sync.outbox import Event, Summary, enqueue_events, enqueue_summaries
 
     with db.conn:
         sums = db.execute(
-            "SELECT node, channel, hour, count, min, max, mean, wh, version FROM summaries"
-            " WHERE version > synced_version"
+            "SELECT s.node, s.channel, s.hour, s.count, s.min, s.max, s.mean, s.wh, s.version"
+            " FROM summaries s WHERE s.version > s.synced_version"
+            " AND (:now IS NULL OR s.hour + 3600 + :grace <= :now"
+            "      OR s.hour + 3600 <= (SELECT c.time FROM summary_cursor c"
+            "                           WHERE c.node = s.node AND c.channel = s.channel))",
+            {"now": settled_at, "grace": grace},
         ).fetchall()
         events = db.execute(
             "SELECT id, node, channel, kind, start, end, score, reason, version FROM anomalies"
