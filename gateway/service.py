@@ -41,12 +41,13 @@ from gateway import coap, config, logs, store
 from gateway.config import TEMPLATE, Config
 from gateway.db import open_db
 from gateway.detect import DetectConfig, DetectConfigError, Detector
+from gateway.handoff import feed_outbox
 from gateway.ingest import Ingest, ReadingsResource
 from gateway.logs import event
 from gateway.metrics import PROM_CONTENT_TYPE, HttpServer, Registry
 from gateway.records import Reading
 from gateway.summarise import summarise
-from gateway.sync import SyncConfig, SyncConfigError, SyncService, declare_metrics, feed
+from gateway.sync import SyncConfig, SyncConfigError, SyncService, declare_metrics
 
 log = logging.getLogger("reverbere.service")
 
@@ -110,15 +111,15 @@ def pipeline_config(cfg: Config) -> PipelineConfig:
 
 
 class Outbox:
-    """The outbox stage: what the platform is owed (``gateway.sync.feed``), summaries of an
-    hour once it is over; then it wakes the sync worker (``listeners``)."""
+    """The outbox stage: what the platform is owed (``gateway.handoff.feed_outbox``), summaries
+    of an hour once it is over; then it wakes the sync worker (``listeners``)."""
 
     def __init__(self) -> None:
         self.listeners: list[Callable[[], None]] = []
 
     def __call__(self, db: sqlite_utils.Database, new: list[Reading]) -> int:
         settled = max((r.time for r in new), default=None)
-        taken = feed(db, new, settled_at=settled)
+        taken = feed_outbox(db, new, settled_at=settled)
         if taken:
             for notify in self.listeners:
                 notify()
@@ -126,7 +127,7 @@ class Outbox:
 
     def flush(self, db: sqlite_utils.Database) -> int:
         """Take every changed row now, open hours included (e.g. before a planned stop)."""
-        taken = feed(db)
+        taken = feed_outbox(db)
         if taken:
             for notify in self.listeners:
                 notify()
@@ -151,8 +152,14 @@ def summarised_until(db: sqlite_utils.Database) -> float | None:
 
 
 def synced_until(db: sqlite_utils.Database) -> float | None:
-    """Raw readings before the oldest hour whose summary the platform has not confirmed."""
-    row = db.execute("SELECT min(hour) FROM summaries WHERE version > synced_version").fetchone()
+    """Raw readings before the oldest hour whose summary is not yet on the platform: not yet
+    handed to the outbox (``summaries.synced_version``), or not confirmed there."""
+    row = db.execute(
+        "SELECT min(t) FROM ("
+        " SELECT min(hour) AS t FROM summaries WHERE version > synced_version"
+        " UNION ALL SELECT min(time) FROM sync_outbox"
+        " WHERE kind = 'summary' AND synced_version < version AND rejected IS NULL)"
+    ).fetchone()
     return row[0]
 
 
