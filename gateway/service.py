@@ -271,9 +271,10 @@ class Gateway:
         """Delete raw readings older than ``retention_days`` that every guard lets go."""
         now = time.time() if now is None else now
         before = now - self.cfg.retention_days * 86400
+        guards = list(self.retention_guards)  # those of the call, whenever the writer runs it
 
         def run(db: sqlite_utils.Database) -> int:
-            limits = [before] + [g(db) for g in self.retention_guards]
+            limits = [before] + [g(db) for g in guards]
             return store.delete_before(db, min(x for x in limits if x is not None))
 
         deleted = await self.committer.run(run)
