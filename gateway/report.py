@@ -1,8 +1,7 @@
-"""Tables for people and programs: anomaly events and hourly summaries as table, CSV or JSON.
+"""Anomaly events for people and programs: as a table, CSV or JSON.
 
-The queries (:func:`anomalies`, :func:`summaries`) read the gateway's database; :func:`render`
-formats any list of row dicts, whatever their source (the gateway here; the platform, for the
-sync stage's ``summaries --from URL``), so every source prints alike.
+:func:`anomalies` reads the gateway's database; :func:`render` formats any list of row dicts.
+(Hourly summaries print through gateway/sync/report.py, which serves both sources.)
 """
 
 import csv
@@ -15,7 +14,6 @@ import sqlite_utils
 
 FORMATS = ("table", "csv", "json")
 ANOMALY_COLUMNS = ("id", "node", "channel", "kind", "start", "end", "score", "reason")
-SUMMARY_COLUMNS = ("node", "channel", "hour", "count", "min", "max", "mean", "wh")
 TIME_COLUMNS = ("start", "end", "hour", "time", "timestamp")
 
 
@@ -57,23 +55,6 @@ def anomalies(
     if where:
         sql += " WHERE " + " AND ".join(where)
     return list(db.query(sql + " ORDER BY start, id", args))
-
-
-def summaries(
-    db: sqlite_utils.Database, node: str | None = None, since: float | None = None
-) -> list[dict]:
-    """Hourly summaries, by node, channel and hour."""
-    where, args = [], []
-    if node is not None:
-        where.append("node = ?")
-        args.append(node)
-    if since is not None:
-        where.append("hour >= ?")
-        args.append(int(since // 3600) * 3600)
-    sql = "SELECT * FROM summaries"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    return list(db.query(sql + " ORDER BY node, channel, hour", args))
 
 
 def _cell(col: str, v) -> str:
