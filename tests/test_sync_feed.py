@@ -1,5 +1,5 @@
 """The real summarise stage through the outbox stage (gateway.handoff) to the platform, and
-the one call that wires sync into the gateway service."""
+the gateway service's wiring of sync (gateway/service.py)."""
 
 import threading
 
@@ -76,12 +76,13 @@ def test_summaries_and_anomalies_flow_through_the_outbox(tmp_path, platform):
     assert got == {"summaries": n_summaries, "events": 1}
 
 
-def test_attach_wires_sync_into_the_gateway_service(tmp_path, platform):
+def test_the_gateway_service_wires_sync(tmp_path, platform):
+    """``[sync]`` with a target: ``Gateway`` adds the outbox stage, starts the worker on
+    ``start()`` (nudged by the stage), declares the gauges, and checks the section."""
     import asyncio
 
     from gateway.config import ConfigError, loads
-    from gateway.service import Gateway
-    from gateway.sync import attach
+    from gateway.service import Gateway, Outbox
 
     text = f"""
 [gateway]
@@ -101,20 +102,18 @@ location = [4.83, 45.76]
 
     async def run() -> dict:
         gw = Gateway(cfg)
+        assert isinstance(gw.after_commit[-1], Outbox) and gw.after_commit[-1] is gw.outbox
         await gw.start()
-        service = attach(gw)
         try:
             db = open_db(cfg.database)
             summarise(db, readings(1, 2))
-            stage = gw.after_commit[-1]
             done = threading.Event()
-            worker = service.worker
+            worker = gw.sync.worker
             worker.on_idle = lambda: worker.stats.created and done.set()
-            stage(db, [])  # what the committer does after a commit
+            gw.outbox(db, [])  # what the committer does after a commit
             assert await asyncio.to_thread(done.wait, 30)
             text = gw.metrics.render()
         finally:
-            service.stop()
             await gw.stop()
         return {"metrics": text}
 
@@ -127,4 +126,4 @@ location = [4.83, 45.76]
         text.replace('daily_budget = "1 MB"', 'daily_budget = "lots"'), tmp_path / "gateway.toml"
     )
     with pytest.raises(ConfigError, match=r"sync\.daily_budget"):
-        attach(type("G", (), {"cfg": bad})())
+        Gateway(bad)

@@ -1,9 +1,10 @@
 """Sync: the outbox of hourly summaries and anomaly events, and the worker that sends it to
 the municipal platform (SensorThings API by default, MQTT optionally) within a byte budget.
 
-The pipeline's summarise and detect stages call :func:`enqueue_summaries` and
-:func:`enqueue_events`; the service starts one :class:`SyncService` and calls its
-:meth:`~SyncService.notify` after enqueueing.
+The gateway service (gateway/service.py) wires it: its outbox stage hands the summarise and
+detect tables to the outbox (:func:`gateway.handoff.feed_outbox`, which calls
+:func:`enqueue_summaries` and :func:`enqueue_events`), and it starts one :class:`SyncService`
+and calls its :meth:`~SyncService.notify` after each hand-over.
 """
 
 import threading
@@ -41,7 +42,6 @@ __all__ = [
     "SyncService",
     "SyncStats",
     "SyncWorker",
-    "attach",
     "build_worker",
     "declare_metrics",
     "enqueue_events",
@@ -105,7 +105,7 @@ class SyncService:
     """The sync worker in its own thread, with its own connection to the gateway database.
 
     >>> sync = SyncService(db_path, config, locations).start()   # at service start
-    >>> enqueue_summaries(db, summaries); sync.notify()          # after each summarise
+    >>> feed_outbox(db, readings); sync.notify()                 # after each commit
     >>> sync.stop()                                              # at shutdown
     """
 
@@ -158,37 +158,6 @@ class SyncService:
         if self.worker is not None:
             self.worker.stop(timeout=0)
         self._thread.join(timeout)
-
-
-def attach(gateway) -> "SyncService | None":
-    """Wire sync into a started ``gateway.service.Gateway`` (call at the end of its
-    ``start()``; call ``.stop()`` on the result in its ``stop()``).
-
-    Appends the outbox stage (:func:`gateway.handoff.feed_outbox`, then a nudge to the
-    worker) to ``gateway.after_commit`` - after the detect and summarise stages - declares
-    the ``reverbere_sync_*`` gauges, and starts the worker thread. Without a ``[sync]``
-    section, or with ``target = "none"``, the outbox still fills and nothing is sent.
-    """
-    from gateway.config import ConfigError
-
-    try:
-        section = gateway.cfg.section("sync")
-        config = SyncConfig.from_dict(section) if section else None
-    except SyncConfigError as exc:
-        raise ConfigError(gateway.cfg.path, None, f"sync.{exc.key}", str(exc)) from None
-    service = None
-    if config is not None and config.target != "none":
-        service = SyncService(gateway.cfg.database, config).start()
-
-    from gateway.handoff import feed_outbox
-
-    def outbox_stage(db: sqlite_utils.Database, readings) -> None:
-        if feed_outbox(db, readings) and service is not None:
-            service.notify()
-
-    gateway.after_commit.append(outbox_stage)
-    declare_metrics(gateway.metrics, gateway.db, config)
-    return service
 
 
 def declare_metrics(registry, db: sqlite_utils.Database, config: SyncConfig | None) -> None:
