@@ -164,3 +164,37 @@ def test_config_errors_name_the_key():
     cfg = SyncConfig.from_dict({"url": "http://x/v1.1", "daily_budget": "5 MB", "timeout": 5})
     assert cfg.daily_budget == 5_000_000 and cfg.timeout == 5.0
     assert parse_bytes("1MiB") == 1 << 20 and parse_bytes(0) is None
+
+
+def test_a_counter_shows_its_energy_and_no_mean(synced):
+    # The energy counter "e": the platform's result is the Wh counted in the hour, and the mean
+    # of a counter's values means nothing, so the mean column is empty from both sources (the
+    # Wh used to show under "mean" from one of them).
+    from gateway.sync.outbox import Summary, summary_row
+    from gateway.sync.report import as_record
+
+    db, url = synced
+    outbox = open_db(db)
+    row = outbox.execute(
+        "SELECT result, parameters FROM sync_outbox WHERE stream = 'e' ORDER BY time LIMIT 1"
+    ).fetchone()
+    params = json.loads(row[1])
+    assert row[0] == params["wh"] and "mean" not in params
+    for source in (url, "gateway"):
+        rows = json.loads(
+            run("summaries", "--from", source, "--db", str(db), *WINDOW, "--format", "json")
+        )
+        e = [r for r in rows if r["channel"] == "e"]
+        p = [r for r in rows if r["channel"] == "p"]
+        assert len(e) == len(p) == 3 * 30
+        assert all(r["mean"] is None and r["wh"] is not None for r in e), source
+        assert all(r["mean"] is not None for r in p), source
+        assert e[0]["min"] == 1000 and e[0]["max"] == 1060  # the counter's readings
+    csv_lines = run("summaries", "--from", url, *WINDOW, "--format", "csv").splitlines()
+    e_line = next(line for line in csv_lines if ",e," in line).split(",")
+    assert e_line[6] == "" and e_line[7] != ""  # mean, wh
+    # An Observation carries no mean for a counter: the result (Wh) is not taken for one.
+    _, s = as_record("lamp-000", "e", H0, 61.5, {"count": 60, "min": 1000, "wh": 61.5})
+    assert s.mean is None and s.wh == 61.5
+    # An hour whose energy is not counted yet (one reading so far) says 0 Wh, not the counter.
+    assert summary_row(Summary("lamp-000", "e", H0, 1, 5181.0, 5181.0, 5181.0, None))["result"] == 0

@@ -167,13 +167,20 @@ def as_record(
         int(p.get("count", 0)),
         num(p.get("min")),
         num(p.get("max")),
-        num(p.get("mean", result)),
+        # The result is the mean, except for a counter (Wh for the energy counter).
+        shown_mean(stream, num(p.get("mean", result))),
         num(p.get("wh")),
     )
     return (node, stream, t), summary
 
 
 SUMMARY_COLUMNS = ("node", "channel", "hour", "count", "min", "max", "mean", "wh")
+
+
+def shown_mean(channel: str, mean: float | None) -> float | None:
+    """The mean a summary shows: none for a counter (``e``, ``drop``), whose values only add
+    up (its energy is in ``wh``); the same rule for both sources of ``summaries``."""
+    return None if channel in SUM_CHANNELS else mean
 
 
 def _when(t: float) -> str:
@@ -194,7 +201,7 @@ def energy_per_hour(summaries: Sequence[Summary]) -> dict[str, dict[int, float]]
     has_counter = {s.node for s in summaries if s.channel == "e" and s.wh is not None}
     for s in summaries:
         if s.node in has_counter:
-            if s.channel in SUM_CHANNELS and s.channel == "e":
+            if s.channel == "e" and s.wh is not None:  # not the open hour's first reading
                 out.setdefault(s.node, {})[s.hour] = float(s.wh)
         elif s.channel == "p":
             out.setdefault(s.node, {})[s.hour] = float(s.wh if s.wh is not None else s.mean)
@@ -326,7 +333,14 @@ def from_tables(
 
     summaries = [
         Summary(
-            r["node"], r["channel"], r["hour"], r["count"], r["min"], r["max"], r["mean"], r["wh"]
+            r["node"],
+            r["channel"],
+            r["hour"],
+            r["count"],
+            r["min"],
+            r["max"],
+            shown_mean(r["channel"], r["mean"]),
+            r["wh"],
         )
         for r in db.query(
             "SELECT * FROM summaries WHERE hour >= ? ORDER BY node, channel, hour",
