@@ -63,7 +63,8 @@ def _cell(col: str, v) -> str:
     if col in TIME_COLUMNS and isinstance(v, int | float):
         return iso(v)
     if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e6 else f"{v:.0f}"
+        # 4 significant digits, whole numbers from 1000 on (never "1.235e+04": a Wh counter)
+        return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
     return str(v)
 
 

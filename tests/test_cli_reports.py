@@ -70,3 +70,12 @@ def test_anomalies_from_the_database(tmp_path):
 def test_missing_database_gives_a_hint(tmp_path):
     result = CliRunner().invoke(cli, ["anomalies", "--db", str(tmp_path / "nope.db")])
     assert result.exit_code == 1 and "hint" in result.output
+
+
+def test_large_values_print_whole_not_in_exponent_form():
+    # An energy counter's readings (min, max of the hour) run into tens of thousands of Wh.
+    from gateway.report import render
+
+    rows = [{"min": 12345.6, "max": 123456.7, "mean": 5030.25, "wh": 0.75}]
+    out = render(rows, ("min", "max", "mean", "wh"), "csv")
+    assert out.splitlines()[1] == "12346,123457,5030,0.75"
