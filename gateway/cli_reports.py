@@ -41,10 +41,8 @@ def _open(config_path: Path, db_path: Path | None):
     from gateway.db import open_db
 
     if db_path is None:
-        try:
-            from gateway import config
-        except ImportError:  # pragma: no cover - the gateway's config module lands separately
-            raise click.ClickException("no gateway config support here; pass --db FILE") from None
+        from gateway import config
+
         try:
             db_path = config.load(config_path).database
         except (OSError, ValueError) as e:

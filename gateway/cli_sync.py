@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from gateway import config as gwconfig
 from gateway import report
 from gateway.db import open_db
 from gateway.sync import SyncConfig, SyncConfigError, build_worker, sync_status
@@ -47,17 +48,9 @@ def _load(config_path: Path, db_path: Path | None) -> tuple[Path, SyncConfig | N
     database = db_path
     if config_path.exists():
         try:
-            from gateway import config as gwconfig  # the gateway's loader, when present
-
             cfg = gwconfig.load(config_path)
             section = cfg.section("sync")
             database = database or Path(cfg.database)
-        except ImportError:
-            import tomllib
-
-            raw = tomllib.loads(config_path.read_text())
-            section = raw.get("sync", {})
-            database = database or config_path.parent / raw.get("database", "gateway.db")
         except ValueError as e:
             raise click.ClickException(f"{e}\n  hint: check {config_path}") from None
     if database is None:
