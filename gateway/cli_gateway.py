@@ -19,17 +19,8 @@ from typing import Any
 import click
 
 from gateway import config, registry, service, store
+from gateway.cli_options import config_option
 from gateway.db import open_db
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default="gateway.toml",
-    show_default=True,
-    envvar="REVERBERE_CONFIG",
-    help="The gateway's TOML config (env REVERBERE_CONFIG).",
-)
 
 
 def _load(path: Path, overrides: dict[str, Any] | None = None) -> config.Config:

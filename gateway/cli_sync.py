@@ -12,6 +12,7 @@ import click
 
 from gateway import config as gwconfig
 from gateway import report
+from gateway.cli_options import config_option, db_option
 from gateway.db import open_db
 from gateway.sync import SyncConfig, SyncConfigError, build_worker, sync_status
 from gateway.sync.report import (
@@ -24,22 +25,6 @@ from gateway.sync.report import (
     summary_rows,
 )
 from gateway.sync.report import write_chart as _write_chart
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default="gateway.toml",
-    show_default=True,
-    envvar="REVERBERE_CONFIG",
-    help="The gateway's TOML config (env REVERBERE_CONFIG).",
-)
-db_option = click.option(
-    "--db",
-    "db_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The gateway database (default: the one the config names).",
-)
 
 
 def _load(config_path: Path, db_path: Path | None) -> tuple[Path, SyncConfig | None]:
