@@ -88,6 +88,8 @@ def m002_stages_pending(db: sqlite_utils.Database) -> None:
         )
         """
     )
+    # By seq: deleting what the stages confirmed stays cheap even if a failing stage let it grow.
+    db.execute("CREATE INDEX stages_pending_seq ON stages_pending (seq)")
 
 
 class Outcome(enum.Enum):
