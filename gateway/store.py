@@ -255,6 +255,7 @@ def pending_readings(
         if len(out) >= chunk:
             yield done, out
             done, out = [], []
+            seen.clear()  # a reading in two chunks goes twice: harmless, stages are idempotent
     if done:
         yield done, out
 

@@ -208,3 +208,49 @@ def test_summaries_are_complete_after_kill_9_under_load(tmp_path):
     assert db.execute("SELECT count(*) FROM readings").fetchone()[0] >= 4 * 10 * 20
     assert_complete(db)
     db.close()
+
+
+def test_readings_a_failed_stage_missed_are_caught_up_at_the_next_start(tmp_path):
+    cfg = make_config(tmp_path)
+    db = open_db(cfg.database)
+    registry.add_node(db, "a")
+    db.close()
+
+    def broken(db, new):
+        raise RuntimeError("summarise is broken today")
+
+    async def go():
+        gw = Gateway(cfg)
+        gw.after_commit[1] = broken  # summarise
+        await gw.start()
+        ref, key, _ = registry.lookup(gw.db, "a")
+        for seq, start in ((1, H), (2, H + 3000)):
+            pack = Pack(ref, "a", key, seq, [Reading("a", *r) for r in power(start, 50)])
+            assert await gw.committer.submit(pack) == store.Outcome.STORED
+        await gw.stop()
+
+    asyncio.run(go())
+    db = open_db(cfg.database)
+    assert summaries(db) == {}
+    assert asyncio.run(start_stop(cfg)) == 100
+    assert_complete(db)
+    assert asyncio.run(start_stop(cfg)) == 0
+    db.close()
+
+
+def test_pending_readings_come_in_commit_order_and_chunks(tmp_path):
+    db = open_db(tmp_path / "r.db")
+    registry.add_node(db, "a")
+    commit(db, "a", 1, power(H + 600, 10))
+    commit(db, "a", 2, [*power(H, 5), ("t", H, 20.0)])  # older readings, committed later
+    commit(db, "a", 3, power(H + 1200, 10))
+    chunks = list(store.pending_readings(db, chunk=12))
+    assert [seqs for seqs, _ in chunks] == [[1, 2], [3]]
+    times = [(r.channel, r.time) for _, rs in chunks for r in rs]
+    assert times == [
+        *(("p", H + 600 + 60 * k) for k in range(10)),
+        *(("p", H + 60 * k) for k in range(5)),
+        ("t", H),
+        *(("p", H + 1200 + 60 * k) for k in range(10)),
+    ]
+    db.close()
