@@ -37,7 +37,7 @@ def feed_outbox(
     """
     from gateway.sync.outbox import Event, Summary, enqueue_events, enqueue_summaries
 
-    with db.conn:
+    with db.atomic():  # one transaction: sqlite-utils commits on its own inside `with db.conn`
         sums = db.execute(
             "SELECT s.node, s.channel, s.hour, s.count, s.min, s.max, s.mean, s.wh, s.version"
             " FROM summaries s WHERE s.version > s.synced_version"

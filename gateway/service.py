@@ -13,7 +13,10 @@
 A stage after the store is a callable ``stage(db, new_readings)`` appended to
 ``Gateway.after_commit``: it runs in the writer thread after each commit, with the writer's
 ``sqlite_utils.Database`` and the newly stored ``Reading``s in commit order (duplicates left
-out). A stage that owns data the retention must wait for appends a callable
+out). A stage must take a reading it has already seen without change: when the gateway
+starts, the committer replays through the stages the readings of the commits whose stages did
+not all run (a crash between a commit and its stages, a stage that raised; see
+``gateway/store.py``). A stage that owns data the retention must wait for appends a callable
 ``guard(db) -> float | None`` (Unix time up to which raw readings may go) to
 ``Gateway.retention_guards``.
 

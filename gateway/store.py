@@ -15,6 +15,16 @@ gateway recovers by itself. The same happens when the disk's free space falls un
 
 After each commit the ``after_commit`` stages run in the writer thread, with the writer
 database and the readings that were new (duplicates filtered) in commit order.
+
+Catch-up: the commit also logs, in the same transaction, what it stored for the stages
+(table ``stages_pending``: one row per (node, channel) of the commit, with the commit's ``seq``
+and the first and last time of its new readings; no bytes per reading). The row goes in a later
+commit's transaction once every stage has run on it, so a crash (kill -9, power cut) between a
+commit and its stages, or a stage that failed, leaves it there; ``Committer.start`` replays
+those readings through the stages, in commit order, before the first pack is taken. The stages
+are idempotent for a reading they have seen: detect skips readings not newer than its state,
+summarise recomputes the hour of a reading not newer than its cursor from the raw readings,
+and the outbox hands over what changed.
 """
 
 import asyncio
@@ -25,7 +35,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +73,25 @@ def m001_readings(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m002_stages_pending(db: sqlite_utils.Database) -> None:
+    # What the after-commit stages have not yet confirmed (see the module docstring): a few
+    # rows per commit, deleted once the stages ran; a plain table, since it stays tiny.
+    db.execute(
+        """
+        CREATE TABLE stages_pending (
+            seq INTEGER NOT NULL,
+            node INTEGER NOT NULL,
+            channel TEXT NOT NULL,
+            first REAL NOT NULL,
+            last REAL NOT NULL
+        )
+        """
+    )
+    # By seq: deleting what the stages confirmed stays cheap even if a failing stage let it grow.
+    db.execute("CREATE INDEX stages_pending_seq ON stages_pending (seq)")
+
+
 class Outcome(enum.Enum):
     """What became of a pack; ingest turns it into a CoAP code."""
 
@@ -98,9 +127,18 @@ AfterCommit = Callable[[sqlite_utils.Database, list[Reading]], None]
 
 
 def commit_batch(
-    db: sqlite_utils.Database, batch: list[Pack], now: float | None = None
+    db: sqlite_utils.Database,
+    batch: list[Pack],
+    now: float | None = None,
+    *,
+    seq: int | None = None,
+    processed: Sequence[int] = (),
 ) -> tuple[list[Outcome], list[Reading]]:
     """Store ``batch`` in one transaction; return each pack's outcome and the new readings.
+
+    The new readings are logged in ``stages_pending`` under ``seq`` (default: after the newest
+    logged commit) until the stages have run on them; ``processed`` names the earlier commits
+    whose stages have, and whose log goes in this transaction.
 
     Raises ``sqlite3.Error`` after rolling back if the database refuses the transaction.
     """
@@ -108,6 +146,7 @@ def commit_batch(
     conn = db.conn
     outcomes: list[Outcome] = []
     new: list[Reading] = []
+    spans: dict[tuple[int, str], list[float]] = {}
     conn.execute("BEGIN IMMEDIATE")
     try:
         # The nodes of the batch, read once: this transaction holds the write lock, so nobody
@@ -141,6 +180,14 @@ def commit_batch(
             elif inserted:
                 fresh = set(inserted)
                 new.extend(r for r in pack.readings if (r.channel, r.time) in fresh)
+            for channel, t in inserted:
+                span = spans.get((pack.node_ref, channel))
+                if span is None:
+                    spans[(pack.node_ref, channel)] = [t, t]
+                elif t < span[0]:
+                    span[0] = t
+                elif t > span[1]:
+                    span[1] = t
             node[1], node[2], node[3] = pack.seq, node[2] + 1, node[3] + pack.seq - last - 1
             outcomes.append(Outcome.STORED)
         conn.executemany(
@@ -148,6 +195,20 @@ def commit_batch(
             " gaps = gaps + ?, battery = coalesce(?, battery) WHERE ref = ?",
             [(n[1], now, n[2], n[3], n[4], ref) for ref, n in nodes.items() if n[2]],
         )
+        if processed:
+            conn.execute(
+                f"DELETE FROM stages_pending WHERE seq IN ({', '.join('?' * len(processed))})",
+                list(processed),
+            )
+        if spans:
+            if seq is None:
+                seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM stages_pending")
+                seq = seq.fetchone()[0]
+            conn.executemany(
+                "INSERT INTO stages_pending (seq, node, channel, first, last)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(seq, ref, ch, a, b) for (ref, ch), (a, b) in spans.items()],
+            )
         conn.commit()
     except BaseException:
         conn.rollback()
@@ -162,6 +223,41 @@ def _insert_sql(n: int) -> str:
         + ", ".join(["(?, ?, ?, ?)"] * n)
         + " RETURNING channel, time"
     )
+
+
+CATCH_UP_CHUNK = 5000  # readings per call of the stages when catching up
+
+
+def pending_readings(
+    db: sqlite_utils.Database, chunk: int = CATCH_UP_CHUNK
+) -> Iterator[tuple[list[int], list[Reading]]]:
+    """The readings of the commits whose stages have not all run (``stages_pending``), in
+    commit order: ``(seqs, readings)`` chunks of about ``chunk`` readings, each reading once."""
+    seqs = [row[0] for row in db.execute("SELECT DISTINCT seq FROM stages_pending ORDER BY seq")]
+    done: list[int] = []
+    out: list[Reading] = []
+    seen: set[tuple[str, str, float]] = set()
+    for seq in seqs:
+        for node, channel, first, last in db.execute(
+            "SELECT n.id, p.channel, p.first, p.last FROM stages_pending p"
+            " JOIN nodes n ON n.ref = p.node WHERE p.seq = ? ORDER BY n.id, p.channel",
+            [seq],
+        ).fetchall():
+            for t, v in db.execute(
+                "SELECT r.time, r.value FROM readings r JOIN nodes n ON n.ref = r.node"
+                " WHERE n.id = ? AND r.channel = ? AND r.time BETWEEN ? AND ? ORDER BY r.time",
+                [node, channel, first, last],
+            ):
+                if (node, channel, t) not in seen:
+                    seen.add((node, channel, t))
+                    out.append(Reading(node, channel, t, v))
+        done.append(seq)
+        if len(out) >= chunk:
+            yield done, out
+            done, out = [], []
+            seen.clear()  # a reading in two chunks goes twice: harmless, stages are idempotent
+    if done:
+        yield done, out
 
 
 def set_disk_budget(db: sqlite_utils.Database, budget_bytes: int) -> None:
@@ -248,6 +344,9 @@ class Committer:
         self._checkpoint_db: sqlite3.Connection | None = None
         self._checkpoint_task: asyncio.Future | None = None
         self._checkpoint_at = 0.0
+        self._seq = 0  # of the last commit; its new readings are logged under it
+        self._processed: list[int] = []  # commits whose stages all ran: their log goes next
+        self.caught_up = 0  # readings replayed through the stages by start()
 
     async def run(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run ``func(db, *args)`` in the writer thread, between commits."""
@@ -257,6 +356,7 @@ class Committer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.db = await loop.run_in_executor(self._executor, self._open)
+        self.caught_up = await loop.run_in_executor(self._executor, self._catch_up)
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="reverbere-committer")
 
@@ -266,7 +366,26 @@ class Committer:
         # SQLite would checkpoint inside the commit that fills the WAL past 1000 pages, and every
         # pack of that batch would wait for it; ``_maybe_checkpoint`` does it beside the commits.
         db.execute("PRAGMA wal_autocheckpoint = 0")
+        self._seq = db.execute("SELECT coalesce(max(seq), 0) FROM stages_pending").fetchone()[0]
         return db
+
+    def _catch_up(self) -> int:
+        """Replay through the stages what was committed but not seen by all of them (a crash
+        between a commit and its stages, a stage that failed); return how many readings."""
+        if not self.after_commit:
+            return 0
+        total = 0
+        for seqs, readings in pending_readings(self.db):
+            ok = self._stages(readings) if readings else True
+            if ok:
+                with self.db.conn:
+                    self.db.conn.executemany(
+                        "DELETE FROM stages_pending WHERE seq = ?", [(s,) for s in seqs]
+                    )
+            total += len(readings)
+        if total:
+            event(log, logging.INFO, "stages caught up", readings=total)
+        return total
 
     def _maybe_checkpoint(self) -> None:
         """At most once every CHECKPOINT_PERIOD, copy the WAL into the database (PASSIVE: never
@@ -311,6 +430,7 @@ class Committer:
         self._checkpointer.submit(lambda: self._checkpoint_db and self._checkpoint_db.close())
         self._checkpointer.shutdown(wait=True)
         if self.db is not None:
+            await self.run(self._forget_processed)
             await self.run(_close)  # with a last checkpoint: the WAL is emptied
         self._executor.shutdown(wait=True)
 
@@ -340,13 +460,19 @@ class Committer:
             self._count(batch, outcomes, len(new))
             self._maybe_checkpoint()
             if new and self.after_commit:
-                await loop.run_in_executor(self._executor, self._stages, new)
+                seq = self._seq
+                if await loop.run_in_executor(self._executor, self._stages, new):
+                    self._processed.append(seq)
 
     def _commit(self, batch: list[Pack]) -> tuple[list[Outcome], list[Reading]]:
         free = shutil.disk_usage(self.path.parent).free
         if free < self.min_free:
             raise OSError(f"only {free >> 20} MB free on the disk (min_free)")
-        outcomes, new = commit_batch(self.db, batch)
+        seq, done = self._seq + 1, self._processed
+        outcomes, new = commit_batch(self.db, batch, seq=seq, processed=done)
+        self._processed = []
+        if new:
+            self._seq = seq
         if self.full:
             self.full = False
             event(log, logging.INFO, "storing again", db_bytes=db_bytes(self.db))
@@ -372,7 +498,9 @@ class Committer:
         m.gauge("reverbere_store_full").set(1 if self.full else 0)
         m.gauge("reverbere_last_commit_seconds").set(self.last_commit_seconds)
 
-    def _stages(self, new: list[Reading]) -> None:
+    def _stages(self, new: list[Reading]) -> bool:
+        """Run every stage on ``new``; False if one of them failed."""
+        ok = True
         for stage in self.after_commit:
             name = getattr(stage, "__qualname__", repr(stage))
             try:
@@ -382,6 +510,17 @@ class Committer:
                 log.exception("after-commit stage %s failed", name, extra={"fields": {}})
                 if self.metrics is not None:
                     self.metrics.counter("reverbere_stage_errors_total").inc(stage=name)
+                ok = False
+        return ok
+
+    def _forget_processed(self, db: sqlite_utils.Database) -> None:
+        """Drop the log of the commits whose stages ran (a clean stop replays nothing)."""
+        if self._processed:
+            with db.conn:
+                db.conn.executemany(
+                    "DELETE FROM stages_pending WHERE seq = ?", [(s,) for s in self._processed]
+                )
+            self._processed = []
 
 
 def _close(db: sqlite_utils.Database) -> None:

@@ -273,7 +273,7 @@ def summarise(db: sqlite_utils.Database, readings: Sequence[Reading]) -> int:
             dirty.add((r.node, r.channel, hour))
     for key in sorted(dirty):
         _recompute(db, hours.get(*key))
-    with db.conn:
+    with db.atomic():  # one transaction: sqlite-utils commits on its own inside `with db.conn`
         n = hours.write()
         db["summary_cursor"].upsert_all(
             (

@@ -259,7 +259,7 @@ class Detector:
         now = max(r.time for r in readings)
         for key, cd in touched.items():
             self._saved[key] = cd.last_time or now
-        with db.conn:
+        with db.atomic():  # one transaction: sqlite-utils commits on its own inside `with db.conn`
             for ev in changed.values():
                 save_event(db, ev)
             db["detect_state"].upsert_all(
