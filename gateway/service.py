@@ -50,7 +50,13 @@ from gateway.logs import event
 from gateway.metrics import PROM_CONTENT_TYPE, HttpServer, Registry
 from gateway.records import Reading
 from gateway.summarise import summarise
-from gateway.sync import SyncConfig, SyncConfigError, SyncService, declare_metrics
+from gateway.sync import (
+    SyncConfig,
+    SyncConfigError,
+    SyncService,
+    declare_metrics,
+    prune_synced,
+)
 
 log = logging.getLogger("reverbere.service")
 
@@ -271,18 +277,20 @@ class Gateway:
                 await self._start_sync()
 
     async def retention(self, now: float | None = None) -> int:
-        """Delete raw readings older than ``retention_days`` that every guard lets go."""
+        """Delete raw readings older than ``retention_days`` that every guard lets go, and
+        the outbox rows of that age the platform has confirmed; return the readings deleted."""
         now = time.time() if now is None else now
         before = now - self.cfg.retention_days * 86400
         guards = list(self.retention_guards)  # those of the call, whenever the writer runs it
 
-        def run(db: sqlite_utils.Database) -> int:
+        def run(db: sqlite_utils.Database) -> tuple[int, int]:
             limits = [before] + [g(db) for g in guards]
-            return store.delete_before(db, min(x for x in limits if x is not None))
+            deleted = store.delete_before(db, min(x for x in limits if x is not None))
+            return deleted, prune_synced(db, before)
 
-        deleted = await self.committer.run(run)
-        if deleted:
-            event(log, logging.INFO, "retention", deleted=deleted)
+        deleted, pruned = await self.committer.run(run)
+        if deleted or pruned:
+            event(log, logging.INFO, "retention", deleted=deleted, outbox_pruned=pruned)
         return deleted
 
     async def _retention_loop(self) -> None:

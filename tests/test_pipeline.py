@@ -132,6 +132,27 @@ def test_summaries_and_an_anomaly_reach_the_platform_exactly_once(tmp_path, plat
     db.close()
 
 
+def test_retention_forgets_outbox_rows_the_platform_confirmed(tmp_path, platform):
+    # Without this the outbox would grow by every summary ever sent.
+    _, proxy = platform
+    cfg = asyncio.run(run(tmp_path, proxy.url + "/v1.1", proxy)).cfg
+    db = open_db(cfg.database)
+    outbox = "SELECT count(*) FROM sync_outbox"
+    assert db.execute(outbox).fetchone()[0] > 0
+
+    async def retention_later() -> None:
+        gw = Gateway(cfg)
+        await gw.start()
+        try:
+            await gw.retention(now=time.time() + 400 * 86400)
+        finally:
+            await gw.stop()
+
+    asyncio.run(retention_later())
+    assert db.execute(outbox).fetchone()[0] == 0
+    db.close()
+
+
 def test_retention_keeps_raw_readings_until_summarised_and_synced(tmp_path):
     # The platform is unreachable (nothing gets confirmed): however old the readings, the sync
     # guard keeps them; without [sync] the summaries are all the retention waits for.
