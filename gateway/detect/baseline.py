@@ -61,7 +61,25 @@ WARMUP = 30  # readings before the detector scores anything
 DAY_SLOTS = 48  # hours of an ordinary day, then hours of a closed day (a building's weekend)
 WEEK_SLOTS = 168
 _SLOTS = DAY_SLOTS + WEEK_SLOTS
-_HEAD = struct.Struct("<Iq15d")
+_HEAD = struct.Struct("<Iq15d")  # the _STATE fields in order, then one spare double
+_STATE = (
+    "n",
+    "hour",
+    "level",
+    "dev",
+    "floor",
+    "cusum_hi",
+    "cusum_lo",
+    "peak",
+    "zq",
+    "zs",
+    "zsq",
+    "lo",
+    "hi",
+    "sm",
+    "sm_lo",
+    "sm_hi",
+)
 _DECAY = math.exp(-1.0 / HOLD)
 
 
@@ -262,49 +280,14 @@ class StatDetector:
     # -- persistence -------------------------------------------------------------------------------
     def dumps(self) -> bytes:
         """The whole state, packed (2.7 KB)."""
-        head = _HEAD.pack(
-            self.n,
-            self.hour,
-            self.level,
-            self.dev,
-            self.floor,
-            self.cusum_hi,
-            self.cusum_lo,
-            self.peak,
-            self.zq,
-            self.zs,
-            self.zsq,
-            self.lo,
-            self.hi,
-            self.sm,
-            self.sm_lo,
-            self.sm_hi,
-            0.0,
-        )
+        head = _HEAD.pack(*(getattr(self, name) for name in _STATE), 0.0)
         return head + self.slots.tobytes()
 
     @classmethod
     def loads(cls, data: bytes) -> "StatDetector":
         self = cls()
-        (
-            self.n,
-            self.hour,
-            self.level,
-            self.dev,
-            self.floor,
-            self.cusum_hi,
-            self.cusum_lo,
-            self.peak,
-            self.zq,
-            self.zs,
-            self.zsq,
-            self.lo,
-            self.hi,
-            self.sm,
-            self.sm_lo,
-            self.sm_hi,
-            _,
-        ) = _HEAD.unpack_from(data)
+        for name, value in zip(_STATE, _HEAD.unpack_from(data), strict=False):
+            setattr(self, name, value)
         self.slots = array("f")
         self.slots.frombytes(data[_HEAD.size :])
         return self
