@@ -499,7 +499,21 @@ class Committer:
         m.gauge("reverbere_last_commit_seconds").set(self.last_commit_seconds)
 
     def _stages(self, new: list[Reading]) -> bool:
-        """Run every stage on ``new``; False if one of them failed."""
+        """Run every stage on ``new``; False if one of them failed.
+
+        The stages commit without an fsync of their own (``synchronous=NORMAL``): what they
+        write is rebuilt from the readings by the catch-up as long as the commit's row in
+        ``stages_pending`` is there, and that row goes only in the next commit, whose fsync
+        also makes every earlier frame of the WAL durable (a WAL is replayed in order). One
+        fsync per batch instead of one per stage: less latency and less wear on an SD card.
+        """
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            return self._run_stages(new)
+        finally:
+            self.db.execute("PRAGMA synchronous=FULL")
+
+    def _run_stages(self, new: list[Reading]) -> bool:
         ok = True
         for stage in self.after_commit:
             name = getattr(stage, "__qualname__", repr(stage))

@@ -105,6 +105,29 @@ def _failing_stage(db, new):
     raise RuntimeError("a broken stage")
 
 
+def test_stages_commit_without_an_fsync_and_the_readings_with_one(tmp_path):
+    # PRAGMA synchronous: 2 = FULL (fsync at each commit), 1 = NORMAL (the next FULL one or a
+    # checkpoint syncs it). The stages can be replayed, the readings cannot.
+    async def go():
+        db = open_db(tmp_path / "r.db")
+        key = registry.add_node(db, "n1")
+        ref = registry.lookup(db, "n1")[0]
+        c = Committer(tmp_path / "r.db", max_packs=16, delay=0)
+        during = []
+        c.after_commit.append(
+            lambda wdb, new: during.append(wdb.execute("PRAGMA synchronous").fetchone()[0])
+        )
+        c.after_commit.insert(0, _failing_stage)  # and a stage that fails changes nothing
+        await c.start()
+        for seq in (1, 2):
+            await c.submit(Pack(ref, "n1", key, seq, [Reading("n1", "p", 100 * seq, 1)]))
+            assert await c.run(lambda wdb: wdb.execute("PRAGMA synchronous").fetchone()[0]) == 2
+        await c.stop()
+        assert during == [1, 1]
+
+    asyncio.run(go())
+
+
 def test_retention_keeps_what_a_guard_has_not_released(tmp_path):
     async def go():
         gw = Gateway(make_config(tmp_path, retention_days=30))
