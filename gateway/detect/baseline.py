@@ -16,6 +16,11 @@ Bounded, O(1)-per-reading models of one channel, all robust to the outliers they
 * the channel's range so far, for the reading and for its short average: a value beyond it by
   more than ``RANGE_TOL`` of its width is a record, the plainest surprise there is.
 
+No spread is believed below half the channel's resolution (the smallest step seen between two
+consecutive readings): a count that is mostly 0 has a spread near 0, and a reading of 1 is not
+then a thousand spreads away. Without that floor such a channel's calibration (below) grows
+without bound and the detector goes deaf to it.
+
 The surprise of a reading is a robust z (residual over spread, or the CUSUM past its decision
 interval), calibrated per channel: divided by a streaming 99th percentile of the channel's own z
 (so a spiky channel must spike harder), raised to the calibrated short average of z when a run of
@@ -31,8 +36,9 @@ on ``SLOT_READY`` days.
 Readings known to be wrong (a rule's event is open on the channel) are scored without being
 learnt (``learn=False``), so an anomaly does not teach the baseline that it is normal.
 
-State: 17 numbers plus 216 slots of three float32 (visits, median, spread), 2.7 KB packed
-(:meth:`StatDetector.dumps`).
+State: 19 numbers plus 216 slots of three float32 (visits, median, spread), 2.7 KB packed
+(:meth:`StatDetector.dumps`); a state saved before ``last`` and ``quantum`` were added still loads
+(it learns the resolution afresh).
 """
 
 import math
@@ -55,13 +61,14 @@ SMOOTH_ALPHA = 0.1  # weight of a reading in the short average of z (about 10 re
 RANGE_TOL = 0.02  # a reading beyond the range so far by this fraction of it is a record
 RANGE_SMOOTH_TOL = 0.01  # the same for the short average of the readings
 RANGE_ALPHA = 0.1  # weight of a reading in that short average
-HOLD = 200  # readings for a score peak to decay to a third (damping of repeated alarms)
+HOLD = 300  # readings for a score peak to decay to a third (damping of repeated alarms)
 WARMUP = 30  # readings before the detector scores anything
+QUANTUM_FLOOR = 0.5  # no spread below this fraction of the resolution (smallest step seen)
 
 DAY_SLOTS = 48  # hours of an ordinary day, then hours of a closed day (a building's weekend)
 WEEK_SLOTS = 168
 _SLOTS = DAY_SLOTS + WEEK_SLOTS
-_HEAD = struct.Struct("<Iq15d")  # the _STATE fields in order, then one spare double
+_HEAD = struct.Struct("<Iq17d")  # the _STATE fields in order, then one spare double
 _STATE = (
     "n",
     "hour",
@@ -79,7 +86,12 @@ _STATE = (
     "sm",
     "sm_lo",
     "sm_hi",
+    "last",
+    "quantum",
 )
+# The layout before "last" and "quantum": a saved state of that size still loads.
+_HEAD_V1 = struct.Struct("<Iq15d")
+_STATE_V1 = _STATE[:-2]
 _DECAY = math.exp(-1.0 / HOLD)
 
 
@@ -116,10 +128,12 @@ class StatDetector:
         "floor",
         "hi",
         "hour",
+        "last",
         "level",
         "lo",
         "n",
         "peak",
+        "quantum",
         "slots",
         "sm",
         "sm_hi",
@@ -144,6 +158,8 @@ class StatDetector:
         self.lo = self.hi = 0.0  # range of the readings
         self.sm = self.sm_lo = self.sm_hi = 0.0  # short average of the readings, and its range
         self.slots = array("f", bytes(4 * 3 * _SLOTS))  # per slot: visits, median, spread
+        self.last = math.nan  # the previous reading (NaN: not known)
+        self.quantum = 0.0  # the channel's resolution: smallest step seen (0: none yet)
 
     def update(
         self, time: float, x: float, closed_day: bool = False, learn: bool = True
@@ -155,8 +171,13 @@ class StatDetector:
         if n == 0:
             self.level = self.lo = self.hi = self.sm = self.sm_lo = self.sm_hi = x
             self.floor = max(abs(x) * 1e-3, 1e-9)
+        step_x = abs(x - self.last)  # NaN (so no step) when the previous reading is unknown
+        if step_x > 0.0 and (step_x < self.quantum or self.quantum == 0.0):
+            self.quantum = step_x
+        self.last = x
+        floor = max(self.floor, QUANTUM_FLOOR * self.quantum)
         level, dev = self.level, self.dev
-        spread = max(dev, self.floor)
+        spread = max(dev, floor)
         resid = x - level
         z_short = abs(resid) / spread
 
@@ -168,19 +189,19 @@ class StatDetector:
         ready = slots[day_i] >= SLOT_READY
         z, expected, used_spread = z_short, level, spread
         if ready:
-            d_spread = max(slots[day_i + 2], self.floor, 0.25 * spread)
+            d_spread = max(slots[day_i + 2], floor, 0.25 * spread)
             z, expected, used_spread = (
                 abs(x - slots[day_i + 1]) / d_spread,
                 slots[day_i + 1],
                 d_spread,
             )
             if slots[week_i] >= WEEK_READY:
-                w_spread = max(slots[week_i + 2], self.floor, 0.25 * spread)
+                w_spread = max(slots[week_i + 2], floor, 0.25 * spread)
                 z_week = abs(x - slots[week_i + 1]) / w_spread
                 if z_week < z:
                     z, expected, used_spread = z_week, slots[week_i + 1], w_spread
         if learn:
-            self._learn_slots(hour, day_i, week_i, x, spread)
+            self._learn_slots(hour, day_i, week_i, x, spread, floor)
 
         # CUSUM of the residual against the reference (a lamp switching on at dusk, which the
         # seasonal slots know, is no shift), standardised and clipped.
@@ -230,7 +251,9 @@ class StatDetector:
             novelty = 1.0
         return Verdict(score, novelty, z, expected, spread, record)
 
-    def _learn_slots(self, hour: int, day_i: int, week_i: int, x: float, spread: float) -> None:
+    def _learn_slots(
+        self, hour: int, day_i: int, week_i: int, x: float, spread: float, floor: float
+    ) -> None:
         slots = self.slots
         new_visit = hour != self.hour
         self.hour = hour
@@ -242,12 +265,12 @@ class StatDetector:
             else:
                 med = slots[i + 1]
                 s_dev = slots[i + 2]
-                step = SLOT_STEP * max(s_dev, self.floor)
+                step = SLOT_STEP * max(s_dev, floor)
                 if x > med:
                     slots[i + 1] = med + min(step, x - med)
                 elif x < med:
                     slots[i + 1] = med - min(step, med - x)
-                d = min(abs(x - med), CLIP * s_dev + self.floor)
+                d = min(abs(x - med), CLIP * s_dev + floor)
                 slots[i + 2] = s_dev + SLOT_ALPHA * (d - s_dev)
             if new_visit and visits < 65000:
                 slots[i] = visits + 1
@@ -286,8 +309,11 @@ class StatDetector:
     @classmethod
     def loads(cls, data: bytes) -> "StatDetector":
         self = cls()
-        for name, value in zip(_STATE, _HEAD.unpack_from(data), strict=False):
+        head, names = _HEAD, _STATE
+        if len(data) == _HEAD_V1.size + 4 * 3 * _SLOTS:
+            head, names = _HEAD_V1, _STATE_V1  # saved before "last" and "quantum"
+        for name, value in zip(names, head.unpack_from(data), strict=False):
             setattr(self, name, value)
         self.slots = array("f")
-        self.slots.frombytes(data[_HEAD.size :])
+        self.slots.frombytes(data[head.size :])
         return self
