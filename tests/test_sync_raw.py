@@ -222,6 +222,24 @@ async def send_all(gw: Gateway, node: SimNode, readings: list[tuple]) -> None:
             assert (await sender.send(node, readings[i : i + 10], attempts=5)).acked
 
 
+async def in_worker(gw: Gateway, change) -> None:
+    """``change(worker)`` in the worker's thread, between two of its cycles: every later
+    cycle sees it (a change from here could land in the middle of one)."""
+    done = threading.Event()
+    worker = gw.sync.worker
+
+    def between() -> None:
+        change(worker)
+        done.set()
+
+    worker.on_idle = between
+    gw.sync.notify()
+    try:
+        assert await asyncio.to_thread(done.wait, 20)
+    finally:
+        worker.on_idle = None
+
+
 async def drained(gw: Gateway, raw: bool = True, timeout: float = 20) -> None:
     """Until the sync worker has nothing left to send, raw readings included when ``raw``
     (woken by its on_idle, not a timer)."""
@@ -263,7 +281,7 @@ def test_gateway_raw_on_sends_every_stored_reading_once_and_retention_waits(tmp_
             assert sum(raw_on_platform(platform.db_path).values()) == 180
             # A node that was offline sends readings older than what was sent, in between
             # them. The raw batch is not due yet (raw_interval): the summaries go, raw waits.
-            gw.sync.worker.raw_interval = 3600
+            await in_worker(gw, lambda w: setattr(w, "raw_interval", 3600))
             await send_all(gw, node, minutes("p", late, 30))
             await gw.committer.run(gw.outbox.flush)
             await drained(gw, raw=False)
@@ -273,7 +291,7 @@ def test_gateway_raw_on_sends_every_stored_reading_once_and_retention_waits(tmp_
             await gw.retention(now=time.time() + 400 * 86400)
             left = db.execute("SELECT count(*) FROM readings").fetchone()[0]
             assert left == 29 + 30  # p from start + 1 h + 91 min, and the late ones
-            gw.sync.worker.raw_interval = 0
+            await in_worker(gw, lambda w: setattr(w, "raw_interval", 0))
             await drained(gw)
         finally:
             await gw.stop()
