@@ -92,7 +92,7 @@ def test_every_reading_once_with_late_ones_straddling_what_was_sent(tmp_path, pl
     assert raw_backlog(db).pending == 0
     # The cursor has moved past these times; a node that was offline now sends readings
     # from before them, interleaved with the ones already sent (30 s offsets), and new ones.
-    st.put("lamp-000", minutes("p", H0 + 30, 40))
+    st.put("lamp-000", minutes("p", H0 + 30.25, 40))  # times to the millisecond
     st.put("lamp-001", minutes("p", H0 + 60 * 60, 30) + minutes("p", H0 - 600, 5))
     assert raw_backlog(db).pending == 40 + 30 + 5
     # One more commit lands while a batch is on its way (inside a span being sent).

@@ -476,17 +476,21 @@ class SensorThingsTarget:
         return [isinstance(link, str) and link != "error" for link in links]
 
     def observation_times(
-        self, ds_ids: Iterable[str], t0: float, t1: float
+        self, ranges: Iterable[tuple[str, float, float]]
     ) -> dict[str, list[tuple[str, float]]]:
-        """``(obs id, phenomenonTime)`` per Datastream id, for phenomenonTime in ``[t0, t1]``
-        (whole seconds around it), 20 Datastreams per request."""
-        ids = sorted(set(ds_ids))
+        """``(obs id, phenomenonTime)`` per Datastream id, for each ``(Datastream id, t0, t1)``
+        in ``ranges`` (phenomenonTime in ``[t0, t1]``, whole seconds around it); 20 ranges a
+        request, each its own clause, so scattered ranges do not read what lies between."""
+        clauses = sorted(
+            f"(Datastream/id eq {id_literal(ds)} and phenomenonTime ge {iso(math.floor(t0))}"
+            f" and phenomenonTime le {iso(math.ceil(t1))})"
+            for ds, t0, t1 in set(ranges)
+        )
         out: dict[str, list[tuple[str, float]]] = {}
-        for i in range(0, len(ids), 20):
-            which = " or ".join(f"Datastream/id eq {id_literal(d)}" for d in ids[i : i + 20])
+        seen: set[str] = set()  # an Observation two overlapping clauses both found
+        for i in range(0, len(clauses), 20):
             params = {
-                "$filter": f"({which}) and phenomenonTime ge {iso(math.floor(t0))}"
-                f" and phenomenonTime le {iso(math.ceil(t1))}",
+                "$filter": " or ".join(clauses[i : i + 20]),
                 "$select": "id,phenomenonTime",
                 "$resultFormat": "dataArray",
                 "$orderby": "id asc",
@@ -498,8 +502,10 @@ class SensorThingsTarget:
                     cols = group["components"]
                     for values in group["dataArray"]:
                         rec = dict(zip(cols, values, strict=True))
-                        when = parse_instant(rec["phenomenonTime"])
-                        out.setdefault(ds, []).append((str(rec["id"]), when))
+                        if str(rec["id"]) not in seen:
+                            seen.add(str(rec["id"]))
+                            when = parse_instant(rec["phenomenonTime"])
+                            out.setdefault(ds, []).append((str(rec["id"]), when))
         return out
 
     def update(self, obs_id: str, row: Row) -> bool:

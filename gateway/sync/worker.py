@@ -400,17 +400,18 @@ class SyncWorker:
             return True
         return raw.raw_backlog(self.db).pending >= self.batch_rows
 
-    def _raw_groups(self, taken: list[raw.Taken]) -> tuple[dict, list[tuple[int, float]]]:
-        """Readings per Datastream id, and (taken index, time) in the order they are sent."""
+    def _raw_groups(self, taken: list[raw.Taken]) -> tuple[dict, list[tuple[str, int, float]]]:
+        """Readings per Datastream id, and (Datastream id, taken index, time) in the order
+        they are sent."""
         streams = self.target.ensure_streams(
             {(t.span.node, raw.raw_stream(t.span.channel)) for t in taken}
         )
         groups: dict[str, list[tuple[float, float]]] = {}
-        where: dict[str, list[tuple[int, float]]] = {}
+        where: dict[str, list[tuple[str, int, float]]] = {}
         for i, t in enumerate(taken):
             ds = streams[(t.span.node, raw.raw_stream(t.span.channel))]
             groups.setdefault(ds, []).extend(t.readings)
-            where.setdefault(ds, []).extend((i, when) for when, _ in t.readings)
+            where.setdefault(ds, []).extend((ds, i, when) for when, _ in t.readings)
         return groups, [x for ds in groups for x in where[ds]]
 
     def _send_raw(self) -> str:
@@ -455,13 +456,21 @@ class SyncWorker:
             # Uncertain propagates: the spans stay inflight until reconciled.
             break
         confirmed: list[set[float]] = [set() for _ in taken]
-        for (i, when), good in zip(order, ok, strict=True):
+        answered: set[str] = set()  # Datastreams with a reading created
+        for (ds, i, when), good in zip(order, ok, strict=True):
             if good:
                 confirmed[i].add(when)
+                answered.add(ds)
         for t, times in zip(taken, confirmed, strict=True):
             self.stats.raw_sent += raw.settle(self.db, t, times)
-        if sum(map(len, confirmed)) < n:
-            self.stats.row_errors += n - sum(map(len, confirmed))
+        self.stats.row_errors += n - sum(map(len, confirmed))
+        gone = set(groups) - answered  # every reading failed: the Datastream may be gone
+        if gone:
+            with self.db.atomic():
+                self.db.conn.executemany(
+                    "DELETE FROM sync_streams WHERE target = ? AND entity_id = ?",
+                    [(self.target.url, ds) for ds in gone],
+                )
         self._put(raw_last=self.clock(), raw_limit=0)
         return "sent"
 
@@ -472,24 +481,26 @@ class SyncWorker:
         streams = self.target.ensure_streams(
             {(t.span.node, raw.raw_stream(t.span.channel)) for t in items}
         )
-        timed = [t for t in items if t.readings]
-        found: dict[str, list[tuple[str, float]]] = {}
-        if timed:
-            t0 = min(t.readings[0][0] for t in timed)
-            t1 = max(t.readings[-1][0] for t in timed)
-            ds_ids = {streams[(t.span.node, raw.raw_stream(t.span.channel))] for t in timed}
-            found = self.target.observation_times(ds_ids, t0, t1)
-        for t in items:
-            ds = streams[(t.span.node, raw.raw_stream(t.span.channel))]
+
+        def ds_of(t: raw.Taken) -> str:
+            return streams[(t.span.node, raw.raw_stream(t.span.channel))]
+
+        found = self.target.observation_times(
+            (ds_of(t), t.readings[0][0], t.readings[-1][0]) for t in items if t.readings
+        )
+        on_platform: dict[str, set[int]] = {}  # Datastream -> times (ms) found there
+        for ds, obs in found.items():
             by_key: dict[int, list[str]] = {}
-            for obs_id, when in found.get(ds, []):
+            for obs_id, when in obs:
                 by_key.setdefault(raw.time_key(when), []).append(obs_id)
             for ids in by_key.values():
                 for extra in ids[1:]:
                     self.target.delete(extra)
                     self.stats.duplicates_removed += 1
-                del ids[1:]
-            present = {when for when, _ in t.readings if raw.time_key(when) in by_key}
+            on_platform[ds] = set(by_key)
+        for t in items:
+            there = on_platform.get(ds_of(t), set())
+            present = {when for when, _ in t.readings if raw.time_key(when) in there}
             self.stats.raw_adopted += raw.settle(self.db, t, present, error=False)
             self.stats.raw_resent += len(t.readings) - len(present)
 
