@@ -15,7 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.sync import ANOMALIES, Event, Summary
+from gateway import registry, store
+from gateway.records import Reading
+from gateway.sync import ANOMALIES, Event, RawLog, Summary
 from gateway.sync.outbox import RAW_SUFFIX
 from gateway.sync.report import as_record, from_outbox, pull
 
@@ -177,3 +179,27 @@ def raw_in_gateway(db) -> Counter:
         "SELECT n.id, r.channel, r.time, r.value FROM readings r JOIN nodes n ON n.ref = r.node"
     )
     return Counter((node, ch, round(t * 1000), float(v)) for node, ch, t, v in rows)
+
+
+class RawStore:
+    """Packs of readings committed the way the gateway's committer does, raw log included."""
+
+    def __init__(self, db, channels=None) -> None:
+        self.db = db
+        self.log = RawLog(channels)
+        self.nodes: dict[str, tuple[int, bytes, int]] = {}
+
+    def put(self, node: str, readings: list[tuple[str, float, float]]) -> int:
+        if node not in self.nodes:
+            key = registry.add_node(self.db, node)
+            ref = self.db.execute("SELECT ref FROM nodes WHERE id = ?", [node]).fetchone()[0]
+            self.nodes[node] = (ref, key, 0)
+        ref, key, seq = self.nodes[node]
+        self.nodes[node] = (ref, key, seq + 1)
+        pack = store.Pack(ref, node, key, seq + 1, [Reading(node, *r) for r in readings])
+        _, new = store.commit_batch(self.db, [pack], in_commit=[self.log.log])
+        return len(new)
+
+
+def minutes(channel: str, start: float, n: int, step: float = 60.0, base: float = 50.0):
+    return [(channel, start + step * k, base + (k % 13) + 0.25) for k in range(n)]

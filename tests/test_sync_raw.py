@@ -16,13 +16,11 @@ from collections import Counter
 
 import pytest
 
-from gateway import config, registry, store
+from gateway import config, registry
 from gateway.db import open_db
-from gateway.records import Reading
 from gateway.service import Gateway, pipeline_config
 from gateway.sync import (
     Budget,
-    RawLog,
     SyncConfig,
     SyncWorker,
     backlog,
@@ -37,7 +35,9 @@ from sim.platform import FaultProxy, start_platform
 from sim.sender import Sender, SimNode
 from tests.sync_helpers import (
     H0,
+    RawStore,
     locations,
+    minutes,
     raw_in_gateway,
     raw_on_platform,
     some_events,
@@ -51,30 +51,6 @@ def platform(tmp_path):
         yield p
 
 
-class Store:
-    """Packs of readings committed the way the gateway's committer does, raw log included."""
-
-    def __init__(self, db, channels=None) -> None:
-        self.db = db
-        self.log = RawLog(channels)
-        self.nodes: dict[str, tuple[int, bytes, int]] = {}
-
-    def put(self, node: str, readings: list[tuple[str, float, float]]) -> int:
-        if node not in self.nodes:
-            key = registry.add_node(self.db, node)
-            ref = self.db.execute("SELECT ref FROM nodes WHERE id = ?", [node]).fetchone()[0]
-            self.nodes[node] = (ref, key, 0)
-        ref, key, seq = self.nodes[node]
-        self.nodes[node] = (ref, key, seq + 1)
-        pack = store.Pack(ref, node, key, seq + 1, [Reading(node, *r) for r in readings])
-        _, new = store.commit_batch(self.db, [pack], in_commit=[self.log.log])
-        return len(new)
-
-
-def minutes(channel: str, start: float, n: int, step: float = 60.0, base: float = 50.0):
-    return [(channel, start + step * k, base + (k % 13) + 0.25) for k in range(n)]
-
-
 def worker_for(db, url: str, **kw) -> SyncWorker:
     opts = {"backoff_base": 0.01, "backoff_cap": 0.05}
     opts.update(kw)
@@ -84,7 +60,7 @@ def worker_for(db, url: str, **kw) -> SyncWorker:
 
 def test_every_reading_once_with_late_ones_straddling_what_was_sent(tmp_path, platform):
     db = open_db(tmp_path / "gw.db")
-    st = Store(db)
+    st = RawStore(db)
     st.put("lamp-000", minutes("p", H0, 120) + minutes("t", H0, 120, base=10))
     st.put("lamp-001", minutes("p", H0, 60))
     worker = worker_for(db, platform.url, batch_rows=100)
@@ -109,7 +85,7 @@ def test_every_reading_once_with_late_ones_straddling_what_was_sent(tmp_path, pl
 
 def test_the_log_costs_a_row_per_channel_not_per_reading(tmp_path):
     db = open_db(tmp_path / "gw.db")
-    st = Store(db, channels=("p",))
+    st = RawStore(db, channels=("p",))
     for k in range(50):  # 50 commits of 10 readings of p and e each
         st.put("lamp-000", minutes("p", H0 + 600 * k, 10) + minutes("e", H0 + 600 * k, 10))
     rows = list(db.query("SELECT first, last, n FROM sync_raw"))
@@ -123,7 +99,7 @@ def test_the_log_costs_a_row_per_channel_not_per_reading(tmp_path):
 
 def test_uncertain_outcomes_are_read_back_not_sent_twice(tmp_path, platform):
     db = open_db(tmp_path / "gw.db")
-    st = Store(db)
+    st = RawStore(db)
     for k in range(6):
         st.put("lamp-000", minutes("p", H0 + 3600 * k, 60))
         st.put("lamp-001", minutes("e", H0 + 3600 * k, 60, base=1000))
@@ -150,7 +126,7 @@ def test_uncertain_outcomes_are_read_back_not_sent_twice(tmp_path, platform):
 
 def test_under_the_budget_raw_readings_go_last_and_never_over_it(tmp_path, platform):
     db = open_db(tmp_path / "gw.db")
-    st = Store(db)
+    st = RawStore(db)
     for k in range(24):
         st.put("lamp-000", minutes("p", H0 + 3600 * k, 60))
     enqueue_summaries(db, week_of_summaries(2, hours=24))
@@ -193,8 +169,8 @@ def test_bad_raw_values_name_file_line_and_key(tmp_path):
         with pytest.raises(config.ConfigError) as e:
             pipeline_config(config.load(path))
         assert str(e.value).startswith(f"{path}:4: sync.raw: {words}")
-    path.write_text('[sync]\ntarget = "mqtt"\nraw = true\n')
-    with pytest.raises(config.ConfigError, match=r":3: sync\.raw: .*SensorThings only"):
+    path.write_text('[sync]\nurl = "http://x/v1.1"\nraw = ["p"]\nraw_interval = -1\n')
+    with pytest.raises(config.ConfigError, match=r":4: sync\.raw_interval: must not be negative"):
         pipeline_config(config.load(path))
     # The template `gateway init` writes documents the key, off.
     from gateway.service import init_dir
@@ -355,7 +331,7 @@ def test_sync_status_and_push_show_the_raw_backlog(tmp_path, platform):
     from gateway.cli import cli
 
     db = open_db(tmp_path / "gw.db")
-    st = Store(db, channels=("p",))
+    st = RawStore(db, channels=("p",))
     st.put("lamp-000", minutes("p", H0, 45) + minutes("e", H0, 45))
     path = tmp_path / "gateway.toml"
     path.write_text(

@@ -41,6 +41,7 @@ class MqttConfig:
     port: int = 1883
     preset: str = ""  # "thingsboard": topic v1/gateway/telemetry and its payload
     topic: str = "reverbere/{node}/{channel}"
+    raw_topic: str = "reverbere/{node}/{channel}/raw"  # raw readings ([sync] raw), json payload
     payload: str = "json"  # "json" (one summary per message) or "thingsboard"
     client_id: str = "reverbere-gateway"
     username: str | None = None
@@ -107,8 +108,6 @@ class SyncConfig:
             raise SyncConfigError("compress", "expected auto, gzip or none")
         if config.target == "sensorthings" and not config.url:
             raise SyncConfigError("url", "the SensorThings service root is required")
-        if config.raw and config.target != "sensorthings":
-            raise SyncConfigError("raw", "raw readings are synced to SensorThings only")
         if config.raw_interval < 0:
             raise SyncConfigError("raw_interval", "must not be negative")
         if bool(config.username) != bool(config.password):
