@@ -8,7 +8,12 @@ Sensors, by channel (wiring in config.json "hw", see docs/firmware.md):
   "s0_wh" Wh per pulse; the count since the last reset.
 - "t" temperature (Cel): the MCU's internal sensor.
 - "lux": an LDR divider on an ADC pin scaled by "lux_scale" lx per volt.
-- "rssi": the Wi-Fi signal (dBm).
+- "rssi": the Wi-Fi signal (dBm), while joined.
+
+The network never stops the node: the Wi-Fi join and the gateway's name lookup are retried in
+the background (``_up``), at most once per ``_RETRY`` ms at first, the gap doubling up to
+``_RETRY_MAX``; meanwhile readings wait in the flash ring and datagrams are not sent (the
+node's exchange times out and backs off as when the gateway is away).
 """
 
 import os
@@ -18,14 +23,25 @@ import time
 
 import machine
 
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
 _RP2 = sys.platform == "rp2"
+WDT_MAX = 8388 if _RP2 else 600000  # ms: the RP2040's watchdog counts at most 8.388 s
+_RETRY = const(10000)  # ms: a join's first look, and the first gap between retries
+_RETRY_MAX = const(120000)  # ms: the longest gap between two retries
 _EPOCH = 946684800 if time.gmtime(0)[0] == 2000 else 0  # ports with a 2000 epoch
 
 
 class FileDev:
     """The reading ring as a preallocated file on the board's LittleFS (which levels wear)."""
 
-    def __init__(self, path, size):
+    def __init__(self, path, size, feed):
         self.size = size
         try:
             if os.stat(path)[6] != size:
@@ -35,6 +51,7 @@ class FileDev:
                 blank = b"\xff" * 256
                 for _ in range(size // 256):
                     f.write(blank)
+                    feed()  # up to 1 MB on the first boot: longer than a watchdog period
         self.f = open(path, "r+b")  # noqa: SIM115 - open for the node's life
 
     def readinto(self, off, buf):
@@ -83,12 +100,12 @@ class INA219:
 
 
 class Board:
-    def __init__(self, cfg, dev=None, fs=None, net=True):
+    def __init__(self, cfg, dev=None, fs=None, net=True, wdt=None):
         hw = cfg["hw"]
         self.cfg = cfg
-        self.dev = dev or FileDev("ring.bin", cfg["store_kb"] * 1024)
+        self.wdt = wdt  # started by main.py before the board, so a hang here resets too
+        self.dev = dev or FileDev("ring.bin", cfg["store_kb"] * 1024, self.feed)
         self.fs = fs or FS()
-        self.wdt = None
         self._ms = 0
         self._last = time.ticks_ms()
         self._clock_ok = False
@@ -117,19 +134,29 @@ class Board:
             self.sensors["lux"] = lambda: ldr.read_u16() * k
         self.sensors["t"] = self._temp
         self.wlan = None
-        self.error = None  # a Wi-Fi failure at boot, for the status record
+        self.addr = None  # the gateway's address, once looked up
+        self.on = False  # joined, as last seen
+        self.error = None  # what keeps the node off the network now, for the status record
         if net:
-            self._net(cfg)
+            import select
+            import socket
 
-    def _net(self, cfg):
-        import select
-        import socket
+            self.gai = socket.getaddrinfo
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.poller = select.poll()
+            self.poller.register(self.sock, select.POLLIN)
+            self._gap = _RETRY
+            self._at = 0  # when to try again what is missing (ms)
+            if cfg["wifi"].get("ssid"):
+                import network
 
-        self.wlan = self._wifi(cfg["wifi"])
-        self.addr = socket.getaddrinfo(cfg["gateway"], cfg["port"])[0][-1]
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.poller = select.poll()
-        self.poller.register(self.sock, select.POLLIN)
+                self.wlan = network.WLAN(network.STA_IF)
+                self.wlan.active(True)
+                self.sensors["rssi"] = lambda: self.wlan.status("rssi") if self.on else None
+                if not self.wlan.isconnected():
+                    self._join()
+                    self._at = self.ms() + _RETRY  # the first look at how the join went
+            self.on = self.wlan is None
 
     def _pulse(self, _pin):
         self._pulses += 1
@@ -144,31 +171,65 @@ class Board:
             return esp32.mcu_temperature()
         return (esp32.raw_temperature() - 32) / 1.8
 
-    def _wifi(self, w):
-        if not w.get("ssid"):
-            return None
+    def _join(self):
+        w = self.cfg["wifi"]
+        try:  # noqa: SIM105 - a join already under way, or none to leave: go on
+            self.wlan.disconnect()
+        except OSError:
+            pass
+        try:  # noqa: SIM105
+            self.wlan.connect(w["ssid"], w.get("password", ""))
+        except OSError:
+            pass
+
+    def _up(self):
+        """True when a datagram can go: Wi-Fi joined and the gateway's address known.
+
+        Else retry what is missing (join, or look the gateway up) if the gap since the last
+        try has passed, and double the gap; never waits for the outcome.
+        """
+        w = self.wlan
+        on = w is None or w.isconnected()
+        now = self.ms()
+        if on != self.on:
+            self.on = on
+            self._gap = _RETRY
+            self._at = now
+            if on:
+                self.addr = None  # look the gateway up again, at once: DHCP may have moved it
+                self.log("wifi ok ssid=" + self.cfg["wifi"]["ssid"])
+            else:  # lost: the driver may rejoin by itself first
+                self._at += _RETRY
+        if on and self.addr:
+            return True
+        if now < self._at:
+            return False
+        self._at = now + self._gap
+        retry = " retry_s=%d" % (self._gap // 1000)
+        self._gap = min(self._gap * 2, _RETRY_MAX)
+        if on:
+            host = self.cfg["gateway"]
+            self.feed()  # a lookup blocks until the DNS server answers or lwIP gives up
+            try:
+                self.addr = self.gai(host, self.cfg["port"])[0][-1]
+                self.error = None
+                return True
+            except (OSError, IndexError):
+                self.error = "dns: failed"
+                self.log("gateway resolve=failed host=" + host + retry)
+            return False
         import network
 
-        wlan = network.WLAN(network.STA_IF)
-        wlan.active(True)
-        if not wlan.isconnected():
-            wlan.connect(w["ssid"], w.get("password", ""))
-            for _ in range(100):
-                if wlan.isconnected():
-                    break
-                time.sleep_ms(100)
-        if wlan.isconnected():
-            self.log("wifi ok ssid=" + w["ssid"])
-        else:
-            st = wlan.status()
-            why = "timeout"
-            if st == getattr(network, "STAT_WRONG_PASSWORD", None):
-                why = "wrong-password"
-            elif st == getattr(network, "STAT_NO_AP_FOUND", None):
-                why = "no-ap"
-            self.log("wifi error=%s ssid=%s" % (why, w["ssid"]))
-            self.error = "wifi: " + why
-        return wlan
+        st = w.status()
+        why = "timeout"
+        if st == getattr(network, "STAT_WRONG_PASSWORD", None):
+            why = "wrong-password"
+        elif st == getattr(network, "STAT_NO_AP_FOUND", None):
+            why = "no-ap"
+        self.error = "wifi: " + why
+        self.log("wifi error=%s ssid=%s%s" % (why, self.cfg["wifi"]["ssid"], retry))
+        self._join()
+        return False
 
     # --- the HAL -------------------------------------------------------------------------------
 
@@ -187,8 +248,6 @@ class Board:
         self._clock_ok = True
 
     def read(self, ch):
-        if ch == "rssi":
-            return self.wlan.status("rssi") if self.wlan else None
         f = self.sensors.get(ch)
         try:
             return f() if f else None
@@ -196,12 +255,14 @@ class Board:
             return None
 
     def send(self, data):
-        try:  # noqa: SIM105 - MicroPython has no contextlib
-            self.sock.sendto(data, self.addr)
-        except OSError:  # no route yet: the exchange retransmits
-            pass
+        if self._up():  # else not sent: the exchange retransmits, then backs off
+            try:  # noqa: SIM105 - MicroPython has no contextlib
+                self.sock.sendto(data, self.addr)
+            except OSError:  # no route yet: the exchange retransmits
+                pass
 
     def wait(self, ms):
+        self._up()  # rejoin in the background, even while nothing is sent
         if self.poller.poll(ms):
             try:
                 return self.sock.recv(1280)
@@ -214,9 +275,6 @@ class Board:
 
     def log(self, line):
         print("reverbere:", line)  # the console lines commissioning reads (docs/flashing.md)
-
-    def start_watchdog(self):
-        self.wdt = machine.WDT(timeout=self.cfg["wdt_ms"])
 
     def feed(self):
         if self.wdt:

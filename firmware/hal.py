@@ -12,6 +12,8 @@ A HAL is any object with these attributes (duck-typed, no base class, to keep th
     feed()              feed the watchdog
     led(on)             the status LED
     log(line)           optional: a console line for commissioning ("send seq=1 ... code=2.04")
+    error               optional: why the node is off the network now ("wifi: no-ap",
+                        "dns: failed"), else None; a failed exchange is then blamed on it
     dev                 flash for firmware.store: size, readinto(off, buf), write(off, data)
     fs                  files: read(name) -> str or None, write(name, text), rename(a, b)
 

@@ -196,6 +196,7 @@ class Node:
         self.link.result = None
         self.first = False
         ok = not isinstance(m, int) and m.code >> 5 == 2
+        err = None
         if self.log or not ok:
             if isinstance(m, int):
                 what = "error=refused" if m == REFUSED else "error=timeout"
@@ -203,7 +204,9 @@ class Node:
                 what = "code=%d.%02d" % (m.code >> 5, m.code & 31)
             if self.log:
                 self.log("send seq=%d readings=%d %s" % (seq, n, what))
-        self.status.note(None if ok else "gateway: " + what[what.find("=") + 1 :], now)
+            if not ok:  # off the network (hal.error, "wifi: no-ap"), that is why: not the gateway
+                err = getattr(self.hal, "error", None) or "gateway: " + what[what.find("=") + 1 :]
+        self.status.note(err, now)
         if not isinstance(m, int):
             code = m.code
             if code >> 5 == 2:

@@ -8,7 +8,8 @@ and keeps the table ``summaries`` up to date incrementally, one row per (node, c
 ``count``          readings in the hour; ``min``, ``max``, ``sum``, ``mean`` of their values
 ``wh``             energy in the hour, Wh: for power ``p`` the trapezoidal integral of the
                    linearly interpolated power; for the counter ``e`` the counter's
-                   increase; NULL for other channels
+                   increase; for the counter ``drop`` likewise its increase (readings the
+                   node dropped in the hour, not Wh); NULL for other channels
 ``version``        grows by one at every change of the row
 ``synced_version`` the version the platform has (set by the sync stage); the row needs
                    (re-)sending while ``version > synced_version`` (index ``summaries_dirty``)
@@ -41,7 +42,8 @@ from gateway.records import Reading
 
 HOUR = 3600
 MAX_GAP = 900.0  # seconds: longer gaps in a power channel are not integrated
-ENERGY_CHANNELS = {"p": "power", "e": "counter"}
+# The channels whose hours get a ``wh``, and how it is integrated (``segment_energy``).
+ENERGY_CHANNELS = {"p": "power", "e": "counter", "drop": "counter"}
 
 migrations = Migrations("reverbere.summarise")
 

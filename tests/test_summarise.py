@@ -58,6 +58,16 @@ def test_energy_counter(tmp_path):
     assert r[("e", H + 3600)]["wh"] == pytest.approx(300.0)
 
 
+def test_the_drop_counter_counts_the_readings_dropped_in_each_hour(tmp_path):
+    # A node sends its drop counter only when it grew; its increase is spread over the time
+    # between two sends, like the energy counter's.
+    db = make_db(tmp_path / "g.db")
+    feed(db, [Reading("lamp-001", "drop", t, v) for t, v in ((H, 4.0), (H + 5400, 10.0))])
+    r = rows(db)
+    assert r[("drop", H)]["wh"] == pytest.approx(4.0)  # 6 dropped over 1.5 h: 4 in the first
+    assert r[("drop", H + 3600)]["wh"] == pytest.approx(2.0)
+
+
 def test_late_reading_corrects_hour_and_marks_it_for_resync(tmp_path):
     db = make_db(tmp_path / "g.db")
     rs = [Reading("lamp-001", "p", H + 60 * k, 60.0) for k in range(130)]

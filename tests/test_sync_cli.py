@@ -198,3 +198,5 @@ def test_a_counter_shows_its_energy_and_no_mean(synced):
     assert s.mean is None and s.wh == 61.5
     # An hour whose energy is not counted yet (one reading so far) says 0 Wh, not the counter.
     assert summary_row(Summary("lamp-000", "e", H0, 1, 5181.0, 5181.0, 5181.0, None))["result"] == 0
+    # The drop counter likewise sends the readings dropped in the hour, not its mean value.
+    assert summary_row(Summary("lamp-000", "drop", H0, 2, 40.0, 46.0, 43.0, 6.0))["result"] == 6

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from protocols.const import CHANNELS, SUM_CHANNELS
+from protocols.const import SUM_CHANNELS
 
 migrations = Migrations("reverbere.sync")
 
@@ -114,22 +114,17 @@ def _num(x: float) -> float | int:
     return int(r) if r.is_integer() and abs(r) < 2**53 else r
 
 
-def is_energy_counter(channel: str) -> bool:
-    """A counter of Wh (``e``): its hourly figure is the energy counted in the hour."""
-    return channel in SUM_CHANNELS and CHANNELS.get(channel) == "Wh"
-
-
 def summary_row(s: Summary) -> dict:
-    """The outbox form of a summary: result = the mean, or for the energy counter the Wh
-    counted in the hour (0 when no counted segment lies in it yet: a single reading, a reset).
-    The mean of a counter's values means nothing: it is not sent."""
+    """The outbox form of a summary: result = the mean, or for a counter its increase in the
+    hour (``wh``: the Wh of ``e``, the readings ``drop`` counts; 0 when no counted segment lies
+    in the hour yet: a single reading, a reset). The mean of a counter's values means
+    nothing: it is not sent."""
     params: dict = {"count": int(s.count)}
     for name in ("min", "max", "wh"):
         value = getattr(s, name)
         if value is not None:  # an hour only a counter segment crossed has no min or max
             params[name] = _num(value)
-    energy = is_energy_counter(s.channel)
-    result = (s.wh or 0.0) if energy else s.mean
+    result = (s.wh or 0.0) if s.channel in SUM_CHANNELS else s.mean
     return {
         "kind": "summary",
         "node": s.node,

@@ -56,8 +56,13 @@ class RTC:
         RTC_SET.append(dt)
 
 
+WDT_LIMIT = None  # ms: the port's longest watchdog period (8388 on the RP2040), None: any
+
+
 class WDT:
     def __init__(self, timeout=0):
+        if WDT_LIMIT is not None and timeout > WDT_LIMIT:
+            raise ValueError("timeout exceeds " + str(WDT_LIMIT))  # as the rp2 port says
         self.timeout = timeout
         self.fed = 0
         WDTS.append(self)
