@@ -140,6 +140,31 @@ def test_raw_readings_in_batches_on_their_own_topic(tmp_path, broker):
     )
 
 
+def test_raw_readings_with_the_thingsboard_preset(tmp_path, broker):
+    sub = Subscriber(broker)
+    db = open_db(tmp_path / "gw.db")
+    RawStore(db).put("lamp-000", minutes("p", H0, 5) + minutes("t", H0 + 0.5, 5, base=9))
+    cfg = SyncConfig.from_dict(
+        {
+            "target": "mqtt",
+            "raw": True,
+            "raw_interval": 0,
+            "mqtt": {"port": broker, "preset": "thingsboard"},
+        }
+    )
+    worker = build_worker(db, cfg)
+    assert worker.sync_until_idle() == "idle"
+    worker.target.close()
+    assert sub.wait_for(1)
+    sub.stop()
+    topic, body = sub.messages[0]
+    assert topic == "v1/gateway/telemetry" and list(body) == ["lamp-000"]
+    points = body["lamp-000"]
+    assert {"ts": H0 * 1000, "values": {"p_raw": 50.25}} in points
+    assert {"ts": H0 * 1000 + 500, "values": {"t_raw": 9.25}} in points
+    assert len(points) == 10
+
+
 def test_unreachable_broker_is_a_failure_with_backoff(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
