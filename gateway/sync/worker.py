@@ -10,6 +10,9 @@ the uplink). Each :meth:`SyncWorker.step` does one unit of work:
 3. send the next batch: new rows in one ``CreateObservations`` request, corrected rows as
    ``PATCH`` of their Observation. Rows are marked inflight (committed) before the request
    leaves and confirmed (``synced_version``, ``obs_id``) only from the platform's answer.
+4. with ``raw`` on and the outbox empty: the raw readings owed (gateway/sync/raw.py), their
+   own uncertain batches read back first, then the next batch, at most one partial batch
+   every ``raw_interval`` seconds. Raw readings come last under a tight budget too.
 
 Reachability is learned from these real requests only (no pings). After a failure the worker
 waits ``base * 2**(failures-1)`` seconds, capped, with jitter, and restarts with a small
