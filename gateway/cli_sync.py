@@ -91,6 +91,15 @@ def status(config_path: Path, db_path: Path | None, as_json: bool) -> None:
         f"summaries ({st['inflight']} awaiting reconciliation, {st['rejected']} rejected)"
     )
     click.echo(f"synced:        {st['synced']}")
+    if st["raw"] or st["pending_raw"] or st["raw_rejected"]:
+        which = "every channel" if st["raw"] is True else ", ".join(st["raw"] or ["off"])
+        oldest = st["raw_oldest_pending"]
+        since = f", oldest {_ago(oldest).split(' (')[0]}" if oldest else ""
+        click.echo(
+            f"raw backlog:   {st['pending_raw']} readings owed ({which}{since}; "
+            f"{st['raw_inflight']} batches awaiting reconciliation, "
+            f"{st['raw_rejected']} rejected)"
+        )
     click.echo(f"last success:  {_ago(st['last_success'])}")
     if st["failures"]:
         click.echo(
@@ -108,14 +117,15 @@ def push(config_path: Path, db_path: Path | None) -> None:
     if sync is None or sync.target == "none":
         raise click.ClickException("no [sync] target configured\n  hint: see docs/sync.md")
     db = open_db(database)
-    worker = build_worker(db, sync)
+    worker = build_worker(db, sync, raw_interval=0)  # raw readings owed go now too
     try:
         outcome = worker.sync_until_idle(wait=False)
     finally:
         worker.target.close()
+    raw = f", {worker.stats.raw_sent} raw readings" if sync.raw else ""
     click.echo(
         f"{outcome}: {worker.stats.created} created, {worker.stats.updated} updated, "
-        f"{worker.stats.adopted} found after an uncertain outcome"
+        f"{worker.stats.adopted} found after an uncertain outcome{raw}"
     )
     if outcome in ("failed", "auth"):
         raise click.ClickException(f"{worker.last_error}\n  hint: reverbere sync status")

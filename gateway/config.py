@@ -280,6 +280,8 @@ compress = "auto"              # gzip request bodies: auto, gzip, none
 batch_rows = 2000              # Observations per CreateObservations request
 backoff_base = 2.0             # seconds after the first failure, doubling...
 backoff_cap = 600.0            # ...up to this (with jitter)
+raw = false                    # raw readings too, after everything else: true, or ["p", "e"]
+raw_interval = 300             # seconds between partial batches of raw readings
 
 # [sync.locations]             # map positions [longitude, latitude] of the platform's Things;
 # "lamp-001" = [2.3525, 48.857]  # nodes not listed are placed at the [site]

@@ -19,6 +19,7 @@ MIGRATION_SETS: tuple[str, ...] = (
     "gateway.detect:migrations",
     "gateway.summarise:migrations",
     "gateway.sync.outbox:migrations",
+    "gateway.sync.raw:migrations",
 )
 
 

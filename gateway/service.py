@@ -3,7 +3,7 @@
     CoAP /r ──> Ingest (verify, validate) ──> Committer (group commit; ack after commit)
                                                   │
                                                   └──> after_commit stages, in order:
-                                                       detect -> summarise -> outbox
+                                                       detect -> summarise -> outbox (-> raw)
                                                                               │ notify
     platform <── SyncService (own thread, own connection: the outbox, batches) <┘
     HTTP /metrics <── Registry
@@ -51,11 +51,13 @@ from gateway.metrics import PROM_CONTENT_TYPE, HttpServer, Registry
 from gateway.records import Reading
 from gateway.summarise import summarise
 from gateway.sync import (
+    RawLog,
     SyncConfig,
     SyncConfigError,
     SyncService,
     declare_metrics,
     prune_synced,
+    raw_synced_until,
 )
 
 log = logging.getLogger("reverbere.service")
@@ -74,14 +76,19 @@ def stages(cfg: Config) -> list[tuple[Stage, Guard | None]]:
     detect raises anomaly events, summarise keeps the hourly summaries (raw readings stay
     until they are summarised), and the outbox takes what the platform is owed (what
     ``reverbere summaries --from gateway`` shows, uplink or not); when ``[sync]`` names a
-    target, raw readings also stay until their hour's summaries are confirmed.
+    target, raw readings also stay until their hour's summaries are confirmed. With ``[sync]
+    raw`` on, the raw log (``gateway.sync.raw``: its ``log`` is written in each commit's own
+    transaction, its stage wakes the worker) keeps raw readings until the platform has them.
     """
     p = pipeline_config(cfg)
-    return [
+    out: list[tuple[Stage, Guard | None]] = [
         (Detector(p.detect), None),
         (summarise, summarised_until),
         (Outbox(), synced_until if p.sync is not None else None),
     ]
+    if p.sync is not None and p.sync.raw:
+        out.append((RawLog(p.sync.raw_channels, p.sync.raw_interval), raw_synced_until))
+    return out
 
 
 @dataclass(frozen=True)
@@ -193,12 +200,16 @@ class Gateway:
         self.retention_guards: list[Guard] = []
         self.pipeline = pipeline_config(cfg)
         self.outbox: Outbox | None = None
+        self.raw_log: RawLog | None = None
         for stage, guard in stages(cfg):
             self.after_commit.append(stage)
             if guard is not None:
                 self.retention_guards.append(guard)
             if isinstance(stage, Outbox):
                 self.outbox = stage
+            if isinstance(stage, RawLog):  # its log goes in the commit's own transaction
+                self.raw_log = stage
+                self.committer.in_commit.append(stage.log)
         self.sync: SyncService | None = None  # started with the gateway when [sync] says so
         self.http = HttpServer({"/metrics": self._metrics_page})
         self.db: sqlite_utils.Database | None = None  # the event loop's reading connection
@@ -261,6 +272,8 @@ class Gateway:
         self.sync = sync
         if self.outbox is not None:
             self.outbox.listeners[:] = [sync.notify]
+        if self.raw_log is not None:
+            self.raw_log.listeners[:] = [sync.notify]
         sync.notify()  # what an earlier run left in the outbox
 
     async def _sync_watch(self) -> None:

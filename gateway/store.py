@@ -15,6 +15,10 @@ gateway recovers by itself. The same happens when the disk's free space falls un
 
 After each commit the ``after_commit`` stages run in the writer thread, with the writer
 database and the readings that were new (duplicates filtered) in commit order.
+A log that must commit with the readings themselves goes in ``in_commit`` instead: it is called
+inside the commit's transaction with the new readings' times per (node ref, channel) (the raw
+readings owed to the platform, gateway/sync/raw.py, so that no reader ever sees a stored reading
+the log does not account for).
 
 Catch-up: the commit also logs, in the same transaction, what it stored for the stages
 (table ``stages_pending``: one row per (node, channel) of the commit, with the commit's ``seq``
@@ -124,6 +128,10 @@ class Stopped(Exception):
 
 
 AfterCommit = Callable[[sqlite_utils.Database, list[Reading]], None]
+# A log written inside the commit's own transaction: ``log(conn, new)`` with the times of the
+# new readings per (node ref, channel). It commits with the readings or not at all, so a reader
+# never sees a stored reading the log does not account for (see gateway/sync/raw.py).
+InCommit = Callable[[sqlite3.Connection, dict[tuple[int, str], list[float]]], None]
 
 
 def commit_batch(
@@ -133,12 +141,14 @@ def commit_batch(
     *,
     seq: int | None = None,
     processed: Sequence[int] = (),
+    in_commit: Sequence[InCommit] = (),
 ) -> tuple[list[Outcome], list[Reading]]:
     """Store ``batch`` in one transaction; return each pack's outcome and the new readings.
 
     The new readings are logged in ``stages_pending`` under ``seq`` (default: after the newest
     logged commit) until the stages have run on them; ``processed`` names the earlier commits
-    whose stages have, and whose log goes in this transaction.
+    whose stages have, and whose log goes in this transaction. Each of ``in_commit`` is called
+    inside the transaction with the new readings' times per (node ref, channel).
 
     Raises ``sqlite3.Error`` after rolling back if the database refuses the transaction.
     """
@@ -147,6 +157,7 @@ def commit_batch(
     outcomes: list[Outcome] = []
     new: list[Reading] = []
     spans: dict[tuple[int, str], list[float]] = {}
+    times: dict[tuple[int, str], list[float]] | None = {} if in_commit else None
     conn.execute("BEGIN IMMEDIATE")
     try:
         # The nodes of the batch, read once: this transaction holds the write lock, so nobody
@@ -181,6 +192,8 @@ def commit_batch(
                 fresh = set(inserted)
                 new.extend(r for r in pack.readings if (r.channel, r.time) in fresh)
             for channel, t in inserted:
+                if times is not None:
+                    times.setdefault((pack.node_ref, channel), []).append(t)
                 span = spans.get((pack.node_ref, channel))
                 if span is None:
                     spans[(pack.node_ref, channel)] = [t, t]
@@ -209,6 +222,9 @@ def commit_batch(
                 " VALUES (?, ?, ?, ?, ?)",
                 [(seq, ref, ch, a, b) for (ref, ch), (a, b) in spans.items()],
             )
+        if times:
+            for log_new in in_commit:
+                log_new(conn, times)
         conn.commit()
     except BaseException:
         conn.rollback()
@@ -330,6 +346,7 @@ class Committer:
         self.min_free = min_free
         self.metrics = metrics
         self.after_commit: list[AfterCommit] = []
+        self.in_commit: list[InCommit] = []  # logs written in the commit's transaction
         self.db: sqlite_utils.Database | None = None  # the writer's; use only via run()
         self.full = False
         self.last_commit_seconds = 0.0
@@ -469,7 +486,9 @@ class Committer:
         if free < self.min_free:
             raise OSError(f"only {free >> 20} MB free on the disk (min_free)")
         seq, done = self._seq + 1, self._processed
-        outcomes, new = commit_batch(self.db, batch, seq=seq, processed=done)
+        outcomes, new = commit_batch(
+            self.db, batch, seq=seq, processed=done, in_commit=self.in_commit
+        )
         self._processed = []
         if new:
             self._seq = seq

@@ -15,7 +15,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.sync import ANOMALIES, Event, Summary
+from gateway import registry, store
+from gateway.records import Reading
+from gateway.sync import ANOMALIES, Event, RawLog, Summary
+from gateway.sync.outbox import RAW_SUFFIX
 from gateway.sync.report import as_record, from_outbox, pull
 
 H0 = 1767225600  # 2026-01-01T00:00Z
@@ -123,6 +126,8 @@ def platform_records(platform_db: Path) -> tuple[Counter, Counter]:
     with sqlite3.connect(platform_db) as conn:
         for name, when, result, params in conn.execute(sql):
             node, _, stream = name.rpartition("/")
+            if stream.endswith(RAW_SUFFIX):
+                continue  # raw readings: see raw_on_platform
             t = int(datetime.datetime.fromisoformat(when).replace(tzinfo=datetime.UTC).timestamp())
             _, record = as_record(node, stream, t, result, json.loads(params or "{}"))
             (events if stream == ANOMALIES else summaries)[record] += 1
@@ -148,3 +153,53 @@ def assert_pull_matches(db, url: str) -> None:
     assert got.duplicates == 0
     assert Counter(got.summaries) == Counter(want_s)
     assert Counter(got.events) == Counter(want_e)
+
+
+def raw_on_platform(platform_db: Path) -> Counter:
+    """Every raw reading on the platform, read from its own database: Counter of
+    ``(node, channel, time in ms, value)``; a count above 1 is a duplicate."""
+    sql = (
+        "SELECT d.name, o.phenomenon_time_begin, o.result "
+        "FROM sensorthings_v1_1_django_backend_observation o "
+        "JOIN sensorthings_v1_1_django_backend_datastream d ON d.id = o.datastream_id "
+        "WHERE d.name LIKE ?"
+    )
+    out: Counter = Counter()
+    with sqlite3.connect(platform_db) as conn:
+        for name, when, result in conn.execute(sql, ["%" + RAW_SUFFIX]):
+            node, _, stream = name.rpartition("/")
+            t = datetime.datetime.fromisoformat(when).replace(tzinfo=datetime.UTC).timestamp()
+            out[(node, stream.removesuffix(RAW_SUFFIX), round(t * 1000), float(result))] += 1
+    return out
+
+
+def raw_in_gateway(db) -> Counter:
+    """The gateway's stored readings in the form of :func:`raw_on_platform`."""
+    rows = db.execute(
+        "SELECT n.id, r.channel, r.time, r.value FROM readings r JOIN nodes n ON n.ref = r.node"
+    )
+    return Counter((node, ch, round(t * 1000), float(v)) for node, ch, t, v in rows)
+
+
+class RawStore:
+    """Packs of readings committed the way the gateway's committer does, raw log included."""
+
+    def __init__(self, db, channels=None) -> None:
+        self.db = db
+        self.log = RawLog(channels)
+        self.nodes: dict[str, tuple[int, bytes, int]] = {}
+
+    def put(self, node: str, readings: list[tuple[str, float, float]]) -> int:
+        if node not in self.nodes:
+            key = registry.add_node(self.db, node)
+            ref = self.db.execute("SELECT ref FROM nodes WHERE id = ?", [node]).fetchone()[0]
+            self.nodes[node] = (ref, key, 0)
+        ref, key, seq = self.nodes[node]
+        self.nodes[node] = (ref, key, seq + 1)
+        pack = store.Pack(ref, node, key, seq + 1, [Reading(node, *r) for r in readings])
+        _, new = store.commit_batch(self.db, [pack], in_commit=[self.log.log])
+        return len(new)
+
+
+def minutes(channel: str, start: float, n: int, step: float = 60.0, base: float = 50.0):
+    return [(channel, start + step * k, base + (k % 13) + 0.25) for k in range(n)]

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.db import open_db
 from gateway.sync import SyncConfig, backlog, build_worker, enqueue_events, enqueue_summaries
-from tests.sync_helpers import H0, some_events, week_of_summaries
+from tests.sync_helpers import H0, RawStore, minutes, some_events, week_of_summaries
 
 pytestmark = pytest.mark.skipif(not shutil.which("mosquitto"), reason="needs mosquitto")
 
@@ -111,6 +111,58 @@ def test_thingsboard_gateway_preset(tmp_path, broker):
     point = body["lamp-000"][0]
     assert point["ts"] == H0 * 1000
     assert set(point["values"]) >= {"p", "p_min", "p_max", "p_count", "e", "e_wh"}
+
+
+def test_raw_readings_in_batches_on_their_own_topic(tmp_path, broker):
+    sub = Subscriber(broker)
+    db = open_db(tmp_path / "gw.db")
+    st = RawStore(db, channels=("p",))
+    st.put("lamp-000", minutes("p", H0, 50) + minutes("e", H0, 50))
+    st.put("lamp-000", minutes("p", H0 + 30.5, 3))  # late, between those
+    enqueue_summaries(db, week_of_summaries(1, hours=1))
+    cfg = SyncConfig.from_dict(
+        {"target": "mqtt", "raw": ["p"], "raw_interval": 0, "mqtt": {"port": broker}}
+    )
+    worker = build_worker(db, cfg)
+    assert worker.sync_until_idle() == "idle"
+    worker.target.close()
+    assert sub.wait_for(3)
+    sub.stop()
+    raw = [m for t, m in sub.messages if t == "reverbere/lamp-000/p/raw"]
+    got = sorted(tuple(r) for m in raw for r in m["readings"])
+    assert len(got) == 53 == len(set(got)) and worker.stats.raw_sent == 53
+    assert got[0] == ("2026-01-01T00:00:00Z", 50.25)
+    assert ("2026-01-01T00:00:30.500Z", 50.25) in got
+    # Summaries first, raw last: the raw messages came after the summaries.
+    topics = [t for t, _ in sub.messages]
+    assert max(topics.index(t) for t in topics if not t.endswith("/raw")) < topics.index(
+        "reverbere/lamp-000/p/raw"
+    )
+
+
+def test_raw_readings_with_the_thingsboard_preset(tmp_path, broker):
+    sub = Subscriber(broker)
+    db = open_db(tmp_path / "gw.db")
+    RawStore(db).put("lamp-000", minutes("p", H0, 5) + minutes("t", H0 + 0.5, 5, base=9))
+    cfg = SyncConfig.from_dict(
+        {
+            "target": "mqtt",
+            "raw": True,
+            "raw_interval": 0,
+            "mqtt": {"port": broker, "preset": "thingsboard"},
+        }
+    )
+    worker = build_worker(db, cfg)
+    assert worker.sync_until_idle() == "idle"
+    worker.target.close()
+    assert sub.wait_for(1)
+    sub.stop()
+    topic, body = sub.messages[0]
+    assert topic == "v1/gateway/telemetry" and list(body) == ["lamp-000"]
+    points = body["lamp-000"]
+    assert {"ts": H0 * 1000, "values": {"p_raw": 50.25}} in points
+    assert {"ts": H0 * 1000 + 500, "values": {"t_raw": 9.25}} in points
+    assert len(points) == 10
 
 
 def test_unreachable_broker_is_a_failure_with_backoff(tmp_path):

@@ -26,6 +26,7 @@ from gateway.sync.outbox import (
     get_state,
     prune_synced,
 )
+from gateway.sync.raw import RawBacklog, RawLog, raw_backlog, raw_synced_until
 from gateway.sync.worker import SyncStats, SyncWorker
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "BudgetUse",
     "Event",
     "MqttConfig",
+    "RawBacklog",
+    "RawLog",
     "Summary",
     "SyncConfig",
     "SyncConfigError",
@@ -48,6 +51,8 @@ __all__ = [
     "enqueue_summaries",
     "parse_bytes",
     "prune_synced",
+    "raw_backlog",
+    "raw_synced_until",
     "sync_status",
 ]
 
@@ -96,6 +101,8 @@ def build_worker(
         "backoff_base": config.backoff_base,
         "backoff_cap": config.backoff_cap,
         "recent_hours": config.recent_hours,
+        "raw": bool(config.raw),
+        "raw_interval": config.raw_interval,
     }
     kwargs.update(overrides)
     return SyncWorker(db, target, budget, **kwargs)
@@ -180,12 +187,20 @@ def declare_metrics(registry, db: sqlite_utils.Database, config: SyncConfig | No
         ("reverbere_sync_last_success_seconds", "last_success", "Unix time of the last success."),
     ):
         registry.gauge(name, text).set_function(st(key))
+    if config is not None and config.raw:
+        registry.gauge(
+            "reverbere_sync_pending_raw", "Raw readings not yet confirmed by the platform."
+        ).set_function(lambda: float(raw_backlog(db).pending))
+        registry.gauge(
+            "reverbere_sync_raw_oldest_seconds", "Time of the oldest raw reading owed (0: none)."
+        ).set_function(lambda: float(raw_backlog(db).oldest or 0))
 
 
 def sync_status(db: sqlite_utils.Database, config: SyncConfig | None = None) -> dict:
     """Budget use, cursor, backlog and last success, for ``reverbere sync status``."""
     budget = Budget(db, config.daily_budget if config else None).use()
     b = backlog(db)
+    r = raw_backlog(db)
 
     def num(name: str) -> float | None:
         v = get_state(db, name)
@@ -210,4 +225,9 @@ def sync_status(db: sqlite_utils.Database, config: SyncConfig | None = None) -> 
         "last_error": get_state(db, "last_error"),
         "failures": int(num("failures") or 0),
         "next_attempt": num("next_attempt") or None,
+        "raw": (list(config.raw_channels or ()) or True) if config and config.raw else False,
+        "pending_raw": r.pending,
+        "raw_inflight": r.inflight,
+        "raw_rejected": r.rejected,
+        "raw_oldest_pending": r.oldest,
     }

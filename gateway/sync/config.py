@@ -6,6 +6,8 @@ Errors name the key (``SyncConfigError.key``); the config loader adds the file a
 import re
 from dataclasses import dataclass, field, fields
 
+from protocols.const import CHANNELS
+
 TARGETS = ("sensorthings", "mqtt", "none")
 
 
@@ -39,6 +41,7 @@ class MqttConfig:
     port: int = 1883
     preset: str = ""  # "thingsboard": topic v1/gateway/telemetry and its payload
     topic: str = "reverbere/{node}/{channel}"
+    raw_topic: str = "reverbere/{node}/{channel}/raw"  # raw readings ([sync] raw), json payload
     payload: str = "json"  # "json" (one summary per message) or "thingsboard"
     client_id: str = "reverbere-gateway"
     username: str | None = None
@@ -65,9 +68,17 @@ class SyncConfig:
     backoff_base: float = 2.0
     backoff_cap: float = 600.0
     recent_hours: int = 24
+    # Raw readings too (docs/sync.md), last of all: False, True (every channel) or channels.
+    raw: bool | tuple[str, ...] = False
+    raw_interval: float = 300.0  # seconds: at most one partial batch of raw readings this often
     location: tuple[float, float] | None = None  # [lon, lat] for nodes without their own
     locations: dict[str, tuple[float, float]] = field(default_factory=dict)  # node -> [lon, lat]
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+
+    @property
+    def raw_channels(self) -> tuple[str, ...] | None:
+        """The channels whose raw readings are synced; None for every channel (raw = true)."""
+        return None if self.raw is True else tuple(self.raw or ())
 
     @classmethod
     def from_dict(cls, section: dict) -> "SyncConfig":
@@ -80,6 +91,8 @@ class SyncConfig:
                 values[key] = parse_bytes(value)
             elif key == "mqtt":
                 values[key] = _mqtt(value)
+            elif key == "raw":
+                values[key] = _raw(value)
             elif key == "location":
                 values[key] = _lonlat(key, value)
             elif key == "locations":
@@ -95,9 +108,26 @@ class SyncConfig:
             raise SyncConfigError("compress", "expected auto, gzip or none")
         if config.target == "sensorthings" and not config.url:
             raise SyncConfigError("url", "the SensorThings service root is required")
+        if config.raw_interval < 0:
+            raise SyncConfigError("raw_interval", "must not be negative")
         if bool(config.username) != bool(config.password):
             raise SyncConfigError("password", "basic auth needs both username and password")
         return config
+
+
+def _raw(value: object) -> bool | tuple[str, ...]:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, list) and value and all(isinstance(c, str) for c in value):
+        unknown = [c for c in value if c not in CHANNELS]
+        if unknown:
+            raise SyncConfigError(
+                "raw", f"unknown channel {unknown[0]!r} (known: {', '.join(CHANNELS)})"
+            )
+        return tuple(dict.fromkeys(value))
+    raise SyncConfigError(
+        "raw", f'expected true, false or a list of channels like ["p"], got {value!r}'
+    )
 
 
 def _lonlat(key: str, value: object) -> tuple[float, float]:

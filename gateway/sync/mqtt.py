@@ -5,6 +5,10 @@ summary or event on ``reverbere/{node}/{channel}``; the ``thingsboard`` preset p
 batch per message on ``v1/gateway/telemetry`` in the ThingsBoard gateway format
 ``{"<device>": [{"ts": <ms>, "values": {...}}]}``.
 
+Raw readings (``[sync] raw``) go as batches: JSON ``{"node", "channel", "readings": [[time,
+value], ...]}`` on ``raw_topic`` (``reverbere/{node}/{channel}/raw``), or with the
+``thingsboard`` preset as telemetry key ``<channel>_raw`` at the reading's own ``ts``.
+
 MQTT cannot be read back, so after an uncertain outcome (no PUBACK) the worker publishes
 again: delivery is at least once. A repeated message carries the same timestamp and values,
 so a consumer keyed on (device, ts) - as ThingsBoard's telemetry is - stores it once.
@@ -19,8 +23,8 @@ import sqlite_utils
 
 from gateway.sync.budget import Budget
 from gateway.sync.config import MqttConfig
-from gateway.sync.outbox import ANOMALIES
-from gateway.sync.sensorthings import Row, SyncError, Uncertain, Unreachable, iso
+from gateway.sync.outbox import ANOMALIES, RAW_SUFFIX
+from gateway.sync.sensorthings import Row, SyncError, Uncertain, Unreachable, iso, iso_ms
 
 MAX_MESSAGE = 64 * 1024  # bytes of payload per ThingsBoard batch message
 
@@ -91,6 +95,9 @@ class MqttTarget:
     def observations(self, ds_ids, t0: int, t1: int) -> dict:
         return {}  # nothing to read back: the worker publishes again (at least once)
 
+    def observation_times(self, ranges) -> dict:
+        return {}  # the same for raw readings
+
     def delete(self, obs_id: str) -> None:  # never called: observations() finds nothing
         raise SyncError("MQTT messages cannot be deleted")
 
@@ -102,6 +109,11 @@ class MqttTarget:
     def create(self, groups: Mapping[str, list[Row]]) -> dict[int, str | None]:
         self._publish_rows(groups)
         return {r.item: ds for ds, rows in groups.items() for r in rows}
+
+    def create_raw(self, groups: Mapping[str, list[tuple[float, float]]]) -> list[bool]:
+        """Publish raw readings ``(time, value)`` per "node/channel.raw"; all or an error."""
+        self._publish(self._raw_messages(groups))
+        return [True] * sum(len(r) for r in groups.values())
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -145,8 +157,60 @@ class MqttTarget:
             (self.config.topic, json.dumps(m, separators=(",", ":")).encode()) for m in messages
         ]
 
+    def _raw_messages(
+        self, groups: Mapping[str, list[tuple[float, float]]]
+    ) -> list[tuple[str, bytes]]:
+        out: list[tuple[str, bytes]] = []
+        if self.config.payload == "thingsboard":
+            devices: dict[str, list[dict]] = {}
+            for ds, readings in groups.items():
+                node, _, stream = ds.partition("/")
+                key = stream.removesuffix(RAW_SUFFIX) + "_raw"
+                devices.setdefault(node, []).extend(
+                    {"ts": round(t * 1000), "values": {key: v}} for t, v in readings
+                )
+            chunks = [{node: [p]} for node, points in devices.items() for p in points]
+            return self._packed(self.config.topic, chunks)
+        for ds, readings in groups.items():
+            node, _, stream = ds.partition("/")
+            channel = stream.removesuffix(RAW_SUFFIX)
+            topic = self.config.raw_topic.format(node=node, channel=channel)
+            head = {"node": node, "channel": channel}
+            size = 0
+            chunk: list = []
+            for t, v in readings:
+                item = [iso_ms(t), v]
+                size += len(json.dumps(item)) + 1
+                chunk.append(item)
+                if size > MAX_MESSAGE:
+                    out.append((topic, _dumps({**head, "readings": chunk})))
+                    size, chunk = 0, []
+            if chunk:
+                out.append((topic, _dumps({**head, "readings": chunk})))
+        return out
+
+    def _packed(self, topic: str, parts: list[dict]) -> list[tuple[str, bytes]]:
+        """ThingsBoard telemetry parts ``{device: [points]}`` merged into messages of at most
+        about ``MAX_MESSAGE`` bytes."""
+        messages: list[dict] = []
+        current: dict[str, list] = {}
+        size = 0
+        for part in parts:
+            for node, points in part.items():
+                n = len(json.dumps(points))
+                if current and size + n > MAX_MESSAGE:
+                    messages.append(current)
+                    current, size = {}, 0
+                current.setdefault(node, []).extend(points)
+                size += n
+        if current:
+            messages.append(current)
+        return [(topic, _dumps(m)) for m in messages]
+
     def _publish_rows(self, groups: Mapping[str, list[Row]]) -> None:
-        messages = self._messages(groups)
+        self._publish(self._messages(groups))
+
+    def _publish(self, messages: list[tuple[str, bytes]]) -> None:
         client = self._connect()
         pending = []
         for topic, payload in messages:
@@ -164,3 +228,7 @@ class MqttTarget:
             if not info.is_published():
                 raise Uncertain("MQTT broker did not acknowledge (PUBACK) in time")
         self.budget.add_received(4 * len(pending))  # one PUBACK each
+
+
+def _dumps(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()

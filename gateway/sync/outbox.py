@@ -24,6 +24,7 @@ from protocols.const import SUM_CHANNELS
 migrations = Migrations("reverbere.sync")
 
 ANOMALIES = "anomalies"  # the per-node Datastream that carries anomaly events
+RAW_SUFFIX = ".raw"  # stream "<channel>.raw": the raw readings of a channel ([sync] raw)
 OUTBOX = "sync_outbox"
 STREAMS = "sync_streams"
 STATE = "sync_state"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.sync.outbox import ANOMALIES, Event, Summary
+from gateway.sync.outbox import ANOMALIES, RAW_SUFFIX, Event, Summary
 from gateway.sync.sensorthings import id_from_link, iso, parse_time, rebase
 from protocols.const import SUM_CHANNELS
 
@@ -98,7 +98,7 @@ def pull(
                     continue
                 for ds in thing.get("Datastreams", []):
                     prefix, _, stream = ds["name"].rpartition("/")
-                    if prefix == node:
+                    if prefix == node and not stream.endswith(RAW_SUFFIX):  # not raw readings
                         streams[str(ds["@iot.id"])] = (node, stream)
         params = {
             "$filter": f"phenomenonTime ge {iso(start)} and phenomenonTime lt {iso(end)}",

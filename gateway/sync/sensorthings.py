@@ -15,6 +15,7 @@ byte budget before it leaves, and sorts failures into the three outcomes the wor
 
 import gzip
 import json
+import math
 import re
 import ssl
 import time
@@ -25,7 +26,7 @@ import httpx
 import sqlite_utils
 
 from gateway.sync.budget import Budget
-from gateway.sync.outbox import ANOMALIES
+from gateway.sync.outbox import ANOMALIES, RAW_SUFFIX
 from protocols.const import CHANNELS
 
 OM_MEASUREMENT = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
@@ -78,6 +79,22 @@ class AuthFailed(Rejected):
 
 def iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def iso_ms(t: float) -> str:
+    """A reading's time: whole seconds as :func:`iso`, else with milliseconds."""
+    ms = round(t * 1000)
+    if ms % 1000 == 0:
+        return iso(ms // 1000)
+    return iso(ms // 1000)[:-1] + f".{ms % 1000:03d}Z"
+
+
+def parse_instant(s: str) -> float:
+    """A SensorThings time instant (or an interval's start) -> Unix seconds, fractions kept."""
+    from datetime import datetime
+
+    start = s.split("/", 1)[0].replace("Z", "+00:00")
+    return datetime.fromisoformat(start).timestamp()
 
 
 def parse_time(s: str) -> int:
@@ -306,9 +323,12 @@ class SensorThingsTarget:
 
     @staticmethod
     def _datastream(node: str, stream: str) -> dict:
-        unit = "1" if stream == ANOMALIES else CHANNELS.get(stream, "1")
-        what = PROPERTY_NAMES.get(stream, stream)
+        channel = stream.removesuffix(RAW_SUFFIX)
+        unit = "1" if stream == ANOMALIES else CHANNELS.get(channel, "1")
+        what = PROPERTY_NAMES.get(channel, channel)
         summary = "anomaly events" if stream == ANOMALIES else "hourly summaries"
+        if stream.endswith(RAW_SUFFIX):
+            summary = "raw readings"
         return {
             "name": f"{node}/{stream}",
             "description": f"{what} of node {node}: {summary}",
@@ -327,7 +347,7 @@ class SensorThingsTarget:
             },
             "ObservedProperty": {
                 "name": what,
-                "definition": f"urn:reverbere:channel:{stream}",
+                "definition": f"urn:reverbere:channel:{channel}",
                 "description": what,
             },
         }
@@ -435,6 +455,57 @@ class SensorThingsTarget:
         out: dict[int, str | None] = {}
         for item, link in zip(order, links, strict=True):
             out[item] = None if not isinstance(link, str) or link == "error" else id_from_link(link)
+        return out
+
+    def create_raw(self, groups: Mapping[str, list[tuple[float, float]]]) -> list[bool]:
+        """Create raw readings ``(time, value)`` as Observations, one ``CreateObservations``
+        request (DataArray: only ``phenomenonTime`` and ``result``, a dozen bytes a reading
+        once gzipped). Returns, in order, whether each was created."""
+        body = [
+            {
+                "Datastream": {"@iot.id": ds_id},
+                "components": ["phenomenonTime", "result"],
+                "dataArray": [[iso_ms(t), v] for t, v in readings],
+            }
+            for ds_id, readings in groups.items()
+        ]
+        total = sum(len(r) for r in groups.values())
+        links = self._json(self.request("POST", "CreateObservations", body=body))
+        if not isinstance(links, list) or len(links) != total:
+            raise Uncertain(f"CreateObservations answered {links!r:.80} for {total} readings")
+        return [isinstance(link, str) and link != "error" for link in links]
+
+    def observation_times(
+        self, ranges: Iterable[tuple[str, float, float]]
+    ) -> dict[str, list[tuple[str, float]]]:
+        """``(obs id, phenomenonTime)`` per Datastream id, for each ``(Datastream id, t0, t1)``
+        in ``ranges`` (phenomenonTime in ``[t0, t1]``, whole seconds around it); 20 ranges a
+        request, each its own clause, so scattered ranges do not read what lies between."""
+        clauses = sorted(
+            f"(Datastream/id eq {id_literal(ds)} and phenomenonTime ge {iso(math.floor(t0))}"
+            f" and phenomenonTime le {iso(math.ceil(t1))})"
+            for ds, t0, t1 in set(ranges)
+        )
+        out: dict[str, list[tuple[str, float]]] = {}
+        seen: set[str] = set()  # an Observation two overlapping clauses both found
+        for i in range(0, len(clauses), 20):
+            params = {
+                "$filter": " or ".join(clauses[i : i + 20]),
+                "$select": "id,phenomenonTime",
+                "$resultFormat": "dataArray",
+                "$orderby": "id asc",
+                "$top": "10000",
+            }
+            for page in self.pages("Observations", params):
+                for group in page.get("value", []):
+                    ds = id_from_link(group["Datastream@iot.navigationLink"])
+                    cols = group["components"]
+                    for values in group["dataArray"]:
+                        rec = dict(zip(cols, values, strict=True))
+                        if str(rec["id"]) not in seen:
+                            seen.add(str(rec["id"]))
+                            when = parse_instant(rec["phenomenonTime"])
+                            out.setdefault(ds, []).append((str(rec["id"]), when))
         return out
 
     def update(self, obs_id: str, row: Row) -> bool:

@@ -10,6 +10,9 @@ the uplink). Each :meth:`SyncWorker.step` does one unit of work:
 3. send the next batch: new rows in one ``CreateObservations`` request, corrected rows as
    ``PATCH`` of their Observation. Rows are marked inflight (committed) before the request
    leaves and confirmed (``synced_version``, ``obs_id``) only from the platform's answer.
+4. with ``raw`` on and the outbox empty: the raw readings owed (gateway/sync/raw.py), their
+   own uncertain batches read back first, then the next batch, at most one partial batch
+   every ``raw_interval`` seconds. Raw readings come last under a tight budget too.
 
 Reachability is learned from these real requests only (no pings). After a failure the worker
 waits ``base * 2**(failures-1)`` seconds, capped, with jitter, and restarts with a small
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 
 import sqlite_utils
 
+from gateway.sync import raw
 from gateway.sync.budget import Budget, BudgetExhausted
 from gateway.sync.outbox import backlog, get_state, set_state
 from gateway.sync.sensorthings import (
@@ -62,6 +66,9 @@ class SyncStats:
     row_errors: int = 0
     rejected: int = 0
     requests_failed: int = 0
+    raw_sent: int = 0  # raw readings confirmed by the platform's answer
+    raw_adopted: int = 0  # raw readings found on the platform after an uncertain outcome
+    raw_resent: int = 0  # raw readings not found after an uncertain outcome: owed again
     steps: int = 0
     outcomes: list[str] = field(default_factory=list)
 
@@ -80,6 +87,8 @@ class SyncWorker:
         backoff_base: float = 2.0,
         backoff_cap: float = 600.0,
         recent_hours: int = 24,
+        raw: bool = False,
+        raw_interval: float = 0.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -91,6 +100,8 @@ class SyncWorker:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.recent_hours = recent_hours
+        self.raw = raw  # send the raw readings owed (gateway/sync/raw.py), last of all
+        self.raw_interval = raw_interval  # at most one partial raw batch this often
         self.clock = clock
         self.rng = rng or random.Random()
         self.stats = SyncStats()
@@ -160,6 +171,8 @@ class SyncWorker:
                 outcome = "reconciled"
             else:
                 outcome = self._send_next()
+                if outcome == "idle" and self.raw:  # raw readings last, once the outbox is empty
+                    outcome = self._raw_step()
         except BudgetExhausted:
             outcome = "budget"
         except AuthFailed as exc:
@@ -373,6 +386,126 @@ class SyncWorker:
         self.stats.rejected = self.db.execute(
             "SELECT count(*) FROM sync_outbox WHERE rejected IS NOT NULL"
         ).fetchone()[0]
+
+    # -- raw readings ([sync] raw) -------------------------------------------------------------
+
+    def _raw_step(self) -> str:
+        if raw.inflight_count(self.db):
+            self._reconcile_raw()
+            return "reconciled"
+        if not self._raw_due():
+            return "idle"
+        return self._send_raw()
+
+    def _raw_due(self) -> bool:
+        """A full batch is owed, or ``raw_interval`` has passed since the last raw batch."""
+        if self.clock() - self._get("raw_last", 0.0) >= self.raw_interval:
+            return True
+        return raw.raw_backlog(self.db).pending >= self.batch_rows
+
+    def _raw_groups(self, taken: list[raw.Taken]) -> tuple[dict, list[tuple[str, int, float]]]:
+        """Readings per Datastream id, and (Datastream id, taken index, time) in the order
+        they are sent."""
+        streams = self.target.ensure_streams(
+            {(t.span.node, raw.raw_stream(t.span.channel)) for t in taken}
+        )
+        groups: dict[str, list[tuple[float, float]]] = {}
+        where: dict[str, list[tuple[str, int, float]]] = {}
+        for i, t in enumerate(taken):
+            ds = streams[(t.span.node, raw.raw_stream(t.span.channel))]
+            groups.setdefault(ds, []).extend(t.readings)
+            where.setdefault(ds, []).extend((ds, i, when) for when, _ in t.readings)
+        return groups, [x for ds in groups for x in where[ds]]
+
+    def _send_raw(self) -> str:
+        limit = self._batch_size()
+        smaller = int(self._get("raw_limit", 0))
+        if smaller:
+            limit = min(limit, smaller)
+        while True:
+            attempt = int(self._get("attempt", 0)) + 1
+            self._put(attempt=attempt)
+            taken = raw.take(self.db, limit, attempt)
+            if not taken:
+                return "idle"
+            n = sum(len(t.readings) for t in taken)
+            try:
+                groups, order = self._raw_groups(taken)
+            except BaseException:
+                raw.release(self.db, taken)  # nothing of the readings left the gateway
+                raise
+            try:
+                ok = self.target.create_raw(groups)
+            except BudgetExhausted:
+                raw.release(self.db, taken)
+                if n == 1:
+                    raise
+                limit = n // 2
+                continue
+            except AuthFailed:
+                raw.release(self.db, taken)
+                raise
+            except Rejected:
+                raw.release(self.db, taken)
+                if n > 1:  # something in it is refused: smaller batches find it
+                    self._put(raw_limit=max(1, n // 2))
+                else:
+                    raw.settle(self.db, taken[0], ())
+                    self.stats.row_errors += 1
+                raise
+            except Unreachable:
+                raw.release(self.db, taken)  # nothing left the gateway
+                raise
+            # Uncertain propagates: the spans stay inflight until reconciled.
+            break
+        confirmed: list[set[float]] = [set() for _ in taken]
+        answered: set[str] = set()  # Datastreams with a reading created
+        for (ds, i, when), good in zip(order, ok, strict=True):
+            if good:
+                confirmed[i].add(when)
+                answered.add(ds)
+        for t, times in zip(taken, confirmed, strict=True):
+            self.stats.raw_sent += raw.settle(self.db, t, times)
+        self.stats.row_errors += n - sum(map(len, confirmed))
+        gone = set(groups) - answered  # every reading failed: the Datastream may be gone
+        if gone:
+            with self.db.atomic():
+                self.db.conn.executemany(
+                    "DELETE FROM sync_streams WHERE target = ? AND entity_id = ?",
+                    [(self.target.url, ds) for ds in gone],
+                )
+        self._put(raw_last=self.clock(), raw_limit=0)
+        return "sent"
+
+    def _reconcile_raw(self) -> None:
+        """Read back what the platform holds of the inflight spans' readings: adopt what is
+        there (deleting a second copy of one if any), owe the rest again."""
+        items = raw.inflight(self.db)
+        streams = self.target.ensure_streams(
+            {(t.span.node, raw.raw_stream(t.span.channel)) for t in items}
+        )
+
+        def ds_of(t: raw.Taken) -> str:
+            return streams[(t.span.node, raw.raw_stream(t.span.channel))]
+
+        found = self.target.observation_times(
+            (ds_of(t), t.readings[0][0], t.readings[-1][0]) for t in items if t.readings
+        )
+        on_platform: dict[str, set[int]] = {}  # Datastream -> times (ms) found there
+        for ds, obs in found.items():
+            by_key: dict[int, list[str]] = {}
+            for obs_id, when in obs:
+                by_key.setdefault(raw.time_key(when), []).append(obs_id)
+            for ids in by_key.values():
+                for extra in ids[1:]:
+                    self.target.delete(extra)
+                    self.stats.duplicates_removed += 1
+            on_platform[ds] = set(by_key)
+        for t in items:
+            there = on_platform.get(ds_of(t), set())
+            present = {when for when, _ in t.readings if raw.time_key(when) in there}
+            self.stats.raw_adopted += raw.settle(self.db, t, present, error=False)
+            self.stats.raw_resent += len(t.readings) - len(present)
 
     # -- driving it ---------------------------------------------------------------------------
 

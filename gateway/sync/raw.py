@@ -1,0 +1,322 @@
+"""Raw readings owed to the platform (``[sync] raw``, off by default): a log of ranges over
+the ``readings`` table, never a copy of a reading.
+
+``sync_raw`` holds spans ``(node, channel, first, last)``: the readings of that node and
+channel with a time in ``[first, last]`` that are not yet confirmed by the platform. A span is
+written by :func:`RawLog.log` inside the very transaction that stores its readings (the
+committer's ``in_commit`` hook, gateway/store.py), so the sync worker, which reads from its
+own connection, never sees a stored reading that no span accounts for.
+
+Ownership, the rule that makes late readings and retries exact:
+
+* a span is *tight* when written: its range holds only its own new readings (a commit whose
+  new readings straddle older stored ones is split into several spans);
+* a reading belongs to the newest span (highest ``id``) whose range covers it. A late reading
+  of a node that was offline lands inside the range of an older span, or of readings already
+  sent; its own span is newer, so it is sent once, by that span;
+* the common case costs one row per (node, channel): the new readings of a commit that come
+  right after the newest span of their channel (no stored reading in between) extend it.
+
+The worker takes a span's oldest owned readings (marking the span ``inflight`` with ``upto``,
+the time of the last one taken, before the request leaves) and settles it from the platform's
+answer (:func:`settle`): the span is trimmed past ``upto``; readings the platform did not take
+get new tight spans of their own. After an uncertain outcome the worker reads back the
+platform's Observations of ``[first, upto]`` and settles from what it finds.
+"""
+
+import math
+import sqlite3
+import time
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from gateway.records import Reading
+from gateway.sync.outbox import RAW_SUFFIX
+
+migrations = Migrations("reverbere.sync.raw")
+
+MAX_SPAN_ERRORS = 5  # a reading the platform refused this often is set aside (rejected)
+
+
+@migrations()
+def m001_raw(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE sync_raw (
+            id INTEGER PRIMARY KEY,          -- its age: the newest span covering a reading owns it
+            node INTEGER NOT NULL,           -- nodes.ref, as in readings
+            channel TEXT NOT NULL,
+            first REAL NOT NULL,             -- time range of the readings it owns
+            last REAL NOT NULL,
+            n INTEGER NOT NULL,              -- how many readings it owns
+            upto REAL,                       -- while inflight: time of the last reading sent
+            inflight INTEGER,                -- attempt number of an unconfirmed request
+            errors INTEGER NOT NULL DEFAULT 0,
+            rejected TEXT                    -- why the platform keeps refusing it
+        )"""
+    )
+    db.execute("CREATE INDEX sync_raw_stream ON sync_raw (node, channel, id)")
+
+
+def raw_stream(channel: str) -> str:
+    """The stream (Datastream ``<node>/<channel>.raw``) of a channel's raw readings."""
+    return channel + RAW_SUFFIX
+
+
+class RawLog:
+    """The log of raw readings owed, for the channels in ``channels`` (None: every channel).
+
+    ``log`` goes in the committer's ``in_commit`` (gateway/service.py wires it); calling the
+    object is the after-commit stage, which only wakes the sync worker (``listeners``), at
+    most every ``interval`` seconds: raw readings go in batches, not a request per commit.
+    """
+
+    def __init__(self, channels: Collection[str] | None = None, interval: float = 0.0) -> None:
+        self.channels = None if channels is None else frozenset(channels)
+        self.interval = interval
+        self.listeners: list = []
+        self._notified = -math.inf
+
+    def log(self, conn: sqlite3.Connection, new: dict[tuple[int, str], list[float]]) -> None:
+        """Account for the new readings of a commit, inside its transaction."""
+        for (node, channel), times in new.items():
+            if self.channels is None or channel in self.channels:
+                log_times(conn, node, channel, times)
+
+    def __call__(self, db: sqlite_utils.Database, new: list[Reading]) -> None:
+        now = time.monotonic()
+        if now - self._notified < self.interval:
+            return
+        if any(self.channels is None or r.channel in self.channels for r in new):
+            self._notified = now
+            for notify in self.listeners:
+                notify()
+
+
+def _runs(
+    conn: sqlite3.Connection, node: int, channel: str, times: Iterable[float]
+) -> list[tuple[float, float, int]]:
+    """``times`` (stored readings of one node and channel) as tight runs ``(first, last, n)``:
+    no other stored reading lies inside a run."""
+    mine = sorted(set(times))
+    a, b = mine[0], mine[-1]
+    (count,) = conn.execute(
+        "SELECT count(*) FROM readings WHERE node = ? AND channel = ? AND time BETWEEN ? AND ?",
+        [node, channel, a, b],
+    ).fetchone()
+    if count == len(mine):
+        return [(a, b, len(mine))]
+    wanted = set(mine)
+    runs: list[list] = []
+    current: list | None = None
+    for (t,) in conn.execute(
+        "SELECT time FROM readings WHERE node = ? AND channel = ? AND time BETWEEN ? AND ?"
+        " ORDER BY time",
+        [node, channel, a, b],
+    ):
+        if t in wanted:
+            if current is None:
+                current = [t, t, 0]
+                runs.append(current)
+            current[1] = t
+            current[2] += 1
+        else:
+            current = None
+    return [(r[0], r[1], r[2]) for r in runs]
+
+
+def log_times(
+    conn: sqlite3.Connection, node: int, channel: str, times: Sequence[float], errors: int = 0
+) -> None:
+    """Owe the platform these stored readings (times of one node ref and channel)."""
+    if not times:
+        return
+    runs = _runs(conn, node, channel, times)
+    if errors == 0:
+        newest = conn.execute(
+            "SELECT id, last FROM sync_raw WHERE rejected IS NULL AND errors = 0"
+            " AND id = (SELECT max(id) FROM sync_raw WHERE node = ? AND channel = ?)",
+            [node, channel],
+        ).fetchone()
+        a, b, n = runs[0]
+        if newest is not None and newest[1] < a:
+            gap = conn.execute(
+                "SELECT 1 FROM readings WHERE node = ? AND channel = ? AND time > ? AND time < ?"
+                " LIMIT 1",
+                [node, channel, newest[1], a],
+            ).fetchone()
+            if gap is None:  # right after the newest span: extend it
+                conn.execute(
+                    "UPDATE sync_raw SET last = ?, n = n + ? WHERE id = ?", [b, n, newest[0]]
+                )
+                runs = runs[1:]
+    reason = "the platform refused these readings" if errors >= MAX_SPAN_ERRORS else None
+    conn.executemany(
+        "INSERT INTO sync_raw (node, channel, first, last, n, errors, rejected)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(node, channel, a, b, n, errors, reason) for a, b, n in runs],
+    )
+
+
+@dataclass(frozen=True)
+class Span:
+    id: int
+    node_ref: int
+    node: str  # the node's id
+    channel: str
+    first: float
+    last: float
+    upto: float | None
+    errors: int
+
+
+_SPAN = (
+    "SELECT s.id, s.node, n.id, s.channel, s.first, s.last, s.upto, s.errors"
+    " FROM sync_raw s JOIN nodes n ON n.ref = s.node"
+)
+
+_OWNED = (
+    "SELECT r.time, r.value FROM readings r"
+    " WHERE r.node = :node AND r.channel = :channel AND r.time BETWEEN :first AND :last"
+    " AND NOT EXISTS (SELECT 1 FROM sync_raw o WHERE o.node = r.node AND o.channel = r.channel"
+    "  AND o.id > :id AND r.time BETWEEN o.first AND o.last)"
+    " ORDER BY r.time LIMIT :limit"
+)
+
+
+def owned(
+    db: sqlite_utils.Database, span: Span, last: float | None = None, limit: int = -1
+) -> list[tuple[float, float]]:
+    """``(time, value)`` of the readings ``span`` owns, oldest first, up to ``last``."""
+    args = {
+        "node": span.node_ref,
+        "channel": span.channel,
+        "first": span.first,
+        "last": span.last if last is None else last,
+        "id": span.id,
+        "limit": limit,
+    }
+    return [(t, v) for t, v in db.execute(_OWNED, args)]
+
+
+@dataclass
+class Taken:
+    """A span's readings in a request: ``readings`` = ``(time, value)``, oldest first."""
+
+    span: Span
+    readings: list[tuple[float, float]]
+
+
+def take(db: sqlite_utils.Database, limit: int, attempt: int) -> list[Taken]:
+    """The oldest owed readings, at most ``limit``, their spans marked inflight (committed)
+    before the caller sends them. Spans that turn out to own nothing are dropped."""
+    out: list[Taken] = []
+    left = limit
+    with db.atomic():
+        spans = [
+            Span(*row)
+            for row in db.execute(
+                _SPAN + " WHERE s.inflight IS NULL AND s.rejected IS NULL"
+                " ORDER BY s.first, s.id LIMIT ?",
+                [limit],
+            )
+        ]
+        for span in spans:
+            if left <= 0:
+                break
+            readings = owned(db, span, limit=left)
+            if not readings:
+                db.execute("DELETE FROM sync_raw WHERE id = ?", [span.id])
+                continue
+            upto = readings[-1][0]
+            db.execute(
+                "UPDATE sync_raw SET inflight = ?, upto = ? WHERE id = ?", [attempt, upto, span.id]
+            )
+            out.append(Taken(span, readings))
+            left -= len(readings)
+    return out
+
+
+def inflight(db: sqlite_utils.Database) -> list[Taken]:
+    """Spans whose request had no clear answer, with the readings it carried."""
+    spans = [Span(*row) for row in db.execute(_SPAN + " WHERE s.inflight IS NOT NULL")]
+    return [Taken(s, owned(db, s, last=s.upto)) for s in spans]
+
+
+def inflight_count(db: sqlite_utils.Database) -> int:
+    return db.execute("SELECT count(*) FROM sync_raw WHERE inflight IS NOT NULL").fetchone()[0]
+
+
+def release(db: sqlite_utils.Database, taken: Iterable[Taken]) -> None:
+    """Nothing reached the platform: the spans are owed as before."""
+    ids = [t.span.id for t in taken]
+    with db.atomic():
+        db.conn.executemany(
+            "UPDATE sync_raw SET inflight = NULL, upto = NULL WHERE id = ?", [(i,) for i in ids]
+        )
+
+
+def settle(
+    db: sqlite_utils.Database, taken: Taken, confirmed: Collection[float], error: bool = True
+) -> int:
+    """The platform holds the readings of ``taken`` whose time is in ``confirmed``: trim the
+    span past them; the others get spans of their own (one more error each when ``error``:
+    the platform refused them, rather than never got them). Returns how many were confirmed."""
+    span = taken.span
+    times = [t for t, _ in taken.readings]
+    failed = [t for t in times if t not in confirmed]
+    with db.atomic():
+        if times:
+            upto = times[-1]
+            row = db.execute(
+                "SELECT min(r.time) FROM readings r, sync_raw s WHERE s.id = ? AND"
+                " r.node = s.node AND r.channel = s.channel AND r.time > ? AND r.time <= s.last",
+                [span.id, upto],
+            ).fetchone()
+            if row[0] is None:
+                db.execute("DELETE FROM sync_raw WHERE id = ?", [span.id])
+            else:
+                db.execute(
+                    "UPDATE sync_raw SET first = ?, n = n - ?, inflight = NULL, upto = NULL"
+                    " WHERE id = ?",
+                    [row[0], len(times), span.id],
+                )
+        else:
+            db.execute("UPDATE sync_raw SET inflight = NULL, upto = NULL WHERE id = ?", [span.id])
+        if failed:
+            errors = span.errors + 1 if error else span.errors
+            log_times(db.conn, span.node_ref, span.channel, failed, errors=errors)
+    return len(times) - len(failed)
+
+
+@dataclass(frozen=True)
+class RawBacklog:
+    pending: int  # readings owed (not set aside)
+    inflight: int  # spans whose request awaits reconciliation
+    rejected: int  # readings the platform keeps refusing
+    oldest: float | None  # time of the oldest reading owed
+
+
+def raw_backlog(db: sqlite_utils.Database) -> RawBacklog:
+    """How many raw readings the gateway still owes the platform (from the spans' counts,
+    so it costs one pass over a table of about one row per node and channel)."""
+    row = db.execute(
+        "SELECT sum(CASE WHEN rejected IS NULL THEN n END),"
+        " count(inflight), sum(CASE WHEN rejected IS NOT NULL THEN n END),"
+        " min(CASE WHEN rejected IS NULL THEN first END) FROM sync_raw"
+    ).fetchone()
+    return RawBacklog(row[0] or 0, row[1] or 0, row[2] or 0, row[3])
+
+
+def raw_synced_until(db: sqlite_utils.Database) -> float | None:
+    """The retention guard while raw sync is on: readings older than the oldest one owed
+    may go (a reading set aside as rejected does not hold the retention back)."""
+    row = db.execute("SELECT min(first) FROM sync_raw WHERE rejected IS NULL").fetchone()
+    return row[0]
+
+
+def time_key(t: float) -> int:
+    """Times compared in milliseconds: what an ISO 8601 time on the wire keeps."""
+    return math.floor(t * 1000 + 0.5)
