@@ -155,6 +155,22 @@ def test_node_silent(tmp_path):
         assert check_silent(db, T0 + 3600, cfg, heard={"lamp-001", "lamp-002"}) == []
 
 
+def test_a_node_backfilling_after_an_outage_is_silent_once(tmp_path):
+    # lamp-001 is cut off for 50 minutes, then sends what it buffered, a pack at a time, in the
+    # same commits as lamp-002's fresh readings: its readings are old, but it is not silent.
+    db = make_db(tmp_path / "g.db")
+    cfg = DetectConfig(**SITE, silent_intervals=5, silent_minutes=10)
+    detect = Detector(cfg)
+    a = [Reading("lamp-001", "p", T0 + 60 * k, 0.0) for k in range(60)]
+    b = [Reading("lamp-002", "p", T0 + 60 * k, 0.0) for k in range(70)]
+    detect(db, a[:10] + b[:10])
+    detect(db, b[10:60])  # lamp-001 silent: one event opens
+    for k in range(10, 60, 10):  # its backfill, 10 old readings beside 2 fresh ones
+        detect(db, a[k : k + 10] + b[60 + k // 5 : 62 + k // 5])
+    silent = list(db.query("SELECT * FROM anomalies WHERE kind = 'silent'"))
+    assert len(silent) == 1 and silent[0]["end"] is not None
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(DetectConfigError, match=r"detect\.latitude"):
         DetectConfig.from_mapping({"latitude": 123})

@@ -292,8 +292,9 @@ def check_silent(
 ) -> list[Event]:
     """Open a ``silent`` event for each node that has sent nothing for ``silent_intervals`` of
     its usual reading interval (and at least ``silent_minutes``) before ``now``; close the open
-    one of every node in ``heard``. Call it after each commit, and on a timer when nothing comes.
-    The caller owns the transaction."""
+    one of every node in ``heard`` (and open none for it: a node sending old readings, a
+    backfill after an outage, is not silent). Call it after each commit, and on a timer when
+    nothing comes. The caller owns the transaction."""
     out = []
     heard = set(heard)
     open_rows = {
@@ -315,6 +316,8 @@ def check_silent(
                 )
                 save_event(db, ev)
                 out.append(ev)
+            continue
+        if node in heard:  # it speaks, if only of the past (a backfill after an outage)
             continue
         limit = max(config.silent_intervals * (interval or 0.0), config.silent_minutes * 60)
         if last is None or now - last <= limit:
