@@ -159,7 +159,7 @@ def test_a_node_backfilling_after_an_outage_is_silent_once(tmp_path):
     # lamp-001 is cut off for 50 minutes, then sends what it buffered, a pack at a time, in the
     # same commits as lamp-002's fresh readings: its readings are old, but it is not silent.
     db = make_db(tmp_path / "g.db")
-    cfg = DetectConfig(**SITE, silent_intervals=5, silent_minutes=10)
+    cfg = DetectConfig(**SITE, silent_intervals=5, silent_minutes=15)
     detect = Detector(cfg)
     a = [Reading("lamp-001", "p", T0 + 60 * k, 0.0) for k in range(60)]
     b = [Reading("lamp-002", "p", T0 + 60 * k, 0.0) for k in range(70)]
@@ -169,6 +169,7 @@ def test_a_node_backfilling_after_an_outage_is_silent_once(tmp_path):
         detect(db, a[k : k + 10] + b[60 + k // 5 : 62 + k // 5])
     silent = list(db.query("SELECT * FROM anomalies WHERE kind = 'silent'"))
     assert len(silent) == 1 and silent[0]["end"] is not None
+    assert silent[0]["end"] >= silent[0]["start"]  # closed by a backfill of older readings
 
 
 def test_config_errors_name_the_key():

@@ -311,8 +311,11 @@ def check_silent(
         row = open_rows.get(node)
         if row is not None:
             if node in heard:
+                # It ends with the newest reading heard, or at once if that one is older than
+                # the silence (a backfill of what the node buffered while it was cut off).
+                end = max(last, row[2])
                 ev = Event(
-                    node, SILENT_CHANNEL, "silent", row[2], last, row[3], row[4], row[0], row[5] + 1
+                    node, SILENT_CHANNEL, "silent", row[2], end, row[3], row[4], row[0], row[5] + 1
                 )
                 save_event(db, ev)
                 out.append(ev)
