@@ -65,6 +65,7 @@ log = logging.getLogger("reverbere.service")
 RETENTION_PERIOD = 3600.0
 SWITCH_INTERVAL = 0.001  # seconds; see serve()
 SYNC_WATCH_PERIOD = 30.0  # seconds between checks that the sync worker is alive
+QUIET_PERIOD = 60.0  # seconds without a new reading before the detector looks for silent nodes
 
 Stage = Callable[[sqlite_utils.Database, list[Reading]], None]
 Guard = Callable[[sqlite_utils.Database], float | None]
@@ -141,6 +142,15 @@ class Outbox:
                 notify()
         return taken
 
+    def settle(self, db: sqlite_utils.Database, now: float) -> int:
+        """Take what changed with no new reading (events a timer opened, hours over for
+        ``grace``) as of ``now``, the fleet's time (``Detector.now``)."""
+        taken = feed_outbox(db, settled_at=now)
+        if taken:
+            for notify in self.listeners:
+                notify()
+        return taken
+
     def flush(self, db: sqlite_utils.Database) -> int:
         """Take every changed row now, open hours included (e.g. before a planned stop)."""
         taken = feed_outbox(db)
@@ -200,6 +210,7 @@ class Gateway:
         self.retention_guards: list[Guard] = []
         self.pipeline = pipeline_config(cfg)
         self.outbox: Outbox | None = None
+        self.detector: Detector | None = None
         self.raw_log: RawLog | None = None
         for stage, guard in stages(cfg):
             self.after_commit.append(stage)
@@ -207,6 +218,8 @@ class Gateway:
                 self.retention_guards.append(guard)
             if isinstance(stage, Outbox):
                 self.outbox = stage
+            if isinstance(stage, Detector):
+                self.detector = stage
             if isinstance(stage, RawLog):  # its log goes in the commit's own transaction
                 self.raw_log = stage
                 self.committer.in_commit.append(stage.log)
@@ -236,6 +249,8 @@ class Gateway:
         self.http_port = await self.http.start(self.cfg.http_host, self.cfg.http_port)
         self._declare_metrics()
         self._tasks.append(asyncio.create_task(self._retention_loop()))
+        if self.detector is not None:
+            self._tasks.append(asyncio.create_task(self._quiet_watch()))
         if self.pipeline.sync is not None:
             await self._start_sync()
             self._tasks.append(asyncio.create_task(self._sync_watch()))
@@ -288,6 +303,34 @@ class Gateway:
                     "reverbere_sync_restarts_total", "Sync worker restarts after an error."
                 ).inc()
                 await self._start_sync()
+
+    async def _quiet_watch(self) -> None:
+        while True:
+            await asyncio.sleep(QUIET_PERIOD)
+            await self.quiet()
+
+    async def quiet(self, at: float | None = None) -> int:
+        """When no reading came for ``QUIET_PERIOD`` (by ``at``, ``time.monotonic()``), open
+        the ``silent`` events of the nodes quiet for too long, as the stages would after a
+        commit, and hand them over to the outbox; return how many opened. Runs every minute:
+        a whole fleet that falls silent (the nodes' Wi-Fi down) is an anomaly too."""
+        detector, outbox = self.detector, self.outbox
+        at = time.monotonic() if at is None else at
+        if detector is None or at - detector.last_reading_at < QUIET_PERIOD:
+            return 0
+
+        def run(db: sqlite_utils.Database) -> int:
+            events = detector.quiet(db, at)
+            if events and outbox is not None:
+                outbox.settle(db, detector.now(db, at))
+            return len(events)
+
+        try:
+            return await self.committer.run(run)
+        except Exception:  # like a stage's failure: logged, counted, ingestion goes on
+            log.exception("silent check failed", extra={"fields": {}})
+            self.metrics.counter("reverbere_stage_errors_total").inc(stage="Detector.quiet")
+            return 0
 
     async def retention(self, now: float | None = None) -> int:
         """Delete raw readings older than ``retention_days`` that every guard lets go, and

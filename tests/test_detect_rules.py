@@ -172,6 +172,27 @@ def test_a_node_backfilling_after_an_outage_is_silent_once(tmp_path):
     assert silent[0]["end"] >= silent[0]["start"]  # closed by a backfill of older readings
 
 
+def test_a_fleet_that_falls_silent_altogether_is_found_on_the_timer(tmp_path):
+    # No reading comes at all (the nodes' Wi-Fi is down): no commit runs the stage, so the
+    # gateway's timer asks; the time is the fleet's, the newest reading's plus the time since.
+    db = make_db(tmp_path / "g.db")
+    cfg = DetectConfig(**SITE, silent_intervals=5, silent_minutes=10)
+    detect = Detector(cfg)
+    a = [Reading("lamp-001", "p", T0 + 60 * k, 0.0) for k in range(10)]
+    b = [Reading("lamp-002", "p", T0 + 60 * k, 0.0) for k in range(12)]
+    detect(db, a + b)
+    heard = detect.last_reading_at
+    assert detect.quiet(db, at=heard + 300) == []  # 7 and 5 minutes: not yet (10 needed)
+    assert detect.now(db, at=heard + 300) == T0 + 660 + 300
+    opened = detect.quiet(db, at=heard + 550)  # lamp-001 quiet for 11 minutes, lamp-002 9
+    assert [(e.node, e.kind, e.start) for e in opened] == [("lamp-001", "silent", T0 + 540 + 600)]
+    opened = detect.quiet(db, at=heard + 3600)
+    assert [e.node for e in opened] == ["lamp-002"]  # lamp-001's is open already
+    detect(db, [Reading("lamp-001", "p", T0 + 4200, 0.0)])  # it speaks: its event closes
+    ends = dict(db.execute("SELECT node, end FROM anomalies WHERE kind = 'silent'").fetchall())
+    assert ends == {"lamp-001": T0 + 4200, "lamp-002": None}
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(DetectConfigError, match=r"detect\.latitude"):
         DetectConfig.from_mapping({"latitude": 123})

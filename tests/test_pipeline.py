@@ -23,6 +23,25 @@ HOURS = 4
 RESET_AT = 150  # minute at which the meter's counter falls back to zero
 
 
+def test_nodes_silent_with_no_reading_at_all_reach_the_outbox(tmp_path):
+    # The gateway's timer (Gateway.quiet, every minute) finds the silent nodes when nothing
+    # comes, and hands the events to the outbox without waiting for a reading.
+    from gateway_helpers import add_node, minute_readings, running_gateway
+
+    async def go():
+        async with running_gateway(tmp_path) as gw:
+            node = SimNode("lamp-001", add_node(gw))
+            async with Sender("127.0.0.1", gw.coap_port) as s:
+                assert (await s.send(node, minute_readings())).acked
+            assert await gw.quiet() == 0  # a reading came less than a minute ago
+            assert await gw.quiet(at=time.monotonic() + 2 * 3600) == 1
+            db = open_db(gw.cfg.database)
+            outbox = db.execute("SELECT node, stream FROM sync_outbox WHERE kind = 'event'")
+            assert outbox.fetchall() == [("lamp-001", "anomalies")]
+
+    asyncio.run(go())
+
+
 def meter_readings(start: int) -> list[tuple[str, int, float]]:
     """A building meter: power every minute, its energy counter, and a counter reset."""
     out = []

@@ -13,6 +13,7 @@ seen on its channel (a reordered or replayed pack) is left to the summaries and 
 
 import json
 import struct
+import time
 from collections.abc import Iterable, Iterator, Sequence
 
 import sqlite_utils
@@ -225,6 +226,9 @@ class Detector:
         self.clock = Clock(self.config)
         self._channels: dict[tuple[str, str], ChannelDetector] = {}
         self._saved: dict[tuple[str, str], float] = {}  # reading time of each channel's last save
+        # The fleet's clock, for ``quiet``: the newest reading time seen, and when (monotonic).
+        self._newest: float | None = None
+        self._newest_at = self._heard_at = time.monotonic()
 
     def channel(self, db: sqlite_utils.Database, node: str, channel: str) -> ChannelDetector:
         key = (node, channel)
@@ -257,6 +261,9 @@ class Detector:
             for ev in events:
                 changed[id(ev)] = ev
         now = max(r.time for r in readings)
+        self._heard_at = time.monotonic()
+        if self._newest is None or now >= self._newest:
+            self._newest, self._newest_at = now, self._heard_at
         for key, cd in touched.items():
             self._saved[key] = cd.last_time or now
         with db.atomic():  # one transaction: sqlite-utils commits on its own inside `with db.conn`
@@ -277,6 +284,44 @@ class Detector:
             )
             silent = check_silent(db, now, self.config, heard={r.node for r in readings})
         return [*changed.values(), *silent]
+
+    @property
+    def last_reading_at(self) -> float:
+        """When (``time.monotonic()``) readings last came, or the detector was made."""
+        return self._heard_at
+
+    def now(self, db: sqlite_utils.Database, at: float | None = None) -> float | None:
+        """The fleet's time: the newest reading's plus the time elapsed since it came (``at``:
+        ``time.monotonic()`` by default); None before any reading. Not the gateway's clock:
+        readings may be old (a backfill, a simulated fleet), and only their clock says who
+        fell silent."""
+        at = time.monotonic() if at is None else at
+        if self._newest is None:  # nothing yet since the start: from the saved states
+            self._newest = db.execute("SELECT max(last_time) FROM detect_state").fetchone()[0]
+            self._newest_at = at
+            if self._newest is None:
+                return None
+        return self._newest + (at - self._newest_at)
+
+    def quiet(self, db: sqlite_utils.Database, at: float | None = None) -> list[Event]:
+        """Look for silent nodes when nothing comes at all (the gateway's link to the nodes
+        is down, say), as of the fleet's time (``now``). Call it on a timer; returns the
+        events it opened."""
+        now = self.now(db, at)
+        if now is None:
+            return []
+        with db.atomic():
+            # The newest reading of every channel, whose state is saved only now and then.
+            db.conn.executemany(
+                "UPDATE detect_state SET last_time = ? WHERE node = ? AND channel = ?"
+                " AND last_time < ?",
+                [
+                    (cd.last_time, cd.node, cd.channel, cd.last_time)
+                    for cd in self._channels.values()
+                    if cd.last_time is not None
+                ],
+            )
+            return check_silent(db, now, self.config)
 
 
 def save_event(db: sqlite_utils.Database, ev: Event) -> None:
