@@ -496,16 +496,11 @@ class SensorThingsTarget:
                 "$orderby": "id asc",
                 "$top": "10000",
             }
-            for page in self.pages("Observations", params):
-                for group in page.get("value", []):
-                    ds = id_from_link(group["Datastream@iot.navigationLink"])
-                    cols = group["components"]
-                    for values in group["dataArray"]:
-                        rec = dict(zip(cols, values, strict=True))
-                        if str(rec["id"]) not in seen:
-                            seen.add(str(rec["id"]))
-                            when = parse_instant(rec["phenomenonTime"])
-                            out.setdefault(ds, []).append((str(rec["id"]), when))
+            for ds, rec in self.observation_records(params):
+                if str(rec["id"]) not in seen:
+                    seen.add(str(rec["id"]))
+                    when = parse_instant(rec["phenomenonTime"])
+                    out.setdefault(ds, []).append((str(rec["id"]), when))
         return out
 
     def update(self, obs_id: str, row: Row) -> bool:
@@ -549,18 +544,23 @@ class SensorThingsTarget:
             "$top": "10000",
         }
         out: dict[str, list] = {}
+        for ds, rec in self.observation_records(params):
+            out.setdefault(ds, []).append(
+                (
+                    str(rec["id"]),
+                    parse_time(rec["phenomenonTime"]),
+                    rec["result"],
+                    rec.get("parameters") or {},
+                )
+            )
+        return out
+
+    def observation_records(self, params: dict) -> Iterator[tuple[str, dict]]:
+        """Each Observation a ``$resultFormat=dataArray`` query finds, every page of it:
+        ``(Datastream id, {component: value})``."""
         for page in self.pages("Observations", params):
             for group in page.get("value", []):
                 ds = id_from_link(group["Datastream@iot.navigationLink"])
                 cols = group["components"]
                 for values in group["dataArray"]:
-                    rec = dict(zip(cols, values, strict=True))
-                    out.setdefault(ds, []).append(
-                        (
-                            str(rec["id"]),
-                            parse_time(rec["phenomenonTime"]),
-                            rec["result"],
-                            rec.get("parameters") or {},
-                        )
-                    )
-        return out
+                    yield ds, dict(zip(cols, values, strict=True))
