@@ -12,6 +12,7 @@ seen on its channel (a reordered or replayed pack) is left to the summaries and 
 """
 
 import json
+import math
 import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,6 +41,7 @@ STUCK_CHANNELS = ("p", "t", "lux", "x")  # channels that always vary a little wh
 SILENT_CHANNEL = "*"  # the channel of a "silent" event: the whole node
 INTERVAL_ALPHA = 0.1  # weight of one gap in a channel's usual reading interval
 SAVE_EVERY = 600.0  # seconds (of reading time) between saves of a quiet channel's state
+SILENT_CHECK_EVERY = 60.0  # seconds (of reading time) between looks for silent nodes
 # Kinds whose open event pauses the statistical baseline's learning on the channel: the readings
 # are then known to be wrong (a lamp lit by day is not a new normal). Not "stuck": a flat
 # stretch can be what a channel does, and not "unusual": the baseline must follow a real change.
@@ -229,6 +231,10 @@ class Detector:
         # The fleet's clock, for ``quiet``: the newest reading time seen, and when (monotonic).
         self._newest: float | None = None
         self._newest_at = self._heard_at = time.monotonic()
+        # Silent nodes: looked for once a minute (a scan of every node's state), and at once
+        # when one of those with an open ``silent`` event speaks (loaded at the first look).
+        self._silent_checked = -math.inf
+        self._silent_open: set[str] | None = None
 
     def channel(self, db: sqlite_utils.Database, node: str, channel: str) -> ChannelDetector:
         key = (node, channel)
@@ -282,8 +288,31 @@ class Detector:
                 ),
                 pk=("node", "channel"),
             )
-            silent = check_silent(db, now, self.config, heard={r.node for r in readings})
+            heard = {r.node for r in readings}
+            silent = []
+            if self._silent_due(db, now, heard):
+                silent = self._silent_seen(check_silent(db, now, self.config, heard), now)
         return [*changed.values(), *silent]
+
+    def _silent_due(self, db: sqlite_utils.Database, now: float, heard: set[str]) -> bool:
+        if self._silent_open is None:
+            self._silent_open = {
+                row[0]
+                for row in db.execute(
+                    "SELECT node FROM anomalies WHERE kind = 'silent' AND end IS NULL"
+                )
+            }
+        return bool(heard & self._silent_open) or now - self._silent_checked >= SILENT_CHECK_EVERY
+
+    def _silent_seen(self, events: list[Event], now: float) -> list[Event]:
+        self._silent_checked = max(self._silent_checked, now)
+        if self._silent_open is not None:
+            for ev in events:
+                if ev.end is None:
+                    self._silent_open.add(ev.node)
+                else:
+                    self._silent_open.discard(ev.node)
+        return events
 
     @property
     def last_reading_at(self) -> float:
@@ -321,7 +350,8 @@ class Detector:
                     if cd.last_time is not None
                 ],
             )
-            return check_silent(db, now, self.config)
+            self._silent_due(db, now, set())  # knows the open ones before it counts them
+            return self._silent_seen(check_silent(db, now, self.config), now)
 
 
 def save_event(db: sqlite_utils.Database, ev: Event) -> None:
