@@ -123,15 +123,24 @@ class Load:
         self.nodes = list(keys)
         self.t0 = int(time.time()) - 300 * 86400
         self.seq = dict.fromkeys(keys, 0)
+        self.last = dict.fromkeys(keys, self.t0 - PACK * 60)  # each node's last pack's time
+        self.signed = 0
         self.packs: dict[str, collections.deque] = {n: collections.deque() for n in keys}
-        for n in self.nodes:
-            for _ in range(presign):
+        for _ in range(presign):
+            for n in self.nodes:
                 self.packs[n].append(self._sign(n))
 
     def _sign(self, node: str) -> bytes:
+        # One clock for the fleet: a pack is as old as the fleet's round it goes in (its
+        # node's next 10 minutes at least), so that no node lags the others by more than
+        # a round or two, as real nodes do not (a lagging node would look silent).
         self.seq[node] += 1
         k = self.seq[node]
-        base = self.t0 + k * PACK * 60
+        base = max(
+            self.t0 + self.signed // len(self.nodes) * PACK * 60, self.last[node] + PACK * 60
+        )
+        self.last[node] = base
+        self.signed += 1
         readings = [("p", base + 60 * i, 40 + (k + i) % 50) for i in range(PACK)]
         return cose.sign(self.keys[node], node.encode(), k, senml.encode(readings))
 

@@ -172,6 +172,19 @@ def test_a_node_backfilling_after_an_outage_is_silent_once(tmp_path):
     assert silent[0]["end"] >= silent[0]["start"]  # closed by a backfill of older readings
 
 
+def test_nodes_sending_short_packs_are_not_silent(tmp_path):
+    # Two nodes, a pack of 5 minutes each in turn: neither is ever 7 minutes behind the
+    # other. A node's state is saved only every 10 minutes of readings (every other pack),
+    # but the look for silent nodes goes by their newest readings.
+    db = make_db(tmp_path / "g.db")
+    detect = Detector(DetectConfig(**SITE, silent_intervals=5, silent_minutes=7))
+    for k in range(36):  # 3 hours
+        for node, offset in (("lamp-001", 0), ("lamp-002", 150)):
+            t = T0 + 300 * k + offset
+            detect(db, [Reading(node, "p", t + 60 * i, 0.0) for i in range(5)])
+    assert list(db.query("SELECT * FROM anomalies WHERE kind = 'silent'")) == []
+
+
 def test_a_fleet_that_falls_silent_altogether_is_found_on_the_timer(tmp_path):
     # No reading comes at all (the nodes' Wi-Fi is down): no commit runs the stage, so the
     # gateway's timer asks; the time is the fleet's, the newest reading's plus the time since.

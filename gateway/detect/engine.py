@@ -291,7 +291,7 @@ class Detector:
             heard = {r.node for r in readings}
             silent = []
             if self._silent_due(db, now, heard):
-                silent = self._silent_seen(check_silent(db, now, self.config, heard), now)
+                silent = self._look_for_silent(db, now, heard)
         return [*changed.values(), *silent]
 
     def _silent_due(self, db: sqlite_utils.Database, now: float, heard: set[str]) -> bool:
@@ -340,18 +340,23 @@ class Detector:
         if now is None:
             return []
         with db.atomic():
-            # The newest reading of every channel, whose state is saved only now and then.
-            db.conn.executemany(
-                "UPDATE detect_state SET last_time = ? WHERE node = ? AND channel = ?"
-                " AND last_time < ?",
-                [
-                    (cd.last_time, cd.node, cd.channel, cd.last_time)
-                    for cd in self._channels.values()
-                    if cd.last_time is not None
-                ],
-            )
             self._silent_due(db, now, set())  # knows the open ones before it counts them
-            return self._silent_seen(check_silent(db, now, self.config), now)
+            return self._look_for_silent(db, now, set())
+
+    def _look_for_silent(self, db: sqlite_utils.Database, now: float, heard: set[str]) -> list:
+        """``check_silent`` on every channel's newest reading: the column ``last_time`` is
+        brought up to date first (the state is saved only now and then, ``SAVE_EVERY``, and
+        a node up to 10 minutes behind its own readings would look silent too early)."""
+        db.conn.executemany(
+            "UPDATE detect_state SET last_time = ? WHERE node = ? AND channel = ?"
+            " AND last_time < ?",
+            [
+                (cd.last_time, cd.node, cd.channel, cd.last_time)
+                for cd in self._channels.values()
+                if cd.last_time is not None
+            ],
+        )
+        return self._silent_seen(check_silent(db, now, self.config, heard), now)
 
 
 def save_event(db: sqlite_utils.Database, ev: Event) -> None:
