@@ -125,6 +125,9 @@ class Load:
         self.seq = dict.fromkeys(keys, 0)
         self.last = dict.fromkeys(keys, self.t0 - PACK * 60)  # each node's last pack's time
         self.signed = 0
+        # The nodes' turn, kept from one run to the next (a slice that starts again from the
+        # first node would send the first ones more often, and the last ones would lag).
+        self.ready = collections.deque(self.nodes)
         self.packs: dict[str, collections.deque] = {n: collections.deque() for n in keys}
         for _ in range(presign):
             for n in self.nodes:
@@ -159,7 +162,7 @@ class Load:
             s.setblocking(False)
             sel.register(s, selectors.EVENT_READ)
             socks.append(s)
-        ready = collections.deque(self.nodes)
+        ready = self.ready
         inflight: dict[tuple[int, int], tuple[str, float, bytes]] = {}
         mids = [0] * SOCKETS
         latencies: list[float] = []  # seconds from first send to answer
@@ -244,6 +247,7 @@ class Load:
                         resent += 1
             if now > end + 10:
                 break
+        ready.extend(node for node, _t0, _wire in inflight.values())  # their turn next run
         for s in socks:
             s.close()
         return {
