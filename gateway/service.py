@@ -83,13 +83,19 @@ def stages(cfg: Config) -> list[tuple[Stage, Guard | None]]:
     """
     p = pipeline_config(cfg)
     out: list[tuple[Stage, Guard | None]] = [
-        (Detector(p.detect), None),
+        (Detector(p.detect, pack_seconds=lambda node: pack_seconds(cfg, node)), None),
         (summarise, summarised_until),
         (Outbox(), synced_until if p.sync is not None else None),
     ]
     if p.sync is not None and p.sync.raw:
         out.append((RawLog(p.sync.raw_channels, p.sync.raw_interval), raw_synced_until))
     return out
+
+
+def pack_seconds(cfg: Config, node_id: str) -> float:
+    """How much time one of the node's packs spans: its ``pack`` times its ``interval``."""
+    c = cfg.node_config(node_id)
+    return float(c.get("pack", 1)) * float(c.get("interval", 0))
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,26 @@ def test_nodes_sending_short_packs_are_not_silent(tmp_path):
     assert list(db.query("SELECT * FROM anomalies WHERE kind = 'silent'")) == []
 
 
+def test_a_node_sending_hourly_packs_is_not_silent_between_them(tmp_path):
+    # lamp-002 is set to send a pack of 60 readings an hour (to save its battery); lamp-001
+    # sends every 10 minutes. Silent after 30 minutes would be wrong for lamp-002: the
+    # detector is told each node's pack span (the gateway gives pack x interval).
+    def readings(node, start, n):  # one a minute
+        return [Reading(node, "p", start + 60 * i, 0.0) for i in range(n)]
+
+    for told, expected in ((None, ["lamp-002"]), ({"lamp-001": 600, "lamp-002": 3600}, [])):
+        db = make_db(tmp_path / f"g{told is None}.db")
+        pack = None if told is None else told.__getitem__
+        detect = Detector(DetectConfig(**SITE, silent_minutes=30), pack_seconds=pack)
+        for hour in range(4):
+            h = T0 + 3600 * hour
+            for k in range(6):  # lamp-001's six packs of the hour, then lamp-002's one
+                detect(db, readings("lamp-001", h + 600 * k, 10))
+            detect(db, readings("lamp-002", h, 60))
+        silent = db.execute("SELECT DISTINCT node FROM anomalies WHERE kind = 'silent'")
+        assert [row[0] for row in silent] == expected
+
+
 def test_a_fleet_that_falls_silent_altogether_is_found_on_the_timer(tmp_path):
     # No reading comes at all (the nodes' Wi-Fi is down): no commit runs the stage, so the
     # gateway's timer asks; the time is the fleet's, the newest reading's plus the time since.

@@ -15,7 +15,7 @@ import json
 import math
 import struct
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
@@ -223,8 +223,15 @@ class ChannelDetector:
 class Detector:
     """The detect stage. Call it with the open database and the readings just committed."""
 
-    def __init__(self, config: DetectConfig | None = None):
+    def __init__(
+        self,
+        config: DetectConfig | None = None,
+        pack_seconds: Callable[[str], float] | None = None,
+    ):
+        """``pack_seconds(node)``: how much time a node's pack spans (its ``pack`` times its
+        ``interval``); a node is not silent before two of them went by."""
         self.config = config or DetectConfig()
+        self.pack_seconds = pack_seconds
         self.clock = Clock(self.config)
         self._channels: dict[tuple[str, str], ChannelDetector] = {}
         self._saved: dict[tuple[str, str], float] = {}  # reading time of each channel's last save
@@ -356,7 +363,8 @@ class Detector:
                 if cd.last_time is not None
             ],
         )
-        return self._silent_seen(check_silent(db, now, self.config, heard), now)
+        found = check_silent(db, now, self.config, heard, self.pack_seconds)
+        return self._silent_seen(found, now)
 
 
 def save_event(db: sqlite_utils.Database, ev: Event) -> None:
@@ -368,7 +376,11 @@ def save_event(db: sqlite_utils.Database, ev: Event) -> None:
 
 
 def check_silent(
-    db: sqlite_utils.Database, now: float, config: DetectConfig, heard: Iterable[str] = ()
+    db: sqlite_utils.Database,
+    now: float,
+    config: DetectConfig,
+    heard: Iterable[str] = (),
+    pack_seconds: Callable[[str], float] | None = None,
 ) -> list[Event]:
     """Open a ``silent`` event for each node that has sent nothing for ``silent_intervals`` of
     its usual reading interval (and at least ``silent_minutes``) before ``now``; close the open
@@ -403,6 +415,8 @@ def check_silent(
         if node in heard:  # it speaks, if only of the past (a backfill after an outage)
             continue
         limit = max(config.silent_intervals * (interval or 0.0), config.silent_minutes * 60)
+        if pack_seconds is not None:  # a node sends a pack at a time: two of them at least
+            limit = max(limit, 2 * pack_seconds(node))
         if last is None or now - last <= limit:
             continue
         every = (f"every {_duration(interval)}") if interval else "regularly"
