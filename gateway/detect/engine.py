@@ -350,7 +350,9 @@ class Detector:
             self._silent_due(db, now, set())  # knows the open ones before it counts them
             return self._look_for_silent(db, now, set())
 
-    def _look_for_silent(self, db: sqlite_utils.Database, now: float, heard: set[str]) -> list:
+    def _look_for_silent(
+        self, db: sqlite_utils.Database, now: float, heard: set[str]
+    ) -> list[Event]:
         """``check_silent`` on every channel's newest reading: the column ``last_time`` is
         brought up to date first (the state is saved only now and then, ``SAVE_EVERY``, and
         a node up to 10 minutes behind its own readings would look silent too early)."""
@@ -383,10 +385,11 @@ def check_silent(
     pack_seconds: Callable[[str], float] | None = None,
 ) -> list[Event]:
     """Open a ``silent`` event for each node that has sent nothing for ``silent_intervals`` of
-    its usual reading interval (and at least ``silent_minutes``) before ``now``; close the open
-    one of every node in ``heard`` (and open none for it: a node sending old readings, a
-    backfill after an outage, is not silent). Call it after each commit, and on a timer when
-    nothing comes. The caller owns the transaction."""
+    its usual reading interval (and at least ``silent_minutes``, and two of its packs when
+    ``pack_seconds`` is given) before ``now``; close the open one of every node in ``heard``
+    (and open none for it: a node sending old readings, a backfill after an outage, is not
+    silent). ``Detector`` calls it once a minute of reading time, and on the gateway's timer
+    when nothing comes. The caller owns the transaction."""
     out = []
     heard = set(heard)
     open_rows = {
