@@ -141,25 +141,20 @@ class Outbox:
         self.listeners: list[Callable[[], None]] = []
 
     def __call__(self, db: sqlite_utils.Database, new: list[Reading]) -> int:
-        settled = max((r.time for r in new), default=None)
-        taken = feed_outbox(db, new, settled_at=settled)
-        if taken:
-            for notify in self.listeners:
-                notify()
-        return taken
+        return self._take(db, max((r.time for r in new), default=None))
 
     def settle(self, db: sqlite_utils.Database, now: float) -> int:
         """Take what changed with no new reading (events a timer opened, hours over for
         ``grace``) as of ``now``, the fleet's time (``Detector.now``)."""
-        taken = feed_outbox(db, settled_at=now)
-        if taken:
-            for notify in self.listeners:
-                notify()
-        return taken
+        return self._take(db, now)
 
     def flush(self, db: sqlite_utils.Database) -> int:
         """Take every changed row now, open hours included (e.g. before a planned stop)."""
-        taken = feed_outbox(db)
+        return self._take(db, None)
+
+    def _take(self, db: sqlite_utils.Database, settled_at: float | None) -> int:
+        """``feed_outbox`` as of ``settled_at`` (None: open hours too); wake the worker."""
+        taken = feed_outbox(db, settled_at=settled_at)
         if taken:
             for notify in self.listeners:
                 notify()
