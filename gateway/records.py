@@ -1,10 +1,9 @@
 """The one record type a reading has inside the gateway, from ingest to sync."""
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
     """One stored measurement: ``value`` of ``channel`` (see ``protocols.const.CHANNELS``)
     at ``time`` (Unix seconds, UTC) from node ``node``."""
 

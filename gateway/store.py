@@ -151,6 +151,10 @@ def commit_batch(
     inside the transaction with the new readings' times per (node ref, channel).
 
     Raises ``sqlite3.Error`` after rolling back if the database refuses the transaction.
+
+    Few statements, each doing many rows: the sqlite3 module lets go of the GIL at every step
+    of a statement (each row of an ``executemany``, each row ``RETURNING`` hands back), and
+    each time the event loop's thread, which verifies the next packs, has to give it back.
     """
     now = time.time() if now is None else now
     conn = db.conn
@@ -170,6 +174,7 @@ def commit_batch(
                 refs,
             )
         }
+        stored: list[Pack] = []
         for pack in batch:
             node = nodes.get(pack.node_ref)
             if node is None or node[0] != pack.key:
@@ -179,34 +184,33 @@ def commit_batch(
             if pack.seq <= last:
                 outcomes.append(Outcome.REPEATED if pack.seq == last else Outcome.REPLAY)
                 continue
-            # One statement per pack; RETURNING names the rows that were not there yet.
-            args: list = []
             for r in pack.readings:
-                args += (pack.node_ref, r.channel, r.time, r.value)
                 if r.channel == BATTERY_CHANNEL:
                     node[4] = r.value
-            inserted = conn.execute(_insert_sql(len(pack.readings)), args).fetchall()
-            if len(inserted) == len(pack.readings):
-                new.extend(pack.readings)
-            elif inserted:
-                fresh = set(inserted)
-                new.extend(r for r in pack.readings if (r.channel, r.time) in fresh)
-            for channel, t in inserted:
-                if times is not None:
-                    times.setdefault((pack.node_ref, channel), []).append(t)
-                span = spans.get((pack.node_ref, channel))
-                if span is None:
-                    spans[(pack.node_ref, channel)] = [t, t]
-                elif t < span[0]:
-                    span[0] = t
-                elif t > span[1]:
-                    span[1] = t
             node[1], node[2], node[3] = pack.seq, node[2] + 1, node[3] + pack.seq - last - 1
             outcomes.append(Outcome.STORED)
-        conn.executemany(
-            "UPDATE nodes SET last_seq = ?, last_seen = ?, messages = messages + ?,"
-            " gaps = gaps + ?, battery = coalesce(?, battery) WHERE ref = ?",
-            [(n[1], now, n[2], n[3], n[4], ref) for ref, n in nodes.items() if n[2]],
+            stored.append(pack)
+        for pack, fresh in _insert_readings(conn, stored):
+            new.extend(fresh)
+            ref = pack.node_ref
+            for r in fresh:
+                key = (ref, r.channel)
+                if times is not None:
+                    times.setdefault(key, []).append(r.time)
+                span = spans.get(key)
+                if span is None:
+                    spans[key] = [r.time, r.time]
+                elif r.time < span[0]:
+                    span[0] = r.time
+                elif r.time > span[1]:
+                    span[1] = r.time
+        _insert_rows(
+            conn,
+            "WITH v (ref, seq, seen, messages, gaps, battery) AS (VALUES {values})"
+            " UPDATE nodes SET last_seq = v.seq, last_seen = v.seen,"
+            " messages = nodes.messages + v.messages, gaps = nodes.gaps + v.gaps,"
+            " battery = coalesce(v.battery, nodes.battery) FROM v WHERE nodes.ref = v.ref",
+            [(ref, n[1], now, n[2], n[3], n[4]) for ref, n in nodes.items() if n[2]],
         )
         if processed:
             conn.execute(
@@ -217,9 +221,9 @@ def commit_batch(
             if seq is None:
                 seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM stages_pending")
                 seq = seq.fetchone()[0]
-            conn.executemany(
-                "INSERT INTO stages_pending (seq, node, channel, first, last)"
-                " VALUES (?, ?, ?, ?, ?)",
+            _insert_rows(
+                conn,
+                "INSERT INTO stages_pending (seq, node, channel, first, last) VALUES {values}",
                 [(seq, ref, ch, a, b) for (ref, ch), (a, b) in spans.items()],
             )
         if times:
@@ -232,13 +236,56 @@ def commit_batch(
     return outcomes, new
 
 
-@functools.lru_cache(maxsize=64)
-def _insert_sql(n: int) -> str:
-    return (
-        "INSERT OR IGNORE INTO readings (node, channel, time, value) VALUES "
-        + ", ".join(["(?, ?, ?, ?)"] * n)
-        + " RETURNING channel, time"
-    )
+INSERT_READINGS = "INSERT OR IGNORE INTO readings (node, channel, time, value) VALUES {values}"
+MAX_VARIABLES = 999  # per statement: the lowest limit any SQLite build has
+
+
+def _insert_readings(
+    conn: sqlite3.Connection, packs: list[Pack]
+) -> list[tuple[Pack, list[Reading]]]:
+    """Insert the readings of ``packs``; return each pack with those that were not there yet.
+
+    Usually all are new, and a few multi-row statements store them all. When some were there
+    already (a node sent them again in a pack of its own), the statements are undone and done
+    again pack by pack with ``RETURNING``, which names the rows that were inserted.
+    """
+    rows = [(p.node_ref, r.channel, r.time, r.value) for p in packs for r in p.readings]
+    conn.execute("SAVEPOINT readings")
+    if _insert_rows(conn, INSERT_READINGS, rows) == len(rows):
+        conn.execute("RELEASE readings")
+        return [(p, p.readings) for p in packs]
+    conn.execute("ROLLBACK TO readings")
+    conn.execute("RELEASE readings")
+    out = []
+    for p in packs:
+        args = [x for r in p.readings for x in (p.node_ref, r.channel, r.time, r.value)]
+        sql = (
+            INSERT_READINGS.format(values=_values(len(p.readings), 4)) + " RETURNING channel, time"
+        )
+        inserted = set(conn.execute(sql, args).fetchall())
+        out.append((p, [r for r in p.readings if (r.channel, r.time) in inserted]))
+    return out
+
+
+def _insert_rows(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> int:
+    """Run ``sql`` (its ``{values}`` standing for a VALUES list) on ``rows``, as many rows per
+    statement as SQLite takes; return the number of rows changed."""
+    if not rows:
+        return 0
+    width = len(rows[0])
+    step = MAX_VARIABLES // width
+    changed = 0
+    for i in range(0, len(rows), step):
+        chunk = rows[i : i + step]
+        args = [x for row in chunk for x in row]
+        changed += conn.execute(sql.format(values=_values(len(chunk), width)), args).rowcount
+    return changed
+
+
+@functools.lru_cache(maxsize=256)
+def _values(rows: int, width: int) -> str:
+    """``(?, ?), (?, ?)`` for 2 rows of width 2."""
+    return ", ".join(["(" + ", ".join("?" * width) + ")"] * rows)
 
 
 CATCH_UP_CHUNK = 5000  # readings per call of the stages when catching up
