@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +83,7 @@ def bare_server() -> None:
     asyncio.run(main())
 
 
-def start_process(args: list[str]) -> tuple[subprocess.Popen, int]:
+def start_process(args: list[str]) -> tuple[subprocess.Popen, dict]:
     proc = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
     )
@@ -96,8 +97,34 @@ def start_process(args: list[str]) -> tuple[subprocess.Popen, int]:
             import threading
 
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-            return proc, rec["coap_port"]
+            return proc, rec
     raise SystemExit("server did not start: " + str(proc.wait()))
+
+
+class Behind:
+    """The gateway's after-commit stages: how far behind the acknowledged readings they are
+    (``reverbere_stage_backlog_readings`` on /metrics), and waiting until they caught up."""
+
+    def __init__(self, http_port: int):
+        self.url = f"http://127.0.0.1:{http_port}/metrics"
+        self.most = 0  # readings, the most seen at the end of a slice
+        self.catch_up: list[float] = []  # seconds each wait took
+
+    def backlog(self) -> int:
+        with urllib.request.urlopen(self.url, timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("reverbere_stage_backlog_readings "):
+                    return int(float(line.split()[1]))
+        return 0
+
+    def note(self) -> None:
+        self.most = max(self.most, self.backlog())
+
+    def wait(self) -> None:
+        t0 = time.perf_counter()
+        while self.backlog():
+            time.sleep(0.05)
+        self.catch_up.append(time.perf_counter() - t0)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -329,8 +356,8 @@ def main() -> None:
     keys = {f"node-{i:04d}": registry.add_node(db, f"node-{i:04d}") for i in range(NODES)}
     db.close()
     gw_load, bare_load = Load(keys), Load(keys)
-    bare, bare_port = start_process([sys.executable, __file__, "--bare-server"])
-    gw, gw_port = start_process(
+    bare, bare_started = start_process([sys.executable, __file__, "--bare-server"])
+    gw, gw_started = start_process(
         [
             sys.executable,
             "-m",
@@ -345,16 +372,20 @@ def main() -> None:
             "127.0.0.1:0",
         ]
     )
+    bare_port, gw_port = bare_started["coap_port"], gw_started["coap_port"]
+    behind = Behind(gw_started["http_port"])
     # Both servers run side by side and the phases alternate in short slices, so that a busy
     # machine (CI, other jobs) weighs on both alike.
     slice_s = args.seconds / args.rounds
     try:
         maxed: dict[str, list] = {"bare": [], "gw": []}
         for _ in range(args.rounds):
+            behind.wait()  # the gateway's stages are not left to compete with the bare server
             maxed["bare"].append(
                 timed(bare, lambda: bare_load.run(bare_port, slice_s, args.window))
             )
             maxed["gw"].append(timed(gw, lambda: gw_load.run(gw_port, slice_s, args.window)))
+            behind.note()
         r_bare, r_max = summary(maxed["bare"], bare), summary(maxed["gw"], gw)
         warm = in_use(tmp / "reverbere.db")
         show("bare aiocoap, max rate", r_bare)
@@ -362,16 +393,20 @@ def main() -> None:
         half = min(r_max["messages_per_s"], r_bare["messages_per_s"]) / 2
         halved: dict[str, list] = {"bare": [], "gw": []}
         for _ in range(args.rounds):
+            behind.wait()
             halved["bare"].append(
                 timed(bare, lambda: bare_load.run(bare_port, slice_s, 10_000, rate=half))
             )
             halved["gw"].append(timed(gw, lambda: gw_load.run(gw_port, slice_s, 10_000, rate=half)))
+            behind.note()
         r_bare_half, r_half = summary(halved["bare"], bare), summary(halved["gw"], gw)
         show(f"bare aiocoap, {half:.0f}/s", r_bare_half)
         show(f"gateway, {half:.0f}/s", r_half)
         if args.soak:
             r_soak = summary([timed(gw, lambda: gw_load.run(gw_port, args.soak, args.window))], gw)
             show(f"gateway, max rate {args.soak:.0f} s", r_soak)
+            behind.note()
+            behind.wait()
         rss = status_kb(gw.pid, "VmHWM") / 1024
         bare_rss = status_kb(bare.pid, "VmHWM") / 1024
     finally:
@@ -417,6 +452,10 @@ def main() -> None:
             if args.soak
             else "; run --soak 300 for the 5-minute figure)"
         )
+    )
+    print(
+        f"stages behind the acks:   at most {behind.most} readings at the end of a slice;"
+        f" caught up in at most {max(behind.catch_up):.1f} s (they run when no pack waits)"
     )
     print(
         f"database growth/reading:  {growth:.1f} bytes (target <= 40; over {stored - warm[1]}"

@@ -208,7 +208,8 @@ class Gateway:
         )
         # The stages after the store; see the module docstring and ``stages``.
         self.after_commit: list[Stage] = self.committer.after_commit
-        self.retention_guards: list[Guard] = []
+        # Readings the stages have not run on yet stay (they run after the acks, in time).
+        self.retention_guards: list[Guard] = [self.committer.unstaged_since]
         self.pipeline = pipeline_config(cfg)
         self.outbox: Outbox | None = None
         self.detector: Detector | None = None
@@ -316,6 +317,7 @@ class Gateway:
         commit, and hand them over to the outbox; return how many opened. Runs every minute:
         a whole fleet that falls silent (the nodes' Wi-Fi down) is an anomaly too."""
         detector, outbox = self.detector, self.outbox
+        await self.committer.settled()  # the detector has seen every reading stored
         at = time.monotonic() if at is None else at
         if detector is None or at - detector.last_reading_at < QUIET_PERIOD:
             return 0
@@ -332,6 +334,12 @@ class Gateway:
             log.exception("silent check failed", extra={"fields": {}})
             self.metrics.counter("reverbere_stage_errors_total").inc(stage="Detector.quiet")
             return 0
+
+    async def flush(self) -> int:
+        """Once the stages have run on every reading stored, hand every changed row to the
+        outbox now, open hours included (before a planned stop); return how many."""
+        await self.committer.settled()
+        return await self.committer.run(self.outbox.flush) if self.outbox is not None else 0
 
     async def retention(self, now: float | None = None) -> int:
         """Delete raw readings older than ``retention_days`` that every guard lets go, and

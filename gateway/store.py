@@ -13,8 +13,18 @@ transaction (SQLITE_FULL) rather than corrupt anything; the committer rolls back
 of the batch gets ``Outcome.FULL`` (5.03). Freed pages (after retention) are reused, so the
 gateway recovers by itself. The same happens when the disk's free space falls under ``min_free``.
 
-After each commit the ``after_commit`` stages run in the writer thread, with the writer
-database and the readings that were new (duplicates filtered) in commit order.
+The ``after_commit`` stages run in the writer thread, with the writer database and the
+readings that were new (duplicates filtered), in commit order, after the commit's 2.04s went
+out. Ingest comes first: while packs wait, the committer commits them and the stages wait; they
+run once no pack came for ``STAGES_IDLE`` (5 ms), in slices of ``STAGE_SLICE`` readings so that
+a pack that comes meanwhile does not wait long, or, when they are ``STAGES_LAG_MAX`` (30 s)
+behind, one slice after each commit, so that they keep pace with a gateway that is never idle.
+A burst (a fleet sending what it buffered through an outage) is acknowledged at the rate of the
+store, and detection catches up after it; a quiet gateway runs the stages right after each
+commit. What the stages owe is held in memory up to ``OWED_IN_MEMORY`` readings and read back
+from the database beyond (``stages_pending``, below); the gauges
+``reverbere_stage_backlog_readings`` and ``reverbere_stage_lag_seconds`` show how far behind
+they are, and a stop runs them on everything owed before it closes.
 A log that must commit with the readings themselves goes in ``in_commit`` instead: it is called
 inside the commit's transaction with the new readings' times per (node ref, channel) (the raw
 readings owed to the platform, gateway/sync/raw.py, so that no reader ever sees a stored reading
@@ -32,6 +42,8 @@ and the outbox hands over what changed.
 """
 
 import asyncio
+import collections
+import contextlib
 import enum
 import functools
 import logging
@@ -289,6 +301,10 @@ def _values(rows: int, width: int) -> str:
 
 
 CATCH_UP_CHUNK = 5000  # readings per call of the stages when catching up
+OWED_IN_MEMORY = 50_000  # readings owed to the stages kept in memory; more are read back
+STAGES_LAG_MAX = 30.0  # seconds: stages this far behind run between commits even when busy
+STAGE_SLICE = 200  # readings per call of the stages (a pack that comes meanwhile waits for it)
+STAGES_IDLE = 0.005  # seconds without a pack before the stages run
 
 
 def pending_readings(
@@ -301,19 +317,10 @@ def pending_readings(
     out: list[Reading] = []
     seen: set[tuple[str, str, float]] = set()
     for seq in seqs:
-        for node, channel, first, last in db.execute(
-            "SELECT n.id, p.channel, p.first, p.last FROM stages_pending p"
-            " JOIN nodes n ON n.ref = p.node WHERE p.seq = ? ORDER BY n.id, p.channel",
-            [seq],
-        ).fetchall():
-            for t, v in db.execute(
-                "SELECT r.time, r.value FROM readings r JOIN nodes n ON n.ref = r.node"
-                " WHERE n.id = ? AND r.channel = ? AND r.time BETWEEN ? AND ? ORDER BY r.time",
-                [node, channel, first, last],
-            ):
-                if (node, channel, t) not in seen:
-                    seen.add((node, channel, t))
-                    out.append(Reading(node, channel, t, v))
+        for r in logged_readings(db, seq):
+            if (r.node, r.channel, r.time) not in seen:
+                seen.add((r.node, r.channel, r.time))
+                out.append(r)
         done.append(seq)
         if len(out) >= chunk:
             yield done, out
@@ -321,6 +328,26 @@ def pending_readings(
             seen.clear()  # a reading in two chunks goes twice: harmless, stages are idempotent
     if done:
         yield done, out
+
+
+def logged_readings(db: sqlite_utils.Database, seq: int) -> list[Reading]:
+    """The readings commit ``seq`` logged in ``stages_pending``, read back from ``readings``
+    (with any other reading of the same node and channel between its first and last)."""
+    out = []
+    for node, channel, first, last in db.execute(
+        "SELECT n.id, p.channel, p.first, p.last FROM stages_pending p"
+        " JOIN nodes n ON n.ref = p.node WHERE p.seq = ? ORDER BY n.id, p.channel",
+        [seq],
+    ).fetchall():
+        out.extend(
+            Reading(node, channel, t, v)
+            for t, v in db.execute(
+                "SELECT r.time, r.value FROM readings r JOIN nodes n ON n.ref = r.node"
+                " WHERE n.id = ? AND r.channel = ? AND r.time BETWEEN ? AND ? ORDER BY r.time",
+                [node, channel, first, last],
+            )
+        )
+    return out
 
 
 def set_disk_budget(db: sqlite_utils.Database, budget_bytes: int) -> None:
@@ -371,6 +398,19 @@ def delete_before(db: sqlite_utils.Database, before: float) -> int:
         return db.execute("DELETE FROM readings WHERE time < ?", [before]).rowcount
 
 
+@dataclass
+class _Owed:
+    """A commit whose stages have not all run yet."""
+
+    seq: int
+    readings: list[Reading] | None  # None: read back from ``stages_pending`` when its turn comes
+    n: int  # readings it stored
+    kept: bool  # its readings are held in memory (counted in ``OWED_IN_MEMORY``)
+    at: float = field(default_factory=time.monotonic)  # when it was committed
+    done: int = 0  # readings already through the stages
+    ok: bool = True  # no stage failed on it so far
+
+
 class Committer:
     """The one writer: group commit, ack after commit, then the after-commit stages."""
 
@@ -410,6 +450,20 @@ class Committer:
         self._checkpoint_at = 0.0
         self._seq = 0  # of the last commit; its new readings are logged under it
         self._processed: list[int] = []  # commits whose stages all ran: their log goes next
+        self._owed: collections.deque[_Owed] = collections.deque()  # oldest first
+        self._owed_in_memory = 0
+        self.owed = 0  # readings committed whose stages have not run yet
+        self._submitted = 0.0  # time.monotonic() of the last pack submitted
+        self._settled: asyncio.Event | None = None  # set when nothing waits (made by start)
+        if metrics is not None:
+            metrics.gauge(
+                "reverbere_stage_backlog_readings",
+                "Readings stored whose after-commit stages have not run yet.",
+            ).set_function(lambda: self.owed)
+            metrics.gauge(
+                "reverbere_stage_lag_seconds",
+                "How long ago the oldest commit whose stages have not run yet was made.",
+            ).set_function(lambda: time.monotonic() - self._owed[0].at if self._owed else 0.0)
         self.caught_up = 0  # readings replayed through the stages by start()
 
     async def run(self, func: Callable[..., Any], *args: Any) -> Any:
@@ -422,6 +476,7 @@ class Committer:
         self.db = await loop.run_in_executor(self._executor, self._open)
         self.caught_up = await loop.run_in_executor(self._executor, self._catch_up)
         self._wake = asyncio.Event()
+        self._settled = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="reverbere-committer")
 
     def _open(self) -> sqlite_utils.Database:
@@ -480,6 +535,7 @@ class Committer:
             raise Overloaded()
         pack.future = asyncio.get_running_loop().create_future()
         self._pending.append(pack)
+        self._submitted = time.monotonic()
         self._wake.set()
         return pack.future
 
@@ -499,34 +555,105 @@ class Committer:
         self._executor.shutdown(wait=True)
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Ingest first: a batch is committed as soon as packs wait. The stages run on what
+        earlier commits stored once no pack came for ``STAGES_IDLE`` seconds, or when they are
+        ``STAGES_LAG_MAX`` behind (then one commit's stages after each commit, so they keep
+        pace). A burst is acknowledged at the rate of the store, and the stages catch up
+        after it; a quiet gateway runs them right after each commit."""
         while True:
-            if not self._pending:
-                if self._stopping:
-                    return
-                await self._wake.wait()
-                self._wake.clear()
-                continue
-            if len(self._pending) < self.max_packs and self.delay > 0 and not self._stopping:
-                await asyncio.sleep(self.delay)  # let a few more packs join this commit
-            batch = self._pending[: self.max_packs]
-            del self._pending[: self.max_packs]
-            t0 = time.perf_counter()
-            try:
-                outcomes, new = await loop.run_in_executor(self._executor, self._commit, batch)
-            except (sqlite3.Error, OSError) as e:  # refused: nothing of the batch is stored
-                outcomes, new = [Outcome.FULL] * len(batch), []
-                self._note_full(e)
-            self.last_commit_seconds = time.perf_counter() - t0
-            for pack, outcome in zip(batch, outcomes, strict=True):
-                if not pack.future.done():
-                    pack.future.set_result(outcome)
-            self._count(batch, outcomes, len(new))
-            self._maybe_checkpoint()
-            if new and self.after_commit:
-                seq = self._seq
-                if await loop.run_in_executor(self._executor, self._stages, new):
-                    self._processed.append(seq)
+            if self._pending:
+                await self._commit_next()
+                if self._owed and time.monotonic() - self._owed[0].at > STAGES_LAG_MAX:
+                    await self._run_owed()
+            elif self._owed:
+                quiet = time.monotonic() - self._submitted
+                if not self._stopping and quiet < STAGES_IDLE:
+                    await self._woken(STAGES_IDLE - quiet)  # a pack that comes goes first
+                    continue
+                await self._run_owed()
+            elif self._stopping:
+                self._settled.set()
+                return
+            else:
+                self._settled.set()
+                await self._woken(None)
+
+    def unstaged_since(self, db: sqlite_utils.Database) -> float | None:
+        """A retention guard: the time of the oldest reading the stages have not run on yet
+        (None: none), since they run after the acks, when ingest leaves them time. In the
+        writer thread (``run``)."""
+        done = list(self._processed)  # their rows go in the next commit
+        return db.execute(
+            "SELECT min(first) FROM stages_pending"
+            f" WHERE seq NOT IN ({', '.join('?' * len(done))})",
+            done,
+        ).fetchone()[0]
+
+    async def settled(self) -> None:
+        """Return once no pack waits and the stages have run on everything committed."""
+        while self._pending or self._owed:
+            self._settled.clear()
+            await self._settled.wait()
+
+    async def _woken(self, timeout: float | None) -> None:
+        """Wait until a pack is submitted (or the stop), at most ``timeout`` seconds."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _commit_next(self) -> None:
+        """Commit the next batch of packs and resolve their futures (the 2.04s go out).
+
+        In the writer thread, so that the event loop goes on verifying packs during the fsync
+        (an SD card can take a tenth of a second)."""
+        loop = asyncio.get_running_loop()
+        if len(self._pending) < self.max_packs and self.delay > 0 and not self._stopping:
+            await asyncio.sleep(self.delay)  # let a few more packs join this commit
+        batch = self._pending[: self.max_packs]
+        del self._pending[: self.max_packs]
+        t0 = time.perf_counter()
+        try:
+            outcomes, new = await loop.run_in_executor(self._executor, self._commit, batch)
+        except (sqlite3.Error, OSError) as e:  # refused: nothing of the batch is stored
+            outcomes, new = [Outcome.FULL] * len(batch), []
+            self._note_full(e)
+        self.last_commit_seconds = time.perf_counter() - t0
+        for pack, outcome in zip(batch, outcomes, strict=True):
+            if not pack.future.done():
+                pack.future.set_result(outcome)
+        self._count(batch, outcomes, len(new))
+        self._maybe_checkpoint()
+        if new and self.after_commit:
+            kept = self._owed_in_memory + len(new) <= OWED_IN_MEMORY
+            self._owed.append(_Owed(self._seq, new if kept else None, len(new), kept))
+            self._owed_in_memory += len(new) if kept else 0
+            self.owed += len(new)
+
+    async def _run_owed(self) -> None:
+        """Run the stages on the next ``STAGE_SLICE`` readings of the oldest commit owed (read
+        back from the database if they were not kept in memory)."""
+        owed = self._owed[0]
+        loop = asyncio.get_running_loop()
+
+        def run() -> tuple[bool, int]:
+            if owed.readings is None:
+                owed.readings = logged_readings(self.db, owed.seq)
+            part = owed.readings[owed.done : owed.done + STAGE_SLICE]
+            return (self._stages(part) if part else True), len(part)
+
+        try:
+            ok, n = await loop.run_in_executor(self._executor, run)
+        except Exception:  # reading it back failed: its log stays for the next start
+            log.exception("stages could not read a commit back", extra={"fields": {}})
+            ok, n = False, len(owed.readings or ())
+        owed.ok &= ok
+        owed.done += n
+        if owed.done >= len(owed.readings or ()):
+            self._owed.popleft()
+            if owed.ok:
+                self._processed.append(owed.seq)
+            self._owed_in_memory -= owed.n if owed.kept else 0
+            self.owed -= owed.n
 
     def _commit(self, batch: list[Pack]) -> tuple[list[Outcome], list[Reading]]:
         free = shutil.disk_usage(self.path.parent).free

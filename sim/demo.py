@@ -240,7 +240,7 @@ async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: 
             f"({stats.speedup:.0f}x real time); the gateway's uplink catches up..."
         )
         # The hours still open at the end (no reading after them yet) go now, as before a stop.
-        await gw.committer.run(gw.outbox.flush)
+        await gw.flush()
         st = await _wait_synced(gw, timeout=60)
         sync_stats = gw.sync.worker.stats if gw.sync and gw.sync.worker else None
         await gw.stop()

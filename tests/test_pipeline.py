@@ -133,7 +133,7 @@ async def run(tmp_path, url: str, proxy: FaultProxy) -> Gateway:
             result = await sender.send(node, readings[i : i + 10], attempts=5)
             assert result.acked
     # The last hour is still open (no reading after it): take it now, as before a stop.
-    await gw.committer.run(gw.outbox.flush)
+    await gw.flush()
     st = await wait_synced(gw, time.monotonic() + 15)
     assert st["pending_summaries"] == st["pending_events"] == st["inflight"] == 0, st
     await gw.stop()
@@ -202,6 +202,7 @@ def test_retention_keeps_raw_readings_until_summarised_and_synced(tmp_path):
         async with Sender("127.0.0.1", gw.coap_port, ack_timeout=0.2) as sender:
             for i in range(0, len(readings), 10):
                 assert (await sender.send(node, readings[i : i + 10], attempts=5)).acked
+        await gw.committer.settled()  # the stages ran on them (they run after the acks)
         await gw.retention(now=time.time() + 400 * 86400)  # far beyond retention_days
         await gw.stop()
         left = db.execute("SELECT count(*) FROM readings").fetchone()[0]

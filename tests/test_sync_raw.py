@@ -252,14 +252,14 @@ def test_gateway_raw_on_sends_every_stored_reading_once_and_retention_waits(tmp_
         await gw.start()
         try:
             await send_all(gw, node, minutes("p", start + 3600, 120) + minutes("t", start, 60))
-            await gw.committer.run(gw.outbox.flush)
+            await gw.flush()
             await drained(gw)
             assert sum(raw_on_platform(platform.db_path).values()) == 180
             # A node that was offline sends readings older than what was sent, in between
             # them. The raw batch is not due yet (raw_interval): the summaries go, raw waits.
             await in_worker(gw, lambda w: setattr(w, "raw_interval", 3600))
             await send_all(gw, node, minutes("p", late, 30))
-            await gw.committer.run(gw.outbox.flush)
+            await gw.flush()
             await drained(gw, raw=False)
             assert raw_backlog(db).pending == 30, (sync_status(db), gw.sync.worker.stats)
             text = gw.metrics.render()
@@ -303,7 +303,7 @@ def test_gateway_raw_off_by_default_sends_none(tmp_path, platform):
         try:
             assert gw.raw_log is None and not gw.committer.in_commit
             await send_all(gw, node, minutes("p", start, 150))
-            await gw.committer.run(gw.outbox.flush)
+            await gw.flush()
             done = threading.Event()
             worker = gw.sync.worker
             worker.on_idle = lambda: backlog(worker.db).synced and done.set()
