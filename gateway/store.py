@@ -301,7 +301,8 @@ def _values(rows: int, width: int) -> str:
 
 
 CATCH_UP_CHUNK = 5000  # readings per call of the stages when catching up
-OWED_IN_MEMORY = 50_000  # readings owed to the stages kept in memory; more are read back
+OWED_IN_MEMORY = 5_000  # readings owed to the stages kept in memory; more are read back
+# (held longer, they are objects every full garbage collection walks: the ack latency tail)
 STAGES_LAG_MAX = 30.0  # seconds: stages this far behind run between commits even when busy
 STAGE_SLICE = 200  # readings per call of the stages (a pack that comes meanwhile waits for it)
 STAGES_IDLE = 0.005  # seconds without a pack before the stages run
