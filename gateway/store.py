@@ -18,7 +18,8 @@ readings that were new (duplicates filtered), in commit order, after the commit'
 out. Ingest comes first: while packs wait, the committer commits them and the stages wait; they
 run once no pack came for ``STAGES_IDLE`` (5 ms), in slices of ``STAGE_SLICE`` readings so that
 a pack that comes meanwhile does not wait long, or, when they are ``STAGES_LAG_MAX`` (30 s)
-behind, one slice after each commit, so that they keep pace with a gateway that is never idle.
+behind, as many readings after each commit as it stored, so that they keep pace with a gateway
+that is never idle (which then acknowledges at the rate of the whole pipeline).
 A burst (a fleet sending what it buffered through an outage) is acknowledged at the rate of the
 store, and detection catches up after it; a quiet gateway runs the stages right after each
 commit. What the stages owe is held in memory up to ``OWED_IN_MEMORY`` readings and read back
@@ -464,7 +465,7 @@ class Committer:
             metrics.gauge(
                 "reverbere_stage_lag_seconds",
                 "How long ago the oldest commit whose stages have not run yet was made.",
-            ).set_function(lambda: time.monotonic() - self._owed[0].at if self._owed else 0.0)
+            ).set_function(self._lag)
         self.caught_up = 0  # readings replayed through the stages by start()
 
     async def run(self, func: Callable[..., Any], *args: Any) -> Any:
@@ -558,14 +559,15 @@ class Committer:
     async def _loop(self) -> None:
         """Ingest first: a batch is committed as soon as packs wait. The stages run on what
         earlier commits stored once no pack came for ``STAGES_IDLE`` seconds, or when they are
-        ``STAGES_LAG_MAX`` behind (then one commit's stages after each commit, so they keep
-        pace). A burst is acknowledged at the rate of the store, and the stages catch up
+        ``STAGES_LAG_MAX`` behind (then, after each commit, as many readings as it stored, so
+        they keep pace). A burst is acknowledged at the rate of the store, and the stages catch up
         after it; a quiet gateway runs them right after each commit."""
         while True:
             if self._pending:
-                await self._commit_next()
-                if self._owed and time.monotonic() - self._owed[0].at > STAGES_LAG_MAX:
-                    await self._run_owed()
+                stored = await self._commit_next()
+                # Far behind: the stages take as many readings as this commit stored.
+                while stored > 0 and self._owed and self._lag() > STAGES_LAG_MAX:
+                    stored -= await self._run_owed()
             elif self._owed:
                 quiet = time.monotonic() - self._submitted
                 if not self._stopping and quiet < STAGES_IDLE:
@@ -602,8 +604,13 @@ class Committer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _commit_next(self) -> None:
-        """Commit the next batch of packs and resolve their futures (the 2.04s go out).
+    def _lag(self) -> float:
+        """Seconds since the oldest commit whose stages have not all run (0: none)."""
+        return time.monotonic() - self._owed[0].at if self._owed else 0.0
+
+    async def _commit_next(self) -> int:
+        """Commit the next batch of packs and resolve their futures (the 2.04s go out);
+        return how many readings it stored.
 
         In the writer thread, so that the event loop goes on verifying packs during the fsync
         (an SD card can take a tenth of a second)."""
@@ -629,10 +636,11 @@ class Committer:
             self._owed.append(_Owed(self._seq, new if kept else None, len(new), kept))
             self._owed_in_memory += len(new) if kept else 0
             self.owed += len(new)
+        return len(new)
 
-    async def _run_owed(self) -> None:
+    async def _run_owed(self) -> int:
         """Run the stages on the next ``STAGE_SLICE`` readings of the oldest commit owed (read
-        back from the database if they were not kept in memory)."""
+        back from the database if they were not kept in memory); return how many."""
         owed = self._owed[0]
         loop = asyncio.get_running_loop()
 
@@ -655,6 +663,7 @@ class Committer:
                 self._processed.append(owed.seq)
             self._owed_in_memory -= owed.n if owed.kept else 0
             self.owed -= owed.n
+        return max(n, 1)  # a commit that read back nothing still counts as a step
 
     def _commit(self, batch: list[Pack]) -> tuple[list[Outcome], list[Reading]]:
         free = shutil.disk_usage(self.path.parent).free

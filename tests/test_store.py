@@ -134,7 +134,7 @@ def test_packs_waiting_are_committed_before_the_stages_run(tmp_path):
 
 
 def test_stages_far_behind_run_between_commits(tmp_path, monkeypatch):
-    # Past STAGES_LAG_MAX the stages of one commit run after each commit: they keep pace.
+    # Past STAGES_LAG_MAX, as many readings as a commit stored go through the stages after it.
     monkeypatch.setattr(store, "STAGES_LAG_MAX", -1.0)
     commits_before, seen = asyncio.run(_fifty_packs_at_once(tmp_path / "r.db", Registry()))
     assert commits_before == [1, 2, 3, 4]
