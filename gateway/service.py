@@ -8,10 +8,12 @@
     platform <── SyncService (own thread, own connection: the outbox, batches) <┘
     HTTP /metrics <── Registry
     every hour: retention (raw readings older than retention_days, and no newer than
-                what every retention guard says is summarised and synced)
+                what every retention guard says is summarised and synced, nor than what
+                the stages have not run on yet)
 
 A stage after the store is a callable ``stage(db, new_readings)`` appended to
-``Gateway.after_commit``: it runs in the writer thread after each commit, with the writer's
+``Gateway.after_commit``: it runs in the writer thread after the commit's acks went out (ingest
+first: as soon as no pack waits, see ``gateway/store.py``), with the writer's
 ``sqlite_utils.Database`` and the newly stored ``Reading``s in commit order (duplicates left
 out). A stage must take a reading it has already seen without change: when the gateway
 starts, the committer replays through the stages the readings of the commits whose stages did

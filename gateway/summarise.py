@@ -1,7 +1,8 @@
 """Hourly summaries per node and channel: count, min, max, mean, and energy in Wh.
 
-``summarise(db, readings)`` runs after each commit (after detect, see ``gateway/service.py``)
-and keeps the table ``summaries`` up to date incrementally, one row per (node, channel, hour):
+``summarise(db, readings)`` runs on each commit's new readings (after detect, see
+``gateway/service.py``) and keeps the table ``summaries`` up to date incrementally, one row
+per (node, channel, hour):
 
 =================  ==================================================================
 ``hour``           start of the hour, Unix seconds (UTC), a multiple of 3600

@@ -1,6 +1,6 @@
 """The detect stage: every detector of every channel, their state in SQLite, and the events.
 
-``Detector(config)(db, readings)`` runs after each commit of new readings (see
+``Detector(config)(db, readings)`` runs on each commit's new readings (see
 ``gateway/service.py``). Per (node, channel) a :class:`ChannelDetector` holds the statistical
 detector, the rules that apply to that channel and one event tracker per kind; its state is packed
 into at most ``MAX_STATE`` bytes and saved in ``detect_state`` in the same transaction as the
