@@ -13,7 +13,8 @@ each for the bare server and the gateway alternately, in ``--rounds`` slices so 
 on the machine weighs on both alike; 3. with ``--soak S``: the gateway at maximum rate for S
 seconds (peak RSS with a full deduplication cache).
 
-Printed: messages/s, readings/s, ack latency p50/p99, gateway CPU (% of one core), peak RSS,
+Printed: messages/s, readings/s, ack latency p50/p99, gateway CPU (% of one core) and peak RSS
+(both over the gateway's process and its writer process, gateway/commit.py),
 database growth per stored reading, and the ratios to the targets of issue 4. The growth is
 measured between the end of phase 1 (every node has sent, so its fixed per-channel rows exist:
 detector state, summary cursor) and the end of the run; the whole file per reading, which also
@@ -127,16 +128,33 @@ class Behind:
         self.catch_up.append(time.perf_counter() - t0)
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the gateway's writer process)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            pids += tree(int(child))
+    return pids
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of ``pid`` and its descendants."""
+    total = 0
+    for p in tree(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
+    """``key`` of /proc/PID/status, summed over ``pid`` and its descendants (for ``VmHWM``, the
+    sum of each process's peak: at least the peak of the sum)."""
+    total = 0
+    for p in tree(pid):
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                total += int(line.split()[1])
+    return total
 
 
 # --- the sender --------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 sending the readings costs the uplink.
 
 Stores ``--nodes`` x 2 channels x ``--hours`` of one reading a minute the way the gateway does
-(packs of 10 readings, 64 packs per group commit, ``store.commit_batch``), once without and once
+(packs of 10 readings, 64 packs per group commit, ``commit_batch``), once without and once
 with the raw log in the commit; then sends the raw readings to a real SensorThings server on
 loopback and reports time, bytes per reading and requests.
 
@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway import registry, store
+from gateway.commit import commit_batch
 from gateway.db import open_db
 from gateway.records import Reading
 from gateway.sync import RawLog, SyncConfig, build_worker, raw_backlog
@@ -47,11 +48,11 @@ def fill(path: Path, nodes: int, hours: int, raw: bool) -> tuple[float, int, int
             count += len(rs)
             if len(packs) == 64:
                 t0 = time.perf_counter()
-                store.commit_batch(db, packs, in_commit=log)
+                commit_batch(db.conn, packs, in_commit=log)
                 spent += time.perf_counter() - t0
                 packs = []
     if packs:
-        store.commit_batch(db, packs, in_commit=log)
+        commit_batch(db.conn, packs, in_commit=log)
     size = store.db_bytes(db)
     db.close()
     return spent, count, size

@@ -1,7 +1,7 @@
 """The gateway service: every stage wired together, here and only here.
 
-    CoAP /r ──> Ingest (verify, validate) ──> Committer (group commit; ack after commit)
-                                                  │
+    CoAP /r ──> Ingest (verify, validate) ──> Committer (group commit; ack after commit;
+                                                  │         the commits in a writer process)
                                                   └──> after_commit stages, in order:
                                                        detect -> summarise -> outbox (-> raw)
                                                                               │ notify
@@ -398,9 +398,9 @@ async def serve(cfg: Config, ready: Callable[[Gateway], None] | None = None) -> 
     # out of every garbage collection, which shortens the full ones (latency tails).
     gc.collect()
     gc.freeze()
-    # The event loop and the writer thread hand the GIL to each other around every SQLite
-    # call; a thread waiting for it waits up to the switch interval (5 ms by default), which
-    # shows in the ack latency tail. 1 ms keeps those waits short.
+    # The event loop and the writer thread (the stages, retention) hand the GIL to each other
+    # around every SQLite call; a thread waiting for it waits up to the switch interval (5 ms
+    # by default), which shows in the ack latency tail. 1 ms keeps those waits short.
     sys.setswitchinterval(SWITCH_INTERVAL)
     if ready is not None:
         ready(gw)

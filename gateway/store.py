@@ -1,33 +1,44 @@
 """The durable buffer: readings in SQLite, written by one committer with group commit.
 
-``Committer`` owns the one writing connection, in its own thread. Verified packs wait in a
-queue; the committer takes up to ``commit_max_packs`` of them into one transaction (one fsync
-with ``synchronous=FULL``), checks each pack's message counter against ``nodes.last_seq``
-inside that transaction and moves it on, inserts the readings with ``INSERT OR IGNORE`` (the
-key (node, channel, time) makes a retransmitted pack a no-op), commits, and only then resolves
-each pack's future, so the 2.04 goes out after the commit. While one commit runs, the next
-batch gathers: the busier the gateway, the more packs share an fsync.
+Verified packs wait in a queue; the ``Committer`` takes up to ``commit_max_packs`` of them
+into one transaction (one fsync with ``synchronous=FULL``), which checks each pack's message
+counter against ``nodes.last_seq`` and moves it on, inserts the readings with ``INSERT OR
+IGNORE`` (the key (node, channel, time) makes a retransmitted pack a no-op) and commits
+(``gateway.commit.commit_batch``); only then does it resolve each pack's future, so the 2.04
+goes out after the commit. While one commit runs, the next batch gathers: the busier the
+gateway, the more packs share an fsync.
+
+The commits run in the store's writer process (``WriterProcess``, gateway/commit.py says
+why): the event loop sends it each batch and reads the outcomes from its socket, and goes on
+verifying packs meanwhile. Everything else that writes (the stages, retention, ``run``) runs
+in the committer's writer thread, with its own connection; the two take turns (``_turn``), so
+neither waits on the other's lock. A writer process that ends (killed, crashed) costs the
+batch in hand a 5.03 (the nodes send it again) and is replaced at the next batch; the commit
+it may have made is caught up at the next start (``stages_pending``, below).
 
 Disk budget: ``PRAGMA max_page_count`` caps the file, so a full budget makes SQLite refuse the
 transaction (SQLITE_FULL) rather than corrupt anything; the committer rolls back and every pack
 of the batch gets ``Outcome.FULL`` (5.03). Freed pages (after retention) are reused, so the
 gateway recovers by itself. The same happens when the disk's free space falls under ``min_free``.
 
-The ``after_commit`` stages run in the writer thread, with the writer database and the
+The ``after_commit`` stages run in the writer thread, with its database and the
 readings that were new (duplicates filtered), in commit order, after the commit's 2.04s went
 out. Ingest comes first: while packs wait, the committer commits them and the stages wait; they
 run once no pack came for ``STAGES_IDLE`` (5 ms), in slices of ``STAGE_SLICE`` readings so that
 a pack that comes meanwhile does not wait long, or, when they are ``STAGES_LAG_MAX`` (30 s)
 behind, as many readings after each commit as it stored, so that they keep pace with a gateway
-that is never idle (which then acknowledges at the rate of the whole pipeline).
+that is never idle (which then acknowledges at the rate of the whole pipeline). The WAL is
+checkpointed while they catch up too, or the first commit after a long catch-up would wait for
+the fsync of everything they wrote (they write without one, ``_stages``).
 A burst (a fleet sending what it buffered through an outage) is acknowledged at the rate of the
 store, and detection catches up after it; a quiet gateway runs the stages right after each
 commit. What the stages owe is held in memory up to ``OWED_IN_MEMORY`` readings and read back
 from the database beyond (``stages_pending``, below); the gauges
 ``reverbere_stage_backlog_readings`` and ``reverbere_stage_lag_seconds`` show how far behind
 they are, and a stop runs them on everything owed before it closes.
-A log that must commit with the readings themselves goes in ``in_commit`` instead: it is called
-inside the commit's transaction with the new readings' times per (node ref, channel) (the raw
+A log that must commit with the readings themselves goes in ``in_commit`` instead (pickled into
+the writer process when it starts): it is called inside the commit's transaction with the new
+readings' times per (node ref, channel) (the raw
 readings owed to the platform, gateway/sync/raw.py, so that no reader ever sees a stored reading
 the log does not account for).
 
@@ -45,22 +56,30 @@ and the outbox hands over what changed.
 import asyncio
 import collections
 import contextlib
-import enum
-import functools
 import logging
 import os
-import shutil
+import socket
 import sqlite3
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+import gateway
+from gateway.commit import (
+    InCommit,
+    Outcome,
+    Setup,
+    set_disk_budget,
+)
 from gateway.db import open_db
 from gateway.logs import RateLimiter, event
 from gateway.records import Reading
@@ -68,7 +87,6 @@ from gateway.records import Reading
 migrations = Migrations("reverbere.store")
 log = logging.getLogger("reverbere.store")
 
-BATTERY_CHANNEL = "bat"
 CHECKPOINT_PERIOD = 1.0  # seconds between WAL checkpoints, at most
 
 
@@ -109,16 +127,6 @@ def m002_stages_pending(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX stages_pending_seq ON stages_pending (seq)")
 
 
-class Outcome(enum.Enum):
-    """What became of a pack; ingest turns it into a CoAP code."""
-
-    STORED = "stored"  # committed (some readings may have been there already) -> 2.04
-    REPEATED = "repeated"  # the counter of the last stored pack again: already stored -> 2.04
-    REPLAY = "replay"  # an older counter -> 4.01
-    UNKNOWN_NODE = "unknown_node"  # removed or re-keyed since it was verified -> 4.01
-    FULL = "full"  # disk budget reached or the database refused -> 5.03
-
-
 @dataclass
 class Pack:
     """A verified pack on its way to the database."""
@@ -141,164 +149,6 @@ class Stopped(Exception):
 
 
 AfterCommit = Callable[[sqlite_utils.Database, list[Reading]], None]
-# A log written inside the commit's own transaction: ``log(conn, new)`` with the times of the
-# new readings per (node ref, channel). It commits with the readings or not at all, so a reader
-# never sees a stored reading the log does not account for (see gateway/sync/raw.py).
-InCommit = Callable[[sqlite3.Connection, dict[tuple[int, str], list[float]]], None]
-
-
-def commit_batch(
-    db: sqlite_utils.Database,
-    batch: list[Pack],
-    now: float | None = None,
-    *,
-    seq: int | None = None,
-    processed: Sequence[int] = (),
-    in_commit: Sequence[InCommit] = (),
-) -> tuple[list[Outcome], list[Reading]]:
-    """Store ``batch`` in one transaction; return each pack's outcome and the new readings.
-
-    The new readings are logged in ``stages_pending`` under ``seq`` (default: after the newest
-    logged commit) until the stages have run on them; ``processed`` names the earlier commits
-    whose stages have, and whose log goes in this transaction. Each of ``in_commit`` is called
-    inside the transaction with the new readings' times per (node ref, channel).
-
-    Raises ``sqlite3.Error`` after rolling back if the database refuses the transaction.
-
-    Few statements, each doing many rows: the sqlite3 module lets go of the GIL at every step
-    of a statement (each row of an ``executemany``, each row ``RETURNING`` hands back), and
-    each time the event loop's thread, which verifies the next packs, has to give it back.
-    """
-    now = time.time() if now is None else now
-    conn = db.conn
-    outcomes: list[Outcome] = []
-    new: list[Reading] = []
-    spans: dict[tuple[int, str], list[float]] = {}
-    times: dict[tuple[int, str], list[float]] | None = {} if in_commit else None
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        # The nodes of the batch, read once: this transaction holds the write lock, so nobody
-        # changes them until it ends. ``nodes`` then follows what the batch accepts.
-        refs = sorted({p.node_ref for p in batch})
-        nodes = {
-            ref: [key, seq, 0, 0, None]  # key, last_seq, messages, gaps, battery
-            for ref, key, seq in conn.execute(
-                f"SELECT ref, key, last_seq FROM nodes WHERE ref IN ({', '.join('?' * len(refs))})",
-                refs,
-            )
-        }
-        stored: list[Pack] = []
-        for pack in batch:
-            node = nodes.get(pack.node_ref)
-            if node is None or node[0] != pack.key:
-                outcomes.append(Outcome.UNKNOWN_NODE)
-                continue
-            last = node[1]
-            if pack.seq <= last:
-                outcomes.append(Outcome.REPEATED if pack.seq == last else Outcome.REPLAY)
-                continue
-            for r in pack.readings:
-                if r.channel == BATTERY_CHANNEL:
-                    node[4] = r.value
-            node[1], node[2], node[3] = pack.seq, node[2] + 1, node[3] + pack.seq - last - 1
-            outcomes.append(Outcome.STORED)
-            stored.append(pack)
-        for pack, fresh in _insert_readings(conn, stored):
-            new.extend(fresh)
-            ref = pack.node_ref
-            for r in fresh:
-                key = (ref, r.channel)
-                if times is not None:
-                    times.setdefault(key, []).append(r.time)
-                span = spans.get(key)
-                if span is None:
-                    spans[key] = [r.time, r.time]
-                elif r.time < span[0]:
-                    span[0] = r.time
-                elif r.time > span[1]:
-                    span[1] = r.time
-        _insert_rows(
-            conn,
-            "WITH v (ref, seq, seen, messages, gaps, battery) AS (VALUES {values})"
-            " UPDATE nodes SET last_seq = v.seq, last_seen = v.seen,"
-            " messages = nodes.messages + v.messages, gaps = nodes.gaps + v.gaps,"
-            " battery = coalesce(v.battery, nodes.battery) FROM v WHERE nodes.ref = v.ref",
-            [(ref, n[1], now, n[2], n[3], n[4]) for ref, n in nodes.items() if n[2]],
-        )
-        if processed:
-            conn.execute(
-                f"DELETE FROM stages_pending WHERE seq IN ({', '.join('?' * len(processed))})",
-                list(processed),
-            )
-        if spans:
-            if seq is None:
-                seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM stages_pending")
-                seq = seq.fetchone()[0]
-            _insert_rows(
-                conn,
-                "INSERT INTO stages_pending (seq, node, channel, first, last) VALUES {values}",
-                [(seq, ref, ch, a, b) for (ref, ch), (a, b) in spans.items()],
-            )
-        if times:
-            for log_new in in_commit:
-                log_new(conn, times)
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    return outcomes, new
-
-
-INSERT_READINGS = "INSERT OR IGNORE INTO readings (node, channel, time, value) VALUES {values}"
-MAX_VARIABLES = 999  # per statement: the lowest limit any SQLite build has
-
-
-def _insert_readings(
-    conn: sqlite3.Connection, packs: list[Pack]
-) -> list[tuple[Pack, list[Reading]]]:
-    """Insert the readings of ``packs``; return each pack with those that were not there yet.
-
-    Usually all are new, and a few multi-row statements store them all. When some were there
-    already (a node sent them again in a pack of its own), the statements are undone and done
-    again pack by pack with ``RETURNING``, which names the rows that were inserted.
-    """
-    rows = [(p.node_ref, r.channel, r.time, r.value) for p in packs for r in p.readings]
-    conn.execute("SAVEPOINT readings")
-    if _insert_rows(conn, INSERT_READINGS, rows) == len(rows):
-        conn.execute("RELEASE readings")
-        return [(p, p.readings) for p in packs]
-    conn.execute("ROLLBACK TO readings")
-    conn.execute("RELEASE readings")
-    out = []
-    for p in packs:
-        args = [x for r in p.readings for x in (p.node_ref, r.channel, r.time, r.value)]
-        sql = (
-            INSERT_READINGS.format(values=_values(len(p.readings), 4)) + " RETURNING channel, time"
-        )
-        inserted = set(conn.execute(sql, args).fetchall())
-        out.append((p, [r for r in p.readings if (r.channel, r.time) in inserted]))
-    return out
-
-
-def _insert_rows(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> int:
-    """Run ``sql`` (its ``{values}`` standing for a VALUES list) on ``rows``, as many rows per
-    statement as SQLite takes; return the number of rows changed."""
-    if not rows:
-        return 0
-    width = len(rows[0])
-    step = MAX_VARIABLES // width
-    changed = 0
-    for i in range(0, len(rows), step):
-        chunk = rows[i : i + step]
-        args = [x for row in chunk for x in row]
-        changed += conn.execute(sql.format(values=_values(len(chunk), width)), args).rowcount
-    return changed
-
-
-@functools.lru_cache(maxsize=256)
-def _values(rows: int, width: int) -> str:
-    """``(?, ?), (?, ?)`` for 2 rows of width 2."""
-    return ", ".join(["(" + ", ".join("?" * width) + ")"] * rows)
 
 
 CATCH_UP_CHUNK = 5000  # readings per call of the stages when catching up
@@ -350,12 +200,6 @@ def logged_readings(db: sqlite_utils.Database, seq: int) -> list[Reading]:
             )
         )
     return out
-
-
-def set_disk_budget(db: sqlite_utils.Database, budget_bytes: int) -> None:
-    """Cap the database file at ``budget_bytes`` (rounded down to whole pages)."""
-    page = db.execute("PRAGMA page_size").fetchone()[0]
-    db.execute(f"PRAGMA max_page_count = {max(1, budget_bytes // page)}")
 
 
 def db_bytes(db: sqlite_utils.Database) -> int:
@@ -413,6 +257,83 @@ class _Owed:
     ok: bool = True  # no stage failed on it so far
 
 
+class WriterGone(Exception):
+    """The writer process ended (or could not start): the commit in hand has no outcome."""
+
+
+class WriterProcess:
+    """The store's writer process (gateway/commit.py), seen from the event loop: ``await
+    start()``, then ``await ask(message)`` for each commit, one at a time."""
+
+    def __init__(self, setup: Setup):
+        self.setup = setup
+        self.proc: subprocess.Popen | None = None
+        self._channel: Connection | None = None
+        self._reply: asyncio.Future | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._channel is not None
+
+    async def start(self) -> None:
+        mine, theirs = socket.socketpair()
+        # ``gateway`` is importable there as it is here, installed or not.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(gateway.__file__)))
+        paths = [root, *filter(None, [os.environ.get("PYTHONPATH")])]
+        with theirs:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", SERVE, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+            )
+        self._channel = Connection(mine.detach())
+        asyncio.get_running_loop().add_reader(self._channel.fileno(), self._readable)
+        answer = await self.ask(self.setup)
+        if answer[0] != "ready":
+            raise WriterGone(f"the writer process answered {answer!r}")
+        event(log, logging.INFO, "store writer started", pid=self.proc.pid)
+
+    async def ask(self, message: Any) -> tuple:
+        """Send ``message``; return the answer (raises ``WriterGone`` if there is none)."""
+        if self._channel is None:
+            raise WriterGone("the writer process is not running")
+        self._reply = asyncio.get_running_loop().create_future()
+        try:
+            self._channel.send(message)
+        except OSError as e:
+            self._gone(e)
+        return await self._reply
+
+    def _readable(self) -> None:
+        try:
+            answer = self._channel.recv()
+        except (EOFError, OSError) as e:
+            self._gone(e)
+            return
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_result(answer)
+
+    def _gone(self, e: BaseException) -> None:
+        if self._channel is not None:
+            asyncio.get_running_loop().remove_reader(self._channel.fileno())
+            self._channel.close()
+            self._channel = None
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_exception(WriterGone(f"the writer process ended ({e!r})"))
+
+    async def stop(self) -> int | None:
+        """Close the socket (the process exits after the commit in hand); return its code."""
+        if self._channel is not None:
+            self._gone(EOFError())
+        if self.proc is None:
+            return None
+        return await asyncio.get_running_loop().run_in_executor(None, self.proc.wait)
+
+
+# The writer process's main: ``serve`` on the socket whose number follows.
+SERVE = "import sys; from gateway.commit import serve; serve(int(sys.argv[1]))"
+
+
 class Committer:
     """The one writer: group commit, ack after commit, then the after-commit stages."""
 
@@ -444,6 +365,9 @@ class Committer:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="reverbere-writer")
+        self.writer: WriterProcess | None = None  # commits the batches (made by start)
+        # The writer process and the writer thread (stages, ``run``) take turns at the database.
+        self._turn = asyncio.Lock()
         self._full_log = RateLimiter(60.0)
         # WAL checkpoints run in their own thread and connection, beside the commits (below).
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="reverbere-checkpoint")
@@ -471,12 +395,16 @@ class Committer:
     async def run(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run ``func(db, *args)`` in the writer thread, between commits."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: func(self.db, *args))
+        async with self._turn:
+            return await loop.run_in_executor(self._executor, lambda: func(self.db, *args))
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.db = await loop.run_in_executor(self._executor, self._open)
         self.caught_up = await loop.run_in_executor(self._executor, self._catch_up)
+        setup = Setup(str(self.path), self.disk_budget, self.min_free, list(self.in_commit))
+        self.writer = WriterProcess(setup)
+        await self.writer.start()
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="reverbere-committer")
@@ -487,7 +415,7 @@ class Committer:
         # SQLite would checkpoint inside the commit that fills the WAL past 1000 pages, and every
         # pack of that batch would wait for it; ``_maybe_checkpoint`` does it beside the commits.
         db.execute("PRAGMA wal_autocheckpoint = 0")
-        self._seq = db.execute("SELECT coalesce(max(seq), 0) FROM stages_pending").fetchone()[0]
+        self._seq = _newest_seq(db)
         return db
 
     def _catch_up(self) -> int:
@@ -549,6 +477,8 @@ class Committer:
             await self._task
         if self._checkpoint_task is not None:
             await asyncio.wait([self._checkpoint_task])
+        if self.writer is not None:
+            await self.writer.stop()
         self._checkpointer.submit(lambda: self._checkpoint_db and self._checkpoint_db.close())
         self._checkpointer.shutdown(wait=True)
         if self.db is not None:
@@ -612,19 +542,15 @@ class Committer:
         """Commit the next batch of packs and resolve their futures (the 2.04s go out);
         return how many readings it stored.
 
-        In the writer thread, so that the event loop goes on verifying packs during the fsync
-        (an SD card can take a tenth of a second)."""
-        loop = asyncio.get_running_loop()
+        In the writer process, so that the event loop goes on verifying packs meanwhile, and
+        neither waits for the other's GIL (see gateway/commit.py)."""
         if len(self._pending) < self.max_packs and self.delay > 0 and not self._stopping:
             await asyncio.sleep(self.delay)  # let a few more packs join this commit
         batch = self._pending[: self.max_packs]
         del self._pending[: self.max_packs]
         t0 = time.perf_counter()
-        try:
-            outcomes, new = await loop.run_in_executor(self._executor, self._commit, batch)
-        except (sqlite3.Error, OSError) as e:  # refused: nothing of the batch is stored
-            outcomes, new = [Outcome.FULL] * len(batch), []
-            self._note_full(e)
+        async with self._turn:
+            outcomes, new = await self._commit(batch)
         self.last_commit_seconds = time.perf_counter() - t0
         for pack, outcome in zip(batch, outcomes, strict=True):
             if not pack.future.done():
@@ -637,6 +563,47 @@ class Committer:
             self._owed_in_memory += len(new) if kept else 0
             self.owed += len(new)
         return len(new)
+
+    async def _commit(self, batch: list[Pack]) -> tuple[list[Outcome], list[Reading]]:
+        """The writer process's outcomes for ``batch``, and the new readings; all
+        ``Outcome.FULL`` if it refused the batch or ended."""
+        refused = [Outcome.FULL] * len(batch)
+        try:
+            if not self.writer.alive:
+                await self._restart_writer()
+            seq = self._seq + 1
+            packs = [(p.node_ref, p.key, p.seq, p.readings) for p in batch]
+            answer = await self.writer.ask((packs, seq, self._processed))
+        except (WriterGone, OSError) as e:  # it ended, or a new one could not start
+            self._note_full(e, trace=None)
+            return refused, []
+        if answer[0] == "refused":
+            _, _full, reason, trace = answer
+            self._note_full(reason, trace)
+            return refused, []
+        _, outcomes, new = answer
+        self._processed = []
+        if new is None:  # every reading of every stored pack was new (the rule)
+            stored = (p for p, o in zip(batch, outcomes, strict=True) if o is Outcome.STORED)
+            new = [r for p in stored for r in p.readings]
+        if new:
+            self._seq = seq
+        if self.full:
+            self.full = False
+            event(log, logging.INFO, "storing again")
+        return outcomes, new
+
+    async def _restart_writer(self) -> None:
+        """A new writer process after the last one ended. The commit it had in hand may have
+        been stored: its log in ``stages_pending`` stays for the next start's catch-up, and
+        the next commits take ``seq`` numbers after it."""
+        code = await self.writer.stop()
+        event(log, logging.ERROR, "store writer process ended: starting a new one", code=code)
+        loop = asyncio.get_running_loop()
+        newest = await loop.run_in_executor(self._executor, _newest_seq, self.db)
+        self._seq = max(self._seq, newest)
+        self.writer = WriterProcess(self.writer.setup)
+        await self.writer.start()
 
     async def _run_owed(self) -> int:
         """Run the stages on the next ``STAGE_SLICE`` readings of the oldest commit owed (read
@@ -657,6 +624,7 @@ class Committer:
             ok, n = False, len(owed.readings or ())
         owed.ok &= ok
         owed.done += n
+        self._maybe_checkpoint()  # what the stages wrote, too (below)
         if owed.done >= len(owed.readings or ()):
             self._owed.popleft()
             if owed.ok:
@@ -665,31 +633,15 @@ class Committer:
             self.owed -= owed.n
         return max(n, 1)  # a commit that read back nothing still counts as a step
 
-    def _commit(self, batch: list[Pack]) -> tuple[list[Outcome], list[Reading]]:
-        free = shutil.disk_usage(self.path.parent).free
-        if free < self.min_free:
-            raise OSError(f"only {free >> 20} MB free on the disk (min_free)")
-        seq, done = self._seq + 1, self._processed
-        outcomes, new = commit_batch(
-            self.db, batch, seq=seq, processed=done, in_commit=self.in_commit
-        )
-        self._processed = []
-        if new:
-            self._seq = seq
-        if self.full:
-            self.full = False
-            event(log, logging.INFO, "storing again", db_bytes=db_bytes(self.db))
-        return outcomes, new
-
-    def _note_full(self, e: BaseException) -> None:
+    def _note_full(self, reason: object, trace: str | None) -> None:
         """Disk budget or free space reached, or another database error (with its trace)."""
         self.full = True
         if self.metrics is not None:
             self.metrics.gauge("reverbere_store_full").set(1)
         if self._full_log.allow("full") is not None:
-            event(log, logging.ERROR, "cannot store: answering 5.03", reason=str(e))
-            if not (is_full_error(e) or isinstance(e, OSError)):
-                log.error("database error", exc_info=e, extra={"fields": {}})
+            event(log, logging.ERROR, "cannot store: answering 5.03", reason=str(reason))
+            if trace is not None:
+                event(log, logging.ERROR, "database error", trace=trace)
 
     def _count(self, batch: list[Pack], outcomes: list[Outcome], new: int) -> None:
         m = self.metrics
@@ -740,6 +692,11 @@ class Committer:
             self._processed = []
 
 
+def _newest_seq(db: sqlite_utils.Database) -> int:
+    """The ``seq`` of the newest commit logged in ``stages_pending`` (0: none)."""
+    return db.execute("SELECT coalesce(max(seq), 0) FROM stages_pending").fetchone()[0]
+
+
 def _close(db: sqlite_utils.Database) -> None:
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
@@ -751,8 +708,3 @@ def wal_bytes(path: Path) -> int:
         return os.stat(str(path) + "-wal").st_size
     except FileNotFoundError:
         return 0
-
-
-def is_full_error(e: BaseException) -> bool:
-    """True for SQLite's 'database or disk is full'."""
-    return isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", 0) == sqlite3.SQLITE_FULL

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway import registry, store
+from gateway.commit import commit_batch
 from gateway.records import Reading
 from gateway.sync import ANOMALIES, Event, RawLog, Summary
 from gateway.sync.outbox import RAW_SUFFIX
@@ -197,7 +198,7 @@ class RawStore:
         ref, key, seq = self.nodes[node]
         self.nodes[node] = (ref, key, seq + 1)
         pack = store.Pack(ref, node, key, seq + 1, [Reading(node, *r) for r in readings])
-        _, new = store.commit_batch(self.db, [pack], in_commit=[self.log.log])
+        _, new = commit_batch(self.db.conn, [pack], in_commit=[self.log.log])
         return len(new)
 
 

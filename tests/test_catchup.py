@@ -13,6 +13,7 @@ import pytest
 from gateway_helpers import GatewayProcess, make_config
 
 from gateway import registry, store
+from gateway.commit import commit_batch
 from gateway.db import open_db
 from gateway.records import Reading
 from gateway.service import Gateway, init_dir, stages
@@ -77,7 +78,7 @@ def commit(db, node: str, seq: int, readings: list[tuple]) -> list[Reading]:
     """One commit through the store, no stage after it: what a crash right after it leaves."""
     ref, key, _ = registry.lookup(db, node)
     pack = Pack(ref, node, key, seq, [Reading(node, *r) for r in readings])
-    return store.commit_batch(db, [pack])[1]
+    return commit_batch(db.conn, [pack])[1]
 
 
 async def start_stop(cfg) -> int:

@@ -10,6 +10,7 @@ from gateway_helpers import GatewayProcess, http_get, metric, minute_readings
 from gateway import registry, store
 from gateway.cli import cli
 from gateway.cli_gateway import parse_since
+from gateway.commit import commit_batch
 from gateway.db import open_db
 from gateway.records import Reading
 from sim.sender import Sender, SimNode
@@ -55,8 +56,8 @@ def test_readings_in_three_formats(tmp_path):
     db = open_db(tmp_path / "reverbere.db")
     registry.add_node(db, "a")
     ref, key, _ = registry.lookup(db, "a")
-    store.commit_batch(
-        db,
+    commit_batch(
+        db.conn,
         [
             store.Pack(
                 ref,

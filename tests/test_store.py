@@ -7,6 +7,7 @@ import pytest
 from gateway_helpers import make_config
 
 from gateway import registry, store
+from gateway.commit import commit_batch, is_full_error, set_disk_budget
 from gateway.db import open_db
 from gateway.metrics import Registry
 from gateway.records import Reading
@@ -35,7 +36,7 @@ def test_commit_batch_checks_counters_in_the_transaction(db):
         _pack(db, "a", 2, [("p", 280, 4)]),  # older: replay
         _pack(db, "a", 9, [("p", 340, 5)], key=b"x" * 32),  # verified with another key
     ]
-    outcomes, new = store.commit_batch(db, batch, now=1000.0)
+    outcomes, new = commit_batch(db.conn, batch, now=1000.0)
     assert outcomes == [
         Outcome.STORED,
         Outcome.STORED,
@@ -57,8 +58,8 @@ def test_commit_batch_checks_counters_in_the_transaction(db):
 def test_a_resent_pack_inserts_nothing_and_reports_no_new_readings(db):
     registry.add_node(db, "a")
     readings = [("p", 100 + 60 * i, i) for i in range(10)]
-    store.commit_batch(db, [_pack(db, "a", 1, readings)])
-    outcomes, new = store.commit_batch(db, [_pack(db, "a", 2, [*readings[5:], ("p", 9999, 1)])])
+    commit_batch(db.conn, [_pack(db, "a", 1, readings)])
+    outcomes, new = commit_batch(db.conn, [_pack(db, "a", 2, [*readings[5:], ("p", 9999, 1)])])
     assert outcomes == [Outcome.STORED] and new == [Reading("a", "p", 9999, 1)]
     assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 11
 
@@ -68,7 +69,7 @@ def test_a_failed_transaction_leaves_nothing_behind(db):
     bad = _pack(db, "a", 2, [("p", 100, 1)])
     bad.readings.append(Reading("a", "p", 200, 2**70))  # too big for SQLite: raises mid-batch
     with pytest.raises(OverflowError):
-        store.commit_batch(db, [_pack(db, "a", 1, [("p", 50, 1)]), bad])
+        commit_batch(db.conn, [_pack(db, "a", 1, [("p", 50, 1)]), bad])
     assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 0
     assert registry.lookup(db, "a")[2] == 0  # counter untouched
 
@@ -184,7 +185,7 @@ def test_retention_keeps_what_a_guard_has_not_released(tmp_path):
         now = 100 * 86400.0
         old = [("p", now - 40 * 86400 + i, i) for i in range(5)]
         recent = [("p", now - 86400, 1)]
-        store.commit_batch(db, [_pack(db, "a", 1, old + recent)])
+        commit_batch(db.conn, [_pack(db, "a", 1, old + recent)])
         # summaries reach only up to 35 days ago: readings after that must stay
         # commit_batch alone runs no stage: the committer's own guard keeps what they owe
         assert await gw.retention(now) == 0
@@ -201,8 +202,8 @@ def test_retention_keeps_what_a_guard_has_not_released(tmp_path):
 def test_query_readings_filters_by_node_and_time(db):
     registry.add_node(db, "a")
     registry.add_node(db, "b")
-    store.commit_batch(
-        db,
+    commit_batch(
+        db.conn,
         [_pack(db, "a", 1, [("p", 100, 1), ("p", 200, 2)]), _pack(db, "b", 1, [("t", 150, 20.5)])],
     )
     assert store.query_readings(db, node="a", since=150) == [Reading("a", "p", 200, 2)]
@@ -213,14 +214,14 @@ def test_query_readings_filters_by_node_and_time(db):
 def test_disk_budget_makes_sqlite_refuse_not_corrupt(db):
     registry.add_node(db, "a")
     budget = db.execute("PRAGMA page_count").fetchone()[0] * 4096 + 16 * 4096  # schema + 16
-    store.set_disk_budget(db, budget)
+    set_disk_budget(db.conn, budget)
     seq = 0
     with pytest.raises(Exception) as info:
         for i in range(1000):
             seq += 1
-            store.commit_batch(
-                db, [_pack(db, "a", seq, [("p", i * 1000 + k, k) for k in range(50)])]
+            commit_batch(
+                db.conn, [_pack(db, "a", seq, [("p", i * 1000 + k, k) for k in range(50)])]
             )
-    assert store.is_full_error(info.value)
+    assert is_full_error(info.value)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert store.db_bytes(db) <= budget

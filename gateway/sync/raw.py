@@ -68,7 +68,8 @@ def raw_stream(channel: str) -> str:
 class RawLog:
     """The log of raw readings owed, for the channels in ``channels`` (None: every channel).
 
-    ``log`` goes in the committer's ``in_commit`` (gateway/service.py wires it); calling the
+    ``log`` goes in the committer's ``in_commit`` (gateway/service.py wires it), which runs it
+    in the store's writer process, inside the commit's transaction; calling the
     object is the after-commit stage, which only wakes the sync worker (``listeners``), at
     most every ``interval`` seconds: raw readings go in batches, not a request per commit.
     """
@@ -78,6 +79,11 @@ class RawLog:
         self.interval = interval
         self.listeners: list = []
         self._notified = -math.inf
+
+    def __getstate__(self) -> dict:
+        # ``log`` is pickled into the store's writer process (gateway/commit.py), which has
+        # no one to wake: the listeners stay here.
+        return {**self.__dict__, "listeners": []}
 
     def log(self, conn: sqlite3.Connection, new: dict[tuple[int, str], list[float]]) -> None:
         """Account for the new readings of a commit, inside its transaction."""
