@@ -88,6 +88,8 @@ migrations = Migrations("reverbere.store")
 log = logging.getLogger("reverbere.store")
 
 CHECKPOINT_PERIOD = 1.0  # seconds between WAL checkpoints, at most
+WAL_RESTART_BYTES = 64 << 20  # a WAL this big is emptied between two commits (_checkpoints)
+CHECKPOINT_WAIT = 0.05  # seconds an emptying checkpoint waits for readers, at most
 
 
 @migrations()
@@ -437,21 +439,38 @@ class Committer:
         return total
 
     def _maybe_checkpoint(self) -> None:
-        """At most once every CHECKPOINT_PERIOD, copy the WAL into the database (PASSIVE: never
-        waits for the writer), in the checkpoint thread."""
+        """At most once every CHECKPOINT_PERIOD, checkpoint the WAL (``_checkpoints``)."""
         now = time.monotonic()
         if self._checkpoint_task is not None and not self._checkpoint_task.done():
             return
         if now - self._checkpoint_at < CHECKPOINT_PERIOD:
             return
         self._checkpoint_at = now
-        loop = asyncio.get_running_loop()
-        self._checkpoint_task = loop.run_in_executor(self._checkpointer, self._checkpoint)
+        self._checkpoint_task = asyncio.ensure_future(self._checkpoints())
 
-    def _checkpoint(self) -> None:
+    async def _checkpoints(self) -> None:
+        """Copy the WAL into the database (PASSIVE: never waits for the writers), in the
+        checkpoint thread, beside the commits.
+
+        SQLite writes the WAL from its start again only when a checkpoint has caught up with
+        the last commit, which never happens while commits follow each other without a pause:
+        under a sustained load the WAL would grow by gigabytes. So once it passes
+        ``WAL_RESTART_BYTES`` it is also emptied (TRUNCATE) between two commits; they wait for
+        that, a few milliseconds, since the PASSIVE checkpoint just before copied nearly all."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._checkpointer, self._checkpoint, "PASSIVE")
+            if wal_bytes(self.path) > WAL_RESTART_BYTES:
+                async with self._turn:
+                    await loop.run_in_executor(self._checkpointer, self._checkpoint, "TRUNCATE")
+        except sqlite3.Error as e:  # the next one tries again
+            event(log, logging.WARNING, "WAL checkpoint failed", reason=str(e))
+
+    def _checkpoint(self, mode: str) -> None:
         if self._checkpoint_db is None:
-            self._checkpoint_db = sqlite3.connect(self.path)
-        self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            # A short busy timeout: TRUNCATE waits for readers, and the commits wait for it.
+            self._checkpoint_db = sqlite3.connect(self.path, timeout=CHECKPOINT_WAIT)
+        self._checkpoint_db.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
 
     @property
     def depth(self) -> int:

@@ -225,3 +225,32 @@ def test_disk_budget_makes_sqlite_refuse_not_corrupt(db):
     assert is_full_error(info.value)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert store.db_bytes(db) <= budget
+
+
+def test_the_wal_is_emptied_under_a_load_that_never_pauses(tmp_path, monkeypatch):
+    # SQLite starts the WAL over only after a checkpoint caught up with the last commit, which
+    # never happens while commits follow each other: past WAL_RESTART_BYTES it is emptied.
+    monkeypatch.setattr(store, "WAL_RESTART_BYTES", 256 << 10)
+    monkeypatch.setattr(store, "CHECKPOINT_PERIOD", 0.0)
+
+    async def go():
+        db = open_db(tmp_path / "r.db")
+        keys = {f"n{i:03d}": registry.add_node(db, f"n{i:03d}") for i in range(200)}
+        refs = {n: registry.lookup(db, n)[0] for n in keys}
+        c = Committer(tmp_path / "r.db", max_packs=16, delay=0)
+        await c.start()
+        largest = 0
+        for seq in range(1, 31):  # 6,000 packs, always some waiting for a commit
+            futures = [
+                c.submit(Pack(refs[n], n, k, seq, [Reading(n, "p", 60 * seq, seq)]))
+                for n, k in keys.items()
+            ]
+            assert set(await asyncio.gather(*futures)) == {Outcome.STORED}
+            largest = max(largest, store.wal_bytes(tmp_path / "r.db"))
+        await c.stop()
+        assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 6000
+        db.close()
+        return largest
+
+    # ~380 commits of a few pages each (several MB of WAL), yet it never grew far past the cap
+    assert asyncio.run(go()) < 4 * (256 << 10)
