@@ -74,12 +74,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 import gateway
-from gateway.commit import (
-    InCommit,
-    Outcome,
-    Setup,
-    set_disk_budget,
-)
+from gateway.commit import InCommit, Outcome, Setup, set_disk_budget
 from gateway.db import open_db
 from gateway.logs import RateLimiter, event
 from gateway.records import Reading
