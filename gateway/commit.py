@@ -18,7 +18,8 @@ The conversation, over a socket (``multiprocessing.connection`` messages): the f
 is a ``Setup``, answered ``("ready",)``; then each message is ``(packs, seq, processed)``, the
 packs as ``(node_ref, key, seq, readings)`` tuples, answered ``("stored", outcomes, new)``
 (``new``: None when every reading of every stored pack was new, which is the rule, else the
-new readings) or ``("refused", full, reason, trace)`` after a rollback. End of file on the
+new readings) or ``("refused", reason, trace)`` after a rollback (``trace``: None when the
+disk budget or the disk's free space refused it, else the traceback to log). End of file on the
 socket means the gateway is gone (stopped, or killed): the process exits, after finishing the
 commit in hand. It ignores SIGINT and SIGTERM, which the gateway's process group or systemd
 also send it: the gateway stops it, once the packs it acknowledged are committed.
@@ -281,9 +282,9 @@ def _commit(
         )
     except (sqlite3.Error, OSError) as e:  # refused: nothing of the batch is stored
         full = is_full_error(e) or isinstance(e, OSError)
-        return ("refused", full, str(e), None if full else traceback.format_exc())
+        return ("refused", str(e), None if full else traceback.format_exc())
     except Exception as e:  # a bug: the gateway logs it, this process goes on
-        return ("refused", False, repr(e), traceback.format_exc())
+        return ("refused", repr(e), traceback.format_exc())
     stored = (p for p, o in zip(batch, outcomes, strict=True) if o is Outcome.STORED)
     every = sum(len(p.readings) for p in stored)
     return ("stored", outcomes, None if len(new) == every else new)

@@ -587,7 +587,6 @@ class Committer:
     async def _commit(self, batch: list[Pack]) -> tuple[list[Outcome], list[Reading]]:
         """The writer process's outcomes for ``batch``, and the new readings; all
         ``Outcome.FULL`` if it refused the batch or ended."""
-        refused = [Outcome.FULL] * len(batch)
         try:
             if not self.writer.alive:
                 await self._restart_writer()
@@ -595,12 +594,11 @@ class Committer:
             packs = [(p.node_ref, p.key, p.seq, p.readings) for p in batch]
             answer = await self.writer.ask((packs, seq, self._processed))
         except (WriterGone, OSError) as e:  # it ended, or a new one could not start
-            self._note_full(e, trace=None)
-            return refused, []
+            answer = ("refused", e, None)
         if answer[0] == "refused":
-            _, _full, reason, trace = answer
+            _, reason, trace = answer
             self._note_full(reason, trace)
-            return refused, []
+            return [Outcome.FULL] * len(batch), []
         _, outcomes, new = answer
         self._processed = []
         if new is None:  # every reading of every stored pack was new (the rule)
