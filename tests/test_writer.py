@@ -81,3 +81,23 @@ def test_the_writer_process_ends_with_the_gateway_even_killed(tmp_path):
         gw.proc.send_signal(how)
         gw.proc.wait()
         assert _exited(writer, 10)
+
+
+def test_too_little_free_disk_refuses_the_batch_and_stores_nothing(tmp_path):
+    # min_free: the writer process checks the disk's free space before each commit.
+    async def go():
+        db = open_db(tmp_path / "r.db")
+        key = registry.add_node(db, "n1")
+        ref = registry.lookup(db, "n1")[0]
+        metrics = Registry()
+        c = Committer(tmp_path / "r.db", delay=0, min_free=1 << 60, metrics=metrics)
+        await c.start()
+        pack = Pack(ref, "n1", key, 1, [Reading("n1", "p", 100, 1)])
+        assert await c.submit(pack) is Outcome.FULL  # 5.03: the node keeps it and tries later
+        assert metrics.gauge("reverbere_store_full").get() == 1
+        await c.stop()
+        assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 0
+        assert db.execute("SELECT last_seq FROM nodes WHERE ref = ?", [ref]).fetchone()[0] == 0
+        db.close()
+
+    asyncio.run(go())
