@@ -3,9 +3,9 @@ the ``readings`` table, never a copy of a reading.
 
 ``sync_raw`` holds spans ``(node, channel, first, last)``: the readings of that node and
 channel with a time in ``[first, last]`` that are not yet confirmed by the platform. A span is
-written by :func:`RawLog.log` inside the very transaction that stores its readings (the
-committer's ``in_commit`` hook, gateway/store.py), so the sync worker, which reads from its
-own connection, never sees a stored reading that no span accounts for.
+written by ``RawLog.log`` (gateway/raw_spans.py) inside the very transaction that stores its
+readings (the committer's ``in_commit`` hook, gateway/store.py), so the sync worker, which
+reads from its own connection, never sees a stored reading that no span accounts for.
 
 Ownership, the rule that makes late readings and retries exact:
 
@@ -25,20 +25,18 @@ platform's Observations of ``[first, upto]`` and settles from what it finds.
 """
 
 import math
-import sqlite3
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from gateway.raw_spans import RawSpans, log_times
 from gateway.records import Reading
 from gateway.sync.outbox import RAW_SUFFIX
 
 migrations = Migrations("reverbere.sync.raw")
-
-MAX_SPAN_ERRORS = 5  # a reading the platform refused this often is set aside (rejected)
 
 
 @migrations()
@@ -68,10 +66,11 @@ def raw_stream(channel: str) -> str:
 class RawLog:
     """The log of raw readings owed, for the channels in ``channels`` (None: every channel).
 
-    ``log`` goes in the committer's ``in_commit`` (gateway/service.py wires it), which runs it
-    in the store's writer process, inside the commit's transaction; calling the
-    object is the after-commit stage, which only wakes the sync worker (``listeners``), at
-    most every ``interval`` seconds: raw readings go in batches, not a request per commit.
+    ``log`` (a ``gateway.raw_spans.RawSpans``) goes in the committer's ``in_commit``
+    (gateway/service.py wires it), which runs it in the store's writer process, inside the
+    commit's transaction; calling the object is the after-commit stage, which only wakes the
+    sync worker (``listeners``), at most every ``interval`` seconds: raw readings go in
+    batches, not a request per commit.
     """
 
     def __init__(self, channels: Collection[str] | None = None, interval: float = 0.0) -> None:
@@ -79,17 +78,7 @@ class RawLog:
         self.interval = interval
         self.listeners: list = []
         self._notified = -math.inf
-
-    def __getstate__(self) -> dict:
-        # ``log`` is pickled into the store's writer process (gateway/commit.py), which has
-        # no one to wake: the listeners stay here.
-        return {**self.__dict__, "listeners": []}
-
-    def log(self, conn: sqlite3.Connection, new: dict[tuple[int, str], list[float]]) -> None:
-        """Account for the new readings of a commit, inside its transaction."""
-        for (node, channel), times in new.items():
-            if self.channels is None or channel in self.channels:
-                log_times(conn, node, channel, times)
+        self.log = RawSpans(self.channels)  # in the commit's transaction
 
     def __call__(self, db: sqlite_utils.Database, new: list[Reading]) -> None:
         now = time.monotonic()
@@ -99,71 +88,6 @@ class RawLog:
             self._notified = now
             for notify in self.listeners:
                 notify()
-
-
-def _runs(
-    conn: sqlite3.Connection, node: int, channel: str, times: Iterable[float]
-) -> list[tuple[float, float, int]]:
-    """``times`` (stored readings of one node and channel) as tight runs ``(first, last, n)``:
-    no other stored reading lies inside a run."""
-    mine = sorted(set(times))
-    a, b = mine[0], mine[-1]
-    (count,) = conn.execute(
-        "SELECT count(*) FROM readings WHERE node = ? AND channel = ? AND time BETWEEN ? AND ?",
-        [node, channel, a, b],
-    ).fetchone()
-    if count == len(mine):
-        return [(a, b, len(mine))]
-    wanted = set(mine)
-    runs: list[list] = []
-    current: list | None = None
-    for (t,) in conn.execute(
-        "SELECT time FROM readings WHERE node = ? AND channel = ? AND time BETWEEN ? AND ?"
-        " ORDER BY time",
-        [node, channel, a, b],
-    ):
-        if t in wanted:
-            if current is None:
-                current = [t, t, 0]
-                runs.append(current)
-            current[1] = t
-            current[2] += 1
-        else:
-            current = None
-    return [(r[0], r[1], r[2]) for r in runs]
-
-
-def log_times(
-    conn: sqlite3.Connection, node: int, channel: str, times: Sequence[float], errors: int = 0
-) -> None:
-    """Owe the platform these stored readings (times of one node ref and channel)."""
-    if not times:
-        return
-    runs = _runs(conn, node, channel, times)
-    if errors == 0:
-        newest = conn.execute(
-            "SELECT id, last FROM sync_raw WHERE rejected IS NULL AND errors = 0"
-            " AND id = (SELECT max(id) FROM sync_raw WHERE node = ? AND channel = ?)",
-            [node, channel],
-        ).fetchone()
-        a, b, n = runs[0]
-        if newest is not None and newest[1] < a:
-            gap = conn.execute(
-                "SELECT 1 FROM readings WHERE node = ? AND channel = ? AND time > ? AND time < ?"
-                " LIMIT 1",
-                [node, channel, newest[1], a],
-            ).fetchone()
-            if gap is None:  # right after the newest span: extend it
-                conn.execute(
-                    "UPDATE sync_raw SET last = ?, n = n + ? WHERE id = ?", [b, n, newest[0]]
-                )
-                runs = runs[1:]
-    reason = "the platform refused these readings" if errors >= MAX_SPAN_ERRORS else None
-    conn.executemany(
-        "INSERT INTO sync_raw (node, channel, first, last, n, errors, rejected)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(node, channel, a, b, n, errors, reason) for a, b, n in runs],
-    )
 
 
 @dataclass(frozen=True)
