@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import time
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,12 @@ def count_readings(cfg: config.Config) -> int:
         db.close()
 
 
+def _reap(proc: Any) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 class GatewayProcess:
     """``reverbere gateway run`` in a subprocess; its JSON log lines are read by a thread."""
 
@@ -138,6 +145,9 @@ class GatewayProcess:
             stderr=subprocess.PIPE,
             text=True,
         )
+        # Killed at the latest when the object goes, or when pytest exits: a test that fails
+        # before its own kill() leaves no gateway (and its writer process) running.
+        weakref.finalize(self, _reap, self.proc)
         self.lines: queue.Queue = queue.Queue()
         self.log: list[dict] = []
 
