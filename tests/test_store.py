@@ -254,4 +254,4 @@ def test_the_wal_starts_over_under_a_load_that_never_pauses(tmp_path, monkeypatc
         return largest
 
     # 750 commits of a few pages each (without the restarts: a WAL of 14 MB and growing)
-    assert asyncio.run(go()) < 2 * (256 << 10)
+    assert asyncio.run(go()) < 8 * (256 << 10)  # 2 MB: it does not grow with the load
