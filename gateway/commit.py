@@ -261,10 +261,17 @@ def open_writer(setup: Setup) -> sqlite3.Connection:
     conn = sqlite3.connect(setup.path)
     conn.execute("PRAGMA synchronous=FULL")  # an acknowledged reading survives a power cut
     conn.execute("PRAGMA foreign_keys=ON")
-    # The gateway checkpoints beside the commits (gateway/store.py), not inside one of them.
-    conn.execute("PRAGMA wal_autocheckpoint = 0")
-    set_disk_budget(conn, setup.disk_budget)
+    prepare_writer(conn, setup.disk_budget)
     return conn
+
+
+def prepare_writer(conn: sqlite3.Connection, disk_budget: int) -> None:
+    """What every connection that writes readings or what follows from them needs: the disk
+    budget, and no automatic checkpoint. SQLite would checkpoint inside the commit that fills
+    the WAL past 1000 pages, and every pack of that batch would wait for it; the gateway
+    checkpoints beside the commits instead (``Committer._maybe_checkpoint``, gateway/store.py)."""
+    set_disk_budget(conn, disk_budget)
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
 
 
 def _commit(

@@ -28,8 +28,9 @@ run once no pack came for ``STAGES_IDLE`` (5 ms), in slices of ``STAGE_SLICE`` r
 a pack that comes meanwhile does not wait long, or, when they are ``STAGES_LAG_MAX`` (30 s)
 behind, as many readings after each commit as it stored, so that they keep pace with a gateway
 that is never idle (which then acknowledges at the rate of the whole pipeline). The WAL is
-checkpointed while they catch up too, or the first commit after a long catch-up would wait for
-the fsync of everything they wrote (they write without one, ``_stages``).
+checkpointed while they catch up too, and when the committer goes idle, or the first commit
+after a catch-up would wait for the fsync of everything they wrote (they write without one,
+``_stages``).
 A burst (a fleet sending what it buffered through an outage) is acknowledged at the rate of the
 store, and detection catches up after it; a quiet gateway runs the stages right after each
 commit. What the stages owe is held in memory up to ``OWED_IN_MEMORY`` readings and read back
@@ -74,7 +75,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 import gateway
-from gateway.commit import InCommit, Outcome, Setup, set_disk_budget
+from gateway.commit import InCommit, Outcome, Setup, prepare_writer
 from gateway.db import open_db
 from gateway.logs import RateLimiter, event
 from gateway.records import Reading
@@ -408,10 +409,7 @@ class Committer:
 
     def _open(self) -> sqlite_utils.Database:
         db = open_db(self.path)
-        set_disk_budget(db, self.disk_budget)
-        # SQLite would checkpoint inside the commit that fills the WAL past 1000 pages, and every
-        # pack of that batch would wait for it; ``_maybe_checkpoint`` does it beside the commits.
-        db.execute("PRAGMA wal_autocheckpoint = 0")
+        prepare_writer(db.conn, self.disk_budget)
         self._seq = _newest_seq(db)
         return db
 
