@@ -4,7 +4,8 @@
     python benchmarks/anomaly.py --quick    # reduced, for CI (a few NAB series, 4 days)
 
 1. NAB (../shared/data/nab, or --nab DIR): every series runs through
-   ``gateway.detect.replay(kind="generic")``, the very detectors of the gateway, and is scored
+   ``gateway.pipeline.detect.replay(kind="generic")``, the very detectors of the gateway,
+   and is scored
    with NAB's method (benchmarks/nab.py) for the three profiles, with the threshold tuned over the
    corpus (NAB's convention) and with the fixed default threshold.
 2. The simulated fleet's profiles and ground truth (sim/profiles.py: street lights, buildings,
@@ -35,12 +36,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import nab  # noqa: E402
 
-from gateway.db import open_db  # noqa: E402
-from gateway.detect import DEFAULT_THRESHOLD, DetectConfig, Detector, replay  # noqa: E402
-from gateway.detect.config import Schedule, _parse_days  # noqa: E402
-from gateway.detect.engine import ChannelDetector  # noqa: E402
-from gateway.detect.rules import Clock  # noqa: E402
-from gateway.records import Reading  # noqa: E402
+from gateway.pipeline.detect import DEFAULT_THRESHOLD, DetectConfig, Detector, replay  # noqa: E402
+from gateway.pipeline.detect.config import Schedule, _parse_days  # noqa: E402
+from gateway.pipeline.detect.engine import ChannelDetector  # noqa: E402
+from gateway.pipeline.detect.rules import Clock  # noqa: E402
+from gateway.store.db import open_db  # noqa: E402
+from gateway.store.records import Reading  # noqa: E402
 
 PUBLISHED = {  # NAB standard profile, from NAB's scoreboard
     "ARTime": 74.9,
@@ -213,7 +214,7 @@ def make_fleet(days: int, lamps: int, buildings: int, seed: int = 7):
 def run_fleet(days: int, lamps: int, buildings: int) -> dict:
     cfg, readings, truth, nodes = make_fleet(days, lamps, buildings)
     with tempfile.TemporaryDirectory() as d:
-        db = open_db(os.path.join(d, "gateway.db"))
+        db = open_db(os.path.join(d, "gateway.store.db"))
         detect = Detector(cfg)
         t0 = time.perf_counter()
         batch = 50  # about what one group commit carries
@@ -339,7 +340,7 @@ def run_sim_fleet(days: int, nodes: int, seed: int = 3) -> dict:
                 readings.append(Reading(node, ch, float(t), round(v, 3)))
     readings.sort(key=lambda r: r.time)
     with tempfile.TemporaryDirectory() as d:
-        db = open_db(os.path.join(d, "gateway.db"))
+        db = open_db(os.path.join(d, "gateway.store.db"))
         detect = Detector(cfg)
         for k in range(0, len(readings), 50):
             detect(db, readings[k : k + 50])

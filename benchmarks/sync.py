@@ -18,16 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.db import open_db
-from gateway.sync import (
-    ANOMALIES,
-    Event,
-    Summary,
-    SyncConfig,
-    build_worker,
-    enqueue_events,
-    enqueue_summaries,
-)
+from gateway.store.db import open_db
+from gateway.sync.config import SyncConfig
+from gateway.sync.outbox import ANOMALIES, Event, Summary, enqueue_events, enqueue_summaries
+from gateway.sync.service import build_worker
 from sim.platform import start_platform
 
 H0 = 1767225600  # 2026-01-01T00:00Z
@@ -73,7 +67,7 @@ def main() -> None:
     sums, events = outage_summaries(args.nodes, args.days)
     locs = {f"lamp-{n:03d}": (4.83 + n * 1e-4, 45.76) for n in range(args.nodes)}
     with start_platform(tmp / "platform.sqlite3") as platform:
-        db = open_db(tmp / "gateway.db")
+        db = open_db(tmp / "gateway.store.db")
         worker = build_worker(db, SyncConfig(url=platform.url), locs, batch_rows=args.batch)
         # Before the outage the gateway was syncing: its Things and Datastreams exist.
         t = time.perf_counter()

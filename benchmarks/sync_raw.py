@@ -17,11 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway import registry, store
-from gateway.commit import commit_batch
-from gateway.db import open_db
-from gateway.records import Reading
-from gateway.sync import RawLog, SyncConfig, build_worker, raw_backlog
+from gateway.ingest import registry
+from gateway.store import committer as store
+from gateway.store.commit import commit_batch
+from gateway.store.db import open_db
+from gateway.store.records import Reading
+from gateway.sync.config import SyncConfig
+from gateway.sync.raw import RawLog, raw_backlog
+from gateway.sync.service import build_worker
 from sim.platform import start_platform
 
 H0 = 1767225600  # 2026-01-01T00:00Z

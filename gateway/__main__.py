@@ -1,5 +1,5 @@
 """``python -m gateway``: the ``reverbere`` command."""
 
-from gateway.cli import cli
+from gateway.cli.main import cli
 
 cli(prog_name="reverbere")

@@ -13,12 +13,13 @@
 
 A stage after the store is a callable ``stage(db, new_readings)`` appended to
 ``Gateway.after_commit``: it runs in the writer thread after the commit's acks went out (ingest
-first: as soon as no pack waits, see ``gateway/store.py``), with the writer's
+first: as soon as no pack waits, see ``gateway/store/committer.py``), with the writer's
 ``sqlite_utils.Database`` and the newly stored ``Reading``s in commit order (duplicates left
 out). A stage must take a reading it has already seen without change: when the gateway
 starts, the committer replays through the stages the readings of the commits whose stages did
 not all run (a crash between a commit and its stages, a stage that raised; see
-``gateway/store.py``). A stage that owns data the retention must wait for appends a callable
+``gateway/store/committer.py``).
+A stage that owns data the retention must wait for appends a callable
 ``guard(db) -> float | None`` (Unix time up to which raw readings may go) to
 ``Gateway.retention_guards``.
 
@@ -42,25 +43,22 @@ from typing import Any
 
 import sqlite_utils
 
-from gateway import coap, config, logs, store
+from gateway import config, logs
 from gateway.config import TEMPLATE, Config
-from gateway.db import open_db
-from gateway.detect import DetectConfig, DetectConfigError, Detector
-from gateway.handoff import feed_outbox
-from gateway.ingest import Ingest, ReadingsResource
+from gateway.ingest import coap
+from gateway.ingest.resource import Ingest, ReadingsResource
 from gateway.logs import event
 from gateway.metrics import PROM_CONTENT_TYPE, HttpServer, Registry
-from gateway.records import Reading
-from gateway.summarise import summarise
-from gateway.sync import (
-    RawLog,
-    SyncConfig,
-    SyncConfigError,
-    SyncService,
-    declare_metrics,
-    prune_synced,
-    raw_synced_until,
-)
+from gateway.pipeline.detect import DetectConfig, DetectConfigError, Detector
+from gateway.pipeline.handoff import feed_outbox
+from gateway.pipeline.summarise import summarise
+from gateway.store import committer as store
+from gateway.store.db import open_db
+from gateway.store.records import Reading
+from gateway.sync.config import SyncConfig, SyncConfigError
+from gateway.sync.outbox import prune_synced
+from gateway.sync.raw import RawLog, raw_synced_until
+from gateway.sync.service import SyncService, declare_metrics
 
 log = logging.getLogger("reverbere.service")
 
@@ -136,8 +134,8 @@ def pipeline_config(cfg: Config) -> PipelineConfig:
 
 
 class Outbox:
-    """The outbox stage: what the platform is owed (``gateway.handoff.feed_outbox``), summaries
-    of an hour once it is over; then it wakes the sync worker (``listeners``)."""
+    """The outbox stage: what the platform is owed (``gateway.pipeline.handoff.feed_outbox``),
+    summaries of an hour once it is over; then it wakes the sync worker (``listeners``)."""
 
     def __init__(self) -> None:
         self.listeners: list[Callable[[], None]] = []

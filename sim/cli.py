@@ -190,7 +190,7 @@ def fleet_cmd(
 ):
     """Run NODES virtual nodes (the real firmware) against a gateway, on a simulated clock."""
     from gateway.config import ConfigError
-    from gateway.registry import RegistryError
+    from gateway.ingest.registry import RegistryError
     from sim.fleet import KeysError, gateway_keys, load_keys, make_keys, run_fleet, save_keys
 
     addr = _hostport(gateway)

@@ -29,9 +29,9 @@ from pathlib import Path
 
 from firmware.link import Link
 from gateway import config
-from gateway.db import open_db
 from gateway.service import Gateway
-from gateway.sync import sync_status
+from gateway.store.db import open_db
+from gateway.sync.service import sync_status
 from protocols import coap, cose, senml
 from protocols.errors import DecodeError
 from sim.fleet import Fleet, gateway_keys, kind_of, make_keys
@@ -250,7 +250,7 @@ async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: 
             report = _figures(db, fleet, stats, truth, start)
             report.update(pull_back(db, plat, workdir / "summaries.svg"))
             # Hours with readings: an hour only a long counter segment crosses has energy but
-            # no reading of its own, and is not sent (gateway/handoff.py).
+            # no reading of its own, and is not sent (gateway/pipeline/handoff.py).
             report["summaries_made"] = db.execute(
                 "SELECT count(*) FROM summaries WHERE count > 0"
             ).fetchone()[0]

@@ -385,8 +385,8 @@ def gateway_keys(config_path: str | Path, ids: list[str]) -> dict[str, bytes]:
     """Keys for ``ids`` from the gateway's registry: new nodes are added, known ones get a new
     key and a fresh counter (a simulated node boots with empty flash: its counter restarts)."""
     from gateway import config as gw_config
-    from gateway import registry
-    from gateway.db import open_db
+    from gateway.ingest import registry
+    from gateway.store.db import open_db
 
     db = open_db(gw_config.load(config_path).database)
     try:

@@ -1,7 +1,7 @@
 """Helpers for the detect and summarise tests: a real gateway database file, and storing
 readings the way the gateway's store does (node ids resolved to integer refs)."""
 
-from gateway.db import open_db
+from gateway.store.db import open_db
 
 
 def make_db(path):

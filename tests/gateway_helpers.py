@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from gateway import config, registry
-from gateway.db import open_db
+from gateway import config
+from gateway.ingest import registry
 from gateway.service import Gateway
+from gateway.store.db import open_db
 from protocols import coap
 from protocols.const import CF_COSE_MAC0, CON, CONTENT_FORMAT, POST, READINGS_PATH, URI_PATH
 

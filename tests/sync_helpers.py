@@ -15,11 +15,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway import registry, store
-from gateway.commit import commit_batch
-from gateway.records import Reading
-from gateway.sync import ANOMALIES, Event, RawLog, Summary
-from gateway.sync.outbox import RAW_SUFFIX
+from gateway.ingest import registry
+from gateway.store import committer as store
+from gateway.store.commit import commit_batch
+from gateway.store.records import Reading
+from gateway.sync.outbox import ANOMALIES, RAW_SUFFIX, Event, Summary
+from gateway.sync.raw import RawLog
 from gateway.sync.report import as_record, from_outbox, pull
 
 H0 = 1767225600  # 2026-01-01T00:00Z

@@ -13,7 +13,7 @@ import pytest
 from sim.board.serial import VirtualBoard
 
 MPREMOTE = [sys.executable, "-m", "mpremote"]
-CLI = [sys.executable, "-c", "from gateway.cli import cli; cli()"]
+CLI = [sys.executable, "-c", "from gateway.cli.main import cli; cli()"]
 
 
 @pytest.fixture

@@ -12,13 +12,14 @@ import time
 import pytest
 from gateway_helpers import GatewayProcess, make_config
 
-from gateway import registry, store
-from gateway.commit import commit_batch
-from gateway.db import open_db
-from gateway.records import Reading
+from gateway.ingest import registry
+from gateway.pipeline.summarise import ENERGY_CHANNELS, HOUR, segment_energy
 from gateway.service import Gateway, init_dir, stages
-from gateway.store import Pack
-from gateway.summarise import ENERGY_CHANNELS, HOUR, segment_energy
+from gateway.store import committer as store
+from gateway.store.commit import commit_batch
+from gateway.store.committer import Pack
+from gateway.store.db import open_db
+from gateway.store.records import Reading
 from sim.sender import Sender, SimNode
 
 H = 1_800_000_000 // HOUR * HOUR  # an hour boundary

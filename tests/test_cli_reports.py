@@ -9,10 +9,10 @@ import random
 from click.testing import CliRunner
 from detect_helpers import make_db, store
 
-from gateway.cli import cli
-from gateway.detect import DetectConfig, Detector
-from gateway.records import Reading
-from gateway.summarise import summarise
+from gateway.cli.main import cli
+from gateway.pipeline.detect import DetectConfig, Detector
+from gateway.pipeline.summarise import summarise
+from gateway.store.records import Reading
 
 T0 = 1_791_158_400
 
@@ -62,7 +62,7 @@ def test_anomalies_from_the_database(tmp_path):
     assert events[0]["start"] == "2026-10-05T02:30:00Z"
     table = run(cli, ["anomalies", "--db", str(tmp_path / "g.db"), "--open"])
     assert table.output.splitlines()[0].split()[:4] == ["id", "node", "channel", "kind"]
-    # The summaries the stage wrote (printed by `reverbere summaries`, gateway/cli_sync.py).
+    # The summaries the stage wrote (printed by `reverbere summaries`, gateway/cli/sync.py).
     wh = [r["wh"] for r in db.query("SELECT wh FROM summaries ORDER BY hour")]
     assert wh[0] == 120.0  # 12 steps of 10 Wh in the first hour
 
@@ -74,7 +74,7 @@ def test_missing_database_gives_a_hint(tmp_path):
 
 def test_large_values_print_whole_not_in_exponent_form():
     # An energy counter's readings (min, max of the hour) run into tens of thousands of Wh.
-    from gateway.report import render
+    from gateway.render import render
 
     rows = [{"min": 12345.6, "max": 123456.7, "mean": 5030.25, "wh": 0.75}]
     out = render(rows, ("min", "max", "mean", "wh"), "csv")

@@ -5,8 +5,8 @@ import random
 
 from detect_helpers import make_db
 
-from gateway.detect import DetectConfig, Detector
-from gateway.records import Reading
+from gateway.pipeline.detect import DetectConfig, Detector
+from gateway.store.records import Reading
 
 T0 = 1_791_158_400
 

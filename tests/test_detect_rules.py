@@ -5,10 +5,10 @@ import random
 import pytest
 from detect_helpers import make_db
 
-from gateway.detect import DetectConfig, Detector, check_silent
-from gateway.detect.config import DetectConfigError
-from gateway.detect.rules import Clock
-from gateway.records import Reading
+from gateway.pipeline.detect import DetectConfig, Detector, check_silent
+from gateway.pipeline.detect.config import DetectConfigError
+from gateway.pipeline.detect.rules import Clock
+from gateway.store.records import Reading
 
 SITE = {"latitude": 48.8566, "longitude": 2.3522, "timezone": "Europe/Paris"}
 T0 = 1_791_158_400  # Monday 2026-10-05 00:00 UTC

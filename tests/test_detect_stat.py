@@ -5,11 +5,11 @@ import itertools
 import math
 import random
 
-from gateway.detect import DetectConfig, replay
-from gateway.detect.baseline import StatDetector
-from gateway.detect.engine import MAX_STATE, ChannelDetector
-from gateway.detect.events import REARM, Finding, Tracker
-from gateway.detect.rules import Clock
+from gateway.pipeline.detect import DetectConfig, replay
+from gateway.pipeline.detect.baseline import StatDetector
+from gateway.pipeline.detect.engine import MAX_STATE, ChannelDetector
+from gateway.pipeline.detect.events import REARM, Finding, Tracker
+from gateway.pipeline.detect.rules import Clock
 
 T0 = 1_791_158_400
 EVERY = 300
@@ -129,7 +129,7 @@ def test_sparse_counts_keep_the_detector_hearing():
 
 
 def test_state_saved_before_resolution_still_loads():
-    from gateway.detect.baseline import _HEAD_V1, _STATE_V1
+    from gateway.pipeline.detect.baseline import _HEAD_V1, _STATE_V1
 
     a = StatDetector()
     for t, v in seasonal(days=4):

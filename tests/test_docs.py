@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 import pytest
 
-from gateway.cli import cli
+from gateway.cli.main import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs").glob("*.md")) + (

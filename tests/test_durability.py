@@ -13,9 +13,9 @@ import time
 
 from gateway_helpers import GatewayProcess
 
-from gateway import registry
-from gateway.db import open_db
+from gateway.ingest import registry
 from gateway.service import init_dir
+from gateway.store.db import open_db
 from sim.sender import Sender, SimNode
 
 KILLS = 10

@@ -179,7 +179,7 @@ def test_wifi_join_is_retried_with_a_capped_doubling_gap_and_never_blocks(tmp_pa
     # A link lost later: the driver may rejoin by itself, so the board waits 10 s first.
     gap, resent = out["rejoin_after_ms"].split()
     assert int(gap) == 10000 and resent == "True"
-    # Commissioning reads these lines (gateway/flash.py): the error names the reason.
+    # Commissioning reads these lines (gateway/provision/flash.py): the error names the reason.
     assert logs[0] == "reverbere: wifi error=no-ap ssid=mairie retry_s=10"
     assert logs[1] == "reverbere: wifi error=no-ap ssid=mairie retry_s=20"
     assert "reverbere: wifi error=no-ap ssid=mairie retry_s=120" in logs
@@ -197,9 +197,9 @@ def test_gateway_host_name_is_looked_up_when_joined_and_retried_until_it_resolve
 
 
 def test_commissioning_reads_the_boards_network_lines(tmp_path):
-    # gateway/flash.py's judge turns the first Wi-Fi error into its sentence, as before the
-    # retries; the lookup line has no error= so commissioning waits for the send line.
-    from gateway.flash import _final, judge
+    # gateway/provision/flash.py's judge turns the first Wi-Fi error into its sentence, as
+    # before the retries; the lookup line has no error= so commissioning waits for the send line.
+    from gateway.provision.flash import _final, judge
 
     _, logs = _net_lines(tmp_path)
     got = judge(logs, "lamp-042", "gw", "10.0.0.2")

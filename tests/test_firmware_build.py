@@ -1,6 +1,6 @@
-"""gateway/device_build.py: the device build that the flash tool copies to a board."""
+"""gateway/provision/build.py: the device build that the flash tool copies to a board."""
 
-from gateway.device_build import HOST_ONLY, build, sources
+from gateway.provision.build import HOST_ONLY, build, sources
 from sim import micropython
 
 

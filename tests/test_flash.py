@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gateway import registry
-from gateway.cli import cli
+from gateway.cli.main import cli
 from gateway.config import load as load_gateway_config
-from gateway.db import open_db
-from gateway.device import DeviceLost
-from gateway.flash import (
+from gateway.ingest import registry
+from gateway.provision.device import DeviceLost
+from gateway.provision.flash import (
     POINTER_PATH,
     BoardTooOld,
     FirmwareFile,
@@ -35,6 +34,7 @@ from gateway.flash import (
     flash,
 )
 from gateway.service import Gateway
+from gateway.store.db import open_db
 from sim.board.serial import VirtualBoard
 from sim.board.vm import Identity, identity_for
 
@@ -301,7 +301,7 @@ st.dev.f.close()
 
 
 def test_doctor_reads_the_firmware_buffer_and_not_the_key(board, gateway, firmware):
-    from gateway.device import Device
+    from gateway.provision.device import Device
 
     key = gateway.register(NODE)
     result = flash(board.port, node_config(gateway), key, files=firmware, commission_timeout=None)

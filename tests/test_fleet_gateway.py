@@ -6,7 +6,7 @@ every reading the simulated nodes made is in the readings table once.
 
 import asyncio
 
-from gateway.db import open_db
+from gateway.store.db import open_db
 from sim.fleet import Fleet
 from sim.net import Impairments, LossyProxy
 from tests.gateway_helpers import add_node, running_gateway

@@ -2,10 +2,10 @@
 
 from detect_helpers import make_db, store
 
-from gateway.detect import DetectConfig, Detector
-from gateway.handoff import feed_outbox
-from gateway.records import Reading
-from gateway.summarise import summarise
+from gateway.pipeline.detect import DetectConfig, Detector
+from gateway.pipeline.handoff import feed_outbox
+from gateway.pipeline.summarise import summarise
+from gateway.store.records import Reading
 
 T0 = 1_791_158_400
 

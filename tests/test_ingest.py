@@ -19,8 +19,8 @@ from gateway_helpers import (
     running_gateway,
 )
 
-from gateway import registry
-from gateway.db import open_db
+from gateway.ingest import registry
+from gateway.store.db import open_db
 from protocols import cose, senml
 from protocols.const import (
     BAD_REQUEST,

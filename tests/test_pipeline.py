@@ -11,10 +11,11 @@ import time
 
 import pytest
 
-from gateway import config, registry
-from gateway.db import open_db
+from gateway import config
+from gateway.ingest import registry
 from gateway.service import Gateway
-from gateway.sync import sync_status
+from gateway.store.db import open_db
+from gateway.sync.service import sync_status
 from sim.platform import FaultProxy, start_platform
 from sim.sender import Sender, SimNode
 from tests.sync_helpers import assert_platform_matches, platform_records
@@ -238,10 +239,10 @@ def test_a_sync_worker_that_dies_is_started_again(tmp_path, monkeypatch):
     # opening the database) ends its thread; the gateway notices, logs it, counts it and
     # starts a new worker, so the uplink does not stay silent until someone restarts it.
     import gateway.service
-    import gateway.sync
+    import gateway.sync.service
 
     monkeypatch.setattr(gateway.service, "SYNC_WATCH_PERIOD", 0.05)
-    real_build, calls = gateway.sync.build_worker, []
+    real_build, calls = gateway.sync.service.build_worker, []
 
     def build_worker(*args, **kwargs):
         calls.append(1)
@@ -249,7 +250,7 @@ def test_a_sync_worker_that_dies_is_started_again(tmp_path, monkeypatch):
             raise OSError("disk I/O error")
         return real_build(*args, **kwargs)
 
-    monkeypatch.setattr(gateway.sync, "build_worker", build_worker)
+    monkeypatch.setattr(gateway.sync.service, "build_worker", build_worker)
     (tmp_path / "gateway.toml").write_text(
         '[sync]\ntarget = "sensorthings"\nurl = "http://127.0.0.1:9/v1.1"\n'
     )

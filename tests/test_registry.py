@@ -5,9 +5,9 @@ import stat
 
 import pytest
 
-from gateway import registry
-from gateway.db import open_db
+from gateway.ingest import registry
 from gateway.service import init_dir
+from gateway.store.db import open_db
 
 
 @pytest.fixture

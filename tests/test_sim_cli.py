@@ -4,9 +4,9 @@ import json
 
 from click.testing import CliRunner
 
-from gateway.cli import cli
+from gateway.cli.main import cli
 from gateway.config import load
-from gateway.db import open_db
+from gateway.store.db import open_db
 from tests.gateway_helpers import GatewayProcess
 
 

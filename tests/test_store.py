@@ -6,13 +6,14 @@ import asyncio
 import pytest
 from gateway_helpers import make_config
 
-from gateway import registry, store
-from gateway.commit import commit_batch, is_full_error, set_disk_budget
-from gateway.db import open_db
+from gateway.ingest import registry
 from gateway.metrics import Registry
-from gateway.records import Reading
 from gateway.service import Gateway
-from gateway.store import Committer, Outcome, Pack
+from gateway.store import committer as store
+from gateway.store.commit import commit_batch, is_full_error, set_disk_budget
+from gateway.store.committer import Committer, Outcome, Pack
+from gateway.store.db import open_db
+from gateway.store.records import Reading
 
 
 @pytest.fixture

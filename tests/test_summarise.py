@@ -3,8 +3,8 @@
 import pytest
 from detect_helpers import make_db, store
 
-from gateway.records import Reading
-from gateway.summarise import segment_energy, summarise
+from gateway.pipeline.summarise import segment_energy, summarise
+from gateway.store.records import Reading
 
 H = 1_800_000_000 // 3600 * 3600  # an hour boundary
 

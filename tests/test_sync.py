@@ -11,19 +11,14 @@ import textwrap
 
 import pytest
 
-from gateway.db import open_db
-from gateway.sync import (
-    Budget,
-    Summary,
-    SyncConfig,
-    SyncWorker,
-    backlog,
-    build_worker,
-    enqueue_events,
-    enqueue_summaries,
-)
+from gateway.store.db import open_db
+from gateway.sync.budget import Budget
+from gateway.sync.config import SyncConfig
+from gateway.sync.outbox import Summary, backlog, enqueue_events, enqueue_summaries
 from gateway.sync.report import PullError, pull
 from gateway.sync.sensorthings import SensorThingsTarget
+from gateway.sync.service import build_worker
+from gateway.sync.worker import SyncWorker
 from sim.platform import FaultProxy, start_platform
 from tests.sync_helpers import (
     H0,
@@ -109,8 +104,9 @@ def test_a_week_of_50_nodes_arrives_exactly_once_through_20_faults_and_more(
 WORKER = textwrap.dedent(
     """
     import sys
-    from gateway.db import open_db
-    from gateway.sync import SyncConfig, build_worker
+    from gateway.store.db import open_db
+    from gateway.sync.config import SyncConfig
+    from gateway.sync.service import build_worker
     from tests.sync_helpers import locations
     db = open_db(sys.argv[1])
     cfg = SyncConfig(url=sys.argv[2], timeout=60)
@@ -264,7 +260,8 @@ def test_demo_hooks_outage_then_pull_back_and_chart(tmp_path):
 
 
 def test_metrics_and_pruning(tmp_path, platform):
-    from gateway.sync import declare_metrics, prune_synced
+    from gateway.sync.outbox import prune_synced
+    from gateway.sync.service import declare_metrics
 
     class Gauge:
         def set_function(self, fn):

@@ -6,15 +6,11 @@ import xml.etree.ElementTree as ET
 import pytest
 from click.testing import CliRunner
 
-from gateway.cli import cli
-from gateway.db import open_db
-from gateway.handoff import feed_outbox
-from gateway.sync import (
-    SyncConfig,
-    SyncConfigError,
-    build_worker,
-    parse_bytes,
-)
+from gateway.cli.main import cli
+from gateway.pipeline.handoff import feed_outbox
+from gateway.store.db import open_db
+from gateway.sync.config import SyncConfig, SyncConfigError, parse_bytes
+from gateway.sync.service import build_worker
 from sim.platform import start_platform
 from tests.sync_helpers import H0, locations, week_of_summaries
 

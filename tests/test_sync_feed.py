@@ -1,15 +1,17 @@
-"""The real summarise stage through the outbox stage (gateway.handoff) to the platform, and
+"""The real summarise stage through the outbox stage (gateway.pipeline.handoff) to the platform, and
 the gateway service's wiring of sync (gateway/service.py)."""
 
 import threading
 
 import pytest
 
-from gateway.db import open_db
-from gateway.handoff import feed_outbox
-from gateway.records import Reading
-from gateway.summarise import summarise
-from gateway.sync import SyncConfig, backlog, build_worker
+from gateway.pipeline.handoff import feed_outbox
+from gateway.pipeline.summarise import summarise
+from gateway.store.db import open_db
+from gateway.store.records import Reading
+from gateway.sync.config import SyncConfig
+from gateway.sync.outbox import backlog
+from gateway.sync.service import build_worker
 from sim.platform import start_platform
 from tests.sync_helpers import H0, assert_platform_matches, locations
 

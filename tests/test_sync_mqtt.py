@@ -9,8 +9,10 @@ import threading
 import paho.mqtt.client as mqtt
 import pytest
 
-from gateway.db import open_db
-from gateway.sync import SyncConfig, backlog, build_worker, enqueue_events, enqueue_summaries
+from gateway.store.db import open_db
+from gateway.sync.config import SyncConfig
+from gateway.sync.outbox import backlog, enqueue_events, enqueue_summaries
+from gateway.sync.service import build_worker
 from tests.sync_helpers import H0, RawStore, minutes, some_events, week_of_summaries
 
 pytestmark = pytest.mark.skipif(not shutil.which("mosquitto"), reason="needs mosquitto")

@@ -16,21 +16,17 @@ from collections import Counter
 
 import pytest
 
-from gateway import config, registry
-from gateway.db import open_db
+from gateway import config
+from gateway.ingest import registry
 from gateway.service import Gateway, pipeline_config
-from gateway.sync import (
-    Budget,
-    SyncConfig,
-    SyncWorker,
-    backlog,
-    build_worker,
-    enqueue_events,
-    enqueue_summaries,
-    raw_backlog,
-    sync_status,
-)
+from gateway.store.db import open_db
+from gateway.sync.budget import Budget
+from gateway.sync.config import SyncConfig
+from gateway.sync.outbox import backlog, enqueue_events, enqueue_summaries
+from gateway.sync.raw import raw_backlog
 from gateway.sync.sensorthings import SensorThingsTarget
+from gateway.sync.service import build_worker, sync_status
+from gateway.sync.worker import SyncWorker
 from sim.platform import FaultProxy, start_platform
 from sim.sender import Sender, SimNode
 from tests.sync_helpers import (
@@ -328,7 +324,7 @@ def test_gateway_raw_off_by_default_sends_none(tmp_path, platform):
 def test_sync_status_and_push_show_the_raw_backlog(tmp_path, platform):
     from click.testing import CliRunner
 
-    from gateway.cli import cli
+    from gateway.cli.main import cli
 
     db = open_db(tmp_path / "gw.db")
     st = RawStore(db, channels=("p",))

@@ -1,4 +1,4 @@
-"""The store's writer process (gateway/commit.py): the commits run there, it ends with the
+"""The store's writer process (gateway/store/commit.py): the commits run there, it ends with the
 gateway however the gateway ends, and one that dies is replaced without losing a reading."""
 
 import asyncio
@@ -8,13 +8,13 @@ import signal
 
 from gateway_helpers import GatewayProcess
 
-from gateway import registry
-from gateway.commit import Setup, open_writer
-from gateway.db import open_db
+from gateway.ingest import registry
 from gateway.metrics import Registry
-from gateway.records import Reading
 from gateway.service import init_dir
-from gateway.store import Committer, Outcome, Pack
+from gateway.store.commit import Setup, open_writer
+from gateway.store.committer import Committer, Outcome, Pack
+from gateway.store.db import open_db
+from gateway.store.records import Reading
 
 
 def _exited(pid: int, timeout: float) -> bool:

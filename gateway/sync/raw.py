@@ -3,8 +3,8 @@ the ``readings`` table, never a copy of a reading.
 
 ``sync_raw`` holds spans ``(node, channel, first, last)``: the readings of that node and
 channel with a time in ``[first, last]`` that are not yet confirmed by the platform. A span is
-written by ``RawLog.log`` (gateway/raw_spans.py) inside the very transaction that stores its
-readings (the committer's ``in_commit`` hook, gateway/store.py), so the sync worker, which
+written by ``RawLog.log`` (gateway/sync/raw_spans.py) inside the very transaction that stores its
+readings (the committer's ``in_commit`` hook, gateway/store/committer.py), so the sync worker, which
 reads from its own connection, never sees a stored reading that no span accounts for.
 
 Ownership, the rule that makes late readings and retries exact:
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from gateway.raw_spans import RawSpans, log_times
-from gateway.records import Reading
+from gateway.store.records import Reading
 from gateway.sync.outbox import RAW_SUFFIX
+from gateway.sync.raw_spans import RawSpans, log_times
 
 migrations = Migrations("reverbere.sync.raw")
 
@@ -66,7 +66,7 @@ def raw_stream(channel: str) -> str:
 class RawLog:
     """The log of raw readings owed, for the channels in ``channels`` (None: every channel).
 
-    ``log`` (a ``gateway.raw_spans.RawSpans``) goes in the committer's ``in_commit``
+    ``log`` (a ``gateway.sync.raw_spans.RawSpans``) goes in the committer's ``in_commit``
     (gateway/service.py wires it), which runs it in the store's writer process, inside the
     commit's transaction; calling the object is the after-commit stage, which only wakes the
     sync worker (``listeners``), at most every ``interval`` seconds: raw readings go in

@@ -4,7 +4,7 @@ and drawn as a chart of energy per hour per node with the anomalies marked.
 ``reverbere summaries --from URL`` uses :func:`pull`; ``--from gateway`` reads the same
 :class:`~gateway.sync.outbox.Summary` and :class:`~gateway.sync.outbox.Event` records from
 the gateway's own tables (:func:`from_tables`); both print through the one formatter,
-:func:`gateway.report.render`, and draw through :func:`write_chart`.
+:func:`gateway.render.render`, and draw through :func:`write_chart`.
 """
 
 import html
@@ -126,7 +126,7 @@ def pull(
                         continue
                     seen.add(key)
                     (out.events if stream == ANOMALIES else out.summaries).append(item)
-    # The gateway's order (gateway.report): by node, channel and hour; events by start, id.
+    # The gateway's order (gateway.render): by node, channel and hour; events by start, id.
     out.summaries.sort(key=lambda s: (s.node, s.channel, s.hour))
     out.events.sort(key=lambda e: (e.start, _event_number(e)))
     return out
@@ -148,7 +148,7 @@ def as_record(
             node,
             str(p.get("channel", "")),
             t,
-            # An open event goes out with end = start (gateway.handoff): show it open.
+            # An open event goes out with end = start (gateway.pipeline.handoff): show it open.
             float(end) if end is not None and end != t else None,
             str(p.get("kind", "")),
             float(result),
@@ -310,12 +310,12 @@ def from_outbox(
 
 
 def summary_rows(summaries: Iterable[Summary]) -> list[dict]:
-    """Row dicts for :func:`gateway.report.render` (``SUMMARY_COLUMNS``)."""
+    """Row dicts for :func:`gateway.render.render` (``SUMMARY_COLUMNS``)."""
     return [asdict(x) for x in summaries]
 
 
 def event_rows(events: Iterable[Event]) -> list[dict]:
-    """Row dicts for :func:`gateway.report.render` (``ANOMALY_COLUMNS``)."""
+    """Row dicts for :func:`gateway.render.render` (``ANOMALY_COLUMNS``)."""
     out = []
     for e in events:
         d = asdict(e)
@@ -329,7 +329,7 @@ def from_tables(
     db, start: float, end: float, nodes: Sequence[str] | None = None
 ) -> tuple[list[Summary], list[Event]]:
     """The gateway's own summaries and anomaly events (tables ``summaries``, ``anomalies``)."""
-    from gateway import report
+    from gateway import render as report
 
     summaries = [
         Summary(
@@ -346,7 +346,7 @@ def from_tables(
             "SELECT * FROM summaries WHERE hour >= ? ORDER BY node, channel, hour",
             [int(start // 3600) * 3600],
         )
-        # count 0 (only a counter segment's energy): not sent (gateway.handoff), not shown
+        # count 0 (only a counter segment's energy): not sent (gateway.pipeline.handoff), not shown
         if r["count"] and r["hour"] < end and (not nodes or r["node"] in nodes)
     ]
     events = [

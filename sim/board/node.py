@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.flash import CONFIG_PATH
+from gateway.provision.flash import CONFIG_PATH
 from protocols import cbor, coap, cose, senml
 
 # Real seconds the node may take for its first exchange before the board gives up on it.

@@ -28,7 +28,8 @@ mean, and its share of the energy.
 Late readings (older than the newest one of their channel: packs reordered by the network, a
 backfill overtaken by fresher readings) are folded in exactly: every hour they change (their own,
 and those the segments to their stored neighbours span) is recomputed from the stored raw
-readings (tables ``readings`` and ``nodes`` of gateway/store.py and gateway/registry.py), and gets
+readings (tables ``readings`` and ``nodes`` of gateway/store/committer.py and
+gateway/ingest/registry.py), and gets
 a new ``version``, which marks it for re-sync. This holds while the raw readings of that hour
 are kept (``retention_days``).
 """
@@ -39,7 +40,7 @@ from collections.abc import Sequence
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from gateway.records import Reading
+from gateway.store.records import Reading
 
 HOUR = 3600
 MAX_GAP = 900.0  # seconds: longer gaps in a power channel are not integrated

@@ -4,7 +4,7 @@ Keys live in the gateway database (table ``nodes``); the database file is create
 the service runs as its own user (see docs/gateway.md), so only that user can read them.
 A removed node keeps its row (its readings refer to it) but loses its key, so it gets 4.01.
 ``last_seq`` is the last accepted message counter (Partial IV); it only ever grows, in the
-same transaction that stores the readings (``gateway.store``). ``gaps`` counts the counter
+same transaction that stores the readings (``gateway.store.committer``). ``gaps`` counts the counter
 values never seen: messages that were lost for good.
 """
 

@@ -10,7 +10,7 @@ Order of checks (the first failing one answers; nothing is stored on any failure
    (equal to it: a retransmission of what is already stored, answered 2.04 again)
 6. the payload must be a SenML pack of known channels, with the channel's unit if a unit is
    given, finite numbers, and times within [now - max_past, now + max_future] else 4.00
-7. the committer stores it (gateway.store); 5.03 with Max-Age if it cannot.
+7. the committer stores it (gateway.store.committer); 5.03 with Max-Age if it cannot.
 
 Then 2.04 with the CBOR map ``{"t": gateway time, "c": the node's config}``. Every rejection
 is counted in ``reverbere_packs_rejected_total{reason}`` and logged at most once per node (or
@@ -30,12 +30,12 @@ import sqlite_utils
 from aiocoap import Message, error, resource
 from aiocoap.numbers.codes import Code
 
-from gateway import registry
 from gateway.config import Config
+from gateway.ingest import registry
 from gateway.logs import RateLimiter, event
 from gateway.metrics import Registry
-from gateway.records import Reading
-from gateway.store import Committer, Outcome, Overloaded, Pack, Stopped
+from gateway.store.committer import Committer, Outcome, Overloaded, Pack, Stopped
+from gateway.store.records import Reading
 from protocols import cose, senml
 from protocols.const import (
     CF_CBOR,

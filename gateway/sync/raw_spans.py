@@ -1,7 +1,7 @@
 """The spans of raw readings owed to the platform that a commit writes in its own transaction
 (table ``sync_raw``; what a span is and who owns a reading: gateway/sync/raw.py).
 
-Apart from gateway/sync/ because the store's writer process (gateway/commit.py) runs it, and
+Apart from gateway/sync/ because the store's writer process (gateway/store/commit.py) runs it, and
 importing the sync package there would triple that process's memory (15 to 42 MB).
 """
 

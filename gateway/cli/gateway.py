@@ -18,9 +18,11 @@ from typing import Any
 
 import click
 
-from gateway import config, registry, service, store
-from gateway.cli_options import config_option
-from gateway.db import open_db
+from gateway import config, service
+from gateway.cli.options import config_option
+from gateway.ingest import registry
+from gateway.store import committer as store
+from gateway.store.db import open_db
 
 
 def _load(path: Path, overrides: dict[str, Any] | None = None) -> config.Config:

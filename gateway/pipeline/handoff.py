@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import sqlite_utils
 
-from gateway.records import Reading
+from gateway.store.records import Reading
 
 
 def feed_outbox(

@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from gateway.detect.baseline import StatDetector
-from gateway.detect.config import DetectConfig
-from gateway.detect.events import Event, Finding, Tracker
-from gateway.detect.rules import (
+from gateway.pipeline.detect.baseline import StatDetector
+from gateway.pipeline.detect.config import DetectConfig
+from gateway.pipeline.detect.events import Event, Finding, Tracker
+from gateway.pipeline.detect.rules import (
     Clock,
     CounterRule,
     LampRule,
@@ -33,7 +33,7 @@ from gateway.detect.rules import (
     lamp_switching,
     schedule_switching,
 )
-from gateway.records import Reading
+from gateway.store.records import Reading
 from protocols.const import CHANNELS, SUM_CHANNELS
 
 MAX_STATE = 4096  # bytes of packed state per channel, at most
@@ -453,7 +453,8 @@ def replay(
 ) -> Iterator[tuple[float, float, bool]]:
     """Run the very detectors of the stage over ``(unix_time, value)`` rows of one channel,
     offline: yield ``(time, score, alarm)`` per row, ``alarm`` when an event opens at that row at
-    the configured threshold (by default :data:`~gateway.detect.config.DEFAULT_THRESHOLD`)."""
+    the configured threshold (by default
+    :data:`~gateway.pipeline.detect.config.DEFAULT_THRESHOLD`)."""
     if kind not in REPLAY_KINDS:
         raise ValueError("unknown kind {!r} (one of {})".format(kind, ", ".join(REPLAY_KINDS)))
     config = config or DetectConfig()

@@ -4,11 +4,11 @@ Verified packs wait in a queue; the ``Committer`` takes up to ``commit_max_packs
 into one transaction (one fsync with ``synchronous=FULL``), which checks each pack's message
 counter against ``nodes.last_seq`` and moves it on, inserts the readings with ``INSERT OR
 IGNORE`` (the key (node, channel, time) makes a retransmitted pack a no-op) and commits
-(``gateway.commit.commit_batch``); only then does it resolve each pack's future, so the 2.04
+(``gateway.store.commit.commit_batch``); only then does it resolve each pack's future, so the 2.04
 goes out after the commit. While one commit runs, the next batch gathers: the busier the
 gateway, the more packs share an fsync.
 
-The commits run in the store's writer process (``WriterProcess``, gateway/commit.py says
+The commits run in the store's writer process (``WriterProcess``, gateway/store/commit.py says
 why): the event loop sends it each batch and reads the outcomes from its socket, and goes on
 verifying packs meanwhile. Everything else that writes (the stages, retention, ``run``) runs
 in the committer's writer thread, with its own connection; the two take turns (``_turn``), so
@@ -75,10 +75,10 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 import gateway
-from gateway.commit import InCommit, Outcome, Setup, prepare_writer
-from gateway.db import open_db
 from gateway.logs import RateLimiter, event
-from gateway.records import Reading
+from gateway.store.commit import InCommit, Outcome, Setup, prepare_writer
+from gateway.store.db import open_db
+from gateway.store.records import Reading
 
 migrations = Migrations("reverbere.store")
 log = logging.getLogger("reverbere.store")
@@ -260,7 +260,7 @@ class WriterGone(Exception):
 
 
 class WriterProcess:
-    """The store's writer process (gateway/commit.py), seen from the event loop: ``await
+    """The store's writer process (gateway/store/commit.py), seen from the event loop: ``await
     start()``, then ``await ask(message)`` for each commit, one at a time."""
 
     def __init__(self, setup: Setup):
@@ -329,7 +329,7 @@ class WriterProcess:
 
 
 # The writer process's main: ``serve`` on the socket whose number follows.
-SERVE = "import sys; from gateway.commit import serve; serve(int(sys.argv[1]))"
+SERVE = "import sys; from gateway.store.commit import serve; serve(int(sys.argv[1]))"
 
 
 class Committer:
@@ -568,7 +568,7 @@ class Committer:
         return how many readings it stored.
 
         In the writer process, so that the event loop goes on verifying packs meanwhile, and
-        neither waits for the other's GIL (see gateway/commit.py)."""
+        neither waits for the other's GIL (see gateway/store/commit.py)."""
         if len(self._pending) < self.max_packs and self.delay > 0 and not self._stopping:
             await asyncio.sleep(self.delay)  # let a few more packs join this commit
         batch = self._pending[: self.max_packs]

@@ -4,8 +4,11 @@ import json
 
 import click
 
-from gateway import __version__, cli_gateway, cli_reports, cli_sync
-from gateway.node_cli import doctor_cmd, flash_cmd
+from gateway import __version__
+from gateway.cli import gateway as cli_gateway
+from gateway.cli import reports as cli_reports
+from gateway.cli import sync as cli_sync
+from gateway.cli.node import doctor_cmd, flash_cmd
 from sim.cli import sim
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import click
 
 from gateway import config as gwconfig
-from gateway import report
-from gateway.cli_options import config_option, db_option
-from gateway.db import open_db
-from gateway.sync import SyncConfig, SyncConfigError, build_worker, sync_status
+from gateway import render as report
+from gateway.cli.options import config_option, db_option
+from gateway.store.db import open_db
+from gateway.sync.config import SyncConfig, SyncConfigError
 from gateway.sync.report import (
     SUMMARY_COLUMNS,
     ChartError,
@@ -25,6 +25,7 @@ from gateway.sync.report import (
     summary_rows,
 )
 from gateway.sync.report import write_chart as _write_chart
+from gateway.sync.service import build_worker, sync_status
 
 
 def _load(config_path: Path, db_path: Path | None) -> tuple[Path, SyncConfig | None]:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.device import BoardInfo, Device
+    from gateway.provision.device import BoardInfo, Device
 
 CONFIG_PATH = "/config.json"  # firmware/config.py reads it from the working directory, /
 STATUS_PATH = "/status.json"
@@ -197,7 +197,7 @@ def load_key(path: str | Path, node_id: str) -> bytes:
 def _sources() -> list[tuple[str, Path]]:
     """(path in slot, source file) for every module the node runs (firmware/, protocols/)."""
     try:  # the firmware's own list (it leaves out host-only modules)
-        from gateway.device_build import ROOT, sources
+        from gateway.provision.build import ROOT, sources
     except ImportError:
         import protocols
 
@@ -452,8 +452,8 @@ class GatewayWatch:
 def gateway_key(config_path: str | Path, node_id: str) -> bytes:
     """The node's key from the gateway's registry: registered now if it is not yet."""
     from gateway import config as gwconfig
-    from gateway import registry
-    from gateway.db import open_db
+    from gateway.ingest import registry
+    from gateway.store.db import open_db
 
     db = open_db(gwconfig.load(config_path).database)
     try:
@@ -531,7 +531,7 @@ def flash(
 
     ``commission_timeout=None`` skips the reset and commissioning.
     """
-    from gateway.device import Device
+    from gateway.provision.device import Device
 
     progress = progress or Progress()
     t0 = time.monotonic()
@@ -617,7 +617,7 @@ def doctor(port: str, baud: int = 115200) -> Diagnosis:
     """
     import ast
 
-    from gateway.device import Device, DeviceError
+    from gateway.provision.device import Device, DeviceError
 
     with Device(port, baud) as dev:
         dev.enter_raw()

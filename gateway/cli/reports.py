@@ -1,8 +1,8 @@
 """``reverbere anomalies`` (and ``anomalies replay``): what the gateway's detectors found.
 
 A thin shell: each command opens the database named by the config (or ``--db``), calls one
-function of :mod:`gateway.report` or :mod:`gateway.detect`, and prints with
-:func:`gateway.report.render`. (``reverbere summaries`` lives in gateway/cli_sync.py, which reads
+function of :mod:`gateway.render` or :mod:`gateway.pipeline.detect`, and prints with
+:func:`gateway.render.render`. (``reverbere summaries`` lives in gateway/cli/sync.py, which reads
 both the gateway and the platform.)
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from gateway import report
-from gateway.cli_options import config_option, db_option
+from gateway import render as report
+from gateway.cli.options import config_option, db_option
 
 format_option = click.option(
     "--format", "fmt", type=click.Choice(report.FORMATS), default="table", show_default=True
@@ -24,7 +24,7 @@ since_option = click.option(
 
 
 def _open(config_path: Path, db_path: Path | None):
-    from gateway.db import open_db
+    from gateway.store.db import open_db
 
     if db_path is None:
         from gateway import config
@@ -93,7 +93,7 @@ def anomalies_replay(csv_file, kind, fmt, threshold) -> None:
     threshold). Timestamps are Unix seconds or ISO 8601 (UTC unless they say); a header row
     is skipped.
     """
-    from gateway.detect import DetectConfig, replay
+    from gateway.pipeline.detect import DetectConfig, replay
 
     rows = []
     for i, rec in enumerate(csv.reader(csv_file), 1):

@@ -1,7 +1,7 @@
 """Energy rules an operator understands at a glance.
 
 Each rule watches one channel of one node, keeps a few numbers of state, and says for each
-reading a :class:`~gateway.detect.events.Finding` (or None when it has nothing to say):
+reading a :class:`~gateway.pipeline.detect.events.Finding` (or None when it has nothing to say):
 
 ========================  ==========================================================  ========
 kind                      condition                                                   channels
@@ -17,7 +17,7 @@ kind                      condition                                             
 ========================  ==========================================================  ========
 
 "Node silent" is not a rule on readings (it is about their absence): see
-:func:`gateway.detect.engine.check_silent`.
+:func:`gateway.pipeline.detect.engine.check_silent`.
 
 Sunrise and sunset come from the ``astral`` package (NOAA's solar equations) for the site's
 latitude and longitude; the lamp rules leave ``twilight_minutes`` of grace around both.
@@ -31,8 +31,8 @@ from array import array
 from astral import Observer
 from astral.sun import sunrise, sunset
 
-from gateway.detect.config import DetectConfig, Schedule
-from gateway.detect.events import Finding
+from gateway.pipeline.detect.config import DetectConfig, Schedule
+from gateway.pipeline.detect.events import Finding
 
 CONFIRM = 3  # readings in a row before a rule's condition counts
 DRIFT_LEARN = 30  # lit readings per hour of night that make the drift rule's reference

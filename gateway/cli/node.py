@@ -1,7 +1,7 @@
 """``reverbere node flash`` and ``node doctor``: a technician and a node on a USB cable.
 
-Thin shell over :mod:`gateway.flash`: one library call per command; the library's exceptions
-become a message with what to check.
+Thin shell over :mod:`gateway.provision.flash`: one library call per command; the library's
+exceptions become a message with what to check.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import click
 
 
 class _Bar:
-    """gateway.flash.Progress drawn as a click progress bar (bytes, and files in the label)."""
+    """gateway.provision.flash.Progress drawn as a click progress bar (bytes, and files in the
+    label)."""
 
     def __init__(self) -> None:
         self.bar = None
@@ -47,7 +48,7 @@ class _Bar:
 
 
 def _key(node_id: str, key_file: str | None, config: str | None) -> bytes:
-    from gateway.flash import FlashError, gateway_key, load_key
+    from gateway.provision.flash import FlashError, gateway_key, load_key
 
     if key_file:
         return load_key(key_file, node_id)
@@ -114,8 +115,8 @@ def flash_cmd(
     installs atomically (a pulled cable leaves the old firmware or the new one, never a mix),
     writes the node's config and key, then resets the node and waits for its first pack.
     """
-    from gateway.device import DeviceError, DeviceLost
-    from gateway.flash import FlashError, GatewayWatch, NodeConfig, flash, parse_gateway
+    from gateway.provision.device import DeviceError, DeviceLost
+    from gateway.provision.flash import FlashError, GatewayWatch, NodeConfig, flash, parse_gateway
 
     bar = _Bar()
     try:
@@ -184,8 +185,8 @@ def doctor_cmd(port, baud, as_json) -> None:
     """Read a node's state over USB serial: firmware, config (no key), buffer, errors."""
     import json
 
-    from gateway.device import DeviceError
-    from gateway.flash import FlashError, doctor
+    from gateway.provision.device import DeviceError
+    from gateway.provision.flash import FlashError, doctor
 
     try:
         d = doctor(port, baud)

@@ -14,10 +14,10 @@ import sqlite_utils
 
 # "module:attribute" of each migration set, applied in this order.
 MIGRATION_SETS: tuple[str, ...] = (
-    "gateway.registry:migrations",
-    "gateway.store:migrations",
-    "gateway.detect:migrations",
-    "gateway.summarise:migrations",
+    "gateway.ingest.registry:migrations",
+    "gateway.store.committer:migrations",
+    "gateway.pipeline.detect:migrations",
+    "gateway.pipeline.summarise:migrations",
     "gateway.sync.outbox:migrations",
     "gateway.sync.raw:migrations",
 )

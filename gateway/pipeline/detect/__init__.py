@@ -4,9 +4,14 @@ The stage is :class:`Detector` (``detect = Detector(config); detect(db, readings
 offline twin is :func:`replay`. See docs/anomalies.md.
 """
 
-from gateway.detect.config import DEFAULT_THRESHOLD, DetectConfig, DetectConfigError, Schedule
-from gateway.detect.engine import Detector, check_silent, migrations, replay
-from gateway.detect.events import Event
+from gateway.pipeline.detect.config import (
+    DEFAULT_THRESHOLD,
+    DetectConfig,
+    DetectConfigError,
+    Schedule,
+)
+from gateway.pipeline.detect.engine import Detector, check_silent, migrations, replay
+from gateway.pipeline.detect.events import Event
 
 __all__ = [
     "DEFAULT_THRESHOLD",

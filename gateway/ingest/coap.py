@@ -13,7 +13,8 @@ the per-message timers, and a response is kept as its encoded bytes: about 0.5 K
 all (10 MB at the cap) instead of 2.2 KB, and a few objects instead of dozens for the garbage
 collector to walk. Forgetting an entry early is safe here because ingest is
 idempotent: a retransmission that misses the cache is verified again, its counter equals the
-node's last accepted one, and it is answered 2.04 without storing anything (gateway.ingest).
+node's last accepted one, and it is answered 2.04 without storing anything
+(gateway.ingest.resource).
 This overrides aiocoap's private ``_deduplicate_message`` and ``_store_response_for_duplicates``
 and sends through the udp6 transport's socket (aiocoap 0.4.x, pinned < 0.5).
 """
