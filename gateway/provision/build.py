@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("protocols", "firmware")
 # In firmware/ but not on a device: RAM-backed HAL parts for tests and the simulator.
 HOST_ONLY = ("firmware/hal.py",)
