@@ -7,9 +7,12 @@ the gateway sends in a 2.04 response; ``save(fs, cfg)`` writes atomically (temp 
 
 import json
 
-from firmware.store import CHANNELS
+from protocols.const import CHANNEL_NAMES
 
 FILE = "config.json"
+# The channels a node may sample: the gateway's list (it refuses a pack with any other, and the
+# node would drop the whole pack), but "drop", which the node counts itself.
+CHANNELS = tuple(c for c in CHANNEL_NAMES if c != "drop")
 
 # (key, default, kind, low, high), in this order. A default of None means the key is required.
 SCHEMA = (
@@ -64,8 +67,8 @@ def _check(key, v, kind, lo, hi):
             bad = "an object of channel: seconds"
         else:
             for ch in v:
-                if ch not in CHANNELS or ch == "drop":
-                    bad = "channels among %s" % ", ".join(CHANNELS[:-3])
+                if ch not in CHANNELS:
+                    bad = "channels among %s" % ", ".join(CHANNELS)
                 else:
                     _check("channels." + ch, v[ch], "int", lo, hi)
     if bad:

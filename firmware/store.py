@@ -16,6 +16,8 @@ at any byte leaves a slot whose CRC fails (or the old slot), and the rest stays 
 import struct
 from binascii import crc32
 
+from protocols.const import CHANNEL_NAMES
+
 try:
     from micropython import const
 except ImportError:
@@ -30,8 +32,8 @@ _FLOAT = const(0x80)  # channel flag: the value is a float32
 _REL = const(0x40)  # channel flag: the time is seconds since boot (the clock was unknown)
 RESERVE = const(32)  # message counters reserved per meta write
 
-# Channel index on flash <-> name on the wire (protocols.const.CHANNELS).
-CHANNELS = ("p", "e", "t", "lux", "bat", "rssi", "drop", "i", "u")
+# Channel index on flash <-> name on the wire: the wire's own list, in its fixed order.
+CHANNELS = CHANNEL_NAMES
 
 
 def _crc(mv):
@@ -154,7 +156,8 @@ class Store:
         seq = self.tail
         while seq < self.head and len(out) < count:
             r = self._slot(seq % self.n)
-            if r and r[0] == seq:
+            # (a channel index past the list, from an older firmware, reads as a torn slot)
+            if r and r[0] == seq and (r[2] & 0x3F) < len(CHANNELS):
                 f = r[2]
                 v = struct.unpack(">f" if f & _FLOAT else ">i", r[4])[0]
                 out.append((seq, CHANNELS[f & 0x3F], r[3], v, r[1] if f & _REL else None))

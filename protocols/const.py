@@ -67,16 +67,21 @@ VD = 8
 # Times below 2**28 are relative to "now" (RFC 8428 Section 4.5.3).
 SENML_RELATIVE_LIMIT = 1 << 28
 
-# Channels a node may send: name -> SenML unit (RFC 8428 Section 12.1, RFC 8798).
-CHANNELS = {
-    "p": "W",  # active power
-    "e": "Wh",  # energy counter, sent as a sum ("s")
-    "t": "Cel",  # temperature
-    "lux": "lx",  # illuminance
-    "bat": "%EL",  # battery, percent of remaining energy level
-    "rssi": "dBW",  # radio signal strength
-    "drop": "1",  # readings the node had to drop (buffer full), a counter sent as a sum
-}
+# Channels a node may send: (name, SenML unit) (RFC 8428 Section 12.1, RFC 8798). The one list:
+# the gateway refuses (4.00) a pack with any other channel, the node's config.json accepts
+# these (but "drop", which the node makes itself), and the node stores a reading's channel on
+# flash as its index here (firmware/store.py): add new channels at the end, never reorder.
+CHANNEL_UNITS = (
+    ("p", "W"),  # active power
+    ("e", "Wh"),  # energy counter, sent as a sum ("s")
+    ("t", "Cel"),  # temperature
+    ("lux", "lx"),  # illuminance
+    ("bat", "%EL"),  # battery, percent of remaining energy level
+    ("rssi", "dBW"),  # radio signal strength
+    ("drop", "1"),  # readings the node had to drop (buffer full), a counter sent as a sum
+)
+CHANNEL_NAMES = tuple(c[0] for c in CHANNEL_UNITS)
+CHANNELS = dict(CHANNEL_UNITS)  # name -> unit
 # Channels whose readings are counters, carried in the SenML sum field.
 SUM_CHANNELS = ("e", "drop")
 

@@ -78,3 +78,15 @@ def test_save_replaces_the_file_in_one_rename():
     config.save(fs, cfg)
     assert sorted(fs.files) == ["config.json"]
     assert config.load(fs.read("config.json"))["pack"] == 7
+
+
+def test_channels_are_the_wire_list_but_drop():
+    # The gateway refuses a pack with a channel outside protocols.const.CHANNELS (4.00, and
+    # the node then drops the whole pack): config.json must refuse such a channel at boot.
+    from protocols.const import CHANNELS
+
+    assert set(config.CHANNELS) == set(CHANNELS) - {"drop"}
+    for ch in config.CHANNELS:
+        assert config.load(_with(channels={ch: 60}))["channels"] == {ch: 60}
+    for ch in ("i", "u", "drop", "x"):
+        assert "'channels' must be channels among p, e, t, lux" in _error(_with(channels={ch: 60}))

@@ -123,3 +123,25 @@ def test_torn_slot_inside_pending_range_is_skipped_and_counted():
     st2 = Store(dev)
     recs, end = st2.peek(10)
     assert [r[3] for r in recs] == [60, 62, 63] and end == 4
+
+
+def test_a_channel_index_past_the_list_reads_as_a_torn_slot():
+    # An older firmware stored channels "i" and "u" (indexes 7 and 8) that the gateway never
+    # accepted: such a slot left on flash is skipped (dropped when acknowledged), not a crash.
+    import struct
+    from binascii import crc32
+
+    from firmware.hal import MemDev
+    from firmware.store import CHANNELS
+
+    meta, rec_len = 20, 16  # store.py's _META and _REC (const: not module names on MicroPython)
+    dev = MemDev(4096)
+    st = Store(dev)
+    st.append("p", 1700000000, 60)
+    st.append("t", 1700000060, 21)
+    rec = bytearray(rec_len)
+    struct.pack_into(">IBBi4s", rec, 0, 1, st.boot & 0xFF, len(CHANNELS), 1700000060, b"\0" * 4)
+    struct.pack_into(">H", rec, rec_len - 2, crc32(memoryview(rec)[: rec_len - 2]) & 0xFFFF)
+    dev.write(st.m * meta + 1 * rec_len, rec)
+    got, upto = Store(dev).peek(10)
+    assert [r[1] for r in got] == ["p"] and upto == 2
