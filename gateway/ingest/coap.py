@@ -16,7 +16,8 @@ idempotent: a retransmission that misses the cache is verified again, its counte
 node's last accepted one, and it is answered 2.04 without storing anything
 (gateway.ingest.resource).
 This overrides aiocoap's private ``_deduplicate_message`` and ``_store_response_for_duplicates``
-and sends through the udp6 transport's socket (aiocoap 0.4.x, pinned < 0.5).
+and sends through the udp6 transport's socket: aiocoap is pinned to the version checked
+(pyproject.toml), and tests/test_aiocoap_pin.py fails if what this module overrides changes.
 """
 
 import asyncio
@@ -97,7 +98,7 @@ class BoundedMessageManager(MessageManager):
 class ServerContext(Context):
     """aiocoap's ``Context`` without the eager ``repr()`` of every request it renders (it names
     each rendering task ``"Rendering for <request>"``; formatting the request costs a tenth of
-    the gateway's CPU per message). Same behaviour otherwise (aiocoap 0.4.x)."""
+    the gateway's CPU per message). Same behaviour otherwise (the pinned aiocoap's)."""
 
     def render_to_pipe(self, pipe: Any) -> None:
         run_driving_pipe(
