@@ -5,16 +5,22 @@ unsigned and negative integers (up to 64 bits), byte and text strings, arrays, m
 false/true/null, and floats in their preferred serialization (RFC 8949 Section 4.2.2:
 the shortest of float16, float32, float64 that keeps the value exactly).
 
-Decoding is bounded: a length larger than what is left of the input, nesting deeper than
-``MAX_DEPTH``, indefinite lengths, and trailing bytes all raise ``DecodeError`` before any
-large allocation.
+Decoding is strict, and the same on the node and the gateway (which decodes what unknown
+senders post with it, before any MAC is checked): only tag 17 (``TAGS``), no ``undefined``
+or other simple values, map keys that are integers or strings and appear once. It is
+bounded: a length larger than what is left of the input, nesting deeper than ``MAX_DEPTH``,
+indefinite lengths and trailing bytes all raise ``DecodeError`` before any large allocation;
+nothing else is ever raised.
 """
 
 import struct
 
+from protocols.const import COSE_MAC0_TAG
 from protocols.errors import DecodeError
 
 MAX_DEPTH = 16
+# The only tag the decoder accepts: the wire's one tagged item is the COSE_Mac0.
+TAGS = (COSE_MAC0_TAG,)
 
 # Major types, RFC 8949 Section 3.1.
 _UINT = 0
@@ -171,6 +177,12 @@ def dumps(obj):
 
 
 # --- decoding ------------------------------------------------------------------------------------
+# The decoder is the wire contract: it reads only what the protocol sends (integers, floats,
+# byte and text strings, arrays, maps, false/true/null, and tag 17 around a COSE_Mac0) and
+# refuses the rest with ``DecodeError``. The gateway runs it on what unauthenticated senders
+# post, so it must never do more work than the length of its input allows: no other tag is
+# ever interpreted (cbor2 compiles a regular expression for tag 35 and builds decimals for
+# tags 4 and 5), no length is trusted beyond the bytes that are there, nesting is bounded.
 
 
 def _half(h):
@@ -185,65 +197,57 @@ def _half(h):
     return -v if h & 0x8000 else v
 
 
-def _arg(data, pos, info):
-    """Read the argument of an initial byte; return (value, new position)."""
-    if info < 24:
-        return info, pos
-    if info == 24:
-        size = 1
-    elif info == 25:
-        size = 2
-    elif info == 26:
-        size = 4
-    elif info == 27:
-        size = 8
-    else:
-        raise DecodeError("CBOR: reserved or indefinite length (additional info %d)" % info)
-    end = pos + size
-    if end > len(data):
-        raise DecodeError("CBOR: truncated")
-    return int.from_bytes(data[pos:end], "big"), end
+def _simple(data, pos, info, end):
+    """The value of a major type 7 item whose argument bytes are ``data[pos:end]``."""
+    if info == 25:
+        return _half((data[pos] << 8) | data[pos + 1])
+    if info == 26:
+        return struct.unpack(">f", data[pos:end])[0]
+    if info == 27:
+        return struct.unpack(">d", data[pos:end])[0]
+    if info == 20:
+        return False
+    if info == 21:
+        return True
+    if info == 22:
+        return None
+    # 23 (undefined), 24 (one-byte simple values) and the unassigned ones: not on the wire.
+    raise DecodeError("CBOR: unsupported simple value %d" % info)
 
 
 def _item(data, pos, depth):
+    """Decode the item at ``pos``; return (value, position after it)."""
     if depth > MAX_DEPTH:
         raise DecodeError("CBOR: nested deeper than %d" % MAX_DEPTH)
-    if pos >= len(data):
+    size = len(data)
+    if pos >= size:
         raise DecodeError("CBOR: truncated")
     ib = data[pos]
     major = ib >> 5
     info = ib & 0x1F
     pos += 1
-    if major == _SIMPLE:
-        if info == 20:
-            return False, pos
-        if info == 21:
-            return True, pos
-        if info == 22 or info == 23:
-            return None, pos
-        if info == 25:
-            if pos + 2 > len(data):
-                raise DecodeError("CBOR: truncated")
-            return _half(int.from_bytes(data[pos : pos + 2], "big")), pos + 2
-        if info == 26:
-            if pos + 4 > len(data):
-                raise DecodeError("CBOR: truncated")
-            return struct.unpack(">f", bytes(data[pos : pos + 4]))[0], pos + 4
-        if info == 27:
-            if pos + 8 > len(data):
-                raise DecodeError("CBOR: truncated")
-            return struct.unpack(">d", bytes(data[pos : pos + 8]))[0], pos + 8
-        raise DecodeError("CBOR: unsupported simple value %d" % info)
-    n, pos = _arg(data, pos, info)
+    if info < 24:
+        n = info
+        end = pos
+    elif info < 28:
+        end = pos + (1 << (info - 24))  # 1, 2, 4 or 8 bytes of argument
+        if end > size:
+            raise DecodeError("CBOR: truncated")
+        if major == _SIMPLE:
+            return _simple(data, pos, info, end), end
+        n = int.from_bytes(data[pos:end], "big")
+    else:
+        raise DecodeError("CBOR: reserved or indefinite length (additional info %d)" % info)
+    pos = end
     if major == _UINT:
         return n, pos
     if major == _NINT:
         return -1 - n, pos
     if major in (_BYTES, _TEXT):
         end = pos + n
-        if end > len(data):
+        if end > size:
             raise DecodeError("CBOR: string longer than the input")
-        raw = bytes(data[pos:end])
+        raw = data[pos:end]
         if major == _BYTES:
             return raw, end
         try:
@@ -251,32 +255,43 @@ def _item(data, pos, depth):
         except UnicodeError:
             raise DecodeError("CBOR: text string is not UTF-8") from None
     if major == _ARRAY:
-        if n > len(data) - pos:  # every item takes at least one byte
+        if n > size - pos:  # every item takes at least one byte
             raise DecodeError("CBOR: array longer than the input")
-        items = []
-        for _ in range(n):
-            v, pos = _item(data, pos, depth + 1)
-            items.append(v)
+        items = [None] * n
+        for i in range(n):
+            items[i], pos = _item(data, pos, depth + 1)
         return items, pos
     if major == _MAP:
-        if 2 * n > len(data) - pos:
+        if 2 * n > size - pos:
             raise DecodeError("CBOR: map longer than the input")
         m = {}
         for _ in range(n):
             k, pos = _item(data, pos, depth + 1)
-            v, pos = _item(data, pos, depth + 1)
-            if not isinstance(k, (int, str, bytes)):
+            # Integers and strings only (bool is an int to Python: True would equal 1), each
+            # once: COSE (RFC 9052 Section 3) requires refusing a map with a repeated label.
+            if isinstance(k, bool) or not isinstance(k, (int, str, bytes)):
                 raise DecodeError("CBOR: unsupported map key type")
-            m[k] = v
+            if k in m:
+                raise DecodeError("CBOR: repeated map key")
+            m[k], pos = _item(data, pos, depth + 1)
         return m, pos
-    # _TAG
-    v, pos = _item(data, pos, depth + 1)
-    return Tag(n, v), pos
+    if major == _TAG:
+        if n not in TAGS:
+            raise DecodeError("CBOR: tag %d is not part of the protocol" % n)
+        v, pos = _item(data, pos, depth + 1)
+        return Tag(n, v), pos
+    return _simple(data, pos, info, pos), pos  # major 7, info < 24: false, true, null
 
 
 def loads(data):
-    """Decode one CBOR item that fills ``data`` exactly; raise ``DecodeError`` otherwise."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
+    """Decode one CBOR item that fills ``data`` exactly; raise ``DecodeError`` otherwise.
+
+    Nothing but ``DecodeError`` comes out of malformed or unexpected input, and the work done
+    is bounded by ``len(data)`` (the gateway bounds that with ``coap.max_payload``).
+    """
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    elif not isinstance(data, bytes):
         raise DecodeError("CBOR: expected bytes, got %s" % type(data).__name__)
     obj, pos = _item(data, 0, 0)
     if pos != len(data):

@@ -7,8 +7,9 @@ counters), so that a one-minute power reading costs about 7 bytes. The node's id
 repeated in the pack: it travels once, as the COSE ``kid`` (see docs/protocol.md).
 
 ``resolve`` turns any SenML pack (as decoded CBOR: a list of maps with integer labels) into
-resolved records, applying the base fields as RFC 8428 Section 4.6 says. The gateway runs it
-on what ``cbor2`` decoded; tests run it on what ``protocols.cbor`` decoded.
+resolved records, applying the base fields as RFC 8428 Section 4.6 says. The node and the
+gateway both run it on what ``protocols.cbor`` decoded (``decode``); tests also run it on what
+``cbor2`` decoded, to check the two read a pack the same way.
 """
 
 import struct
@@ -124,5 +125,6 @@ def resolve(pack, now):
 
 
 def decode(data, now):
-    """Decode and resolve a SenML CBOR pack (bytes) with ``protocols.cbor``."""
+    """Decode and resolve a SenML CBOR pack (bytes) with ``protocols.cbor``; only
+    ``DecodeError`` comes out of any input."""
     return resolve(cbor.loads(data), now)

@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,17 @@ def make_config(tmp_path: Path, text: str = "", **overrides: Any) -> config.Conf
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(tmp_path: Path, **overrides: Any) -> AsyncIterator[Gateway]:
-    """A gateway on loopback, on a database in ``tmp_path``; stopped gracefully after."""
+async def running_gateway(
+    tmp_path: Path, clock: Callable[[], float] | None = None, **overrides: Any
+) -> AsyncIterator[Gateway]:
+    """A gateway on loopback, on a database in ``tmp_path``; stopped gracefully after.
+
+    ``clock`` replaces the wall clock of ingest (``Ingest.clock``): what "now" is for
+    relative times, the accepted time window and the time in the 2.04 answer."""
     gw = Gateway(make_config(tmp_path, **overrides))
     await gw.start()
+    if clock is not None:
+        gw._ingest.clock = clock  # the Gateway makes its Ingest in start()
     try:
         yield gw
     finally:

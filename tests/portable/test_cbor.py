@@ -85,9 +85,29 @@ def test_tags_round_trip():
     data = cbor.dumps(tagged)
     assert data[0] == 0xD1  # tag 17 in one byte
     assert cbor.loads(data) == tagged
-    assert cbor.loads(bytes.fromhex("c074323031332d30332d32315432303a30343a30305a")) == cbor.Tag(
-        0, "2013-03-21T20:04:00Z"
+    # Any tag encodes; only the wire's tag 17 decodes (RFC 8949 Appendix A: a date, tag 0).
+    assert cbor.dumps(cbor.Tag(0, "2013-03-21T20:04:00Z")).hex() == (
+        "c074323031332d30332d32315432303a30343a30305a"
     )
+    assert _rejects("c074323031332d30332d32315432303a30343a30305a")
+
+
+def test_refuses_every_tag_but_17():
+    # What cbor2 would interpret for any sender: 35 compiles a regular expression, 4 and 5
+    # build a decimal or a bigfloat, 2 and 3 bignums, 55799 is "self-described CBOR".
+    for hexed in ("d82363612a62", "c4822003", "c5822003", "c249010000000000000000", "d9d9f700"):
+        assert _rejects(hexed), hexed
+    assert _rejects("81d82363612a62")  # nested as deep as you like: refused at the tag
+    assert cbor.loads(bytes.fromhex("d18100")) == cbor.Tag(17, [0])
+
+
+def test_refuses_what_the_wire_never_sends():
+    assert _rejects("f7")  # undefined
+    assert _rejects("f820")  # a one-byte simple value
+    assert _rejects("a201020103")  # a repeated key: {1: 2, 1: 3}
+    assert _rejects("a1f500")  # true as a map key (it would be the key 1 in Python)
+    assert _rejects("a1f93c0000")  # a float as a map key
+    assert cbor.loads(bytes.fromhex("a201020203")) == {1: 2, 2: 3}
 
 
 def test_tuples_and_bytearrays_encode_like_lists_and_bytes():
