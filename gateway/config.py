@@ -1,17 +1,24 @@
 """The gateway's TOML configuration: defaults, checks, and errors that name file, line and key.
 
 ``load(path)`` returns a ``Config``. Every section this module knows is checked key by key
-(unknown keys, wrong types and out-of-range values are errors); sections it does not know
-are kept in ``Config.raw`` for the stages that own them (``Config.section(name)``), so a new
-stage adds its own section without touching this file. Relative paths are relative to the
-directory of the config file. ``TEMPLATE`` is the commented file ``gateway init`` writes.
+(unknown keys, wrong types and out-of-range values are errors: every number has a range, so
+a typo such as ``commit_delay_ms = 1000000000000000`` cannot pass for a setting); the
+sections of the stages after the store (``STAGE_SECTIONS``) are kept in ``Config.raw`` for
+the stages that own them (``Config.section(name)``), which check them; any other table is
+an error, so a misspelled ``[stroe]`` is not silently ignored. A new stage adds its section's
+name to ``STAGE_SECTIONS``. Relative paths are relative to the directory of the config file.
+``TEMPLATE`` is the commented file ``gateway init`` writes.
 """
 
+import logging
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("reverbere.config")
 
 
 class ConfigError(ValueError):
@@ -70,34 +77,42 @@ class Config:
             sub, key = key.rsplit(".", 1)
             table = f"{table}.{sub}"
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             text = ""
         dotted = table + ("." + key if key else "")
         return ConfigError(self.path, _key_line(text, table, key), dotted, message)
 
 
-# section -> key -> (Config attribute, type, minimum, scale to the attribute's unit)
-_KEYS: dict[str, dict[str, tuple[str, type, float | None, float]]] = {
+_PORT = (0, 65535)  # 0: any free port
+_TIB_MB = 1 << 20  # a tebibyte in MB: the largest disk sizes taken
+
+# section -> key -> (Config attribute, type, (minimum, maximum) or None, scale to the
+# attribute's unit). The ranges are documented in docs/gateway.md; the reasons of the less
+# obvious ones are beside them.
+_KEYS: dict[str, dict[str, tuple[str, type, tuple[int, int] | None, float]]] = {
     "gateway": {"database": ("database", str, None, 1)},
     "coap": {
         "host": ("coap_host", str, None, 1),
-        "port": ("coap_port", int, 0, 1),
-        "max_payload": ("max_payload", int, 64, 1),
-        "max_future_s": ("max_future", int, 0, 1),
-        "max_past_days": ("max_past", int, 1, 86400),
-        "dedup_lifetime_s": ("dedup_lifetime", int, 1, 1),
-        "dedup_max": ("dedup_max", int, 0, 1),
+        "port": ("coap_port", int, _PORT, 1),
+        "max_payload": ("max_payload", int, (64, 65000), 1),  # one UDP datagram
+        "max_future_s": ("max_future", int, (0, 86400), 1),
+        "max_past_days": ("max_past", int, (1, 3650), 86400),
+        # RFC 7252 section 4.8.2: EXCHANGE_LIFETIME is 247 s; an hour is plenty.
+        "dedup_lifetime_s": ("dedup_lifetime", int, (1, 3600), 1),
+        "dedup_max": ("dedup_max", int, (0, 1_000_000), 1),  # ~0.5 KB each: 500 MB at most
     },
-    "http": {"host": ("http_host", str, None, 1), "port": ("http_port", int, 0, 1)},
+    "http": {"host": ("http_host", str, None, 1), "port": ("http_port", int, _PORT, 1)},
     "store": {
-        "commit_max_packs": ("commit_max_packs", int, 1, 1),
-        "commit_delay_ms": ("commit_delay", int, 0, 0.001),
-        "max_queue": ("max_queue", int, 1, 1),
-        "disk_budget_mb": ("disk_budget", int, 1, 1 << 20),
-        "min_free_mb": ("min_free", int, 0, 1 << 20),
-        "retry_after_s": ("retry_after", int, 1, 1),
-        "retention_days": ("retention_days", int, 1, 1),
+        "commit_max_packs": ("commit_max_packs", int, (1, 10000), 1),
+        # Every ack waits for its commit: beyond a second, nodes (ACK_TIMEOUT 2 s) retransmit.
+        "commit_delay_ms": ("commit_delay", int, (0, 1000), 0.001),
+        "max_queue": ("max_queue", int, (1, 1_000_000), 1),
+        "disk_budget_mb": ("disk_budget", int, (1, _TIB_MB), 1 << 20),
+        "min_free_mb": ("min_free", int, (0, _TIB_MB), 1 << 20),
+        # Max-Age is a uint32 (RFC 7252 section 5.10.5); a node told to wait a day waits long.
+        "retry_after_s": ("retry_after", int, (1, 86400), 1),
+        "retention_days": ("retention_days", int, (1, 3650), 1),
     },
     "log": {"level": ("log_level", str, None, 1), "format": ("log_format", str, None, 1)},
 }
@@ -105,8 +120,14 @@ _CHOICES = {
     "log_level": ("debug", "info", "warning", "error"),
     "log_format": ("auto", "json", "text"),
 }
-_NODE_KEYS = ("interval", "pack")
-_PORT_MAX = 65535
+# What a node accepts (firmware/config.py's SCHEMA): seconds between samples, readings a pack.
+_NODE_KEYS = {"interval": (1, 86400), "pack": (1, 64)}
+# The tables of the stages after the store, checked by the stages that own them
+# (gateway/service.py's pipeline_config): a new stage adds its table here.
+STAGE_SECTIONS = ("site", "detect", "sync")
+_TABLES = (*_KEYS, "node_defaults", "nodes", *STAGE_SECTIONS)
+# Keys whose values are secrets: a config holding one should be readable by its owner only.
+_SECRET_KEYS = re.compile(r"(password|token|secret)$")
 
 
 def _key_line(text: str, table: str, key: str | None) -> int | None:
@@ -127,17 +148,67 @@ def _key_line(text: str, table: str, key: str | None) -> int | None:
     return None
 
 
+def _table_line(text: str, table: str) -> int | None:
+    """The line of the first header ``[table]`` or ``[table.sub]`` (``[[table]]`` too)."""
+    header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]")
+    for i, line in enumerate(text.splitlines(), 1):
+        m = header.match(line)
+        if m:
+            name = m.group(1).replace('"', "").replace(" ", "")
+            if name == table or name.startswith(table + "."):
+                return i
+    return None
+
+
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read and check the config at ``path``; raise ``ConfigError`` naming file, line, key.
 
     ``overrides`` (attribute -> value, e.g. from ``--coap``) replace what the file says.
+    Logs a warning when the file holds a secret (a ``password``, ``token``...) and every
+    user of the machine can read it.
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(path, None, None, f"cannot read: {e.strerror}") from None
-    return loads(text, path, overrides)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            path, line, None, f"not UTF-8 text (byte 0x{data[e.start]:02x}): save it as UTF-8"
+        ) from None
+    cfg = loads(text, path, overrides)
+    _warn_if_exposed(path, cfg.raw)
+    return cfg
+
+
+def _warn_if_exposed(path: Path, raw: dict[str, Any]) -> None:
+    """Warn when ``path`` holds a secret and is readable by others (the sync token, say)."""
+    secrets = _secrets(raw)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if secrets and mode & stat.S_IROTH:
+        log.warning(
+            "%s holds %s and every user of this machine can read it: chmod 600 %s",
+            path,
+            secrets[0],
+            path,
+        )
+
+
+def _secrets(table: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted names of the secret-valued keys in ``table``, at any depth."""
+    out = []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out += _secrets(value, f"{prefix}{key}.")
+        elif _SECRET_KEYS.search(key) and value:
+            out.append(prefix + key)
+    return out
 
 
 def loads(text: str, path: str | Path = "gateway.toml", overrides: dict | None = None) -> Config:
@@ -154,6 +225,12 @@ def loads(text: str, path: str | Path = "gateway.toml", overrides: dict | None =
         dotted = table + ("." + key if key else "")
         return ConfigError(path, _key_line(text, table, key), dotted, message)
 
+    for name, value in raw.items():
+        if name not in _TABLES:
+            line = _table_line(text, name) if isinstance(value, dict) else _key_line(text, "", name)
+            known = ", ".join(f"[{t}]" for t in _TABLES)
+            raise ConfigError(path, line, name, f"unknown table (known: {known})")
+
     values: dict[str, Any] = {"path": path, "raw": raw}
     for section, keys in _KEYS.items():
         table = raw.get(section, {})
@@ -162,15 +239,13 @@ def loads(text: str, path: str | Path = "gateway.toml", overrides: dict | None =
         for key, value in table.items():
             if key not in keys:
                 raise fail(section, key, "unknown key (known: " + ", ".join(sorted(keys)) + ")")
-            attr, kind, minimum, scale = keys[key]
+            attr, kind, limits, scale = keys[key]
             if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
                 raise fail(section, key, f"expected an integer, got {value!r}")
             if kind is str and not isinstance(value, str):
                 raise fail(section, key, f"expected a string, got {value!r}")
-            if minimum is not None and value < minimum:
-                raise fail(section, key, f"must be at least {minimum}, got {value}")
-            if attr.endswith("_port") and value > _PORT_MAX:
-                raise fail(section, key, f"a port is at most {_PORT_MAX}, got {value}")
+            if limits is not None:
+                _check_range(fail, section, key, value, *limits)
             if attr in _CHOICES and value not in _CHOICES[attr]:
                 raise fail(section, key, "must be one of " + ", ".join(_CHOICES[attr]))
             values[attr] = value * scale if scale != 1 else value
@@ -199,11 +274,19 @@ def loads(text: str, path: str | Path = "gateway.toml", overrides: dict | None =
     return Config(**values)
 
 
+def _check_range(fail, table: str, key: str, value: int, low: int, high: int) -> None:
+    if value < low:
+        raise fail(table, key, f"must be at least {low}, got {value}")
+    if value > high:
+        raise fail(table, key, f"must be at most {high}, got {value}")
+
+
 def _check_node_key(fail, table: str, key: str, value: Any) -> None:
     if key not in _NODE_KEYS:
         raise fail(table, key, "unknown node setting (known: " + ", ".join(_NODE_KEYS) + ")")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise fail(table, key, f"expected a positive integer, got {value!r}")
+    _check_range(fail, table, key, value, *_NODE_KEYS[key])
 
 
 TEMPLATE = """\

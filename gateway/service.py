@@ -29,11 +29,12 @@ sets its own) and ``[sync]`` (docs/sync.md; no uplink without it or with ``targe
 """
 
 import asyncio
-import contextlib
+import errno
 import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+from aiocoap.error import Error as CoapError
 
 from gateway import config, logs
 from gateway.config import TEMPLATE, Config
@@ -236,19 +238,31 @@ class Gateway:
         self._ingest: Ingest | None = None
 
     async def start(self) -> None:
-        create_private(self.cfg.database)
+        """Open the database (0600 if new), start the committer, bind CoAP and HTTP; raise
+        ``BindError`` naming the address when one cannot be bound (what was started is
+        stopped first)."""
         self.db = open_db(self.cfg.database)  # creates the schema before anyone reads
         await self.committer.start()
         self._ingest = ingest = Ingest(self.cfg, self.db, self.committer, self.metrics)
-        self._ctx, self._mman = await coap.create_server(
-            ReadingsResource(ingest),
-            self.cfg.coap_host,
-            self.cfg.coap_port,
-            lifetime=self.cfg.dedup_lifetime,
-            max_entries=self.cfg.dedup_max,
-        )
-        self.coap_port = coap.bound_port(self._ctx)
-        self.http_port = await self.http.start(self.cfg.http_host, self.cfg.http_port)
+        try:
+            self._ctx, self._mman = await coap.create_server(
+                ReadingsResource(ingest),
+                self.cfg.coap_host,
+                self.cfg.coap_port,
+                lifetime=self.cfg.dedup_lifetime,
+                max_entries=self.cfg.dedup_max,
+            )
+            self.coap_port = coap.bound_port(self._ctx)
+            self.http_port = await self.http.start(self.cfg.http_host, self.cfg.http_port)
+        except (OSError, CoapError) as e:
+            http = self._ctx is not None
+            await self.stop()
+            raise BindError(
+                "HTTP (/metrics)" if http else "CoAP",
+                self.cfg.http_host if http else self.cfg.coap_host,
+                self.cfg.http_port if http else self.cfg.coap_port,
+                e,
+            ) from None
         self._declare_metrics()
         self._tasks.append(asyncio.create_task(self._retention_loop()))
         if self.detector is not None:
@@ -411,22 +425,41 @@ async def serve(cfg: Config, ready: Callable[[Gateway], None] | None = None) -> 
     await gw.stop()
 
 
-def create_private(path: Path) -> None:
-    """Create an empty database file readable by its owner only (it holds the node keys);
-    SQLite gives its -wal and -shm files the same mode. Does nothing if it exists."""
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+class BindError(OSError):
+    """The gateway cannot listen on an address of its config (``--coap``, ``[coap] host``...);
+    ``str()`` is a sentence naming the service and the address, with the reason."""
+
+    def __init__(self, service: str, host: str, port: int, error: OSError | CoapError):
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if isinstance(error, CoapError | socket.gaierror):
+            reason = "not an address or a name of this machine (a typo, or another host's?)"
+        elif error.errno == errno.EADDRINUSE:
+            reason = "the port is in use (another gateway?)"
+        elif error.errno == errno.EADDRNOTAVAIL:
+            reason = "that address is not one of this machine's"
+        elif error.errno == errno.EACCES:
+            reason = "permission denied (ports below 1024 need privileges)"
+        else:
+            reason = error.strerror or str(error)
+        super().__init__(error.errno if isinstance(error, OSError) else None, where)
+        self.address = where
+        self.message = f"cannot listen for {service} on {where}: {reason}"
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def init_dir(directory: Path) -> Path:
     """Write a commented ``directory/gateway.toml`` and create its database; return the
-    config's path. Raises ``FileExistsError`` rather than overwrite a config."""
+    config's path. Raises ``FileExistsError`` rather than overwrite a config. Both are
+    readable by their owner only: the config is where the uplink's credentials go, and the
+    database (``open_db``) holds the node keys."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "gateway.toml"
-    with open(path, "x", encoding="utf-8") as f:
+    with os.fdopen(
+        os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "w", encoding="utf-8"
+    ) as f:
         f.write(TEMPLATE)
-    cfg = config.load(path)
-    create_private(cfg.database)
-    open_db(cfg.database).close()
+    open_db(config.load(path).database).close()
     return path

@@ -1,14 +1,33 @@
 """The ``[sync]`` section of the gateway's TOML config, checked into a typed record.
 
 Errors name the key (``SyncConfigError.key``); the config loader adds the file and line.
+Everything that would otherwise fail later, in the sync thread, is checked here, when the
+config is read: every number has a range (``RANGES``), the service root is an http(s) URL,
+and a ``ca_file`` must be a readable file of PEM certificates.
 """
 
 import re
+import ssl
+import urllib.parse
 from dataclasses import dataclass, field, fields
 
 from protocols.const import CHANNELS
 
 TARGETS = ("sensorthings", "mqtt", "none")
+# key -> (lowest, highest) of every number in [sync] and [sync.mqtt] (docs/sync.md).
+RANGES: dict[str, tuple[float, float]] = {
+    "timeout": (0.1, 3600),
+    "daily_budget": (0, 1 << 40),
+    "batch_rows": (1, 100_000),
+    "probe_rows": (1, 10_000),
+    "backoff_base": (0.01, 3600),
+    "backoff_cap": (0.01, 86400),
+    "recent_hours": (1, 24 * 366),
+    "raw_interval": (0, 86400),
+    "mqtt.port": (1, 65535),
+    "mqtt.keepalive": (0, 65535),  # MQTT's Keep Alive is a two-byte integer (MQTT 3.1.1 3.1.2.10)
+    "mqtt.timeout": (0.1, 3600),
+}
 
 
 class SyncConfigError(ValueError):
@@ -101,6 +120,7 @@ class SyncConfig:
                 values[key] = {n: _lonlat(f"locations.{n}", v) for n, v in value.items()}
             else:
                 values[key] = _typed(key, value, known[key].type)
+            _in_range(key, values[key])
         config = cls(**values)
         if config.target not in TARGETS:
             raise SyncConfigError("target", f"expected one of {', '.join(TARGETS)}")
@@ -108,11 +128,51 @@ class SyncConfig:
             raise SyncConfigError("compress", "expected auto, gzip or none")
         if config.target == "sensorthings" and not config.url:
             raise SyncConfigError("url", "the SensorThings service root is required")
-        if config.raw_interval < 0:
-            raise SyncConfigError("raw_interval", "must not be negative")
+        if config.url is not None:
+            _check_url("url", config.url)
+        if config.backoff_cap < config.backoff_base:
+            raise SyncConfigError("backoff_cap", "must be at least backoff_base")
+        _check_ca_file("ca_file", config.ca_file)
         if bool(config.username) != bool(config.password):
             raise SyncConfigError("password", "basic auth needs both username and password")
         return config
+
+
+def _in_range(key: str, value: object) -> None:
+    """Raise unless the number ``value`` of ``key`` is within ``RANGES[key]``."""
+    if key not in RANGES or value is None or isinstance(value, bool):
+        return
+    low, high = RANGES[key]
+    if value < low:  # type: ignore[operator]
+        bound = "must not be negative" if low == 0 else f"must be at least {low:g}"
+        raise SyncConfigError(key, f"{bound}, got {value}")
+    if value > high:  # type: ignore[operator]
+        raise SyncConfigError(key, f"must be at most {high:g}, got {value}")
+
+
+def _check_url(key: str, url: str) -> None:
+    """An http(s) URL with a host and a valid port, or ``SyncConfigError``: a typo in the
+    service root is reported when the config is read, not at the first sync."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise SyncConfigError(key, f"not a valid URL: {url!r} ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", url):
+        raise SyncConfigError(key, f"expected an http:// or https:// URL with a host, got {url!r}")
+
+
+def _check_ca_file(key: str, path: str | None) -> None:
+    """A readable file of PEM certificates, or ``SyncConfigError``: the sync thread loads it
+    at each connection, where a missing file would kill the thread instead of being named."""
+    if path is None:
+        return
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError:  # an OSError too: first
+        raise SyncConfigError(key, f"{path} holds no PEM certificate") from None
+    except OSError as e:
+        raise SyncConfigError(key, f"cannot read {path}: {e.strerror}") from None
 
 
 def _raw(value: object) -> bool | tuple[str, ...]:
@@ -164,6 +224,8 @@ def _mqtt(section: object) -> MqttConfig:
         if key not in known:
             raise SyncConfigError(f"mqtt.{key}", "unknown key")
         values[key] = _typed(f"mqtt.{key}", value, known[key].type)
+        _in_range(f"mqtt.{key}", values[key])
+    _check_ca_file("mqtt.ca_file", values.get("ca_file"))
     if values.get("preset") == "thingsboard":
         values.setdefault("topic", "v1/gateway/telemetry")
         values.setdefault("payload", "thingsboard")

@@ -37,6 +37,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DEFAULT_THRESHOLD = 0.5
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# The highest value of each number (the lowest is 0, or 1 for counts), so that a slip of the
+# keyboard (``silent_minutes = 300000``) is an error rather than a rule that never fires.
+_MAXIMUM = {
+    "lamp_on_watts": 100_000.0,
+    "twilight_minutes": 240.0,
+    "drift_percent": 1000.0,
+    "silent_minutes": 7 * 1440.0,  # a week
+    "silent_intervals": 10_000,
+    "stuck_readings": 1_000_000,
+    "standby_watts": 1_000_000.0,
+}
 
 
 class DetectConfigError(ValueError):
@@ -137,11 +148,11 @@ def _convert(key: str, value: Any) -> Any:
             raise DetectConfigError(key, "must be in (0, 1]")
         if value < 0:
             raise DetectConfigError(key, "must not be negative")
-        return value
+        return _at_most(key, value)
     if key in ("silent_intervals", "stuck_readings"):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DetectConfigError(key, f"expected a positive integer, got {value!r}")
-        return value
+        return _at_most(key, value)
     if key == "timezone":
         if not isinstance(value, str):
             raise DetectConfigError(key, "expected an IANA time zone name")
@@ -157,6 +168,14 @@ def _convert(key: str, value: Any) -> Any:
             raise DetectConfigError(key, "expected an array of tables [[detect.buildings]]")
         return tuple(_schedule(f"buildings[{i}]", b) for i, b in enumerate(value))
     raise AssertionError(key)
+
+
+def _at_most(key: str, value: float) -> float:
+    """``value``, or ``DetectConfigError`` when above the key's ``_MAXIMUM``."""
+    high = _MAXIMUM.get(key.rsplit(".", 1)[-1])
+    if high is not None and value > high:
+        raise DetectConfigError(key, f"must be at most {high:g}, got {value:g}")
+    return value
 
 
 def _patterns(key: str, value: Any) -> tuple[str, ...]:
@@ -187,6 +206,10 @@ def _schedule(key: str, b: Any) -> Schedule:
     standby = b.get("standby_watts")
     if standby is not None and (isinstance(standby, bool) or not isinstance(standby, int | float)):
         raise DetectConfigError(key + ".standby_watts", "expected a number")
+    if standby is not None:
+        if standby < 0:
+            raise DetectConfigError(key + ".standby_watts", "must not be negative")
+        _at_most(key + ".standby_watts", standby)
     return Schedule(
         nodes=_patterns(key + ".nodes", b["nodes"]),
         days=_parse_days(key + ".days", b.get("days", "mon-fri")),
