@@ -2,7 +2,8 @@
 
 Every log call may carry fields in ``extra={"fields": {...}}``; the JSON formatter writes them
 as top-level keys. ``RateLimiter`` lets a rejection be logged once per node per minute while
-every rejection is still counted in metrics.
+every rejection is still counted in metrics; ``LimitFilter`` puts a library's logger (aiocoap's)
+behind the same limiter, so that every line a peer can provoke shares one budget.
 """
 
 import json
@@ -98,3 +99,25 @@ class RateLimiter:
         while len(self._last) > self.max_keys:
             self._last.popitem(last=False)
         return suppressed
+
+
+class LimitFilter(logging.Filter):
+    """A logging filter that lets a record through only when ``limiter`` allows ``key``.
+
+    For loggers the gateway does not call itself (aiocoap warns once per unparsable datagram
+    and logs a traceback per failed rendering): sharing the ingest's limiter keeps what a
+    hostile peer can make the gateway write to the same number of lines a minute. A record
+    let through says how many were held back before it (field ``suppressed``)."""
+
+    def __init__(self, limiter: RateLimiter, key: Any = "all"):
+        super().__init__()
+        self.limiter = limiter
+        self.key = key
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        suppressed = self.limiter.allow(self.key)
+        if suppressed is None:
+            return False
+        if suppressed:
+            record.fields = {**getattr(record, "fields", {}), "suppressed": suppressed}
+        return True

@@ -27,11 +27,13 @@ from typing import Any
 
 import cbor2
 import sqlite_utils
-from aiocoap import Message, error, resource
+from aiocoap import Message, resource
 from aiocoap.numbers.codes import Code
+from aiocoap.numbers.optionnumbers import OptionNumber
 
 from gateway.config import Config
 from gateway.ingest import registry
+from gateway.ingest.coap import SourceBudget
 from gateway.logs import RateLimiter, event
 from gateway.metrics import Registry
 from gateway.store.committer import Committer, Outcome, Overloaded, Pack, Stopped
@@ -52,15 +54,29 @@ log = logging.getLogger("reverbere.ingest")
 # What a decoder may raise on hostile bytes (cbor2's errors are ValueErrors or EOFErrors).
 _MALFORMED = (ValueError, TypeError, LookupError, RecursionError, OverflowError, EOFError)
 MAX_REJECTION_LINES = 100  # per minute, whatever the number of sources
+# Critical options (RFC 7252 Section 5.4.1) /r acts on; any other critical one gets 4.02.
+_UNDERSTOOD = frozenset(
+    (
+        OptionNumber.URI_HOST,
+        OptionNumber.URI_PORT,
+        OptionNumber.URI_PATH,
+        OptionNumber.URI_QUERY,
+        OptionNumber.ACCEPT,
+        OptionNumber.BLOCK1,
+        OptionNumber.PROXY_URI,
+        OptionNumber.PROXY_SCHEME,
+    )
+)
+_NOT_CHARGED = frozenset(("source_over_budget",))  # dropped already: no second charge
 MAX_VALUE = 1e15  # larger magnitudes are no sensor reading (and would overflow SQLite ints)
 _MAP2 = b"\xa2"  # the CBOR head of a map of two pairs
 _CONFIG_KEY = cbor2.dumps(RESP_CONFIG)
 
 
 class Rejected(Exception):
-    """A pack refused with a CoAP ``code``; ``reason`` is the metric label."""
+    """A pack refused with a CoAP ``code`` (None: no answer); ``reason`` is the metric label."""
 
-    def __init__(self, code: Code, reason: str, detail: str = "", node: str | None = None):
+    def __init__(self, code: Code | None, reason: str, detail: str = "", node: str | None = None):
         super().__init__(detail or reason)
         self.code = code
         self.reason = reason
@@ -129,6 +145,7 @@ class Ingest:
         self.metrics = metrics
         self.limiter = RateLimiter(60.0)  # one line per node (or source) per minute
         self.log_budget = RateLimiter(60.0, burst=MAX_REJECTION_LINES)  # and 100 in all
+        self.sources = SourceBudget()  # what sources that fail authentication may still send
         self._configs: dict[str, bytes] = {}  # node id -> its settings, CBOR-encoded
         self._busy = 0
         self._idle = asyncio.Event()
@@ -150,6 +167,12 @@ class Ingest:
             if r.code == Code.SERVICE_UNAVAILABLE:
                 return Answer(r.code, str(r).encode(), max_age=self.cfg.retry_after)
             return Answer(r.code, str(r).encode())
+        except Exception as e:  # no datagram may turn into 5.00 and a traceback
+            # A fault the checks did not foresee: the same bytes would fail again, so a 4.00
+            # (the node drops the pack) rather than a 5.xx it would retry for ever.
+            detail = f"{type(e).__name__}: {e}"[:200]
+            self._reject(Rejected(Code.BAD_REQUEST, "unexpected", detail), source)
+            return Answer(Code.BAD_REQUEST, b"unexpected")
         finally:
             self._busy -= 1
             if not self._busy:
@@ -234,9 +257,14 @@ class Ingest:
         return Answer(Code.CHANGED, body, content_format=CF_CBOR)
 
     def _reject(self, r: Rejected, source: Any) -> None:
+        """Count ``r``, charge its source's budget if it authenticated nothing, log within
+        the limits. ``r.code`` is None for a datagram refused without an answer."""
         self._rejected.inc(reason=r.reason)
+        host = getattr(source, "sockaddr", (source,))[0]
+        if (r.node is None or r.code == Code.UNAUTHORIZED) and r.reason not in _NOT_CHARGED:
+            self.sources.charge(host, time.monotonic())
         # per node, or per source host for what names no node; cheap even under a flood
-        suppressed = self.limiter.allow(r.node or getattr(source, "sockaddr", (source,))[0])
+        suppressed = self.limiter.allow(r.node or host)
         if suppressed is not None and self.log_budget.allow("all") is not None:
             source = getattr(source, "hostinfo", source)  # costly in aiocoap: only to log
             event(
@@ -245,7 +273,7 @@ class Ingest:
                 "pack rejected",
                 node=r.node,
                 source=source,
-                code=str(r.code.dotted),
+                code=r.code.dotted if r.code is not None else "none",
                 reason=r.reason,
                 detail=str(r),
                 suppressed=suppressed,
@@ -257,19 +285,38 @@ class ReadingsResource(resource.Resource):
 
     It is the server's root resource and checks the path itself (4.04 for any other): the
     gateway serves one path, and aiocoap's ``Site`` would deep-copy every request to strip
-    its path, which costs more than verifying the MAC.
+    its path, which costs more than verifying the MAC. Being the root, it sees every request
+    the server gets, and ``check_request`` refuses what /r does not do before any work.
+
+    It is also the ``GuardedSite`` of ``gateway.ingest.coap``: the transport's refusals are
+    counted and logged through ``Ingest``, with the same per-source budget and log limiter.
     """
 
     def __init__(self, ingest: Ingest):
         super().__init__()
         self.ingest = ingest
+        self.budget = ingest.sources
+        self.log_budget = ingest.log_budget
 
     async def needs_blockwise_assembly(self, request: Any) -> bool:
-        return True
+        """False: aiocoap would otherwise reassemble Block1 uploads on any path, unbounded,
+        for 93 s each, before /r could refuse them. A pack fits in one datagram, and
+        ``check_request`` refuses Block1 on its first block (4.13 with Size1)."""
+        return False
+
+    def refuse(self, reason: str, detail: str, source: Any) -> None:
+        """A datagram the transport refused (``GuardedUDP6``): counted, charged, logged."""
+        self.ingest._reject(Rejected(None, reason, detail or reason), source)
 
     async def render(self, request: Any) -> Message:
-        if request.opt.uri_path != (READINGS_PATH,):
-            raise error.NotFound()
+        try:
+            check_request(request)
+        except Rejected as r:
+            self.ingest._reject(r, request.remote)
+            msg = Message(code=r.code, payload=str(r).encode())
+            if r.code == Code.REQUEST_ENTITY_TOO_LARGE:
+                msg.opt.size1 = self.ingest.cfg.max_payload  # RFC 7959 Section 4
+            return msg
         return await super().render(request)
 
     async def render_post(self, request: Any) -> Message:
@@ -282,4 +329,34 @@ class ReadingsResource(resource.Resource):
             msg.opt.content_format = answer.content_format
         if answer.max_age is not None:
             msg.opt.max_age = answer.max_age
+        if answer.code == Code.REQUEST_ENTITY_TOO_LARGE:
+            msg.opt.size1 = self.ingest.cfg.max_payload  # RFC 7959 Section 4
         return msg
+
+
+def check_request(request: Any) -> None:
+    """Raise ``Rejected`` for a request /r does not take, whatever its payload.
+
+    An unknown critical option gets 4.02 (RFC 7252 Section 5.4.1), Proxy-Uri 5.05 (5.7.2);
+    Block1 gets 4.13 (a pack fits in one datagram; the answer carries Size1, RFC 7959
+    Section 2.9.3), except SZX 7, BERT, which is for reliable transports only: 4.00 (RFC 7959
+    Section 2.2, RFC 8323 Section 6); Block2 is not understood (4.02) since /r's answers are
+    small; an Accept other than CBOR gets 4.06."""
+    for option in request.opt.option_list():
+        if option.number.is_critical() and option.number not in _UNDERSTOOD:
+            number = int(option.number)
+            raise Rejected(Code.BAD_OPTION, "bad_option", f"critical option {number} not supported")
+    if request.opt.proxy_uri is not None or request.opt.proxy_scheme is not None:
+        raise Rejected(Code.PROXYING_NOT_SUPPORTED, "proxy", "not a proxy")
+    if request.opt.uri_path != (READINGS_PATH,) or request.opt.uri_query:
+        raise Rejected(Code.NOT_FOUND, "not_found", f"only /{READINGS_PATH}")
+    if request.code != Code.POST:
+        raise Rejected(Code.METHOD_NOT_ALLOWED, "method", "POST only")
+    block1 = request.opt.block1
+    if block1 is not None:
+        if block1.size_exponent == 7:
+            raise _bad("bert", "block size exponent 7 (BERT) is not for UDP")
+        raise Rejected(Code.REQUEST_ENTITY_TOO_LARGE, "blockwise", "send the pack in one datagram")
+    accept = request.opt.accept
+    if accept is not None and int(accept) != CF_CBOR:
+        raise Rejected(Code.NOT_ACCEPTABLE, "accept", "answers are CBOR (60)")
