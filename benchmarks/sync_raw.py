@@ -18,9 +18,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.ingest import registry
-from gateway.store import committer as store
 from gateway.store.commit import commit_batch
 from gateway.store.db import open_db
+from gateway.store.group import Pack
+from gateway.store.readings import db_bytes
 from gateway.store.records import Reading
 from gateway.sync.config import SyncConfig
 from gateway.sync.raw import RawLog, raw_backlog
@@ -47,7 +48,7 @@ def fill(path: Path, nodes: int, hours: int, raw: bool) -> tuple[float, int, int
                 t = H0 + 60 * m
                 rs += [Reading(node, "p", t, 60.0 + m % 7), Reading(node, "e", t, 1000.0 + m)]
             seq[node] = seq.get(node, 0) + 1
-            packs.append(store.Pack(ref, node, key, seq[node], rs))
+            packs.append(Pack(ref, node, key, seq[node], rs))
             count += len(rs)
             if len(packs) == 64:
                 t0 = time.perf_counter()
@@ -56,7 +57,7 @@ def fill(path: Path, nodes: int, hours: int, raw: bool) -> tuple[float, int, int
                 packs = []
     if packs:
         commit_batch(db.conn, packs, in_commit=log)
-    size = store.db_bytes(db)
+    size = db_bytes(db)
     db.close()
     return spent, count, size
 

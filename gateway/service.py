@@ -54,8 +54,11 @@ from gateway.metrics import PROM_CONTENT_TYPE, HttpServer, Registry
 from gateway.pipeline.detect import DetectConfig, DetectConfigError, Detector
 from gateway.pipeline.handoff import feed_outbox
 from gateway.pipeline.summarise import summarise
-from gateway.store import committer as store
+from gateway.store.checkpoint import wal_bytes
+from gateway.store.commit import InCommit
+from gateway.store.committer import Committer
 from gateway.store.db import open_db
+from gateway.store.readings import db_bytes, delete_before
 from gateway.store.records import Reading
 from gateway.sync.config import SyncConfig, SyncConfigError
 from gateway.sync.outbox import prune_synced
@@ -73,8 +76,35 @@ Stage = Callable[[sqlite_utils.Database, list[Reading]], None]
 Guard = Callable[[sqlite_utils.Database], float | None]
 
 
-def stages(cfg: Config) -> list[tuple[Stage, Guard | None]]:
-    """The pipeline after the store, in order: (stage, retention guard or None) for each.
+@dataclass(frozen=True)
+class Stages:
+    """The pipeline after the store, each stage by its name (``stages`` makes it), so that
+    the gateway takes the one it needs without searching a list.
+
+    ``after_commit`` is their order; ``guards`` are their retention guards (Unix time up to
+    which raw readings may go, as far as that stage is concerned); ``in_commit`` the logs
+    written inside each commit's own transaction."""
+
+    detect: Detector
+    summarise: Stage
+    outbox: "Outbox"
+    raw: RawLog | None  # with ``[sync] raw`` on
+    guards: tuple[Guard, ...]
+
+    @property
+    def after_commit(self) -> list[Stage]:
+        """The stages in pipeline order: detect, summarise, outbox (then the raw log)."""
+        raw = [self.raw] if self.raw is not None else []
+        return [self.detect, self.summarise, self.outbox, *raw]
+
+    @property
+    def in_commit(self) -> list[InCommit]:
+        """The raw log's ``log`` when there is one (it commits with the readings)."""
+        return [self.raw.log] if self.raw is not None else []
+
+
+def stages(cfg: Config) -> Stages:
+    """The pipeline after the store, in order, with the retention guards.
 
     detect raises anomaly events, summarise keeps the hourly summaries (raw readings stay
     until they are summarised), and the outbox takes what the platform is owed (what
@@ -84,14 +114,16 @@ def stages(cfg: Config) -> list[tuple[Stage, Guard | None]]:
     transaction, its stage wakes the worker) keeps raw readings until the platform has them.
     """
     p = pipeline_config(cfg)
-    out: list[tuple[Stage, Guard | None]] = [
-        (Detector(p.detect, pack_seconds=lambda node: pack_seconds(cfg, node)), None),
-        (summarise, summarised_until),
-        (Outbox(), synced_until if p.sync is not None else None),
-    ]
-    if p.sync is not None and p.sync.raw:
-        out.append((RawLog(p.sync.raw_channels, p.sync.raw_interval), raw_synced_until))
-    return out
+    detect = Detector(p.detect, pack_seconds=lambda node: pack_seconds(cfg, node))
+    outbox = Outbox()
+    guards: list[Guard] = [summarised_until]
+    raw = None
+    if p.sync is not None:
+        guards.append(synced_until)
+        if p.sync.raw:
+            raw = RawLog(p.sync.raw_channels, p.sync.raw_interval)
+            guards.append(raw_synced_until)
+    return Stages(detect, summarise, outbox, raw, tuple(guards))
 
 
 def pack_seconds(cfg: Config, node_id: str) -> float:
@@ -199,7 +231,7 @@ class Gateway:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.metrics = Registry()
-        self.committer = store.Committer(
+        self.committer = Committer(
             cfg.database,
             max_packs=cfg.commit_max_packs,
             delay=cfg.commit_delay,
@@ -213,20 +245,13 @@ class Gateway:
         # Readings the stages have not run on yet stay (they run after the acks, in time).
         self.retention_guards: list[Guard] = [self.committer.unstaged_since]
         self.pipeline = pipeline_config(cfg)
-        self.outbox: Outbox | None = None
-        self.detector: Detector | None = None
-        self.raw_log: RawLog | None = None
-        for stage, guard in stages(cfg):
-            self.after_commit.append(stage)
-            if guard is not None:
-                self.retention_guards.append(guard)
-            if isinstance(stage, Outbox):
-                self.outbox = stage
-            if isinstance(stage, Detector):
-                self.detector = stage
-            if isinstance(stage, RawLog):  # its log goes in the commit's own transaction
-                self.raw_log = stage
-                self.committer.in_commit.append(stage.log)
+        self.stages = stages(cfg)
+        self.after_commit.extend(self.stages.after_commit)
+        self.retention_guards.extend(self.stages.guards)
+        self.committer.in_commit.extend(self.stages.in_commit)
+        self.outbox: Outbox | None = self.stages.outbox
+        self.detector: Detector | None = self.stages.detect
+        self.raw_log: RawLog | None = self.stages.raw
         self.sync: SyncService | None = None  # started with the gateway when [sync] says so
         self.http = HttpServer({"/metrics": self._metrics_page})
         self.db: sqlite_utils.Database | None = None  # the event loop's reading connection
@@ -364,7 +389,7 @@ class Gateway:
 
         def run(db: sqlite_utils.Database) -> tuple[int, int]:
             limits = [before] + [g(db) for g in guards]
-            deleted = store.delete_before(db, min(x for x in limits if x is not None))
+            deleted = delete_before(db, min(x for x in limits if x is not None))
             return deleted, prune_synced(db, before)
 
         deleted, pruned = await self.committer.run(run)
@@ -383,10 +408,10 @@ class Gateway:
             lambda: self.committer.depth
         )
         m.gauge("reverbere_db_bytes", "Bytes used by the database (pages in use).").set_function(
-            lambda: store.db_bytes(self.db)
+            lambda: db_bytes(self.db)
         )
         m.gauge("reverbere_wal_bytes", "Bytes of the write-ahead log.").set_function(
-            lambda: store.wal_bytes(self.cfg.database)
+            lambda: wal_bytes(self.cfg.database)
         )
         m.gauge(
             "reverbere_coap_dedup_entries", "Responses kept for CoAP retransmissions."

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.ingest import registry
-from gateway.store import committer as store
+from gateway.store import group as store
 from gateway.store.commit import commit_batch
 from gateway.store.records import Reading
 from gateway.sync.outbox import ANOMALIES, RAW_SUFFIX, Event, Summary

@@ -15,10 +15,10 @@ from gateway_helpers import GatewayProcess, make_config
 from gateway.ingest import registry
 from gateway.pipeline.summarise import ENERGY_CHANNELS, HOUR, segment_energy
 from gateway.service import Gateway, init_dir, stages
-from gateway.store import committer as store
-from gateway.store.commit import commit_batch
-from gateway.store.committer import Pack
+from gateway.store.commit import Outcome, commit_batch
 from gateway.store.db import open_db
+from gateway.store.group import Pack
+from gateway.store.readings import pending_readings
 from gateway.store.records import Reading
 from sim.sender import Sender, SimNode
 
@@ -101,7 +101,7 @@ def test_start_replays_commits_whose_stages_never_ran_and_only_once(tmp_path):
         registry.add_node(db, node)
     # Commit 1 went through every stage; the crash came before the next commit dropped its log.
     new = commit(db, "a", 1, power(H, 90))
-    for stage, _guard in stages(cfg):
+    for stage in stages(cfg).after_commit:
         stage(db, new)
     # Commits 2-4 never reached the stages: a's next hours (and a late reading inside an hour
     # already summarised), b's power and energy counter.
@@ -155,7 +155,7 @@ def test_a_gateway_stopped_cleanly_replays_nothing(tmp_path):
         assert gw.committer.caught_up == 30
         ref, key, _ = registry.lookup(gw.db, "a")
         pack = Pack(ref, "a", key, 2, [Reading("a", *r) for r in power(H + 1800, 60)])
-        assert await gw.committer.submit(pack) == store.Outcome.STORED
+        assert await gw.committer.submit(pack) == Outcome.STORED
         await gw.stop()
 
     asyncio.run(go())
@@ -228,7 +228,7 @@ def test_readings_a_failed_stage_missed_are_caught_up_at_the_next_start(tmp_path
         ref, key, _ = registry.lookup(gw.db, "a")
         for seq, start in ((1, H), (2, H + 3000)):
             pack = Pack(ref, "a", key, seq, [Reading("a", *r) for r in power(start, 50)])
-            assert await gw.committer.submit(pack) == store.Outcome.STORED
+            assert await gw.committer.submit(pack) == Outcome.STORED
         await gw.stop()
 
     asyncio.run(go())
@@ -246,7 +246,7 @@ def test_pending_readings_come_in_commit_order_and_chunks(tmp_path):
     commit(db, "a", 1, power(H + 600, 10))
     commit(db, "a", 2, [*power(H, 5), ("t", H, 20.0)])  # older readings, committed later
     commit(db, "a", 3, power(H + 1200, 10))
-    chunks = list(store.pending_readings(db, chunk=12))
+    chunks = list(pending_readings(db, chunk=12))
     assert [seqs for seqs, _ in chunks] == [[1, 2], [3]]
     times = [(r.channel, r.time) for _, rs in chunks for r in rs]
     assert times == [

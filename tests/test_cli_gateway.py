@@ -10,7 +10,7 @@ from gateway_helpers import GatewayProcess, http_get, metric, minute_readings
 from gateway.cli.gateway import parse_since
 from gateway.cli.main import cli
 from gateway.ingest import registry
-from gateway.store import committer as store
+from gateway.store import group as store
 from gateway.store.commit import commit_batch
 from gateway.store.db import open_db
 from gateway.store.records import Reading

@@ -197,7 +197,7 @@ def test_the_checks_catch_a_stale_mention():
     assert _name_exists("gateway.store.committer.Committer")
     assert [m.group(0) for m in PATH_RE.finditer("docs/gateway.md v1/gateway/telemetry")] == []
     assert _relative_exists("store.max_queue")  # a [store] key, not a Python name
-    assert _relative_exists("store.committer.STAGES_IDLE")
+    assert _relative_exists("store.stages.STAGES_IDLE")
     assert not _relative_exists("store.STAGES_IDLE")  # the package imports nothing
     sample = "from gateway import config, registry\nimport gateway.ingest.coap\n"
     sample += "from gateway.store import (\n    db,\n    records,\n)\n"

@@ -9,10 +9,13 @@ from gateway_helpers import make_config
 from gateway.ingest import registry
 from gateway.metrics import Registry
 from gateway.service import Gateway
-from gateway.store import committer as store
-from gateway.store.commit import commit_batch, is_full_error, set_disk_budget
-from gateway.store.committer import Committer, Outcome, Pack
+from gateway.store import checkpoint, stages
+from gateway.store.checkpoint import wal_bytes
+from gateway.store.commit import Outcome, commit_batch, is_full_error, set_disk_budget
+from gateway.store.committer import Committer
 from gateway.store.db import open_db
+from gateway.store.group import Pack
+from gateway.store.readings import db_bytes, query_readings
 from gateway.store.records import Reading
 
 
@@ -137,14 +140,14 @@ def test_packs_waiting_are_committed_before_the_stages_run(tmp_path):
 
 def test_stages_far_behind_run_between_commits(tmp_path, monkeypatch):
     # Past STAGES_LAG_MAX, as many readings as a commit stored go through the stages after it.
-    monkeypatch.setattr(store, "STAGES_LAG_MAX", -1.0)
+    monkeypatch.setattr(stages, "STAGES_LAG_MAX", -1.0)
     commits_before, seen = asyncio.run(_fifty_packs_at_once(tmp_path / "r.db", Registry()))
     assert commits_before == [1, 2, 3, 4]
     assert [r.time for r in seen] == [100 + i for i in range(50)]
 
 
 def test_readings_owed_beyond_the_memory_cap_are_read_back(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "OWED_IN_MEMORY", 20)  # the first commit's 16 only
+    monkeypatch.setattr(stages, "OWED_IN_MEMORY", 20)  # the first commit's 16 only
     _, seen = asyncio.run(_fifty_packs_at_once(tmp_path / "r.db", Registry()))
     assert [r.time for r in seen] == [100 + i for i in range(50)]
     assert seen[20] == Reading("n20", "p", 120, 20)  # read back from the database
@@ -194,7 +197,7 @@ def test_retention_keeps_what_a_guard_has_not_released(tmp_path):
         assert await gw.retention(now) == 2
         gw.retention_guards.clear()
         assert await gw.retention(now) == 3
-        assert [r.time for r in store.query_readings(db)] == [now - 86400]
+        assert [r.time for r in query_readings(db)] == [now - 86400]
         await gw.stop()
 
     asyncio.run(go())
@@ -207,9 +210,9 @@ def test_query_readings_filters_by_node_and_time(db):
         db.conn,
         [_pack(db, "a", 1, [("p", 100, 1), ("p", 200, 2)]), _pack(db, "b", 1, [("t", 150, 20.5)])],
     )
-    assert store.query_readings(db, node="a", since=150) == [Reading("a", "p", 200, 2)]
-    assert [r.node for r in store.query_readings(db)] == ["a", "a", "b"]
-    assert store.query_readings(db, limit=1) == [Reading("a", "p", 100, 1)]
+    assert query_readings(db, node="a", since=150) == [Reading("a", "p", 200, 2)]
+    assert [r.node for r in query_readings(db)] == ["a", "a", "b"]
+    assert query_readings(db, limit=1) == [Reading("a", "p", 100, 1)]
 
 
 def test_disk_budget_makes_sqlite_refuse_not_corrupt(db):
@@ -225,14 +228,14 @@ def test_disk_budget_makes_sqlite_refuse_not_corrupt(db):
             )
     assert is_full_error(info.value)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert store.db_bytes(db) <= budget
+    assert db_bytes(db) <= budget
 
 
 def test_the_wal_starts_over_under_a_load_that_never_pauses(tmp_path, monkeypatch):
     # SQLite starts the WAL over only after a checkpoint caught up with the last commit, which
     # never happens while commits follow each other: past WAL_RESTART_FRAMES it starts over.
-    monkeypatch.setattr(store, "WAL_RESTART_FRAMES", 64)  # 256 KB
-    monkeypatch.setattr(store, "CHECKPOINT_PERIOD", 0.0)
+    monkeypatch.setattr(checkpoint, "WAL_RESTART_FRAMES", 64)  # 256 KB
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_PERIOD", 0.0)
 
     async def go():
         db = open_db(tmp_path / "r.db")
@@ -248,7 +251,7 @@ def test_the_wal_starts_over_under_a_load_that_never_pauses(tmp_path, monkeypatc
                 for n, k in keys.items()
             ]
             assert set(await asyncio.gather(*futures)) == {Outcome.STORED}
-            largest = max(largest, store.wal_bytes(tmp_path / "r.db"))
+            largest = max(largest, wal_bytes(tmp_path / "r.db"))
         await c.stop()
         assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 12000
         db.close()

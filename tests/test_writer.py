@@ -11,9 +11,10 @@ from gateway_helpers import GatewayProcess
 from gateway.ingest import registry
 from gateway.metrics import Registry
 from gateway.service import init_dir
-from gateway.store.commit import Setup, open_writer
-from gateway.store.committer import Committer, Outcome, Pack
+from gateway.store.commit import Outcome, Setup, open_writer
+from gateway.store.committer import Committer
 from gateway.store.db import open_db
+from gateway.store.group import Pack
 from gateway.store.records import Reading
 
 

@@ -21,7 +21,7 @@ import click
 from gateway import config, service
 from gateway.cli.options import config_option
 from gateway.ingest import registry
-from gateway.store import committer as store
+from gateway.store import readings as store
 from gateway.store.db import open_db
 
 

@@ -7,7 +7,7 @@ counters on, logs what it stored for the after-commit stages (``stages_pending``
 with ``synchronous=FULL`` (one fsync for the batch).
 
 The gateway runs its commits in a process of their own, the *writer process* (``serve``,
-started and fed by ``gateway.store.committer.Committer``). In a thread of the gateway's process each
+started and fed by ``gateway.store.group.GroupCommit``). In a thread of the gateway's process each
 SQLite call let go of the GIL and had to win it back from the event loop, which verifies the
 next packs: a commit of 1 ms of work took 8 to 9 ms, and the packs of the next batch waited
 for it. In its own process a commit takes its own time and a core of its own, and the event
@@ -269,8 +269,7 @@ def prepare_writer(conn: sqlite3.Connection, disk_budget: int) -> None:
     """What every connection that writes readings or what follows from them needs: the disk
     budget, and no automatic checkpoint. SQLite would checkpoint inside the commit that fills
     the WAL past 1000 pages, and every pack of that batch would wait for it; the gateway
-    checkpoints beside the commits instead (``Committer._maybe_checkpoint``,
-    gateway/store/committer.py)."""
+    checkpoints beside the commits instead (``Checkpointer``, gateway/store/checkpoint.py)."""
     set_disk_budget(conn, disk_budget)
     conn.execute("PRAGMA wal_autocheckpoint = 0")
 

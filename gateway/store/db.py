@@ -21,7 +21,7 @@ log = logging.getLogger("reverbere.store")
 # "module:attribute" of each migration set, applied in this order.
 MIGRATION_SETS: tuple[str, ...] = (
     "gateway.ingest.registry:migrations",
-    "gateway.store.committer:migrations",
+    "gateway.store.readings:migrations",
     "gateway.pipeline.detect:migrations",
     "gateway.pipeline.summarise:migrations",
     "gateway.sync.outbox:migrations",
