@@ -36,7 +36,9 @@ from gateway.ingest import registry
 from gateway.ingest.coap import SourceBudget
 from gateway.logs import RateLimiter, event
 from gateway.metrics import Registry
-from gateway.store.committer import Committer, Outcome, Overloaded, Pack, Stopped
+from gateway.store.commit import Outcome
+from gateway.store.committer import Committer
+from gateway.store.group import Overloaded, Pack, Stopped
 from gateway.store.records import Reading
 from protocols import cose, senml
 from protocols.const import (
