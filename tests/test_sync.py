@@ -14,10 +14,12 @@ import pytest
 from gateway.store.db import open_db
 from gateway.sync.budget import Budget
 from gateway.sync.config import SyncConfig
+from gateway.sync.link import put_numbers
 from gateway.sync.outbox import Summary, backlog, enqueue_events, enqueue_summaries
 from gateway.sync.report import PullError, pull
 from gateway.sync.sensorthings import SensorThingsTarget
 from gateway.sync.service import build_worker
+from gateway.sync.target import ReadBack
 from gateway.sync.worker import SyncWorker
 from sim.platform import FaultProxy, start_platform
 from tests.sync_helpers import (
@@ -190,6 +192,7 @@ def test_unreachable_platform_backs_off_and_costs_no_budget(tmp_path, platform):
         now = [1000.0]
         budget = Budget(db, 10_000, clock=lambda: now[0])
         target = SensorThingsTarget(proxy.url + "/v1.1", db, budget, locations=locations(2))
+        assert isinstance(target, ReadBack)  # it can be read back after an uncertain outcome
         worker = SyncWorker(
             db,
             target,
@@ -202,7 +205,7 @@ def test_unreachable_platform_backs_off_and_costs_no_budget(tmp_path, platform):
         delays = []
         for _ in range(8):
             assert worker.step() == "failed"
-            delays.append(worker.next_attempt - now[0])
+            delays.append(worker.link.next_attempt - now[0])
         # Exponential with "equal jitter" (between half and all of base * 2**n), capped.
         for n, d in enumerate(delays):
             full = min(60, 2 * 2**n)
@@ -211,9 +214,9 @@ def test_unreachable_platform_backs_off_and_costs_no_budget(tmp_path, platform):
         assert worker.last_error.startswith("Unreachable")
         # The link comes back: a small probe first, then growing batches.
         proxy.down = False
-        assert worker._batch_size() == worker.probe_rows
+        assert worker.link.batch_size() == worker.link.probe_rows
         assert worker.step() == "sent"
-        assert worker._batch_size() == 2 * worker.probe_rows
+        assert worker.link.batch_size() == 2 * worker.link.probe_rows
         target.close()
 
 
@@ -224,7 +227,7 @@ def test_bearer_and_basic_auth(tmp_path):
         bad = build_worker(db, SyncConfig(url=p.url, token="wrong"), locations(1))
         assert bad.step() == "auth"
         good = build_worker(db, SyncConfig(url=p.url, token="s3cret"), locations(1))
-        good._put(next_attempt=0)
+        put_numbers(db, next_attempt=0)  # the wrong token's backoff is over
         assert good.sync_until_idle() == "idle"
         enqueue_summaries(db, week_of_summaries(1, hours=3))
         basic = build_worker(db, SyncConfig(url=p.url, username="gw", password="pw"), locations(1))

@@ -175,5 +175,36 @@ def test_unreachable_broker_is_a_failure_with_backoff(tmp_path):
     enqueue_summaries(db, week_of_summaries(1, hours=1))
     worker = build_worker(db, SyncConfig.from_dict({"target": "mqtt", "mqtt": {"port": port}}))
     assert worker.step() == "failed"
-    assert worker.failures == 1 and worker.last_error.startswith("Unreachable")
+    assert worker.link.failures == 1 and worker.last_error.startswith("Unreachable")
     assert worker.budget.use().sent == 0
+
+
+def test_mqtt_cannot_read_back_so_what_was_in_flight_is_published_again(tmp_path, broker):
+    # A broker cannot say what it got: after a gateway died mid-publish, the senders must
+    # neither ask the target to read back (it is no ReadBack) nor lose the rows in flight.
+    from gateway.sync import raw
+    from gateway.sync.mqtt import MqttTarget
+    from gateway.sync.target import ReadBack
+
+    sub = Subscriber(broker)
+    db = open_db(tmp_path / "gw.db")
+    RawStore(db, channels=("p",)).put("lamp-000", minutes("p", H0, 10))
+    enqueue_summaries(db, week_of_summaries(2, hours=2))
+    # What the senders commit before a request leaves, and a crash leaves behind.
+    db.execute("UPDATE sync_outbox SET inflight = 1")
+    db.conn.commit()
+    assert len(raw.take(db, 100, attempt=1)[0].readings) == 10
+    assert (backlog(db).inflight, raw.inflight_count(db)) == (8, 1)
+    cfg = SyncConfig.from_dict(
+        {"target": "mqtt", "raw": ["p"], "raw_interval": 0, "mqtt": {"port": broker}}
+    )
+    worker = build_worker(db, cfg)
+    assert isinstance(worker.target, MqttTarget) and not isinstance(worker.target, ReadBack)
+    assert worker.sync_until_idle() == "idle"
+    worker.target.close()
+    assert (worker.stats.resent, worker.stats.raw_resent, worker.stats.adopted) == (8, 10, 0)
+    assert backlog(db).synced == 8 and raw.raw_backlog(db).pending == 0
+    assert sub.wait_for(9)
+    sub.stop()
+    raw_got = [r for t, m in sub.messages if t.endswith("/raw") for r in m["readings"]]
+    assert len(raw_got) == 10 and len([t for t, _ in sub.messages if "/raw" not in t]) == 8

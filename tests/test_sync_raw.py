@@ -253,7 +253,7 @@ def test_gateway_raw_on_sends_every_stored_reading_once_and_retention_waits(tmp_
             assert sum(raw_on_platform(platform.db_path).values()) == 180
             # A node that was offline sends readings older than what was sent, in between
             # them. The raw batch is not due yet (raw_interval): the summaries go, raw waits.
-            await in_worker(gw, lambda w: setattr(w, "raw_interval", 3600))
+            await in_worker(gw, lambda w: setattr(w.raw_sender, "interval", 3600))
             await send_all(gw, node, minutes("p", late, 30))
             await gw.flush()
             await drained(gw, raw=False)
@@ -263,7 +263,7 @@ def test_gateway_raw_on_sends_every_stored_reading_once_and_retention_waits(tmp_
             await gw.retention(now=time.time() + 400 * 86400)
             left = db.execute("SELECT count(*) FROM readings").fetchone()[0]
             assert left == 29 + 30  # p from start + 1 h + 91 min, and the late ones
-            await in_worker(gw, lambda w: setattr(w, "raw_interval", 0))
+            await in_worker(gw, lambda w: setattr(w.raw_sender, "interval", 0))
             await drained(gw)
         finally:
             await gw.stop()

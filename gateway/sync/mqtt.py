@@ -9,9 +9,10 @@ Raw readings (``[sync] raw``) go as batches: JSON ``{"node", "channel", "reading
 value], ...]}`` on ``raw_topic`` (``reverbere/{node}/{channel}/raw``), or with the
 ``thingsboard`` preset as telemetry key ``<channel>_raw`` at the reading's own ``ts``.
 
-MQTT cannot be read back, so after an uncertain outcome (no PUBACK) the worker publishes
-again: delivery is at least once. A repeated message carries the same timestamp and values,
-so a consumer keyed on (device, ts) - as ThingsBoard's telemetry is - stores it once.
+MQTT cannot be read back (the target is not a ``ReadBack``), so after an uncertain outcome
+(no PUBACK) the senders publish again: delivery is at least once. A repeated message carries
+the same timestamp and values, so a consumer keyed on (device, ts) - as ThingsBoard's
+telemetry is - stores it once.
 """
 
 import json
@@ -24,7 +25,8 @@ import sqlite_utils
 from gateway.sync.budget import Budget
 from gateway.sync.config import MqttConfig
 from gateway.sync.outbox import ANOMALIES, RAW_SUFFIX
-from gateway.sync.sensorthings import Row, SyncError, Uncertain, Unreachable, iso, iso_ms
+from gateway.sync.sensorthings import iso, iso_ms
+from gateway.sync.target import Row, SyncError, Uncertain, Unreachable
 
 MAX_MESSAGE = 64 * 1024  # bytes of payload per ThingsBoard batch message
 
@@ -37,7 +39,8 @@ def _publish_size(topic: str, payload: bytes) -> int:
 
 
 class MqttTarget:
-    """Publish to a broker. The worker drives it exactly like the SensorThings target."""
+    """Publish to a broker: a ``Target`` (gateway/sync/target.py), driven by the same senders
+    as the SensorThings target, but not a ``ReadBack``: a broker cannot say what it got."""
 
     def __init__(self, db: sqlite_utils.Database, budget: Budget, config: MqttConfig) -> None:
         try:
@@ -87,19 +90,13 @@ class MqttTarget:
             self._client.loop_stop()
             self._client = None
 
-    # -- what the worker calls ----------------------------------------------------------------
+    # -- the Target protocol (gateway/sync/target.py) ----------------------------------------
 
     def ensure_streams(self, needed: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
         return {(node, stream): f"{node}/{stream}" for node, stream in needed}
 
-    def observations(self, ds_ids, t0: int, t1: int) -> dict:
-        return {}  # nothing to read back: the worker publishes again (at least once)
-
-    def observation_times(self, ranges) -> dict:
-        return {}  # the same for raw readings
-
-    def delete(self, obs_id: str) -> None:  # never called: observations() finds nothing
-        raise SyncError("MQTT messages cannot be deleted")
+    def forget_streams(self, ids: Iterable[str]) -> None:
+        """Nothing to forget: a topic is made from its name each time, never remembered."""
 
     def update(self, obs_id: str, row: Row) -> bool:
         """Publish the corrected figures again (obs_id is its "node/stream")."""

@@ -8,9 +8,13 @@ parameters = min/max/count/wh); an anomaly event is an Observation on the ``anom
 Datastream (phenomenonTime = window start, result = score, parameters = reason, kind, end).
 
 Every request goes through :meth:`SensorThingsTarget.request`, which measures it, charges the
-byte budget before it leaves, and sorts failures into the three outcomes the worker needs:
-:class:`Unreachable` (nothing was sent), :class:`Rejected` (the platform answered no) and
-:class:`Uncertain` (it may have been applied: reconcile before sending again).
+byte budget before it leaves, and sorts failures into the three outcomes the senders need
+(gateway/sync/target.py): ``Unreachable`` (nothing was sent), ``Rejected`` (the platform
+answered no) and ``Uncertain`` (it may have been applied: reconcile before sending again).
+The HTTP reading lives in the "one request" section: :meth:`SensorThingsTarget.request`,
+``_json`` and :meth:`SensorThingsTarget.pages` (``@iot.nextLink``).
+
+It is a ``Target`` and a ``ReadBack`` (gateway/sync/target.py): it can read back what it holds.
 """
 
 import gzip
@@ -20,13 +24,13 @@ import re
 import ssl
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 
 import httpx
 import sqlite_utils
 
 from gateway.sync.budget import Budget
 from gateway.sync.outbox import ANOMALIES, RAW_SUFFIX
+from gateway.sync.target import AuthFailed, Rejected, Row, SyncError, Uncertain, Unreachable
 from protocols.const import CHANNELS
 
 OM_MEASUREMENT = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
@@ -51,30 +55,6 @@ PROPERTY_NAMES = {
     "drop": "Dropped readings",
     ANOMALIES: "Anomaly score",
 }
-
-
-class SyncError(Exception):
-    """Base of the sync target's failures."""
-
-
-class Unreachable(SyncError):
-    """No connection: the request never left, nothing happened at the platform."""
-
-
-class Uncertain(SyncError):
-    """The request may have been applied (timeout, reset, 5xx): read back before resending."""
-
-
-class Rejected(SyncError):
-    """The platform answered with a client error: the request was not applied."""
-
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(f"platform refused ({status}): {text[:200]}")
-        self.status = status
-
-
-class AuthFailed(Rejected):
-    """401/403: the token or password in ``[sync]`` is wrong."""
 
 
 def iso(t: float) -> str:
@@ -142,16 +122,6 @@ def rebase(root: str, path: str) -> str:
 
 def path_id(entity_id: str) -> str:
     return entity_id if entity_id.isdigit() else f"'{entity_id}'"
-
-
-@dataclass(frozen=True)
-class Row:
-    """One Observation to create or update, as the worker hands it over."""
-
-    item: int  # outbox row id
-    time: int
-    result: float
-    parameters: dict
 
 
 def _wire_size(request: httpx.Request) -> int:
@@ -310,6 +280,15 @@ class SensorThingsTarget:
                 "INSERT OR REPLACE INTO sync_streams (node, stream, target, entity_id) "
                 "VALUES (?, ?, ?, ?)",
                 [(node, stream, self.url, eid) for node, stream, eid in rows],
+            )
+
+    def forget_streams(self, ids: Iterable[str]) -> None:
+        """Drop these Datastream ids from ``sync_streams``: every row sent to them failed, so
+        they may have been deleted on the platform; the next ``ensure_streams`` looks again."""
+        with self.db.atomic():
+            self.db.conn.executemany(
+                "DELETE FROM sync_streams WHERE target = ? AND entity_id = ?",
+                [(self.url, ds) for ds in ids],
             )
 
     def _location(self, node: str) -> tuple[float, float]:

@@ -14,6 +14,7 @@ from gateway.sync.outbox import (
     get_state,
 )
 from gateway.sync.raw import raw_backlog
+from gateway.sync.target import Target
 from gateway.sync.worker import SyncWorker
 
 
@@ -22,8 +23,9 @@ def build_target(
     config: SyncConfig,
     budget: Budget,
     locations: Mapping[str, tuple[float, float]] | None = None,
-):
-    """The configured target (SensorThings or MQTT), sharing ``db`` and ``budget``."""
+) -> Target:
+    """The configured target (SensorThings or MQTT), sharing ``db`` and ``budget``; each
+    module is imported only when configured (MQTT needs the optional paho-mqtt)."""
     if config.target == "mqtt":
         from gateway.sync.mqtt import MqttTarget
 
