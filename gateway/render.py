@@ -1,13 +1,17 @@
-"""Anomaly events for people and programs: as a table, CSV or JSON.
+"""What the operator's commands print, and the times they are given, in one place.
 
-:func:`anomalies` reads the gateway's database; :func:`render` formats any list of row dicts.
-(Hourly summaries print through gateway/sync/report.py, which serves both sources.)
+:func:`render` formats any list of row dicts as a table, CSV or JSON (readings, anomalies,
+summaries, node list, sync status all print through it); :func:`iso` writes a time and
+:func:`parse_when` / :func:`parse_duration` read one, so ``--since 1w`` means the same to every
+command. :func:`anomalies` reads the gateway's anomaly events.
 """
 
 import csv
 import io
 import json
-from collections.abc import Sequence
+import math
+import re
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
 import sqlite_utils
@@ -16,26 +20,62 @@ FORMATS = ("table", "csv", "json")
 ANOMALY_COLUMNS = ("id", "node", "channel", "kind", "start", "end", "score", "reason")
 TIME_COLUMNS = ("start", "end", "hour", "time", "timestamp")
 
+# Units of a duration, as people write them: 90s, 30m, 6h, 7d, 1w.
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+# What parse_when takes, in the sentence its errors end with.
+WHEN_FORMS = (
+    "a duration ago (90m, 6h, 7d, 1w), an ISO date or time (2026-01-31T12:00Z; UTC if no "
+    "zone) or Unix seconds"
+)
+
 
 def iso(t: float | None) -> str:
-    """Unix seconds as ISO 8601 UTC (``2026-11-25T13:10:00Z``); empty for None."""
+    """Unix seconds as ISO 8601 UTC (``2026-11-25T13:10:00Z``); empty for None. A time with a
+    fraction of a second keeps its milliseconds (a reading's time is data, not a label)."""
     if t is None:
         return ""
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = datetime.fromtimestamp(t, UTC)
+    if t == int(t):
+        return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def parse_when(text: str) -> float:
-    """A time given by a person: Unix seconds, an ISO date or time (UTC unless it says), or
-    a duration back from now such as ``90m``, ``6h``, ``7d``."""
+def parse_duration(text: str, default_unit: str | None = None) -> float:
+    """``90s``, ``30m``, ``6h``, ``7d``, ``1w`` in seconds; a bare number takes
+    ``default_unit`` (none: a unit is required). Raises ``ValueError`` with a sentence."""
     text = text.strip()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
-        return datetime.now(UTC).timestamp() - float(text[:-1]) * units[text[-1]]
+    if default_unit is not None and re.fullmatch(r"\d+(?:\.\d+)?", text):
+        text += default_unit
+    m = _DURATION.fullmatch(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration (e.g. 90s, 30m, 6h, 7d, 1w)")
+    return float(m.group(1)) * DURATION_UNITS[m.group(2)]
+
+
+def parse_when(text: str, now: float | None = None) -> float:
+    """A time given by a person, as Unix seconds: a duration back from ``now`` (default: the
+    clock) such as ``90m``, ``6h``, ``7d``, ``1w``; an ISO 8601 date or time (UTC unless it
+    names a zone); or Unix seconds. Raises ``ValueError`` with a sentence saying the forms.
+
+    Every ``--since``/``--until`` and a replayed CSV's timestamps go through here, so one
+    command never takes a form another refuses.
+    """
+    text = text.strip()
+    if _DURATION.fullmatch(text):
+        return (datetime.now(UTC).timestamp() if now is None else now) - parse_duration(text)
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
-    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    else:
+        if math.isfinite(seconds):
+            return seconds
+        raise ValueError(f"{text!r} is not a time: use {WHEN_FORMS}")
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time: use {WHEN_FORMS}") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
@@ -57,32 +97,48 @@ def anomalies(
     return list(db.query(sql + " ORDER BY start, id", args))
 
 
-def _cell(col: str, v) -> str:
+def _cell(col: str, v, times: Collection[str], exact: Collection[str]) -> str:
     if v is None:
         return ""
-    if col in TIME_COLUMNS and isinstance(v, int | float):
+    if col in times and isinstance(v, int | float):
         return iso(v)
-    if isinstance(v, float):
+    if isinstance(v, float) and col not in exact:
         # 4 significant digits, whole numbers from 1000 on (never "1.235e+04": a Wh counter)
         return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
     return str(v)
 
 
-def _json_cell(col: str, v):
-    if col in TIME_COLUMNS and isinstance(v, int | float):
+def _json_cell(col: str, v, times: Collection[str]):
+    if col in times and isinstance(v, int | float):
         return iso(v)
     return v
 
 
-def render(rows: Sequence[dict], columns: Sequence[str], fmt: str = "table") -> str:
-    """``rows`` as ``fmt``: an aligned text table, CSV with a header, or a JSON list (times as
-    ISO strings in all three)."""
+def _json(obj: object) -> str:
+    return json.dumps(obj, indent=1, ensure_ascii=False)
+
+
+def render(
+    rows: Sequence[Mapping],
+    columns: Sequence[str],
+    fmt: str = "table",
+    *,
+    times: Collection[str] = TIME_COLUMNS,
+    exact: Collection[str] = (),
+    blank: Mapping[str, str] | None = None,
+) -> str:
+    """``rows`` as ``fmt``: an aligned text table, CSV with a header, or a JSON list of
+    objects, with the ``columns`` in that order.
+
+    The columns named in ``times`` (Unix seconds) print as ISO 8601 UTC in all three formats.
+    Floats print with 4 significant digits in the table and CSV (figures for reading), except
+    in the ``exact`` columns (data, such as a reading's value, printed as Python writes it);
+    JSON keeps every number as it is. ``blank`` gives the table's text for an empty cell of a
+    column (``never`` for a node not heard yet); CSV leaves it empty.
+    """
     if fmt == "json":
-        out = []
-        for r in rows:
-            out.append({c: _json_cell(c, r.get(c)) for c in columns})
-        return json.dumps(out, indent=1, ensure_ascii=False)
-    cells = [[_cell(c, r.get(c)) for c in columns] for r in rows]
+        return _json([{c: _json_cell(c, r.get(c), times) for c in columns} for r in rows])
+    cells = [[_cell(c, r.get(c), times, exact) for c in columns] for r in rows]
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -91,8 +147,19 @@ def render(rows: Sequence[dict], columns: Sequence[str], fmt: str = "table") -> 
         return buf.getvalue().rstrip("\n")
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    for i, c in enumerate(columns):
+        if blank and c in blank:
+            for row, r in zip(cells, rows, strict=True):
+                if r.get(c) is None:
+                    row[i] = blank[c]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     for row in cells:
         lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+def render_record(record: Mapping, *, times: Collection[str] = TIME_COLUMNS) -> str:
+    """One record (``sync status``) as one JSON object, written as :func:`render` writes each
+    row: every key, the ``times`` columns as ISO 8601 UTC."""
+    return _json({k: _json_cell(k, v, times) for k, v in record.items()})

@@ -6,7 +6,6 @@ Tests and the demo start the same parts in-process through the library.
 import asyncio
 import contextlib
 import json
-import re
 import tempfile
 import threading
 import time
@@ -14,21 +13,8 @@ from pathlib import Path
 
 import click
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def _duration(value: str) -> float:
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", value.strip())
-    if not m:
-        raise click.BadParameter(f"{value!r} is not a duration (e.g. 90s, 30m, 6h, 1d, 1w)")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
-
-
-def _hostport(value: str) -> tuple[str, int]:
-    m = re.fullmatch(r"(?:\[([^\]]+)\]|([^:]+)):(\d+)", value)
-    if not m or int(m.group(3)) > 65535:
-        raise click.BadParameter(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:5683)")
-    return m.group(1) or m.group(2), int(m.group(3))
+# The gateway's own parameter types: `--duration 1w` and HOST:PORT read as in every command.
+from gateway.cli.options import DURATION, WHEN, HostPort
 
 
 @click.group("sim")
@@ -140,9 +126,9 @@ def board(state, baud, disconnect_after, board, version, wifi) -> None:
 @click.option(
     "--gateway",
     "gateway",
+    type=HostPort(),
     default="127.0.0.1:5683",
     show_default=True,
-    metavar="HOST:PORT",
     help="Where the nodes send (a gateway, or `sim net`).",
 )
 @click.option(
@@ -164,8 +150,12 @@ def board(state, baud, disconnect_after, board, version, wifi) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="JSON node id -> hex key; written with new keys if missing.",
 )
-@click.option("--duration", default="1d", show_default=True, help="Simulated time: 6h, 1d, 1w.")
-@click.option("--start", type=float, help="Simulated start, Unix seconds [now - duration].")
+@click.option(
+    "--duration", type=DURATION, default="1d", show_default=True, help="Simulated time: 6h, 1d, 1w."
+)
+@click.option(
+    "--start", type=WHEN, help="Simulated start: Unix, ISO, or 2d (ago) [now - duration]."
+)
 @click.option(
     "--speed",
     type=click.FloatRange(min=0, min_open=True),
@@ -193,7 +183,6 @@ def fleet_cmd(
     from gateway.ingest.registry import RegistryError
     from sim.fleet import KeysError, gateway_keys, load_keys, make_keys, run_fleet, save_keys
 
-    addr = _hostport(gateway)
     try:
         if config_path is not None:
             keys = gateway_keys(config_path, list(make_keys(nodes, seed)))
@@ -212,9 +201,9 @@ def fleet_cmd(
     stats = asyncio.run(
         run_fleet(
             keys,
-            addr,
+            gateway,
             start=start,
-            duration=_duration(duration),
+            duration=duration,
             speed=speed,
             seed=seed,
             anomalies=anomalies,
@@ -233,8 +222,8 @@ def fleet_cmd(
 
 
 @sim.command("net")
-@click.option("--listen", default="127.0.0.1:5684", show_default=True, metavar="HOST:PORT")
-@click.option("--upstream", default="127.0.0.1:5683", show_default=True, metavar="HOST:PORT")
+@click.option("--listen", type=HostPort(), default="127.0.0.1:5684", show_default=True)
+@click.option("--upstream", type=HostPort(), default="127.0.0.1:5683", show_default=True)
 @click.option("--loss", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--duplicate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--reorder", type=click.FloatRange(0, 1), default=0.0, show_default=True)
@@ -272,6 +261,11 @@ def net_cmd(listen, upstream, loss, duplicate, reorder, delay, outages, seed):
             f"reordered {s.reordered}, lost in outages {s.outage_dropped}"
         )
 
-    click.echo(f"proxy {listen} -> {upstream}")
+    click.echo(f"proxy {_address(listen)} -> {_address(upstream)}")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(_hostport(listen), _hostport(upstream), imp, seed, report))
+        asyncio.run(serve(listen, upstream, imp, seed, report))
+
+
+def _address(hostport: tuple[str, int]) -> str:
+    host, port = hostport
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -3,11 +3,13 @@
 import asyncio
 import json
 import signal
+import sqlite3
+import time
 
 from click.testing import CliRunner
 from gateway_helpers import GatewayProcess, http_get, metric, minute_readings
 
-from gateway.cli.gateway import parse_since
+from gateway import render
 from gateway.cli.main import cli
 from gateway.ingest import registry
 from gateway.store import group as store
@@ -77,10 +79,76 @@ def test_readings_in_three_formats(tmp_path):
     assert "61.5" not in since and "2026-01-01T00:01:00Z" in since
 
 
-def test_since_accepts_durations_iso_and_unix():
-    assert parse_since("2h", now=10000) == 10000 - 7200
-    assert parse_since("1767225600") == 1767225600
-    assert parse_since("2026-01-01") == 1767225600
+def _store(db_path, *readings):
+    db = open_db(db_path)
+    registry.add_node(db, "a")
+    ref, key, _ = registry.lookup(db, "a")
+    commit_batch(db.conn, [store.Pack(ref, "a", key, 1, list(readings))])
+
+
+def test_readings_since_a_week(tmp_path):
+    # `readings --since 1w` used to fail where `anomalies --since 1w` worked: two parsers.
+    invoke("gateway", "init", tmp_path)
+    now = int(time.time())
+    _store(
+        tmp_path / "reverbere.db",
+        Reading("a", "p", now - 10 * 86400, 10.0),
+        Reading("a", "p", now - 3 * 86400, 30.0),
+    )
+    r = invoke(
+        "readings", "--config", tmp_path / "gateway.toml", "--since", "1w", "--format", "json"
+    )
+    assert r.exit_code == 0, r.output
+    assert [row["value"] for row in json.loads(r.output)] == [30.0]
+    # --until takes the same forms: what is older than a week.
+    r = invoke("readings", "--db", tmp_path / "reverbere.db", "--until", "1w", "--format", "csv")
+    assert r.output.splitlines()[1:] == [f"a,p,{render.iso(now - 10 * 86400)},10.0"]
+
+
+def test_readings_print_values_whole_and_times_to_the_millisecond(tmp_path):
+    # A reading's value is data: the table and CSV do not round it as they round a summary's
+    # mean; a time with a fraction keeps it.
+    invoke("gateway", "init", tmp_path)
+    _store(tmp_path / "reverbere.db", Reading("a", "e", 1767225600.25, 123456.789))
+    csv_out = invoke("readings", "--db", tmp_path / "reverbere.db", "--format", "csv").output
+    assert csv_out.splitlines()[1] == "a,e,2026-01-01T00:00:00.250Z,123456.789"
+
+
+def test_node_list_in_three_formats(tmp_path):
+    invoke("gateway", "init", tmp_path)
+    cfg = tmp_path / "gateway.toml"
+    invoke("node", "add", "lamp-001", "--config", cfg)
+    table = invoke("node", "list", "--config", cfg).output.splitlines()
+    assert table[0].split() == ["id", "last_seen", "last_seq", "messages", "gaps", "battery"]
+    assert table[1].split()[:2] == ["lamp-001", "never"]
+    csv_out = invoke("node", "list", "--config", cfg, "--format", "csv").output
+    assert csv_out.splitlines()[1] == "lamp-001,,0,0,0,"  # CSV leaves "never" empty
+    (node,) = json.loads(invoke("node", "list", "--config", cfg, "--format", "json").output)
+    assert node["last_seen"] is None and node["added"].endswith("Z") and node["active"] is True
+
+
+def test_a_missing_database_is_not_created_by_a_command_that_reads(tmp_path):
+    r = CliRunner().invoke(cli, ["readings", "--db", str(tmp_path / "typo.db")])
+    assert r.exit_code == 1 and "no database at" in r.output and "hint:" in r.output
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_a_file_that_is_not_the_gateway_database_is_refused_untouched(tmp_path):
+    other = tmp_path / "other.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.close()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n")
+    for path, why in ((other, "without the gateway's tables"), (text, "not an SQLite database")):
+        for args in (["readings"], ["anomalies"], ["node", "list"], ["sync", "status"]):
+            r = CliRunner().invoke(cli, [*args, "--db", str(path)])
+            assert r.exit_code == 1, (args, r.output)
+            assert why in r.output and "hint:" in r.output, (args, r.output)
+    con = sqlite3.connect(other)
+    assert [n for (n,) in con.execute("SELECT name FROM sqlite_master")] == ["t"]  # no migration
+    con.close()
 
 
 def test_config_errors_name_file_line_and_key(tmp_path):

@@ -5,33 +5,27 @@ a hint here, and nowhere else.
 """
 
 import asyncio
-import csv
 import json
-import re
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import click
 
-from gateway import config, service
-from gateway.cli.options import config_option
+from gateway import config, render, service
+from gateway.cli.options import (
+    WHEN,
+    HostPort,
+    config_option,
+    db_option,
+    format_option,
+    load_config,
+    open_database,
+)
 from gateway.ingest import registry
 from gateway.store import readings as store
-from gateway.store.db import open_db
-
-
-def _load(path: Path, overrides: dict[str, Any] | None = None) -> config.Config:
-    try:
-        return config.load(path, overrides)
-    except config.ConfigError as e:
-        raise click.ClickException(
-            f"{e}\n  hint: `reverbere gateway init DIR` writes a commented example"
-        ) from None
 
 
 @contextmanager
@@ -40,16 +34,6 @@ def _registry_errors() -> Iterator[None]:
         yield
     except registry.RegistryError as e:
         raise click.ClickException(f"{e} ({e.hint})") from None
-
-
-def _hostport(value: str | None) -> tuple[str, int] | None:
-    """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (host from the config)."""
-    if value is None:
-        return None
-    m = re.match(r"^(?:\[([^\]]+)\]|([^:]*)):(\d+)$", value)
-    if not m or int(m.group(3)) > 65535:
-        raise click.BadParameter(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:5683, [::1]:0)")
-    return (m.group(1) or m.group(2) or ""), int(m.group(3))
 
 
 @click.group("gateway")
@@ -70,17 +54,27 @@ def gateway_init(directory: Path) -> None:
 
 @gateway_group.command("run")
 @config_option
-@click.option("--coap", metavar="HOST:PORT", help="Override [coap] host and port.")
-@click.option("--http", metavar="HOST:PORT", help="Override [http] host and port (/metrics).")
-def gateway_run(config_path: Path, coap: str | None, http: str | None) -> None:
+@click.option(
+    "--coap",
+    type=HostPort(empty_host=True),
+    help="Override [coap] host and port (:PORT keeps the host).",
+)
+@click.option(
+    "--http",
+    type=HostPort(empty_host=True),
+    help="Override [http] host and port (/metrics).",
+)
+def gateway_run(
+    config_path: Path, coap: tuple[str, int] | None, http: tuple[str, int] | None
+) -> None:
     """Run the gateway until SIGTERM (which commits what was acknowledged, then exits)."""
     overrides: dict[str, Any] = {}
-    for name, value in (("coap", _hostport(coap)), ("http", _hostport(http))):
+    for name, value in (("coap", coap), ("http", http)):
         if value is not None:
             if value[0]:
                 overrides[f"{name}_host"] = value[0]
             overrides[f"{name}_port"] = value[1]
-    cfg = _load(config_path, overrides)
+    cfg = load_config(config_path, overrides)
     try:
         service.pipeline_config(cfg)  # [site], [detect], [sync]: errors before binding ports
     except config.ConfigError as e:
@@ -107,7 +101,7 @@ def node_group() -> None:
 def node_add(node_id: str, config_path: Path, as_json: bool) -> None:
     """Register NODE_ID with a new 32-byte key, printed once (flash it into the node)."""
     with _registry_errors():
-        key = registry.add_node(open_db(_load(config_path).database), node_id)
+        key = registry.add_node(open_database(config_path, create=True), node_id)
     _print_key(node_id, key, as_json)
 
 
@@ -118,7 +112,7 @@ def node_add(node_id: str, config_path: Path, as_json: bool) -> None:
 def node_rotate(node_id: str, config_path: Path, as_json: bool) -> None:
     """Give NODE_ID a new key; the old key stops working and its counter restarts."""
     with _registry_errors():
-        key = registry.rotate_key(open_db(_load(config_path).database), node_id)
+        key = registry.rotate_key(open_database(config_path), node_id)
     _print_key(node_id, key, as_json)
 
 
@@ -135,81 +129,50 @@ def _print_key(node_id: str, key: bytes, as_json: bool) -> None:
 def node_remove(node_id: str, config_path: Path) -> None:
     """Revoke NODE_ID: its key is deleted (it gets 4.01), its readings are kept."""
     with _registry_errors():
-        registry.remove_node(open_db(_load(config_path).database), node_id)
+        registry.remove_node(open_database(config_path), node_id)
     click.echo(f"removed {node_id}")
+
+
+# What the node list's table and CSV show; JSON has every field of registry.Node.
+NODE_COLUMNS = ("id", "last_seen", "last_seq", "messages", "gaps", "battery")
 
 
 @node_group.command("list")
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="A JSON list of objects.")
-def node_list(config_path: Path, as_json: bool) -> None:
+@db_option
+@format_option
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+def node_list(config_path: Path, db_path: Path | None, fmt: str, as_json: bool) -> None:
     """Nodes with last seen time, message counter, lost messages (gaps) and battery."""
-    nodes = registry.list_nodes(open_db(_load(config_path).database))
-    if as_json:
-        click.echo(json.dumps([n.__dict__ for n in nodes]))
-        return
+    nodes = registry.list_nodes(open_database(config_path, db_path))
+    fmt = "json" if as_json else fmt
+    columns = [f.name for f in fields(registry.Node)] if fmt == "json" else NODE_COLUMNS
+    rows = [asdict(n) for n in nodes]
     click.echo(
-        f"{'node':<20} {'last seen (UTC)':<20} {'seq':>8} {'msgs':>8} {'gaps':>6} {'bat':>5}"
+        render.render(
+            rows, columns, fmt, times=("added", "last_seen"), blank={"last_seen": "never"}
+        )
     )
-    for n in nodes:
-        seen = _iso(n.last_seen)[:19].replace("T", " ") if n.last_seen else "never"
-        bat = "" if n.battery is None else f"{n.battery:g}"
-        click.echo(f"{n.id:<20} {seen:<20} {n.last_seq:>8} {n.messages:>8} {n.gaps:>6} {bat:>5}")
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
-
-
-def parse_since(value: str, now: float | None = None) -> float:
-    """``2h``/``30m``/``7d``/``90s`` ago, an ISO 8601 date or time (UTC if no zone), or Unix."""
-    now = time.time() if now is None else now
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
-    if m:
-        return now - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r}: use 2h, 30m, 7d, an ISO 8601 time (2026-01-31T12:00Z) or Unix seconds"
-        ) from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 @click.command("readings")
 @config_option
+@db_option
 @click.option("--node", help="Only this node.")
-@click.option("--since", help="From this time: 2h, 7d, 2026-01-31T12:00Z, Unix seconds.")
-@click.option("--limit", type=int, help="At most this many readings.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-)
+@click.option("--since", type=WHEN, help="From this time: 2h, 1w, 2026-01-31T12:00Z, Unix.")
+@click.option("--until", type=WHEN, help="Before this time (same forms).")
+@click.option("--limit", type=click.IntRange(0), help="At most this many readings.")
+@format_option
 def readings(
-    config_path: Path, node: str | None, since: str | None, limit: int | None, fmt: str
+    config_path: Path,
+    db_path: Path | None,
+    node: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int | None,
+    fmt: str,
 ) -> None:
-    """Show stored readings (JSON: a list of {node, channel, time (ISO 8601 UTC), value})."""
-    start = parse_since(since) if since else None
-    rows = store.query_readings(open_db(_load(config_path).database), node, start, limit=limit)
-    if fmt == "json":
-        out = [
-            {"node": r.node, "channel": r.channel, "time": _iso(r.time), "value": r.value}
-            for r in rows
-        ]
-        click.echo(json.dumps(out))
-    elif fmt == "csv":
-        w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow(["node", "channel", "time", "value"])
-        for r in rows:
-            w.writerow([r.node, r.channel, _iso(r.time), r.value])
-    else:
-        click.echo(f"{'node':<20} {'channel':<8} {'time (UTC)':<21} {'value':>12}")
-        for r in rows:
-            click.echo(f"{r.node:<20} {r.channel:<8} {_iso(r.time):<21} {r.value:>12g}")
+    """Show stored readings: node, channel, time (ISO 8601 UTC), value."""
+    db = open_database(config_path, db_path)
+    rows = [r._asdict() for r in store.query_readings(db, node, since, until, limit=limit)]
+    click.echo(render.render(rows, ("node", "channel", "time", "value"), fmt, exact=("value",)))

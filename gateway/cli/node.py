@@ -10,6 +10,9 @@ import sys
 
 import click
 
+from gateway.cli.options import HostPort
+from protocols.const import DEFAULT_PORT
+
 
 class _Bar:
     """gateway.provision.flash.Progress drawn as a click progress bar (bytes, and files in the
@@ -69,7 +72,13 @@ def _key(node_id: str, key_file: str | None, config: str | None) -> bytes:
 @click.command("flash")
 @click.option("--port", required=True, help="Serial port of the node, e.g. /dev/ttyUSB0.")
 @click.option("--node-id", required=True, help="The node's id, e.g. lamp-042.")
-@click.option("--gateway", "gateway_addr", required=True, help="HOST[:PORT] the node sends to.")
+@click.option(
+    "--gateway",
+    "gateway_addr",
+    type=HostPort(default_port=DEFAULT_PORT),
+    required=True,
+    help=f"Where the node sends (port {DEFAULT_PORT} if none).",
+)
 @click.option("--wifi-ssid", help="Wi-Fi network the node joins.")
 @click.option("--wifi-password", help="Its password (stored on the node, never printed).")
 @click.option("--board", type=click.Choice(["esp32", "rp2"]), help="Refuse any other board.")
@@ -116,13 +125,13 @@ def flash_cmd(
     writes the node's config and key, then resets the node and waits for its first pack.
     """
     from gateway.provision.device import DeviceError, DeviceLost
-    from gateway.provision.flash import FlashError, GatewayWatch, NodeConfig, flash, parse_gateway
+    from gateway.provision.flash import FlashError, GatewayWatch, NodeConfig, flash
 
     bar = _Bar()
     try:
         if config and key_file:
             raise FlashError("pass --config or --key-file, not both")
-        host, gw_port = parse_gateway(gateway_addr)
+        host, gw_port = gateway_addr
         key = _key(node_id, key_file, config)
         cfg = NodeConfig(node_id, host, gw_port, wifi_ssid, wifi_password, board)
         watch = GatewayWatch(config, node_id) if config and not no_commission else None

@@ -7,56 +7,17 @@ both the gateway and the platform.)
 """
 
 import csv
-import sys
-from pathlib import Path
 
 import click
 
 from gateway import render as report
-from gateway.cli.options import config_option, db_option
-
-format_option = click.option(
-    "--format", "fmt", type=click.Choice(report.FORMATS), default="table", show_default=True
-)
-since_option = click.option(
-    "--since", metavar="WHEN", help="Unix time, ISO date/time (UTC), or a duration ago: 6h, 7d."
-)
-
-
-def _open(config_path: Path, db_path: Path | None):
-    from gateway.store.db import open_db
-
-    if db_path is None:
-        from gateway import config
-
-        try:
-            db_path = config.load(config_path).database
-        except (OSError, ValueError) as e:
-            raise click.ClickException(
-                f"{e}\n  hint: pass --config FILE, or --db FILE for the database itself"
-            ) from None
-    if not Path(db_path).exists():
-        raise click.ClickException(
-            f"no database at {db_path}\n  hint: has the gateway run yet (`reverbere gateway run`)?"
-        )
-    return open_db(db_path)
-
-
-def _since(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        return report.parse_when(text)
-    except ValueError:
-        raise click.BadParameter(
-            "expected Unix seconds, an ISO date or time, or 90m / 6h / 7d", param_hint="--since"
-        ) from None
+from gateway.cli.options import WHEN, config_option, db_option, format_option, open_database
 
 
 @click.group(invoke_without_command=True)
 @config_option
 @db_option
-@since_option
+@click.option("--since", type=WHEN, help="Ended at or after: 6h, 1w, 2026-01-31T12:00Z, Unix.")
 @click.option("--open", "open_only", is_flag=True, help="Only the events still ongoing.")
 @format_option
 @click.pass_context
@@ -64,8 +25,8 @@ def anomalies(ctx, config_path, db_path, since, open_only, fmt) -> None:
     """Anomaly events: node, channel, kind, start, end (empty while open), score, reason."""
     if ctx.invoked_subcommand is not None:
         return
-    db = _open(config_path, db_path)
-    rows = report.anomalies(db, since=_since(since), open_only=open_only)
+    db = open_database(config_path, db_path)
+    rows = report.anomalies(db, since=since, open_only=open_only)
     click.echo(report.render(rows, report.ANOMALY_COLUMNS, fmt))
 
 
@@ -113,10 +74,5 @@ def anomalies_replay(csv_file, kind, fmt, threshold) -> None:
         {"timestamp": text, "score": round(score, 4), "alarm": int(alarm)}
         for (text, _, _), (_, score, alarm) in zip(rows, results, strict=True)
     ]
-    if fmt == "json":
-        click.echo(report.render(out, ("timestamp", "score", "alarm"), "json"))
-    else:
-        w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow(("timestamp", "score", "alarm"))
-        for r in out:
-            w.writerow((r["timestamp"], r["score"], r["alarm"]))
+    # The timestamps print as the CSV wrote them (strings: not reformatted as times).
+    click.echo(report.render(out, ("timestamp", "score", "alarm"), fmt))

@@ -4,16 +4,21 @@ A thin shell: each command makes one library call (``gateway.sync``); library ex
 become a message with a hint here.
 """
 
-import json
 import time
 from pathlib import Path
 
 import click
 
-from gateway import config as gwconfig
 from gateway import render as report
-from gateway.cli.options import config_option, db_option
-from gateway.store.db import open_db
+from gateway.cli.options import (
+    WHEN,
+    config_option,
+    db_option,
+    format_option,
+    load_config,
+    open_database,
+)
+from gateway.store.db import Database
 from gateway.sync.config import SyncConfig, SyncConfigError
 from gateway.sync.report import (
     SUMMARY_COLUMNS,
@@ -28,31 +33,20 @@ from gateway.sync.report import write_chart as _write_chart
 from gateway.sync.service import build_worker, sync_status
 
 
-def _load(config_path: Path, db_path: Path | None) -> tuple[Path, SyncConfig | None]:
-    """The database path and the checked ``[sync]`` section."""
+def _load(config_path: Path, db_path: Path | None) -> tuple[Database, SyncConfig | None]:
+    """The database and the checked ``[sync]`` section (none when only ``--db`` names a
+    database and there is no config)."""
     section: dict = {}
-    database = db_path
-    if config_path.exists():
-        try:
-            cfg = gwconfig.load(config_path)
-            section = cfg.section("sync")
-            database = database or Path(cfg.database)
-        except ValueError as e:
-            raise click.ClickException(f"{e}\n  hint: check {config_path}") from None
-    if database is None:
-        raise click.ClickException(
-            f"no database: {config_path} does not exist and --db is not given\n"
-            "  hint: reverbere gateway init DIR, or pass --db PATH"
-        )
-    if not Path(database).exists():
-        raise click.ClickException(
-            f"no database at {database}\n  hint: has the gateway run yet (`reverbere gateway run`)?"
-        )
+    if config_path.exists() or db_path is None:
+        cfg = load_config(config_path)
+        section = cfg.section("sync")
+        db_path = db_path or cfg.database
+    db = open_database(config_path, db_path)
     try:
         sync = SyncConfig.from_dict(section) if section else None
     except SyncConfigError as e:
         raise click.ClickException(f"{config_path}: {e}") from None
-    return database, sync
+    return db, sync
 
 
 @click.group("sync")
@@ -63,7 +57,12 @@ def sync_group() -> None:
 def _ago(t: float | None) -> str:
     if not t:
         return "never"
-    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t)) + f" ({time.time() - t:.0f} s ago)"
+    return _when(t) + f" ({time.time() - t:.0f} s ago)"
+
+
+def _when(t: float) -> str:
+    # A sentence's time: ISO 8601 UTC with a space (render.iso is for tables and JSON).
+    return report.iso(int(t)).replace("T", " ")
 
 
 @sync_group.command("status")
@@ -72,10 +71,11 @@ def _ago(t: float | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def status(config_path: Path, db_path: Path | None, as_json: bool) -> None:
     """Budget use, cursor, backlog and last success of the sync."""
-    database, sync = _load(config_path, db_path)
-    st = sync_status(open_db(database), sync)
+    db, sync = _load(config_path, db_path)
+    st = sync_status(db, sync)
     if as_json:
-        click.echo(json.dumps(st))
+        # Times stay Unix seconds here: scripts compare them with the clock.
+        click.echo(report.render_record(st, times=()))
         return
     limit = st["budget_limit"]
     use = f"{st['budget_sent']} B sent"
@@ -95,7 +95,7 @@ def status(config_path: Path, db_path: Path | None, as_json: bool) -> None:
     if st["raw"] or st["pending_raw"] or st["raw_rejected"]:
         which = "every channel" if st["raw"] is True else ", ".join(st["raw"] or ["off"])
         oldest = st["raw_oldest_pending"]
-        since = f", oldest {_ago(oldest).split(' (')[0]}" if oldest else ""
+        since = f", oldest {_when(oldest)}" if oldest else ""
         click.echo(
             f"raw backlog:   {st['pending_raw']} readings owed ({which}{since}; "
             f"{st['raw_inflight']} batches awaiting reconciliation, "
@@ -114,10 +114,9 @@ def status(config_path: Path, db_path: Path | None, as_json: bool) -> None:
 @db_option
 def push(config_path: Path, db_path: Path | None) -> None:
     """Send what the outbox owes now (as the service would), then print the status."""
-    database, sync = _load(config_path, db_path)
+    db, sync = _load(config_path, db_path)
     if sync is None or sync.target == "none":
         raise click.ClickException("no [sync] target configured\n  hint: see docs/sync.md")
-    db = open_db(database)
     worker = build_worker(db, sync, raw_interval=0)  # raw readings owed go now too
     try:
         outcome = worker.sync_until_idle(wait=False)
@@ -132,15 +131,6 @@ def push(config_path: Path, db_path: Path | None) -> None:
         raise click.ClickException(f"{worker.last_error}\n  hint: reverbere sync status")
 
 
-def parse_time(value: str) -> float:
-    try:
-        return report.parse_when(value)
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r}: use 7d, 12h, 2026-01-31T12:00Z or Unix seconds"
-        ) from None
-
-
 @click.command("summaries")
 @config_option
 @db_option
@@ -151,12 +141,10 @@ def parse_time(value: str) -> float:
     show_default=True,
     help="'gateway', or the SensorThings service root (URL ending in /v1.1).",
 )
-@click.option("--since", default=None, help="Start: 7d, 12h, ISO, Unix (default: all).")
-@click.option("--until", default=None, help="End (exclusive); default now.")
+@click.option("--since", type=WHEN, help="Start: 7d, 1w, 2026-01-31T12:00Z, Unix [all].")
+@click.option("--until", type=WHEN, help="End (exclusive), same forms [now].")
 @click.option("--node", "nodes", multiple=True, help="Only this node (repeatable).")
-@click.option(
-    "--format", "fmt", type=click.Choice(report.FORMATS), default="table", show_default=True
-)
+@format_option
 @click.option(
     "--anomalies",
     "events_only",
@@ -188,11 +176,11 @@ def summaries(
     ca_file,
 ) -> None:
     """Hourly summaries and anomaly events, from the gateway or pulled from the platform."""
-    start = parse_time(since) if since else 0.0
-    end = parse_time(until) if until else 2.0**31
+    start = 0.0 if since is None else since
+    end = 2.0**31 if until is None else until
     if source == "gateway":
-        database, _ = _load(config_path, db_path)
-        sums, events = from_tables(open_db(database), start, end, nodes)
+        db, _ = _load(config_path, db_path)
+        sums, events = from_tables(db, start, end, nodes)
     elif source.startswith(("http://", "https://")):
         try:
             got = pull(

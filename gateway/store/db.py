@@ -163,6 +163,34 @@ class NotADatabase(DatabaseOpenError):
     """The file is not SQLite, or is SQLite without the gateway's tables."""
 
 
+def open_checked(path: str | Path, create: bool = False) -> Database:
+    """Open the gateway's database at ``path`` as :func:`open_db` does, but only if it is one.
+
+    Unlike :func:`open_db` (the service's start), a command must not leave a new empty
+    database where a mistyped ``--db`` pointed (unless it may ``create`` one, as registering a
+    node may), nor add the gateway's tables to someone else's SQLite file: an existing file
+    is first looked at read-only. Raises :class:`NoDatabase` or :class:`NotADatabase`.
+    """
+    path = Path(path)
+    if not path.exists():
+        if create:
+            return open_db(path)
+        raise NoDatabase(path, "no such file")
+    if path.is_dir():
+        raise NotADatabase(path, "a directory, not a database file")
+    try:
+        con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise NotADatabase(path, f"not an SQLite database ({e})") from None
+    if "_sqlite_migrations" not in tables or "readings" not in tables:
+        raise NotADatabase(path, "an SQLite file without the gateway's tables")
+    return open_db(path)
+
+
 def migrate(db: sqlite_utils.Database) -> None:
     """Apply every pending migration of every set in ``MIGRATION_SETS``."""
     for spec in MIGRATION_SETS:

@@ -10,7 +10,6 @@ the gateway's own tables (:func:`from_tables`); both print through the one forma
 import html
 import json
 import ssl
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from gateway import render
 from gateway.sync.outbox import ANOMALIES, RAW_SUFFIX, Event, Summary
 from gateway.sync.sensorthings import id_from_link, iso, parse_time, rebase
 from protocols.const import SUM_CHANNELS
@@ -183,10 +183,6 @@ def shown_mean(channel: str, mean: float | None) -> float | None:
     return None if channel in SUM_CHANNELS else mean
 
 
-def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(t))
-
-
 # -- chart -----------------------------------------------------------------------------------
 
 
@@ -245,7 +241,7 @@ def write_chart(path: str | Path, summaries: Sequence[Summary], events: Sequence
         return path
     rows = "".join(
         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
-            *(html.escape(x) for x in (_when(e.start), e.node, e.channel, e.kind, e.reason))
+            *(html.escape(x) for x in (render.iso(e.start), e.node, e.channel, e.kind, e.reason))
         )
         for e in events
     )
