@@ -98,3 +98,62 @@ def test_malformed_packs_raise_decode_error():
     assert _rejects([{BN: "p", V: True}])  # booleans are not numbers
     assert _rejects([{BN: "p", BT: "now", V: 1}])
     assert _rejects([{BN: "p", V: 1, "x_": 1}])  # must-understand label
+
+
+# RFC 8428 Section 6: the CBOR representation of the pack of Section 5.1.2 (a voltage and six
+# currents), byte for byte as the RFC prints it (its maps keep the JSON's key order, and every
+# float but 1.5 is written in 8 bytes).
+RFC8428_CBOR = (
+    "87a721781b75726e3a6465763a6f773a3130653230373361303130383030363a"
+    "22fb41d303a15b00106223614120050067766f6c74616765016156"
+    "02fb405e066666666666a3006763757272656e74062402fb3ff3333333333333"
+    "a3006763757272656e74062302fb3ff4cccccccccccd"
+    "a3006763757272656e74062202fb3ff6666666666666"
+    "a3006763757272656e74062102f93e00"
+    "a3006763757272656e74062002fb3ff999999999999a"
+    "a3006763757272656e74060002fb3ffb333333333333"
+)
+
+
+CURRENTS = [(-5, 1.2), (-4, 1.3), (-3, 1.4), (-2, 1.5), (-1, 1.6), (0, 1.7)]
+
+
+def _rfc8428_pack():
+    first = {BN: "urn:dev:ow:10e2073a0108006:", BT: 1276020076.001, BU: "A", BVER: 5}
+    first[N] = "voltage"
+    first[U] = "V"
+    first[V] = 120.1
+    return [first] + [{N: "current", T: t, V: v} for t, v in CURRENTS]
+
+
+def _encode_in_order(pack, orders):
+    """The pack encoded with each map's keys in the order given (the RFC's), item by item
+    through ``cbor.encode_into``: the bytes of every key and value are protocols.cbor's."""
+    out = bytearray()
+    cbor.head(out, 4, len(pack))
+    for rec, order in zip(pack, orders):
+        cbor.head(out, 5, len(rec))
+        for k in order:
+            cbor.encode_into(out, k)
+            cbor.encode_into(out, rec[k])
+    return bytes(out)
+
+
+def test_rfc8428_section6_cbor_example_byte_for_byte():
+    data = bytes.fromhex(RFC8428_CBOR)
+    assert len(data) == 0xC3  # as the RFC's dump ends
+    pack = _rfc8428_pack()
+    assert cbor.loads(data) == pack
+    orders = [[BN, BT, BU, BVER, N, U, V]] + [[N, T, V]] * 6
+    assert _encode_in_order(pack, orders) == data
+    # protocols.cbor's own deterministic order (RFC 8949 Section 4.2.1) moves keys, not bytes
+    assert len(cbor.dumps(pack)) == len(data)
+    assert cbor.loads(cbor.dumps(pack)) == pack
+
+
+def test_rfc8428_section6_cbor_example_resolves_as_section_5_1_2_says():
+    records = senml.decode(bytes.fromhex(RFC8428_CBOR), NOW)
+    bn = "urn:dev:ow:10e2073a0108006:"
+    bt = 1276020076.001
+    assert records[0] == (bn + "voltage", "V", bt, 120.1)
+    assert records[1:] == [(bn + "current", "A", bt + t, v) for t, v in CURRENTS]
