@@ -50,6 +50,3 @@ def demo(nodes: int, hours: float, out: str, as_json: bool) -> None:
     report = run_demo(echo=click.echo, nodes=nodes, hours=hours, out=out)
     if as_json:
         click.echo(json.dumps(report))
-
-
-cli.add_command(sim)
