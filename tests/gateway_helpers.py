@@ -13,7 +13,16 @@ from gateway.ingest import registry
 from gateway.service import Gateway
 from gateway.store.db import open_db
 from protocols import coap
-from protocols.const import CF_COSE_MAC0, CON, CONTENT_FORMAT, POST, READINGS_PATH, URI_PATH
+from protocols.const import (
+    ACK,
+    CF_COSE_MAC0,
+    CON,
+    CONTENT_FORMAT,
+    EMPTY,
+    POST,
+    READINGS_PATH,
+    URI_PATH,
+)
 
 LOOPBACK = {"coap_host": "127.0.0.1", "coap_port": 0, "http_host": "127.0.0.1", "http_port": 0}
 
@@ -89,7 +98,11 @@ async def exchange(port: int, wire: bytes, copies: int = 1) -> list[coap.Message
         out = []
         for _ in range(copies):
             transport.sendto(wire)
-            out.append(await asyncio.wait_for(proto.queue.get(), 5))
+            msg = await asyncio.wait_for(proto.queue.get(), 5)
+            if msg.code == EMPTY:  # the answer comes separately (RFC 7252 Section 5.2.2)
+                msg = await asyncio.wait_for(proto.queue.get(), 10)
+                transport.sendto(coap.encode(ACK, EMPTY, msg.mid))
+            out.append(msg)
         return out
 
 

@@ -45,9 +45,12 @@ def test_demo_small_keeps_every_promise(tmp_path):
     assert r["summaries_on_platform"] == r["summaries_synced"] == r["summaries_made"]
     assert r["duplicates_on_platform"] == 0
     assert r["events_on_platform"] == r["events_synced"]
-    # Anomalies were injected and found; the uplink carried bytes.
+    # Anomalies were injected and every one found, with no false alarm (ground truth in
+    # sim/groundtruth.py); the uplink carried bytes.
     assert r["anomalies_injected"] > 0
-    assert r["anomalies_found"] > 0
+    assert r["anomalies_missed"] == 0, r["anomaly_details"]
+    assert r["anomalies_found"] == r["anomalies_injected"]
+    assert r["false_alarms"] == 0, r["false_alarm_kinds"]
     assert r["uplink_bytes"] > 0
     # The human report came first, and the chart and report.json are where it said.
     text = proc.stdout

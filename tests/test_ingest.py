@@ -118,11 +118,11 @@ def test_each_refusal_has_its_code_and_stores_nothing(tmp_path):
     run(go())
 
 
-def test_validation_refuses_unknown_channels_units_and_absurd_times(tmp_path):
-    now = int(time.time())
+def test_validation_refuses_unknown_channels_units_and_absurd_times(tmp_path, clock):
+    now = clock.now
 
     async def go():
-        async with running_gateway(tmp_path) as gw:
+        async with running_gateway(tmp_path, clock=clock) as gw:
             key = add_node(gw)
             bad_packs = [
                 [{-2: "voltage", -3: now, 2: 230}],  # unknown channel
@@ -149,8 +149,35 @@ def test_validation_refuses_unknown_channels_units_and_absurd_times(tmp_path):
                 .execute("SELECT channel, time FROM readings ORDER BY channel")
                 .fetchall()
             )
-            assert rows[0] == ("p", now - 60)
-            assert rows[1][0] == "t" and abs(rows[1][1] - (now - 120)) <= 2
+            # a relative time is resolved against the gateway's clock, to the second
+            assert rows == [("p", now - 60), ("t", now - 120)]
+
+    run(go())
+
+
+def test_the_time_window_and_the_answer_follow_the_gateway_clock(tmp_path, clock):
+    # Exact edges of [now - max_past, now + max_future], with no wall clock in between.
+    async def go():
+        async with running_gateway(tmp_path, clock=clock) as gw:
+            key = add_node(gw)
+            future, past = gw.cfg.max_future, gw.cfg.max_past
+            cases = [
+                (clock.now + future, CHANGED),
+                (clock.now + future + 1, BAD_REQUEST),
+                (clock.now - past - 1, BAD_REQUEST),
+            ]
+            for seq, (t, code) in enumerate(cases, 1):
+                body = cose.sign(key, b"lamp-001", seq, senml.encode([("p", int(t), 60)]))
+                msg = await _code(gw, body, mid=seq)
+                assert msg.code == code, t - clock.now
+                if code == CHANGED:
+                    assert cbor2.loads(msg.payload)[RESP_TIME] == clock.now
+            clock.now += 3600  # an hour later, what was a second too far ahead is taken
+            t = clock.now - 3600 + future + 1
+            body = cose.sign(key, b"lamp-001", 9, senml.encode([("p", int(t), 60)]))
+            msg = await _code(gw, body, mid=9)
+            assert msg.code == CHANGED
+            assert cbor2.loads(msg.payload)[RESP_TIME] == clock.now
 
     run(go())
 
