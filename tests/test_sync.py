@@ -34,12 +34,6 @@ from tests.sync_helpers import (
 
 
 @pytest.fixture
-def platform(tmp_path):
-    with start_platform(tmp_path / "platform.sqlite3") as p:
-        yield p
-
-
-@pytest.fixture
 def tls(tmp_path):
     return make_tls(tmp_path)
 

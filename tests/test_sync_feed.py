@@ -12,14 +12,7 @@ from gateway.store.records import Reading
 from gateway.sync.config import SyncConfig
 from gateway.sync.outbox import backlog
 from gateway.sync.service import build_worker
-from sim.platform import start_platform
 from tests.sync_helpers import H0, assert_platform_matches, locations
-
-
-@pytest.fixture
-def platform(tmp_path):
-    with start_platform(tmp_path / "platform.sqlite3") as p:
-        yield p
 
 
 def readings(nodes: int, hours: int) -> list[Reading]:

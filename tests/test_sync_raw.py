@@ -27,7 +27,7 @@ from gateway.sync.raw import raw_backlog
 from gateway.sync.sensorthings import SensorThingsTarget
 from gateway.sync.service import build_worker, sync_status
 from gateway.sync.worker import SyncWorker
-from sim.platform import FaultProxy, start_platform
+from sim.platform import FaultProxy
 from sim.sender import Sender, SimNode
 from tests.sync_helpers import (
     H0,
@@ -39,12 +39,6 @@ from tests.sync_helpers import (
     some_events,
     week_of_summaries,
 )
-
-
-@pytest.fixture
-def platform(tmp_path):
-    with start_platform(tmp_path / "platform.sqlite3") as p:
-        yield p
 
 
 def worker_for(db, url: str, **kw) -> SyncWorker:
