@@ -99,7 +99,7 @@ async def exchange(port: int, wire: bytes, copies: int = 1) -> list[coap.Message
         for _ in range(copies):
             transport.sendto(wire)
             msg = await asyncio.wait_for(proto.queue.get(), 5)
-            if msg.code == EMPTY:  # the answer comes separately (RFC 7252 Section 5.2.2)
+            if (msg.mtype, msg.code) == (ACK, EMPTY):  # the answer comes separately (5.2.2)
                 msg = await asyncio.wait_for(proto.queue.get(), 10)
                 transport.sendto(coap.encode(ACK, EMPTY, msg.mid))
             out.append(msg)
