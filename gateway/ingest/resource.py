@@ -4,7 +4,8 @@ Order of checks (the first failing one answers; nothing is stored on any failure
 
 1. Content-Format must be 17 (COSE_Mac0)                                    else 4.15
 2. the payload must be at most ``max_payload`` bytes                        else 4.13
-3. it must decode (``cbor2``) as a COSE_Mac0 (``protocols.cose.parse``)     else 4.00
+3. it must decode as a COSE_Mac0 (``protocols.cose.decode``, the strict     else 4.00
+   decoder of the wire contract: nothing else is decoded from an unauthenticated sender)
 4. its kid must name an active node, and the MAC verify with that node's key else 4.01
 5. its counter must be above the node's last accepted one                   else 4.01
    (equal to it: a retransmission of what is already stored, answered 2.04 again)
@@ -22,6 +23,7 @@ import hmac
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,11 +52,10 @@ from protocols.const import (
     RESP_CONFIG,
     RESP_TIME,
 )
+from protocols.errors import DecodeError
 
 log = logging.getLogger("reverbere.ingest")
 
-# What a decoder may raise on hostile bytes (cbor2's errors are ValueErrors or EOFErrors).
-_MALFORMED = (ValueError, TypeError, LookupError, RecursionError, OverflowError, EOFError)
 MAX_REJECTION_LINES = 100  # per minute, whatever the number of sources
 # Critical options (RFC 7252 Section 5.4.1) /r acts on; any other critical one gets 4.02.
 _UNDERSTOOD = frozenset(
@@ -139,9 +140,15 @@ class Ingest:
     """Everything between a POST on ``/r`` and its answer; ``handle`` is the whole path."""
 
     def __init__(
-        self, cfg: Config, db: sqlite_utils.Database, committer: Committer, metrics: Registry
+        self,
+        cfg: Config,
+        db: sqlite_utils.Database,
+        committer: Committer,
+        metrics: Registry,
+        clock: Callable[[], float] = time.time,
     ):
         self.cfg = cfg
+        self.clock = clock  # Unix seconds: "now" for relative times, max_past and the answer
         self.nodes = registry.NodeCache(db)  # db: a reading connection (the committer writes)
         self.committer = committer
         self.metrics = metrics
@@ -198,8 +205,8 @@ class Ingest:
                 f"at most {self.cfg.max_payload} bytes",
             )
         try:
-            mac0 = cose.parse(cbor2.loads(payload), cbor2.loads)
-        except _MALFORMED as e:
+            mac0 = cose.decode(payload)
+        except DecodeError as e:
             raise _bad("bad_cose", f"not a COSE_Mac0: {e}") from None
         try:
             node_id = mac0.kid.decode()
@@ -222,10 +229,10 @@ class Ingest:
             raise Rejected(Code.UNAUTHORIZED, "replay", "counter already used", node_id)
         if mac0.seq == last_seq:
             return self._ok(node_id, Outcome.REPEATED)
-        now = time.time()
+        now = self.clock()
         try:
-            records = senml.resolve(cbor2.loads(mac0.payload), now)
-        except _MALFORMED as e:
+            records = senml.decode(mac0.payload, now)
+        except DecodeError as e:
             raise _bad("bad_senml", f"not a SenML pack: {e}") from None
         try:
             readings = validate(records, node_id, now, self.cfg)
@@ -254,7 +261,7 @@ class Ingest:
             config = self._configs[node_id] = cbor2.dumps(self.cfg.node_config(node_id))
         # {RESP_TIME: now, RESP_CONFIG: config}, the config spliced in already encoded
         body = b"".join(
-            (_MAP2, cbor2.dumps(RESP_TIME), cbor2.dumps(int(time.time())), _CONFIG_KEY, config)
+            (_MAP2, cbor2.dumps(RESP_TIME), cbor2.dumps(int(self.clock())), _CONFIG_KEY, config)
         )
         return Answer(Code.CHANGED, body, content_format=CF_CBOR)
 
