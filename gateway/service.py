@@ -32,6 +32,7 @@ import asyncio
 import errno
 import gc
 import logging
+import math
 import os
 import signal
 import socket
@@ -46,6 +47,8 @@ import sqlite_utils
 from aiocoap.error import Error as CoapError
 
 from gateway import config, logs
+from gateway.clock import CHECK_EVERY as CLOCK_CHECK_EVERY
+from gateway.clock import console_state
 from gateway.config import TEMPLATE, Config
 from gateway.ingest import coap
 from gateway.ingest.resource import Ingest, ReadingsResource
@@ -290,6 +293,7 @@ class Gateway:
             ) from None
         self._declare_metrics()
         self._tasks.append(asyncio.create_task(self._retention_loop()))
+        self._tasks.append(asyncio.create_task(self._clock_watch()))
         if self.detector is not None:
             self._tasks.append(asyncio.create_task(self._quiet_watch()))
         if self.pipeline.sync is not None:
@@ -419,11 +423,34 @@ class Gateway:
         m.gauge("reverbere_disk_budget_bytes", "The database's disk budget.").set(
             self.cfg.disk_budget
         )
+        watch = self._ingest.clock_watch
+        m.gauge(
+            "reverbere_clock_synchronized", "1 while the gateway trusts its clock (gateway.clock)."
+        ).set_function(lambda: int(watch.state().synchronized))
+        m.gauge(
+            "reverbere_clock_offset_seconds",
+            "How far the nodes' times are ahead of the gateway's (median; NaN: too few nodes).",
+        ).set_function(lambda: _nan_if_none(watch.state().offset))
         if self.pipeline.sync is not None:
             declare_metrics(m, self.db, self.pipeline.sync)
 
     async def _metrics_page(self) -> tuple[int, str, bytes]:
         return 200, PROM_CONTENT_TYPE, self.metrics.render().encode()
+
+    def clock_state(self) -> dict[str, object]:
+        """Whether the gateway trusts its clock, for the console (``gateway.clock``)."""
+        return console_state(self._ingest.clock_watch)
+
+    async def _clock_watch(self) -> None:
+        """Look at the clock's state now and then, so that its change (NTP answered) is
+        logged when it happens, not at the next pack."""
+        while True:
+            self._ingest.clock_watch.state()
+            await asyncio.sleep(CLOCK_CHECK_EVERY)
+
+
+def _nan_if_none(x: float | None) -> float:
+    return math.nan if x is None else x
 
 
 async def serve(cfg: Config, ready: Callable[[Gateway], None] | None = None) -> None:

@@ -85,6 +85,21 @@ CHANNELS = dict(CHANNEL_UNITS)  # name -> unit
 # Channels whose readings are counters, carried in the SenML sum field.
 SUM_CHANNELS = ("e", "drop")
 
+# The physically possible values of each channel, (name, lowest, highest), in its unit above:
+# the gateway refuses (4.00) a pack with a value outside them (docs/protocol.md says why each
+# bound). Generous on purpose: they catch a broken sensor or a forged number (bat = 1e15), not
+# an unusual reading.
+CHANNEL_RANGES = (
+    ("p", -10e6, 10e6),  # W: 10 MW either way (a building may export), far above any node
+    ("e", 0, 1e12),  # Wh: a counter, never negative; 1 TWh is centuries of a large building
+    ("t", -100, 200),  # Cel: below the coldest air ever measured, above a lamp head's electronics
+    ("lux", 0, 200000),  # lx: direct summer sunlight is about 120,000
+    ("bat", 0, 100),  # %EL: a percentage
+    ("rssi", -200, 50),  # radio level, dBm as nodes send it (-100 to 0) or dBW, with room
+    ("drop", 0, 4294967295),  # a counter, never negative; 2^32 - 1
+)
+CHANNEL_LIMITS = {c[0]: (c[1], c[2]) for c in CHANNEL_RANGES}  # name -> (lowest, highest)
+
 # --- COSE (RFC 9052) ------------------------------------------------------------------------
 COSE_MAC0_TAG = 17  # Section 2, CBOR tag of a COSE_Mac0
 HDR_ALG = 1  # Section 3.1, header parameter "alg"

@@ -19,7 +19,7 @@ from sqlite_utils.migrations import Migrations
 migrations = Migrations("reverbere.registry")
 
 KEY_BYTES = 32
-NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # whole string: fullmatch (\Z), never match + $
 
 
 @migrations()
@@ -74,7 +74,7 @@ class Node:
 
 
 def _check_id(node_id: str) -> None:
-    if not NODE_ID.match(node_id):
+    if not NODE_ID.fullmatch(node_id):
         raise BadNodeId(f"{node_id!r} is not a valid node id")
 
 

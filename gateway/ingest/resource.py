@@ -5,17 +5,24 @@ Order of checks (the first failing one answers; nothing is stored on any failure
 1. Content-Format must be 17 (COSE_Mac0)                                    else 4.15
 2. the payload must be at most ``max_payload`` bytes                        else 4.13
 3. it must decode as a COSE_Mac0 (``protocols.cose.decode``, the strict     else 4.00
-   decoder of the wire contract: nothing else is decoded from an unauthenticated sender)
+   decoder of the wire contract: nothing else is decoded from an unauthenticated sender),
+   with a counter below 2^63 (the store's INTEGER)
 4. its kid must name an active node, and the MAC verify with that node's key else 4.01
 5. its counter must be above the node's last accepted one                   else 4.01
    (equal to it: a retransmission of what is already stored, answered 2.04 again)
 6. the payload must be a SenML pack of known channels, with the channel's unit if a unit is
-   given, finite numbers, and times within [now - max_past, now + max_future] else 4.00
+   given, finite numbers within the channel's physical range (``protocols.const``), one
+   reading per channel and time, and times within [now - max_past, now + max_future] else 4.00
+   (a time too far ahead while the gateway's clock is not trusted: 5.03, see below)
 7. the committer stores it (gateway.store.committer); 5.03 with Max-Age if it cannot.
 
-Then 2.04 with the CBOR map ``{"t": gateway time, "c": the node's config}``. Every rejection
-is counted in ``reverbere_packs_rejected_total{reason}`` and logged at most once per node (or
-source address) per minute.
+Then 2.04 with the CBOR map ``{"t": gateway time, "c": the node's config}``; without ``"t"``
+while the gateway does not trust its clock (``gateway.clock``): "now" is then the clock plus
+the offset several nodes agree on, and a reading too far ahead of it gets 5.03 (the node keeps
+it and tries again) rather than a 4.00 that would make the node drop a good reading. Every
+rejection is counted in ``reverbere_packs_rejected_total{reason}`` and logged at most once
+per node (or source address) per minute. Every 4.01 says the same ("unauthorized"): which of
+unknown node, bad MAC or replay it was is for the log, not for whoever asks.
 """
 
 import asyncio
@@ -33,12 +40,13 @@ from aiocoap import Message, resource
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.optionnumbers import OptionNumber
 
+from gateway.clock import ClockState, ClockWatch
 from gateway.config import Config
 from gateway.ingest import registry
 from gateway.ingest.coap import SourceBudget
 from gateway.logs import RateLimiter, event
 from gateway.metrics import Registry
-from gateway.store.commit import Outcome
+from gateway.store.commit import MAX_COUNTER, Outcome
 from gateway.store.committer import Committer
 from gateway.store.group import Overloaded, Pack, Stopped
 from gateway.store.records import Reading
@@ -46,11 +54,13 @@ from protocols import cose, senml
 from protocols.const import (
     CF_CBOR,
     CF_COSE_MAC0,
+    CHANNEL_LIMITS,
     CHANNELS,
     MAC_LEN,
     READINGS_PATH,
     RESP_CONFIG,
     RESP_TIME,
+    SENML_RELATIVE_LIMIT,
 )
 from protocols.errors import DecodeError
 
@@ -71,8 +81,9 @@ _UNDERSTOOD = frozenset(
     )
 )
 _NOT_CHARGED = frozenset(("source_over_budget",))  # dropped already: no second charge
-MAX_VALUE = 1e15  # larger magnitudes are no sensor reading (and would overflow SQLite ints)
-_MAP2 = b"\xa2"  # the CBOR head of a map of two pairs
+_MAP1 = b"\xa1"  # the CBOR head of a map of one pair
+_MAP2 = b"\xa2"  # and of two
+_UNAUTHORIZED = b"unauthorized"  # the one 4.01 text: tells nobody which ids exist
 _CONFIG_KEY = cbor2.dumps(RESP_CONFIG)
 
 
@@ -102,9 +113,16 @@ def verify_mac(mac0: cose.Mac0, key: bytes) -> bool:
     return hmac.compare_digest(hmac.digest(key, to_be_maced, "sha256")[:MAC_LEN], mac0.tag)
 
 
-def validate(records: list[tuple], node_id: str, now: float, cfg: Config) -> list[Reading]:
-    """Turn resolved SenML records into ``Reading``s, or raise ``Rejected`` (4.00)."""
+def validate(
+    records: list[tuple], node_id: str, now: float, cfg: Config, trusted: bool = True
+) -> list[Reading]:
+    """Turn resolved SenML records into ``Reading``s, or raise ``Rejected`` (4.00).
+
+    ``now`` is the gateway's best time; with ``trusted`` False (its clock is not synchronised)
+    a time beyond ``now + max_future`` is the gateway's doubt, not the node's fault: 5.03, so
+    the node keeps the reading and sends it again once the clock is known."""
     out = []
+    seen = set()
     for name, unit, t, value in records:
         channel = name
         if ":" in name:
@@ -117,23 +135,45 @@ def validate(records: list[tuple], node_id: str, now: float, cfg: Config) -> lis
             raise _bad("bad_unit", f"channel {channel} is in {CHANNELS[channel]}, not {unit}")
         try:
             value = float(value) if not isinstance(value, int) else value
-            ok = math.isfinite(value) and abs(value) <= MAX_VALUE
+            ok = math.isfinite(value)
         except OverflowError:
             ok = False
         if not ok:
             raise _bad("bad_value", f"value of {channel} is not a finite number")
+        low, high = CHANNEL_LIMITS[channel]
+        if not low <= value <= high:
+            unit = CHANNELS[channel]
+            raise _bad(
+                "out_of_range",
+                f"{channel} = {value:g} is outside its range [{low:g}, {high:g}] {unit}",
+            )
         if not (isinstance(t, int | float) and math.isfinite(t)):
             raise _bad("bad_time", f"time of {channel} is not a finite number")
+        if t > now + cfg.max_future and not trusted:
+            raise Rejected(
+                Code.SERVICE_UNAVAILABLE,
+                "clock_unsynchronized",
+                f"time {t} of {channel} is ahead of a gateway clock not yet synchronised",
+            )
         if t > now + cfg.max_future or t < now - cfg.max_past:
             raise _bad("bad_time", f"time {t} of {channel} is out of range")
         if isinstance(t, float) and t.is_integer():
             t = int(t)
+        if (channel, t) in seen:  # which one to keep? neither: the node has a fault
+            raise _bad("duplicate_reading", f"two readings of {channel} at time {t}")
+        seen.add((channel, t))
         out.append(Reading(node_id, channel, t, value))
     return out
 
 
 def _bad(reason: str, detail: str) -> Rejected:
     return Rejected(Code.BAD_REQUEST, reason, detail)
+
+
+def _absolute(t: Any) -> bool:
+    """A SenML time that is a Unix time, not relative to the moment of reception (RFC 8428
+    Section 4.5.3); a non-finite one is neither, and ``validate`` refuses it."""
+    return isinstance(t, int | float) and SENML_RELATIVE_LIMIT <= t < math.inf
 
 
 class Ingest:
@@ -146,9 +186,12 @@ class Ingest:
         committer: Committer,
         metrics: Registry,
         clock: Callable[[], float] = time.time,
+        clock_watch: ClockWatch | None = None,
     ):
         self.cfg = cfg
         self.clock = clock  # Unix seconds: "now" for relative times, max_past and the answer
+        # Whether to trust it (gateway.clock); by default watching self.clock, even replaced
+        self.clock_watch = clock_watch or ClockWatch(lambda: self.clock())
         self.nodes = registry.NodeCache(db)  # db: a reading connection (the committer writes)
         self.committer = committer
         self.metrics = metrics
@@ -175,6 +218,8 @@ class Ingest:
             self._reject(r, source)
             if r.code == Code.SERVICE_UNAVAILABLE:
                 return Answer(r.code, str(r).encode(), max_age=self.cfg.retry_after)
+            if r.code == Code.UNAUTHORIZED:
+                return Answer(r.code, _UNAUTHORIZED)
             return Answer(r.code, str(r).encode())
         except Exception as e:  # no datagram may turn into 5.00 and a traceback
             # A fault the checks did not foresee: the same bytes would fail again, so a 4.00
@@ -208,6 +253,8 @@ class Ingest:
             mac0 = cose.decode(payload)
         except DecodeError as e:
             raise _bad("bad_cose", f"not a COSE_Mac0: {e}") from None
+        if mac0.seq > MAX_COUNTER:  # 8 bytes of Partial IV hold more than SQLite's INTEGER
+            raise _bad("bad_cose", "counter above 2^63 - 1")
         try:
             node_id = mac0.kid.decode()
         except UnicodeDecodeError:
@@ -229,13 +276,22 @@ class Ingest:
             raise Rejected(Code.UNAUTHORIZED, "replay", "counter already used", node_id)
         if mac0.seq == last_seq:
             return self._ok(node_id, Outcome.REPEATED)
-        now = self.clock()
         try:
-            records = senml.decode(mac0.payload, now)
+            records = senml.decode(mac0.payload, 0)  # relative times stay below 2**28
         except DecodeError as e:
             raise _bad("bad_senml", f"not a SenML pack: {e}") from None
+        # An authenticated pack: its absolute times say where the node thinks "now" is.
+        stamped = [r[2] for r in records if _absolute(r[2])]
+        if stamped:
+            self.clock_watch.observe(node_id, max(stamped))
+        state = self.clock_watch.state()
+        now = self.clock_watch.reference(state)
+        records = [
+            (n, u, t if _absolute(t) or not isinstance(t, int | float) else now + t, v)
+            for n, u, t, v in records
+        ]
         try:
-            readings = validate(records, node_id, now, self.cfg)
+            readings = validate(records, node_id, now, self.cfg, state.synchronized)
         except Rejected as r:
             r.node = node_id
             raise
@@ -252,13 +308,16 @@ class Ingest:
             raise Rejected(Code.UNAUTHORIZED, "unknown_node", "unknown node", node_id)
         self.nodes.accepted(node_id, key, mac0.seq)
         self._received.inc(len(readings))
-        return self._ok(node_id, outcome)
+        return self._ok(node_id, outcome, self.clock_watch.state())
 
-    def _ok(self, node_id: str, outcome: Outcome) -> Answer:
+    def _ok(self, node_id: str, outcome: Outcome, state: ClockState | None = None) -> Answer:
         self._accepted.inc(outcome=outcome.value)
         config = self._configs.get(node_id)
         if config is None:  # the settings are fixed for the run: encoded once per node
             config = self._configs[node_id] = cbor2.dumps(self.cfg.node_config(node_id))
+        state = self.clock_watch.state() if state is None else state
+        if not state.synchronized:  # no time the gateway does not trust: the node keeps its own
+            return Answer(Code.CHANGED, _MAP1 + _CONFIG_KEY + config, content_format=CF_CBOR)
         # {RESP_TIME: now, RESP_CONFIG: config}, the config spliced in already encoded
         body = b"".join(
             (_MAP2, cbor2.dumps(RESP_TIME), cbor2.dumps(int(self.clock())), _CONFIG_KEY, config)
