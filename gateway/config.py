@@ -332,7 +332,7 @@ pack = 10                      # readings per message
 [site]                         # where the town is: sunrise and sunset, local time, map position
 latitude = 48.8566             # degrees north
 longitude = 2.3522             # degrees east
-timezone = "UTC"               # IANA name, e.g. "Europe/Paris": schedules and reasons use it
+timezone = "Europe/Paris"      # IANA name of the town's zone: schedules and reasons use it
 
 [detect]                       # anomaly detection (docs/anomalies.md); [site] gives the place
 threshold = 0.5                # THE one default threshold: a score at or above it opens an event

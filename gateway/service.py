@@ -46,7 +46,7 @@ from typing import Any
 import sqlite_utils
 from aiocoap.error import Error as CoapError
 
-from gateway import config, logs
+from gateway import config, daemon, logs
 from gateway.clock import CHECK_EVERY as CLOCK_CHECK_EVERY
 from gateway.clock import console_state
 from gateway.config import TEMPLATE, Config
@@ -454,8 +454,18 @@ def _nan_if_none(x: float | None) -> float:
 
 
 async def serve(cfg: Config, ready: Callable[[Gateway], None] | None = None) -> None:
-    """Run a gateway until SIGTERM or SIGINT, then stop it gracefully."""
+    """Run a gateway until SIGTERM or SIGINT, then stop it gracefully.
+
+    One per database: ``gateway.daemon.instance_lock`` raises ``AlreadyRunning`` (naming the
+    other's PID) before anything is opened. Under systemd (gateway/daemon.py) it sends
+    ``READY=1`` once the ports are bound and, with ``WatchdogSec=``, ``WATCHDOG=1`` each time
+    the writer thread gets its turn at the database, so a stuck gateway is restarted too."""
     logs.setup(cfg.log_level, cfg.log_format)
+    with daemon.instance_lock(cfg.database):
+        await _serve(cfg, ready)
+
+
+async def _serve(cfg: Config, ready: Callable[[Gateway], None] | None) -> None:
     gw = Gateway(cfg)
     await gw.start()
     # What start-up made (modules, aiocoap, the config) lives as long as the process: keep it
@@ -472,7 +482,19 @@ async def serve(cfg: Config, ready: Callable[[Gateway], None] | None = None) -> 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    daemon.notify(f"READY=1\nSTATUS=CoAP port {gw.coap_port}, HTTP port {gw.http_port}")
+    period = daemon.watchdog_period()
+    watchdog = None
+    if period is not None:
+
+        async def probe() -> None:  # the turn a commit holds while the writer process runs it
+            await gw.committer.run(lambda db: None)
+
+        watchdog = asyncio.create_task(daemon.keep_alive(probe, period))
     await stop.wait()
+    daemon.notify("STOPPING=1")
+    if watchdog is not None:
+        watchdog.cancel()
     event(log, logging.INFO, "stopping: committing what is queued")
     await gw.stop()
 

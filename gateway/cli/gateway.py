@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from gateway import config, render, service
+from gateway import config, daemon, install, render, service
 from gateway.cli.options import (
     WHEN,
     HostPort,
@@ -79,14 +79,53 @@ def gateway_run(
         service.pipeline_config(cfg)  # [site], [detect], [sync]: errors before binding ports
     except config.ConfigError as e:
         raise click.ClickException(
-            f"{e}\n  hint: see docs/anomalies.md ([detect]) and docs/sync.md ([sync])"
+            f"{e}\n  hint: the comments of the gateway.toml that `reverbere gateway init DIR`"
+            " writes list every key of [site], [detect] and [sync]"
         ) from None
     try:
         asyncio.run(service.serve(cfg))
+    except (daemon.AlreadyRunning, daemon.LockFileError) as e:
+        raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(
             f"cannot start: {e}\n  hint: is another gateway on that port? try --coap HOST:PORT"
         ) from None
+
+
+@gateway_group.command("install-service")
+@config_option
+@click.option(
+    "--user",
+    default="reverbere",
+    show_default=True,
+    help="The account the service runs as (it must own the database's directory).",
+)
+@click.option(
+    "--unit",
+    "unit_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=str(install.UNIT_PATH),
+    show_default=True,
+    help="Where to write the unit.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the unit instead of writing it.")
+def gateway_install_service(config_path: Path, user: str, unit_path: Path, dry_run: bool) -> None:
+    """Install the systemd unit that runs this installation's `reverbere gateway run
+    --config FILE` (ExecStart names the reverbere beside the running Python, e.g. a venv's
+    /opt/reverbere/bin/reverbere), Type=notify with a watchdog, as --user, in a sandbox that
+    writes only the database's directory. Then: systemctl enable --now reverbere."""
+    cfg = load_config(config_path)  # its errors, with the usual hint, before the unit's
+    try:
+        made = install.unit(cfg.path, user)
+        for warning in made.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        if dry_run:
+            click.echo(made.text, nl=False)
+            return
+        path = install.write_unit(made.text, user, unit_path)
+    except install.InstallError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {path}; next: systemctl enable --now {path.stem}")
 
 
 @click.group("node")

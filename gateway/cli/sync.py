@@ -116,7 +116,10 @@ def push(config_path: Path, db_path: Path | None) -> None:
     """Send what the outbox owes now (as the service would), then print the status."""
     db, sync = _load(config_path, db_path)
     if sync is None or sync.target == "none":
-        raise click.ClickException("no [sync] target configured\n  hint: see docs/sync.md")
+        raise click.ClickException(
+            "no [sync] target configured\n  hint: set [sync] target and url in the config"
+            " (`reverbere gateway init DIR` writes a gateway.toml whose comments list them)"
+        )
     worker = build_worker(db, sync, raw_interval=0)  # raw readings owed go now too
     try:
         outcome = worker.sync_until_idle(wait=False)
