@@ -119,7 +119,7 @@ def test_node_list_in_three_formats(tmp_path):
     cfg = tmp_path / "gateway.toml"
     invoke("node", "add", "lamp-001", "--config", cfg)
     table = invoke("node", "list", "--config", cfg).output.splitlines()
-    assert table[0].split() == ["id", "last_seen", "last_seq", "messages", "gaps", "battery"]
+    assert table[0].split() == ["id", "last_seen", "last_seq", "messages", "lost", "battery"]
     assert table[1].split()[:2] == ["lamp-001", "never"]
     csv_out = invoke("node", "list", "--config", cfg, "--format", "csv").output
     assert csv_out.splitlines()[1] == "lamp-001,,0,0,0,"  # CSV leaves "never" empty

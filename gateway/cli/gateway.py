@@ -1,4 +1,5 @@
-"""The operator's commands: ``gateway init|run``, ``node add|list|remove|rotate-key``, ``readings``.
+"""The operator's commands: ``gateway init|run``, ``node add|list|remove|rotate-key|replace``,
+``readings``.
 
 A thin shell: each command makes one library call; library exceptions become a message with
 a hint here, and nowhere else.
@@ -155,6 +156,21 @@ def node_rotate(node_id: str, config_path: Path, as_json: bool) -> None:
     _print_key(node_id, key, as_json)
 
 
+@node_group.command("replace")
+@click.argument("node_id")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help='Print {"node_id": ..., "key": ...}.')
+def node_replace(node_id: str, config_path: Path, as_json: bool) -> None:
+    """A new board takes NODE_ID's place: new key, counter restarted, history kept.
+
+    Flash the new board with this key (or run `reverbere node flash --replace --config FILE`
+    where the gateway's database is, which does both).
+    """
+    with _registry_errors():
+        key = registry.replace_node(open_database(config_path), node_id)
+    _print_key(node_id, key, as_json)
+
+
 def _print_key(node_id: str, key: bytes, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"node_id": node_id, "key": key.hex()}))
@@ -173,7 +189,9 @@ def node_remove(node_id: str, config_path: Path) -> None:
 
 
 # What the node list's table and CSV show; JSON has every field of registry.Node.
-NODE_COLUMNS = ("id", "last_seen", "last_seq", "messages", "gaps", "battery")
+# "lost" is readings the nodes dropped (their "drop" sums); counter gaps are not losses (a
+# node skips up to 32 counters at each boot), so they are only in JSON, as "gaps".
+NODE_COLUMNS = ("id", "last_seen", "last_seq", "messages", "lost", "battery")
 
 
 @node_group.command("list")
@@ -182,7 +200,11 @@ NODE_COLUMNS = ("id", "last_seen", "last_seq", "messages", "gaps", "battery")
 @format_option
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 def node_list(config_path: Path, db_path: Path | None, fmt: str, as_json: bool) -> None:
-    """Nodes with last seen time, message counter, lost messages (gaps) and battery."""
+    """Nodes with last seen time, message counter, lost readings and battery.
+
+    "lost" counts the readings a node had to drop (it reports them); JSON also has "gaps",
+    counter values skipped, which boots and retries make without losing anything.
+    """
     nodes = registry.list_nodes(open_database(config_path, db_path))
     fmt = "json" if as_json else fmt
     columns = [f.name for f in fields(registry.Node)] if fmt == "json" else NODE_COLUMNS

@@ -8,7 +8,7 @@ from gateway import __version__
 from gateway.cli import gateway as cli_gateway
 from gateway.cli import reports as cli_reports
 from gateway.cli import sync as cli_sync
-from gateway.cli.node import doctor_cmd, flash_cmd
+from gateway.cli.node import doctor_cmd, flash_cmd, ports_cmd
 from sim.cli import sim
 
 
@@ -22,6 +22,7 @@ cli.add_command(cli_gateway.gateway_group)
 cli.add_command(cli_gateway.node_group)
 cli_gateway.node_group.add_command(flash_cmd)
 cli_gateway.node_group.add_command(doctor_cmd)
+cli_gateway.node_group.add_command(ports_cmd)
 cli.add_command(cli_gateway.readings)
 cli.add_command(cli_reports.anomalies)
 cli.add_command(cli_sync.sync_group)

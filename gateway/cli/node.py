@@ -7,6 +7,7 @@ exceptions become a message with what to check.
 from __future__ import annotations
 
 import sys
+from typing import TextIO
 
 import click
 
@@ -15,49 +16,76 @@ from protocols.const import DEFAULT_PORT
 
 
 class _Bar:
-    """gateway.provision.flash.Progress drawn as a click progress bar (bytes, and files in the
-    label)."""
+    """gateway.provision.flash.Progress for a person: what it does now, then the writing.
 
-    def __init__(self) -> None:
-        self.bar = None
-        self.files = 0
-        self.total_files = 0
+    On a terminal, each step is a line and the writing one bar redrawn in place, which ends
+    at N/N files (the last file's line is drawn before the next step). Elsewhere (a pipe, a
+    log, CI) nothing is redrawn: one line per step and one per file written.
+    """
+
+    WIDTH = 24
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+        self.tty = (stream or sys.stdout).isatty()
+        self.files = self.total_files = 0
+        self.done = self.total = 0
+        self.open = False  # a bar line is drawn and not ended
+
+    def _echo(self, text: str, nl: bool = True) -> None:
+        click.echo(text, file=self.stream, nl=nl)
+
+    def step(self, text: str) -> None:
+        self.close()
+        self._echo(f"{text}...")
 
     def start(self, total_bytes: int, total_files: int) -> None:
-        self.total_files = total_files
+        self.total, self.total_files = total_bytes, total_files
+        self.done = self.files = 0
         if total_files:
-            self.bar = click.progressbar(
-                length=max(total_bytes, 1), label=self._label(), show_percent=True
-            )
-            self.bar.__enter__()
-
-    def _label(self) -> str:
-        return f"Writing firmware {self.files}/{self.total_files} files"
+            self._echo(f"Writing {total_files} files ({total_bytes} bytes to send)")
+            self._draw()
 
     def advance(self, nbytes: int) -> None:
-        if self.bar:
-            self.bar.update(nbytes)
+        self.done += nbytes
+        self._draw()
 
     def file_done(self, path: str) -> None:
         self.files += 1
-        if self.bar and sys.stdout.isatty():  # a changed label is a new line on a pipe
-            self.bar.label = self._label()
-            self.bar.update(0)
+        if self.tty:
+            self._draw()
+        else:
+            self._echo(f"  {self.files}/{self.total_files} {path}")
+
+    def _draw(self) -> None:
+        if not self.tty or not self.total_files:
+            return
+        frac = self.done / self.total if self.total else self.files / self.total_files
+        full = round(self.WIDTH * min(frac, 1.0))
+        bar = "#" * full + "-" * (self.WIDTH - full)
+        self._echo(f"\r  [{bar}] {self.files}/{self.total_files} files", nl=False)
+        self.open = True
 
     def close(self) -> None:
-        if self.bar:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
+        if self.open:
+            self._echo("")
+            self.open = False
 
 
-def _key(node_id: str, key_file: str | None, config: str | None) -> bytes:
+def _key(node_id: str, key_file: str | None, config: str | None, replace: bool) -> bytes:
     from gateway.provision.flash import FlashError, gateway_key, load_key
 
+    if replace and not config:
+        raise FlashError(
+            f"--replace needs --config GATEWAY_TOML (the gateway's database on this machine); "
+            f"elsewhere run `reverbere node replace {node_id} --json > {node_id}.json` at the "
+            f"gateway and pass --key-file {node_id}.json"
+        )
     if key_file:
         return load_key(key_file, node_id)
     if config:
         try:
-            return gateway_key(config, node_id)
+            return gateway_key(config, node_id, replace=replace)
         except ImportError:
             raise FlashError(
                 "this build has no gateway registry: make the key at the gateway "
@@ -69,8 +97,41 @@ def _key(node_id: str, key_file: str | None, config: str | None) -> bytes:
     )
 
 
+def _port(port: str) -> str:
+    """``--port``: a device, or ``auto`` for the one port that looks like a board."""
+    from gateway.provision import ports
+
+    if port != "auto":
+        return port
+    try:
+        return ports.auto()
+    except ports.PortError as e:
+        raise click.ClickException(str(e)) from None
+
+
+PORT_HELP = "Serial port of the node, e.g. /dev/ttyUSB0; auto: the one board plugged in."
+
+
+@click.command("ports")
+@click.option("--all", "show_all", is_flag=True, help="Also ports that do not look like boards.")
+def ports_cmd(show_all: bool) -> None:
+    """List the serial ports that look like MicroPython boards (USB vendor of their chip)."""
+    from gateway.provision import ports
+
+    found = [p for p in ports.ports() if show_all or p.board_like]
+    if not found:
+        click.echo(
+            "No serial port looks like a board: plug the node in with a data cable (some "
+            "USB cables only charge); --all lists every serial port."
+        )
+        return
+    for p in found:
+        usb = f"  USB {p.usb_id} {p.chip}" if p.usb_id else ""
+        click.echo(f"{p.device}  {p.description}{usb}")
+
+
 @click.command("flash")
-@click.option("--port", required=True, help="Serial port of the node, e.g. /dev/ttyUSB0.")
+@click.option("--port", required=True, help=PORT_HELP)
 @click.option("--node-id", required=True, help="The node's id, e.g. lamp-042.")
 @click.option(
     "--gateway",
@@ -102,6 +163,12 @@ def _key(node_id: str, key_file: str | None, config: str | None) -> bytes:
     help="Seconds to wait for the node's first pack after its reset.",
 )
 @click.option("--no-commission", is_flag=True, help="Flash and provision only; do not reset.")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="This board replaces a dead one with the same id: a new key, its counter restarted, "
+    "its history kept (needs --config).",
+)
 @click.option("--show-key", is_flag=True, help="Print the node key (hex). Off by default.")
 def flash_cmd(
     port,
@@ -116,6 +183,7 @@ def flash_cmd(
     baud,
     timeout,
     no_commission,
+    replace,
     show_key,
 ) -> None:
     """Flash the firmware to a node over USB serial, provision it and commission it.
@@ -128,14 +196,17 @@ def flash_cmd(
     from gateway.provision.flash import FlashError, GatewayWatch, NodeConfig, flash
 
     bar = _Bar()
+    port = _port(port)
     try:
         if config and key_file:
             raise FlashError("pass --config or --key-file, not both")
         host, gw_port = gateway_addr
-        key = _key(node_id, key_file, config)
+        key = _key(node_id, key_file, config, replace)
+        if replace:
+            click.echo(f"{node_id}: new key made for the new board (counter restarted).")
         cfg = NodeConfig(node_id, host, gw_port, wifi_ssid, wifi_password, board)
         watch = GatewayWatch(config, node_id) if config and not no_commission else None
-        click.echo(f"Flashing {node_id} on {port}...")
+        click.echo(f"Flashing {node_id} on {port}")
         result = flash(
             port,
             cfg,
@@ -187,16 +258,21 @@ def flash_cmd(
 
 
 @click.command("doctor")
-@click.option("--port", required=True, help="Serial port of the node, e.g. /dev/ttyUSB0.")
+@click.option("--port", required=True, help=PORT_HELP)
 @click.option("--baud", type=int, default=115200, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def doctor_cmd(port, baud, as_json) -> None:
-    """Read a node's state over USB serial: firmware, config (no key), buffer, errors."""
+    """Read a node's state over USB serial: firmware, config (no key), buffer, errors.
+
+    Exits 2 when it finds a problem (no firmware, no config or key, an error the node has
+    not recovered from), so that a script or a checklist can rely on the status.
+    """
     import json
 
     from gateway.provision.device import DeviceError
     from gateway.provision.flash import FlashError, doctor
 
+    port = _port(port)
     try:
         d = doctor(port, baud)
     except (FlashError, DeviceError) as e:
@@ -212,13 +288,19 @@ def doctor_cmd(port, baud, as_json) -> None:
             "has_key": d.has_key,
             "store": d.store,
             "status": d.status,
+            "firmware": d.firmware,
+            "problems": d.problems(),
         }
         click.echo(json.dumps(out, sort_keys=True))
+        if out["problems"]:
+            raise SystemExit(2)
         return
     click.echo(f"Board: {info.platform} ({info.machine}), MicroPython {info.version_text}")
-    click.echo(f"Firmware: {'slot ' + d.slot if d.slot else 'not installed'}")
+    click.echo(_firmware_line(d.slot, d.firmware))
     if d.config:
-        click.echo("Config: " + " ".join(f"{k}={v}" for k, v in sorted(d.config.items())))
+        click.echo("Config:")
+        for k, v in sorted(d.config.items()):
+            click.echo(f"  {k:<10} {_readable(v)}")
     else:
         click.echo("Config: none (flash the node with `reverbere node flash`)")
     click.echo(f"Key: {'present (not shown)' if d.has_key else 'MISSING'}")
@@ -231,6 +313,30 @@ def doctor_cmd(port, baud, as_json) -> None:
     else:
         click.echo("Buffer: none yet (the firmware makes it when it first runs)")
     click.echo(_status_line(d.status))
+    problems = d.problems()
+    for problem in problems:
+        click.echo(f"Problem: {problem}")
+    if problems:
+        raise SystemExit(2)
+
+
+def _firmware_line(slot: str | None, build: dict) -> str:
+    if not slot:
+        return "Firmware: not installed"
+    if build.get("build"):
+        return f"Firmware: version {build.get('version', '?')}, build {build['build']}, slot {slot}"
+    return f"Firmware: slot {slot} (no build.json: flashed by an older tool; version unknown)"
+
+
+def _readable(value) -> str:
+    """A config value for a person: a dict as ``key value, ...``, lists comma-separated."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_readable(v)}" for k, v in sorted(value.items())) or "(none)"
+    if isinstance(value, list):
+        return ", ".join(_readable(v) for v in value) or "(none)"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def _status_line(s: dict) -> str:

@@ -5,7 +5,12 @@ the service runs as its own user (see docs/gateway.md), so only that user can re
 A removed node keeps its row (its readings refer to it) but loses its key, so it gets 4.01.
 ``last_seq`` is the last accepted message counter (Partial IV); it only ever grows, in the
 same transaction that stores the readings (``gateway.store.committer``). ``gaps`` counts the counter
-values never seen: messages that were lost for good.
+values never seen, which are not lost messages: a node reserves its counters on flash 32 at a
+time and starts each boot past the reserved block (firmware/store.py), and a pack it gives up
+on is sent again, readings and all, under a new counter. What was really lost is what the node
+says it dropped: its ``drop`` channel, a count of readings it had to throw away (buffer full,
+refused packs), kept across its resets; :func:`list_nodes` sums it as ``lost``, starting again
+from zero when a replaced board (:func:`replace_node`) starts its own count.
 """
 
 import os
@@ -69,8 +74,9 @@ class Node:
     last_seq: int
     last_seen: float | None
     messages: int
-    gaps: int
+    gaps: int  # counter values skipped: boots and retries, not losses (see the module doc)
     battery: float | None
+    lost: int = 0  # readings the node dropped, from its "drop" channel
 
 
 def _check_id(node_id: str) -> None:
@@ -111,6 +117,23 @@ def rotate_key(db: sqlite_utils.Database, node_id: str) -> bytes:
     return key
 
 
+def replace_node(db: sqlite_utils.Database, node_id: str) -> bytes:
+    """A new board takes ``node_id``'s place: a new key, the counter restarted, history kept.
+
+    The new board's message counter starts at 1, which the gateway would refuse as a replay
+    of the old board's; with a new key and ``last_seq`` restarted its first pack is taken.
+    The node keeps its row, so its readings, summaries and anomalies stay its own; its
+    dropped-readings count (``lost``) carries on from the old board's. The same as
+    :func:`rotate_key` in the database: a separate name for what the technician does.
+    """
+    try:
+        return rotate_key(db, node_id)
+    except NodeNotFound:
+        raise NodeNotFound(
+            f"no node {node_id} to replace (a new node is `reverbere node add {node_id}`)"
+        ) from None
+
+
 def remove_node(db: sqlite_utils.Database, node_id: str) -> None:
     """Revoke ``node_id``: its key is deleted, its readings are kept."""
     with db.conn:
@@ -122,10 +145,27 @@ def remove_node(db: sqlite_utils.Database, node_id: str) -> None:
 def list_nodes(db: sqlite_utils.Database, include_removed: bool = False) -> list[Node]:
     """Every node, by id."""
     rows = db.execute(
-        "SELECT id, key IS NOT NULL, added, last_seq, last_seen, messages, gaps, battery"
+        "SELECT id, key IS NOT NULL, added, last_seq, last_seen, messages, gaps, battery, ref"
         " FROM nodes %s ORDER BY id" % ("" if include_removed else "WHERE key IS NOT NULL")
     ).fetchall()
-    return [Node(r[0], bool(r[1]), *r[2:]) for r in rows]
+    lost = lost_readings(db)
+    return [Node(r[0], bool(r[1]), *r[2:8], lost=lost.get(r[8], 0)) for r in rows]
+
+
+def lost_readings(db: sqlite_utils.Database) -> dict[int, int]:
+    """Readings each node (by ref) dropped, from the ``drop`` sums it sends.
+
+    A node's ``drop`` value is a running total; it goes down only when another board (or a
+    wiped flash) starts its own from zero, so a fall counts the new total from zero.
+    """
+    if not db["readings"].exists():
+        return {}
+    rows = db.execute(
+        "SELECT node, SUM(CASE WHEN value >= prev THEN value - prev ELSE value END) FROM ("
+        " SELECT node, value, LAG(value, 1, 0) OVER (PARTITION BY node ORDER BY time) AS prev"
+        " FROM readings WHERE channel = 'drop') GROUP BY node"
+    ).fetchall()
+    return {ref: int(n) for ref, n in rows}
 
 
 def lookup(db: sqlite_utils.Database, node_id: str) -> tuple[int, bytes, int] | None:

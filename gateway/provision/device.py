@@ -9,6 +9,13 @@ Files are moved as base64 text in chunks (one raw-paste exec per chunk) and chec
 SHA-256 computed on the board itself, by :meth:`Device.sha256`. The code they call there is
 firmware/remote/helpers.py, sent once per session; the calls carry only ``repr`` of paths and
 hashes, and base64 text.
+
+Opening a port never hangs and never says only "failed to access": the port is first opened
+by :func:`gateway.provision.ports.check_open` (no such port, busy, no permission: a sentence
+each), then woken with Ctrl-C and Ctrl-A within :data:`ANSWER_S` seconds (:meth:`Device.wake`):
+a port where nothing answers, or something that is not MicroPython's REPL, is said so in a
+sentence. mpremote reads a pty with no timeout at all (a silent /dev/pts/N hung it for good),
+so the serial line's reads are bounded by :data:`READ_S` whatever mpremote asks.
 """
 
 from __future__ import annotations
@@ -22,12 +29,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import serial
-from mpremote.transport import TransportError, TransportExecError
-from mpremote.transport_serial import SerialTransport
 
+from gateway.provision import ports
 from gateway.provision.build import remote_code
+from gateway.provision.extras import need
+
+_transport = need("mpremote.transport", "flashing a node (reverbere node flash, node doctor)")
+_transport_serial = need("mpremote.transport_serial", "flashing a node")
+TransportError = _transport.TransportError
+TransportExecError = _transport.TransportExecError
+SerialTransport = _transport_serial.SerialTransport
 
 CHUNK = 1536  # raw bytes per write exec: 2 KiB of base64, a few raw-paste windows
+ANSWER_S = 3.0  # a board answers Ctrl-C within this; silence this long: nothing is there
+WAKE_S = 10.0  # the raw REPL's banner must come within this (a board busy printing, booting)
+READ_S = 10.0  # no single read of the serial line waits longer than this
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
 
 # Helpers kept in the board's RAM for the session (defined again after a soft reset).
 _HELPERS = remote_code("helpers")
@@ -39,6 +56,10 @@ class DeviceError(Exception):
 
 class DeviceLost(DeviceError):
     """The serial line went away (cable pulled, board reset, port taken)."""
+
+
+class NoAnswer(DeviceError):
+    """Nothing answers on the port, or not MicroPython's REPL."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +87,14 @@ class Device:
     def __init__(self, port: str, baud: int = 115200) -> None:
         self.port = port
         try:
+            ports.check_open(port, baud)
+        except ports.PortError as e:
+            raise DeviceError(str(e)) from None
+        try:
             self._t = SerialTransport(port, baudrate=baud)
         except (TransportError, serial.SerialException, OSError) as e:
             raise DeviceError(f"cannot open {port}: {e}") from None
+        self._t.serial.timeout = READ_S
         self.bytes_sent = 0
         self._helpers = False
 
@@ -88,12 +114,57 @@ class Device:
         except TransportExecError as e:
             raise DeviceError(_last_line(e.error_output)) from None
         except TransportError as e:
-            raise DeviceError(f"{self.port}: {e}") from None
+            raise DeviceError(
+                f"the board on {self.port} stopped answering as MicroPython does ({e}): press "
+                f"its reset button and try again"
+            ) from None
         except (serial.SerialException, OSError) as e:
             raise DeviceLost(f"lost the connection to {self.port}: {e}") from None
 
+    def wake(self) -> None:
+        """Interrupt what runs (Ctrl-C) and ask for the raw REPL (Ctrl-A) until its banner.
+
+        Raises :class:`NoAnswer` with a sentence when nothing at all comes back within
+        :data:`ANSWER_S` seconds, or something that is not the banner within :data:`WAKE_S`
+        (an echo, another program's output, a board stuck printing).
+        """
+        ser = self._t.serial
+        heard = b""
+        start = time.monotonic()
+        ser.timeout = 0.1
+        try:
+            ser.write(b"\r\x03\x03\r\x01")
+            poked = start
+            while not heard.endswith(RAW_BANNER):
+                now = time.monotonic()
+                # Only our own control bytes back (a loopback, a modem echoing) is no answer.
+                if not heard.strip(b"\r\x01\x03") and now - start > ANSWER_S:
+                    echo = " (only an echo of what was sent)" if heard else ""
+                    raise NoAnswer(
+                        f"nothing answers on {self.port}{echo}: is it a MicroPython board? "
+                        f"press its reset button (or unplug and replug it) and try again"
+                    )
+                if now - start > WAKE_S:
+                    said = "".join(
+                        c for c in heard[-200:].decode("ascii", "replace") if c.isprintable()
+                    ).strip()[-60:]
+                    raise NoAnswer(
+                        f"{self.port} answers, but not as MicroPython does (it said {said!r}): "
+                        f"is it a MicroPython board? press its reset button and try again"
+                    )
+                if now - poked > 1.0:  # a board busy at boot: ask again
+                    ser.write(b"\r\x03\r\x01")
+                    poked = now
+                heard += ser.read(max(1, min(ser.in_waiting, 4096)))
+        except (serial.SerialException, OSError) as e:
+            raise DeviceLost(f"lost the connection to {self.port}: {e}") from None
+        finally:
+            with contextlib.suppress(serial.SerialException, OSError):
+                ser.timeout = READ_S
+
     def enter_raw(self, soft_reset: bool = True) -> None:
         """Interrupt what runs and enter the raw REPL (after a soft reset: clean RAM)."""
+        self.wake()
         self._call(self._t.enter_raw_repl, soft_reset)
         self._helpers = False
 

