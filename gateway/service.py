@@ -74,6 +74,10 @@ RETENTION_PERIOD = 3600.0
 SWITCH_INTERVAL = 0.001  # seconds; see serve()
 SYNC_WATCH_PERIOD = 30.0  # seconds between checks that the sync worker is alive
 QUIET_PERIOD = 60.0  # seconds without a new reading before the detector looks for silent nodes
+# An hour is closed by the gateway's (trusted) clock this many of the node's pack spans after
+# its end (late packs), and never sooner than CLOSE_GRACE_MIN: see Gateway.close_hours.
+CLOSE_GRACE_PACKS = 2.0
+CLOSE_GRACE_MIN = 120.0  # seconds
 
 Stage = Callable[[sqlite_utils.Database, list[Reading]], None]
 Guard = Callable[[sqlite_utils.Database], float | None]
@@ -180,18 +184,29 @@ class Outbox:
     def __call__(self, db: sqlite_utils.Database, new: list[Reading]) -> int:
         return self._take(db, max((r.time for r in new), default=None))
 
-    def settle(self, db: sqlite_utils.Database, now: float) -> int:
+    def settle(
+        self,
+        db: sqlite_utils.Database,
+        now: float,
+        grace: float | Callable[[str], float] = 3600.0,
+    ) -> int:
         """Take what changed with no new reading (events a timer opened, hours over for
-        ``grace``) as of ``now``, the fleet's time (``Detector.now``)."""
-        return self._take(db, now)
+        ``grace``, seconds or a function of the node id) as of ``now``: the fleet's time
+        (``Detector.now``), or the gateway's trusted clock (``Gateway.close_hours``)."""
+        return self._take(db, now, grace)
 
     def flush(self, db: sqlite_utils.Database) -> int:
         """Take every changed row now, open hours included (e.g. before a planned stop)."""
         return self._take(db, None)
 
-    def _take(self, db: sqlite_utils.Database, settled_at: float | None) -> int:
+    def _take(
+        self,
+        db: sqlite_utils.Database,
+        settled_at: float | None,
+        grace: float | Callable[[str], float] = 3600.0,
+    ) -> int:
         """``feed_outbox`` as of ``settled_at`` (None: open hours too); wake the worker."""
-        taken = feed_outbox(db, settled_at=settled_at)
+        taken = feed_outbox(db, settled_at=settled_at, grace=grace)
         if taken:
             for notify in self.listeners:
                 notify()
@@ -353,6 +368,32 @@ class Gateway:
         while True:
             await asyncio.sleep(QUIET_PERIOD)
             await self.quiet()
+            await self.close_hours()
+
+    def close_grace(self, node_id: str) -> float:
+        """How long after an hour's end the gateway's clock waits for late packs of
+        ``node_id`` before it hands the hour over: ``CLOSE_GRACE_PACKS`` of its pack spans."""
+        return max(CLOSE_GRACE_PACKS * pack_seconds(self.cfg, node_id), CLOSE_GRACE_MIN)
+
+    async def close_hours(self) -> int:
+        """Hand over the hours that are over by the gateway's clock (plus ``close_grace``),
+        even with no later reading to close them: a node that fell silent would otherwise keep
+        its last hour for ever. Only while the clock is trusted (``gateway.clock``): a Pi that
+        booted days behind must not close hours by it. A late reading still re-versions the
+        hour (gateway.pipeline.summarise) and the next call hands the correction over."""
+        if self.outbox is None or self._ingest is None:
+            return 0
+        watch = self._ingest.clock_watch
+        if not watch.state().synchronized:
+            return 0
+        now, outbox, grace = self._ingest.clock(), self.outbox, self.close_grace
+        await self.committer.settled()  # summarise has seen every reading stored
+        try:
+            return await self.committer.run(lambda db: outbox.settle(db, now, grace))
+        except Exception:  # like a stage's failure: logged, counted, ingestion goes on
+            log.exception("closing hours failed", extra={"fields": {}})
+            self.metrics.counter("reverbere_stage_errors_total").inc(stage="Outbox.close_hours")
+            return 0
 
     async def quiet(self, at: float | None = None) -> int:
         """When no reading came for ``QUIET_PERIOD`` (by ``at``, ``time.monotonic()``), open

@@ -14,7 +14,7 @@ Observation. An hour with no reading of its own (``count`` 0: only the energy of
 segment) is not sent.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import sqlite_utils
 
@@ -26,7 +26,7 @@ def feed_outbox(
     readings: Sequence[Reading] = (),
     *,
     settled_at: float | None = None,
-    grace: float = 3600.0,
+    grace: float | Callable[[str], float] = 3600.0,
 ) -> int:
     """Hand every new or changed summary and event to the outbox; return how many.
 
@@ -34,18 +34,26 @@ def feed_outbox(
     hours still open: an hour goes once its channel has a reading after it (its figures and
     energy are final), or ``grace`` seconds after it ended (a node gone quiet). Without it the
     open hour goes at every commit, and the platform's Observation is updated as often.
+    ``grace`` may be a function of the node id (the gateway's clock closes a silent node's hour
+    after twice its pack span: ``Gateway.close_hours``).
     """
     from gateway.sync.outbox import Event, Summary, enqueue_events, enqueue_summaries
 
     with db.atomic():  # one transaction: sqlite-utils commits on its own inside `with db.conn`
+        per_node = callable(grace)
         sums = db.execute(
-            "SELECT s.node, s.channel, s.hour, s.count, s.min, s.max, s.mean, s.wh, s.version"
+            "SELECT s.node, s.channel, s.hour, s.count, s.min, s.max, s.mean, s.wh, s.version,"
+            " s.hour + 3600 <= (SELECT c.time FROM summary_cursor c"
+            "                   WHERE c.node = s.node AND c.channel = s.channel) AS closed"
             " FROM summaries s WHERE s.version > s.synced_version"
             " AND (:now IS NULL OR s.hour + 3600 + :grace <= :now"
             "      OR s.hour + 3600 <= (SELECT c.time FROM summary_cursor c"
             "                           WHERE c.node = s.node AND c.channel = s.channel))",
-            {"now": settled_at, "grace": grace},
+            {"now": settled_at, "grace": 0.0 if per_node else grace},
         ).fetchall()
+        if per_node and settled_at is not None:  # each node's own grace (SQL took none)
+            sums = [s for s in sums if s[9] or s[2] + 3600 + grace(s[0]) <= settled_at]
+        sums = [s[:9] for s in sums]
         events = db.execute(
             "SELECT id, node, channel, kind, start, end, score, reason, version FROM anomalies"
             " WHERE version > synced_version"

@@ -77,6 +77,60 @@ def m001_outbox(db: sqlite_utils.Database) -> None:
     )
 
 
+# What ``backlog`` counts, kept by triggers in ``sync_counts`` (one row) as rows are enqueued,
+# confirmed, refused or pruned, instead of a scan of the whole outbox (a month of 100 nodes is
+# 360,000 rows: 230 ms a scan, ten per /metrics page, one inside each confirmation).
+_COUNTED = {
+    "pending_events": "{r}.kind = 'event' AND {r}.synced_version < {r}.version"
+    " AND {r}.rejected IS NULL",
+    "pending_summaries": "{r}.kind = 'summary' AND {r}.synced_version < {r}.version"
+    " AND {r}.rejected IS NULL",
+    "inflight": "{r}.inflight IS NOT NULL",
+    "rejected": "{r}.rejected IS NOT NULL",
+    "synced": "{r}.synced_version = {r}.version",
+}
+
+
+@migrations()
+def m002_counts(db: sqlite_utils.Database) -> None:
+    """``sync_counts`` and its triggers, initialised from one scan (the only one); a partial
+    index on ``enq`` of the rows owed gives the cursor without a scan either."""
+    cols = ", ".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in _COUNTED)
+    db.execute(
+        f"CREATE TABLE sync_counts (id INTEGER PRIMARY KEY CHECK (id = 1), {cols},"
+        " max_enq INTEGER NOT NULL DEFAULT 0)"
+    )
+    sums = ", ".join(f"coalesce(sum({c.format(r='o')}), 0)" for c in _COUNTED.values())
+    db.execute(
+        f"INSERT INTO sync_counts (id, {', '.join(_COUNTED)}, max_enq)"
+        f" SELECT 1, {sums}, coalesce(max(enq), 0) FROM sync_outbox o"
+    )
+
+    def delta(sign: str, row: str) -> str:
+        return ", ".join(f"{n} = {n} {sign} ({c.format(r=row)})" for n, c in _COUNTED.items())
+
+    both = ", ".join(
+        f"{n} = {n} + ({c.format(r='NEW')}) - ({c.format(r='OLD')})" for n, c in _COUNTED.items()
+    )
+    db.execute(
+        "CREATE TRIGGER sync_counts_insert AFTER INSERT ON sync_outbox BEGIN"
+        f" UPDATE sync_counts SET {delta('+', 'NEW')}, max_enq = max(max_enq, NEW.enq); END"
+    )
+    db.execute(
+        "CREATE TRIGGER sync_counts_update AFTER UPDATE OF"
+        " kind, version, synced_version, inflight, rejected, enq ON sync_outbox BEGIN"
+        f" UPDATE sync_counts SET {both}, max_enq = max(max_enq, NEW.enq); END"
+    )
+    db.execute(
+        "CREATE TRIGGER sync_counts_delete AFTER DELETE ON sync_outbox BEGIN"
+        f" UPDATE sync_counts SET {delta('-', 'OLD')}; END"
+    )
+    db.execute(
+        "CREATE INDEX sync_outbox_pending_enq ON sync_outbox (enq) "
+        "WHERE synced_version < version AND rejected IS NULL"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Summary:
     """One channel of one node over one hour: what the summarise stage hands to sync."""
@@ -217,20 +271,26 @@ class Backlog:
 
 
 def backlog(db: sqlite_utils.Database) -> Backlog:
-    q = db.execute(
-        "SELECT "
-        " sum(kind = 'event' AND synced_version < version AND rejected IS NULL),"
-        " sum(kind = 'summary' AND synced_version < version AND rejected IS NULL),"
-        " sum(inflight IS NOT NULL), sum(rejected IS NOT NULL),"
-        " sum(synced_version = version),"
-        " min(CASE WHEN synced_version < version AND rejected IS NULL THEN enq END),"
-        " max(enq),"
-        " min(CASE WHEN synced_version < version AND rejected IS NULL THEN time END) "
-        "FROM sync_outbox"
+    """What is owed, from the counters in ``sync_counts`` and three index look-ups: no scan
+    of the outbox, so ``/metrics`` and each confirmation cost the same whatever its size."""
+    counts = db.execute(
+        f"SELECT {', '.join(_COUNTED)}, max_enq FROM sync_counts WHERE id = 1"
     ).fetchone()
-    ev, su, infl, rej, ok, min_pending, max_enq = (x or 0 for x in q[:7])
+    ev, su, infl, rej, ok, max_enq = counts or (0,) * 6
+    min_pending = db.execute(
+        "SELECT min(enq) FROM sync_outbox WHERE synced_version < version AND rejected IS NULL"
+    ).fetchone()[0]
     cursor = (min_pending - 1) if min_pending else max_enq
-    return Backlog(ev, su, infl, rej, ok, cursor, q[7])
+    oldest = [
+        db.execute(
+            "SELECT min(time) FROM sync_outbox WHERE kind = ? AND synced_version < version"
+            " AND rejected IS NULL",
+            [kind],
+        ).fetchone()[0]
+        for kind in ("event", "summary")
+    ]
+    known = [t for t in oldest if t is not None]
+    return Backlog(ev, su, infl, rej, ok, cursor, min(known) if known else None)
 
 
 def get_state(db: sqlite_utils.Database, name: str, default: str | None = None) -> str | None:

@@ -2,6 +2,7 @@
 and the status an operator reads (``reverbere sync status``)."""
 
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def build_target(
         compress=config.compress,
         locations=locations,
         default_location=config.location,
+        gateway_id=config.gateway_id,
     )
 
 
@@ -129,12 +131,26 @@ class SyncService:
         self._thread.join(timeout)
 
 
-def declare_metrics(registry, db: sqlite_utils.Database, config: SyncConfig | None) -> None:
+STATUS_TTL = 1.0  # seconds: the ten gauges of one scrape share one ``sync_status``
+
+
+def declare_metrics(
+    registry, db: sqlite_utils.Database, config: SyncConfig | None, ttl: float = STATUS_TTL
+) -> None:
     """Gauges for ``/metrics`` (``registry.gauge(name, help).set_function(fn)``), read from
-    ``db`` (the service's reading connection) when scraped."""
+    ``db`` (the service's reading connection) when scraped. They run on the event loop, so
+    they share one ``sync_status`` per scrape (kept ``ttl`` seconds), and that status reads
+    counters (``gateway.sync.outbox.backlog``), never a scan of the outbox."""
+    cache: dict = {"at": float("-inf"), "status": {}}
+
+    def status() -> dict:
+        now = time.monotonic()
+        if now - cache["at"] >= ttl:
+            cache["status"], cache["at"] = sync_status(db, config), now
+        return cache["status"]
 
     def st(key: str):
-        return lambda: float(sync_status(db, config)[key] or 0)
+        return lambda: float(status()[key] or 0)
 
     for name, key, text in (
         ("reverbere_sync_budget_sent_bytes", "budget_sent", "Bytes sent today (UTC) by sync."),
