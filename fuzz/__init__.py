@@ -1,0 +1,1 @@
+"""Fuzz targets (docs/gateway.md, "Fuzzing"): plain Python, importable without atheris."""
