@@ -6,8 +6,11 @@ HTTP/1.1 server that answers GET on a table of routes. Other stages add metrics 
 """
 
 import asyncio
+import logging
 import math
 from collections.abc import Awaitable, Callable
+
+from gateway.logs import RateLimiter, event
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -92,16 +95,38 @@ HELP = {
 }
 
 Handler = Callable[[], Awaitable[tuple[int, str, bytes]]]
+MAX_CONNECTIONS = 32  # open at once; Prometheus needs one, an operator's curl another
+HEAD_TIMEOUT = 2.0  # seconds for the request line and headers (loopback or LAN: milliseconds)
+log = logging.getLogger("reverbere.metrics")
+
+
 
 
 class HttpServer:
     """A minimal read-only HTTP/1.1 server: GET ``path`` -> ``routes[path]()``.
 
     A handler returns ``(status, content type, body)``. One request per connection.
+
+    Bounded (issue 13, item 10: 341 half-open connections held 10 s each exhausted the
+    process's file descriptors): at most ``max_connections`` at once, a connection over the cap
+    is closed at once; the request head must come within ``head_timeout`` seconds; refusals
+    are logged at most once a minute (``gateway.logs.RateLimiter``) with how many were held
+    back. A later issue replaces this server with a web framework.
     """
 
-    def __init__(self, routes: dict[str, Handler] | None = None):
+    def __init__(
+        self,
+        routes: dict[str, Handler] | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        head_timeout: float = HEAD_TIMEOUT,
+    ):
         self.routes: dict[str, Handler] = dict(routes or {})
+        self.max_connections = max_connections
+        self.head_timeout = head_timeout
+        self.open_connections = 0
+        self.refused = 0  # connections closed at once because the cap was reached
+        self._changed = asyncio.Event()
+        self._limit = RateLimiter(60.0)
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -114,9 +139,38 @@ class HttpServer:
             self._server.close()
             await self._server.wait_closed()
 
+    async def wait_connections(self, n: int) -> None:
+        """Until exactly ``n`` connections are open (tests: no sleeping)."""
+        while self.open_connections != n:
+            self._changed.clear()
+            await self._changed.wait()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open_connections >= self.max_connections:
+            self.refused += 1
+            suppressed = self._limit.allow("cap")
+            if suppressed is not None:
+                event(
+                    log,
+                    logging.WARNING,
+                    "http connection refused: too many open",
+                    open=self.open_connections,
+                    cap=self.max_connections,
+                    suppressed=suppressed,
+                )
+            writer.close()
+            return
+        self.open_connections += 1
+        self._changed.set()
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            await self._answer(reader, writer)
+        finally:
+            self.open_connections -= 1
+            self._changed.set()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.head_timeout)
             method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
             path = target.split("?", 1)[0]
             if method != "GET":
