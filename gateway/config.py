@@ -12,6 +12,7 @@ name to ``STAGE_SECTIONS``. Relative paths are relative to the directory of the 
 
 import logging
 import re
+import secrets
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -289,6 +290,14 @@ def _check_node_key(fail, table: str, key: str, value: Any) -> None:
     _check_range(fail, table, key, value, *_NODE_KEYS[key])
 
 
+def with_gateway_id(text: str) -> str:
+    """``text`` (a config from ``TEMPLATE``) with a new, random ``[sync] gateway_id``: node
+    ids repeat from one town to the next, and a gateway finds its Things on a shared
+    platform by this id (docs/sync.md), so ``gateway init`` makes a distinct one."""
+    gateway_id = "gw-" + secrets.token_hex(4)
+    return text.replace('# gateway_id = "default"  ', f'gateway_id = "{gateway_id}"', 1)
+
+
 TEMPLATE = """\
 # Réverbère gateway configuration. Every key is optional; the values shown are the defaults.
 # Relative paths are relative to this file's directory. Sizes in MB, times as the key says.
@@ -354,6 +363,7 @@ stuck_readings = 30            # identical readings in a row before a sensor cou
 
 [sync]                         # the uplink to the municipal platform (docs/sync.md)
 target = "none"                # "sensorthings", "mqtt", or "none" (no uplink)
+# gateway_id = "default"      # this gateway's Things on the platform (docs/sync.md)
 # url = "https://platform.example.org/v1.1"  # SensorThings service root
 # token = "secret"             # bearer token; or username = "..." and password = "..."
 # ca_file = "/etc/reverbere/platform-ca.pem"  # CA that signs the platform's certificate

@@ -45,11 +45,14 @@ def gateway_group() -> None:
 @gateway_group.command("init")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def gateway_init(directory: Path) -> None:
-    """Write a commented DIRECTORY/gateway.toml and create the database."""
+    """Write a commented DIRECTORY/gateway.toml (with a random [sync] gateway_id) and
+    create the database."""
     try:
         path = service.init_dir(directory)
     except FileExistsError as e:
         raise click.ClickException(f"{e} already exists (edit it, or choose another DIR)") from None
+    # A distinct [sync] gateway_id: several towns' gateways may share one platform.
+    path.write_text(config.with_gateway_id(path.read_text(encoding="utf-8")), encoding="utf-8")
     click.echo(f"wrote {path}; next: reverbere node add ID --config {path}")
 
 

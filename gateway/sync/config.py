@@ -14,6 +14,10 @@ from dataclasses import dataclass, field, fields
 from protocols.const import CHANNELS
 
 TARGETS = ("sensorthings", "mqtt", "none")
+# The identity of a config without ``gateway_id`` (one written before it existed): such a
+# gateway keeps its Things; two of them on one platform would share theirs (docs/sync.md).
+DEFAULT_GATEWAY_ID = "default"
+_GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # key -> (lowest, highest) of every number in [sync] and [sync.mqtt] (docs/sync.md).
 RANGES: dict[str, tuple[float, float]] = {
     "timeout": (0.1, 3600),
@@ -75,6 +79,9 @@ class MqttConfig:
 class SyncConfig:
     target: str = "sensorthings"
     url: str | None = None  # SensorThings service root, e.g. https://host/v1.1
+    # Which gateway this is on the platform: its Things carry it (node ids repeat from one
+    # town to the next); `gateway init` writes a random one.
+    gateway_id: str = DEFAULT_GATEWAY_ID
     token: str | None = None  # bearer token
     username: str | None = None  # basic auth
     password: str | None = None
@@ -130,6 +137,11 @@ class SyncConfig:
             raise SyncConfigError("url", "the SensorThings service root is required")
         if config.url is not None:
             _check_url("url", config.url)
+        if not _GATEWAY_ID.fullmatch(config.gateway_id):
+            raise SyncConfigError(
+                "gateway_id",
+                "expected 1 to 64 letters, digits, '.', '_' or '-', like 'lyon-3f9a2c'",
+            )
         if config.backoff_cap < config.backoff_base:
             raise SyncConfigError("backoff_cap", "must be at least backoff_base")
         _check_ca_file("ca_file", config.ca_file)

@@ -12,7 +12,12 @@ byte budget before it leaves, and sorts failures into the three outcomes the sen
 (gateway/sync/target.py): ``Unreachable`` (nothing was sent), ``Rejected`` (the platform
 answered no) and ``Uncertain`` (it may have been applied: reconcile before sending again).
 The HTTP reading lives in the "one request" section: :meth:`SensorThingsTarget.request`,
-``_json`` and :meth:`SensorThingsTarget.pages` (``@iot.nextLink``).
+``_read`` and :meth:`SensorThingsTarget.pages` (``@iot.nextLink``). What an answer may be is
+bounded because the platform (or whatever answers in its place) is not trusted with the
+gateway's memory or its token: only the status the protocol defines as success for the
+method counts as one (``SUCCESS``; redirects are not followed), an answer is streamed and
+given up beyond ``MAX_ANSWER_BYTES`` received or decompressed, and ``@iot.nextLink`` is
+followed on the service root's own origin only, at most ``MAX_PAGES`` pages.
 
 It is a ``Target`` and a ``ReadBack`` (gateway/sync/target.py): it can read back what it holds.
 """
@@ -23,15 +28,43 @@ import math
 import re
 import ssl
 import time
+import urllib.parse
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 import httpx
 import sqlite_utils
 
 from gateway.sync.budget import Budget
+from gateway.sync.config import DEFAULT_GATEWAY_ID
 from gateway.sync.outbox import ANOMALIES, RAW_SUFFIX
-from gateway.sync.target import AuthFailed, Rejected, Row, SyncError, Uncertain, Unreachable
+from gateway.sync.target import (
+    AuthFailed,
+    BadAnswer,
+    Rejected,
+    Row,
+    SyncError,
+    Uncertain,
+    Unreachable,
+)
 from protocols.const import CHANNELS
+
+# The statuses that mean success, per method (OGC 18-088 section 10: 201 Created for a
+# POST, CreateObservations included; 200 for a GET; 200 or 204 for PATCH and DELETE).
+# Anything else below 400 (a 302 from a login proxy, a 200 to a POST) confirms nothing.
+SUCCESS = {"GET": (200,), "POST": (201,), "PATCH": (200, 204), "DELETE": (200, 204)}
+# An answer is given up beyond this many bytes received or decompressed: the biggest the
+# gateway asks for (10,000 Observations of a read-back page) is about 2 MB of JSON, and a
+# 400 KB gzip bomb once took it to 1.29 GB.
+MAX_ANSWER_BYTES = 16 << 20
+# A collection is read at most this many pages (@iot.nextLink) deep: 1,000,000 Observations
+# at $top=10000, far more than a read-back covers; a platform that links on and on, or in a
+# circle (1,012 requests in 45 s once), is stopped.
+MAX_PAGES = 100
+# The Thing property that says which gateway a Thing belongs to (docs/sync.md): node ids
+# repeat from one town to the next, so a Thing is the pair (name, gateway).
+GATEWAY_PROPERTY = "gateway"
 
 OM_MEASUREMENT = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
 
@@ -120,6 +153,68 @@ def rebase(root: str, path: str) -> str:
     return root + "/" + path.lstrip("/")
 
 
+def origin(url: str) -> tuple[str, str, int | None]:
+    """``(scheme, host, port)`` of ``url``, default port filled in: where a request goes."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A platform's answer, read whole within ``MAX_ANSWER_BYTES`` and decompressed."""
+
+    status: int
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
+def _decompressor(encoding: str) -> "zlib._Decompress | None":
+    """A decompressor for a Content-Encoding the gateway asked for (it sends
+    ``Accept-Encoding: gzip``; deflate is taken too), None for identity."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    raise BadAnswer(f"the platform answered in Content-Encoding {encoding!r}, not gzip")
+
+
+def _read(resp: httpx.Response, limit: int) -> bytes:
+    """The body of a streamed ``resp``, decompressed, or ``BadAnswer`` as soon as more than
+    ``limit`` bytes arrive or come out of the decompressor: a bomb never sits in memory
+    (zlib's ``max_length`` keeps each step's output within what is left)."""
+    dec = _decompressor(resp.headers.get("Content-Encoding", ""))
+    out = bytearray()
+    too_big = BadAnswer(
+        f"the platform's answer is over {limit >> 20} MB (received or decompressed): "
+        "given up (gateway.sync.sensorthings.MAX_ANSWER_BYTES)"
+    )
+    for chunk in resp.iter_raw():
+        if resp.num_bytes_downloaded > limit:
+            raise too_big
+        if dec is None:
+            out += chunk
+            continue
+        data = chunk
+        while data:
+            out += dec.decompress(data, limit + 1 - len(out))
+            if len(out) > limit:
+                raise too_big
+            data = dec.unconsumed_tail
+    if dec is not None:
+        out += dec.flush()
+    if len(out) > limit:
+        raise too_big
+    return bytes(out)
+
+
 def path_id(entity_id: str) -> str:
     return entity_id if entity_id.isdigit() else f"'{entity_id}'"
 
@@ -133,6 +228,7 @@ def _wire_size(request: httpx.Request) -> int:
 
 
 def _response_size(response: httpx.Response) -> int:
+    """Bytes of the answer on the wire, as far as it was read (status line guessed)."""
     head = 17 + sum(len(k) + len(v) + 4 for k, v in response.headers.raw) + 2
     return head + response.num_bytes_downloaded
 
@@ -154,6 +250,7 @@ class SensorThingsTarget:
         locations: Mapping[str, tuple[float, float]] | None = None,
         default_location: tuple[float, float] | None = None,
         max_rows: int = 2000,
+        gateway_id: str = DEFAULT_GATEWAY_ID,
     ) -> None:
         if compress not in ("auto", "gzip", "none"):
             raise ValueError(f"compress must be auto, gzip or none, not {compress!r}")
@@ -164,6 +261,7 @@ class SensorThingsTarget:
         self.locations = dict(locations or {})
         self.default_location = default_location
         self.max_rows = max_rows
+        self.gateway_id = gateway_id
         headers = {"Accept-Encoding": "gzip"}
         if token:
             headers["Authorization"] = "Bearer " + token
@@ -207,8 +305,12 @@ class SensorThingsTarget:
 
     def request(
         self, method: str, path: str, *, body: object = None, params: dict | None = None
-    ) -> httpx.Response:
-        """Send one request within the budget; return a 2xx response or raise."""
+    ) -> Answer:
+        """Send one request within the budget; return its answer when its status is the
+        success ``SUCCESS`` defines for ``method``, else raise (see gateway/sync/target.py).
+
+        Redirects are not followed (httpx's default, kept on purpose): the token would go
+        wherever the answer points, and a 3xx is no confirmation of anything."""
         content = None
         headers = {}
         compressed = False
@@ -225,44 +327,85 @@ class SensorThingsTarget:
         size = _wire_size(req)
         self.budget.spend(size)
         try:
-            resp = self.client.send(req)
+            resp = self.client.send(req, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             self.budget.refund(size)
             raise Unreachable(str(exc) or type(exc).__name__) from exc
         except (httpx.TransportError, httpx.DecodingError) as exc:
             raise Uncertain(str(exc) or type(exc).__name__) from exc
-        self.budget.add_received(_response_size(resp))
-        if resp.status_code >= 500:
-            raise Uncertain(f"platform answered {resp.status_code}")
-        if compressed and self.compress == "auto" and resp.status_code in (400, 415, 422):
+        try:
+            answer = Answer(resp.status_code, _read(resp, MAX_ANSWER_BYTES))
+        except zlib.error as exc:
+            raise Uncertain(f"the platform's compressed answer is corrupt: {exc}") from exc
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            raise Uncertain(str(exc) or type(exc).__name__) from exc
+        finally:
+            resp.close()
+            self.budget.add_received(_response_size(resp))
+        status = answer.status
+        if status >= 500:
+            raise Uncertain(f"platform answered {status}")
+        if compressed and self.compress == "auto" and status in (400, 415, 422):
             # This platform does not take compressed bodies: say so once, send plain.
             self._gzip_ok = False
             self._set_state("gzip", "0")
             return self.request(method, path, body=body, params=params)
-        if resp.status_code in (401, 403):
-            raise AuthFailed(resp.status_code, resp.text)
-        if resp.status_code >= 400:
-            raise Rejected(resp.status_code, resp.text)
-        return resp
+        if status in (401, 403):
+            raise AuthFailed(status, answer.text)
+        if status >= 400:
+            raise Rejected(status, answer.text)
+        if status not in SUCCESS.get(method, (200,)):
+            where = resp.headers.get("Location")
+            hint = f" to {where} (not followed: check [sync] url)" if where else ""
+            raise BadAnswer(
+                f"platform answered {status}{hint} to {method} {req.url.path}, which confirms "
+                f"nothing (success is {' or '.join(map(str, SUCCESS.get(method, (200,))))})"
+            )
+        return answer
 
-    def _json(self, resp: httpx.Response) -> object:
+    def _json(self, answer: Answer) -> object:
         try:
-            return resp.json()
+            return json.loads(answer.body)
         except ValueError as exc:
             raise Uncertain("unreadable answer from the platform") from exc
 
+    def _next_link(self, link: object, seen: set[str]) -> str:
+        """Where ``@iot.nextLink`` ``link`` may be fetched: re-based on the service root
+        (``rebase``), then only on the root's own origin (the bearer token goes with every
+        request), never twice for one collection (a loop)."""
+        if not isinstance(link, str):
+            raise BadAnswer(f"@iot.nextLink should be a URL, not {link!r:.80}")
+        url = rebase(self.url, link)
+        if origin(url) != origin(self.url):
+            raise BadAnswer(
+                f"@iot.nextLink leads off the platform ({link!r:.120}): not followed, "
+                f"only links on {self.url}'s own scheme, host and port are"
+            )
+        if url in seen:
+            raise BadAnswer(f"@iot.nextLink loops back to a page already read ({link!r:.120})")
+        seen.add(url)
+        return url
+
     def pages(self, path: str, params: dict | None = None) -> Iterator[dict]:
-        """GET a collection and follow its ``@iot.nextLink`` pages."""
-        resp = self.request("GET", path, params=params)
-        while True:
-            page = self._json(resp)
+        """GET a collection and follow its ``@iot.nextLink`` pages (``_next_link``), at
+        most ``MAX_PAGES`` of them."""
+        answer = self.request("GET", path, params=params)
+        seen: set[str] = set()
+        for n in range(1, MAX_PAGES + 1):
+            page = self._json(answer)
             if not isinstance(page, dict):
                 raise Uncertain("a collection should be a JSON object")
             yield page
             link = page.get("@iot.nextLink")
             if not link:
                 return
-            resp = self.request("GET", link)
+            if n == MAX_PAGES:
+                break
+            answer = self.request("GET", self._next_link(link, seen))
+        raise BadAnswer(
+            f"{path}: still an @iot.nextLink after {MAX_PAGES} pages: given up "
+            "(gateway.sync.sensorthings.MAX_PAGES)"
+        )
 
     # -- Things and Datastreams -------------------------------------------------------------
 
@@ -300,8 +443,7 @@ class SensorThingsTarget:
             )
         return loc
 
-    @staticmethod
-    def _datastream(node: str, stream: str) -> dict:
+    def _datastream(self, node: str, stream: str) -> dict:
         channel = stream.removesuffix(RAW_SUFFIX)
         unit = "1" if stream == ANOMALIES else CHANNELS.get(channel, "1")
         what = PROPERTY_NAMES.get(channel, channel)
@@ -317,7 +459,7 @@ class SensorThingsTarget:
                 "symbol": unit,
                 "definition": "https://ucum.org/ucum#" + unit,
             },
-            "properties": {"node": node, "channel": stream},
+            "properties": {"node": node, "channel": stream, GATEWAY_PROPERTY: self.gateway_id},
             "Sensor": {
                 "name": f"Réverbère node {node}",
                 "description": "MicroPython sensor node behind a Réverbère gateway",
@@ -335,8 +477,11 @@ class SensorThingsTarget:
         """Datastream ids of every ``(node, stream)`` in ``needed``, creating what is missing.
 
         Never creates before looking: a Thing or Datastream whose creation had an uncertain
-        outcome is found by name and adopted, not created twice.
+        outcome is found by name and this gateway's id (``_lookup``) and adopted, not created
+        twice.
         """
+        if self._state("gateway") != self.gateway_id:
+            self._claim_known()
         known = self.known_streams()
         missing = sorted({k for k in needed if k not in known})
         if not missing:
@@ -365,7 +510,7 @@ class SensorThingsTarget:
             thing = {
                 "name": node,
                 "description": f"Réverbère sensor node {node}",
-                "properties": {"node": node},
+                "properties": {"node": node, GATEWAY_PROPERTY: self.gateway_id},
                 "Locations": [
                     {
                         "name": node,
@@ -381,28 +526,87 @@ class SensorThingsTarget:
         self._lookup(created)
         return self.known_streams()
 
-    def _lookup(self, nodes: list[str]) -> None:
-        """Find these nodes' Things and Datastreams by name; remember what exists."""
+    def _things(self, nodes: list[str]) -> Iterator[tuple[str, list[dict]]]:
+        """``(node, the Things named after it)``, 20 nodes a request, with their properties
+        and Datastreams. Several gateways may each have a Thing ``lamp-001``: which one is
+        whose is decided by the caller, from the properties (filtered here, client side,
+        rather than by ``$filter`` on ``properties/gateway``: the Things made before the
+        property existed must be found too, and not every server filters on properties)."""
         for i in range(0, len(nodes), 20):
             chunk = nodes[i : i + 20]
             flt = " or ".join("name eq '{}'".format(n.replace("'", "''")) for n in chunk)
-            found = []
             params = {
                 "$filter": flt,
-                "$select": "id,name",
+                "$select": "id,name,properties",
                 "$expand": "Datastreams($select=id,name)",
             }
+            named: dict[str, list[dict]] = {n: [] for n in chunk}
             for page in self.pages("Things", params):
                 for thing in page.get("value", []):
-                    node = thing["name"]
-                    if node not in chunk:
-                        continue
-                    found.append((node, "", str(thing["@iot.id"])))
-                    for ds in thing.get("Datastreams", []):
-                        prefix, _, stream = ds["name"].rpartition("/")
-                        if prefix == node:
-                            found.append((node, stream, str(ds["@iot.id"])))
-            self._remember(found)
+                    if thing.get("name") in named:
+                        named[thing["name"]].append(thing)
+            yield from named.items()
+
+    @staticmethod
+    def _owner(thing: dict) -> str | None:
+        props = thing.get("properties")
+        owner = props.get(GATEWAY_PROPERTY) if isinstance(props, dict) else None
+        return str(owner) if owner is not None else None
+
+    def _claim(self, thing: dict) -> None:
+        """Write this gateway's id into a Thing made before Things carried one (PATCH,
+        keeping its other properties): from now on no other gateway takes it."""
+        props = thing.get("properties") if isinstance(thing.get("properties"), dict) else {}
+        body = {"properties": {**props, GATEWAY_PROPERTY: self.gateway_id}}
+        self.request("PATCH", f"Things({path_id(str(thing['@iot.id']))})", body=body)
+
+    def _lookup(self, nodes: list[str]) -> None:
+        """Find these nodes' Things (this gateway's: see ``_things``) and their Datastreams;
+        remember what exists. A Thing carrying this gateway's id is ours; failing that, one
+        carrying no gateway id (made before there were any) is claimed, once; one carrying
+        another gateway's id never is."""
+        found = []
+        for node, things in self._things(nodes):
+            ours = [t for t in things if self._owner(t) == self.gateway_id]
+            if not ours:
+                ours = [t for t in things if self._owner(t) is None][:1]
+                for thing in ours:
+                    self._claim(thing)
+            if not ours:
+                continue
+            thing = min(ours, key=lambda t: str(t["@iot.id"]))
+            found.append((node, "", str(thing["@iot.id"])))
+            for ds in thing.get("Datastreams", []):
+                prefix, _, stream = ds["name"].rpartition("/")
+                if prefix == node:
+                    found.append((node, stream, str(ds["@iot.id"])))
+        self._remember(found)
+
+    def _claim_known(self) -> None:
+        """Once per gateway id: the Things remembered in ``sync_streams`` (found or made
+        before Things carried a gateway id) get this gateway's id, so that a second gateway
+        with the same node ids does not take them; a remembered Thing that carries another
+        gateway's id is forgotten, with its Datastreams, and this gateway's own is looked up
+        or made at the next ``ensure_streams``."""
+        known = self.known_streams()
+        thing_ids = {node: eid for (node, stream), eid in known.items() if stream == ""}
+        foreign = []
+        for node, things in self._things(sorted(thing_ids)):
+            for thing in things:
+                if str(thing["@iot.id"]) != thing_ids[node]:
+                    continue
+                owner = self._owner(thing)
+                if owner is None:
+                    self._claim(thing)
+                elif owner != self.gateway_id:
+                    foreign.append(node)
+        if foreign:
+            with self.db.atomic():
+                self.db.conn.executemany(
+                    "DELETE FROM sync_streams WHERE target = ? AND node = ?",
+                    [(self.url, node) for node in foreign],
+                )
+        self._set_state("gateway", self.gateway_id)
 
     # -- Observations -----------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ delivery is at least once.
 The outcomes are the three the senders act on differently: :class:`Unreachable` (nothing left
 the gateway: release the batch), :class:`Rejected` (the platform answered no: release it and
 count it against the rows) and :class:`Uncertain` (it may have been applied: keep the batch in
-flight and read back before sending it again).
+flight and read back before sending it again). :class:`BadAnswer` is an uncertain outcome
+whose message says which rule of the protocol the answer broke.
 """
 
 from collections.abc import Iterable, Mapping
@@ -28,6 +29,14 @@ class Unreachable(SyncError):
 
 class Uncertain(SyncError):
     """The request may have been applied (timeout, reset, 5xx): read back before resending."""
+
+
+class BadAnswer(Uncertain):
+    """An answer the protocol does not define as success, nor as a refusal: a redirect, a
+    2xx other than the one the request calls for, an ``@iot.nextLink`` off the platform's
+    origin or in a loop, an answer too big to read. Nothing is confirmed from it; like any
+    uncertain outcome the rows stay in flight and are read back before they are sent again
+    (a misdirected POST may still have been stored somewhere on the platform's side)."""
 
 
 class Rejected(SyncError):
