@@ -440,6 +440,7 @@ class Gateway:
         deleted, pruned = await self.committer.run(run)
         if deleted or pruned:
             event(log, logging.INFO, "retention", deleted=deleted, outbox_pruned=pruned)
+            self.committer.space_freed()  # stages a full database stopped run again now
         return deleted
 
     async def _retention_loop(self) -> None:

@@ -11,7 +11,13 @@ from gateway.metrics import Registry
 from gateway.service import Gateway
 from gateway.store import checkpoint, stages
 from gateway.store.checkpoint import wal_bytes
-from gateway.store.commit import Outcome, commit_batch, is_full_error, set_disk_budget
+from gateway.store.commit import (
+    NO_COUNTER,
+    Outcome,
+    commit_batch,
+    is_full_error,
+    set_disk_budget,
+)
 from gateway.store.committer import Committer
 from gateway.store.db import open_db
 from gateway.store.group import Pack
@@ -75,7 +81,7 @@ def test_a_failed_transaction_leaves_nothing_behind(db):
     with pytest.raises(OverflowError):
         commit_batch(db.conn, [_pack(db, "a", 1, [("p", 50, 1)]), bad])
     assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 0
-    assert registry.lookup(db, "a")[2] == 0  # counter untouched
+    assert registry.lookup(db, "a")[2] == NO_COUNTER  # counter untouched: nothing stored
 
 
 def test_group_commit_shares_transactions_and_stages_see_new_readings_in_order(tmp_path):

@@ -98,7 +98,7 @@ def test_too_little_free_disk_refuses_the_batch_and_stores_nothing(tmp_path):
         assert metrics.gauge("reverbere_store_full").get() == 1
         await c.stop()
         assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 0
-        assert db.execute("SELECT last_seq FROM nodes WHERE ref = ?", [ref]).fetchone()[0] == 0
+        assert db.execute("SELECT last_seq FROM nodes WHERE ref = ?", [ref]).fetchone()[0] == -1
         db.close()
 
     asyncio.run(go())

@@ -3,7 +3,9 @@
 Keys live in the gateway database (table ``nodes``); the database file is created 0600 and
 the service runs as its own user (see docs/gateway.md), so only that user can read them.
 A removed node keeps its row (its readings refer to it) but loses its key, so it gets 4.01.
-``last_seq`` is the last accepted message counter (Partial IV); it only ever grows, in the
+``last_seq`` is the last accepted message counter (Partial IV), ``NO_COUNTER`` (-1) while the
+node has stored nothing since ``node add`` or ``rotate-key`` (so its first counter may be 0);
+it only ever grows, in the
 same transaction that stores the readings (``gateway.store.committer``). ``gaps`` counts the counter
 values never seen, which are not lost messages: a node reserves its counters on flash 32 at a
 time and starts each boot past the reserved block (firmware/store.py), and a pack it gives up
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
+
+from gateway.store.commit import NO_COUNTER
 
 migrations = Migrations("reverbere.registry")
 
@@ -44,6 +48,14 @@ def m001_nodes(db: sqlite_utils.Database) -> None:
         )
         """
     )
+
+
+@migrations()
+def m002_no_counter_yet(db: sqlite_utils.Database) -> None:
+    # ``last_seq`` 0 meant "nothing stored yet" as well as "counter 0 stored", so a node's
+    # first pack with counter 0 was answered 2.04 as a repeat and dropped. A pack with counter
+    # 0 could never be stored (it had to be above 0), so every 0 means nothing: NO_COUNTER.
+    db.execute("UPDATE nodes SET last_seq = ? WHERE last_seq = 0", [NO_COUNTER])
 
 
 class RegistryError(Exception):
@@ -94,12 +106,13 @@ def add_node(db: sqlite_utils.Database, node_id: str) -> bytes:
             raise NodeExists(f"node {node_id} already exists")
         if row is None:
             db.execute(
-                "INSERT INTO nodes (id, key, added) VALUES (?, ?, ?)", [node_id, key, time.time()]
+                "INSERT INTO nodes (id, key, added, last_seq) VALUES (?, ?, ?, ?)",
+                [node_id, key, time.time(), NO_COUNTER],
             )
         else:  # a removed node comes back: same ref, so its old readings stay its own
             db.execute(
-                "UPDATE nodes SET key = ?, added = ?, last_seq = 0 WHERE id = ?",
-                [key, time.time(), node_id],
+                "UPDATE nodes SET key = ?, added = ?, last_seq = ? WHERE id = ?",
+                [key, time.time(), NO_COUNTER, node_id],
             )
     return key
 
@@ -109,8 +122,8 @@ def rotate_key(db: sqlite_utils.Database, node_id: str) -> bytes:
     key = os.urandom(KEY_BYTES)
     with db.conn:
         cur = db.execute(
-            "UPDATE nodes SET key = ?, added = ?, last_seq = 0 WHERE id = ? AND key IS NOT NULL",
-            [key, time.time(), node_id],
+            "UPDATE nodes SET key = ?, added = ?, last_seq = ? WHERE id = ? AND key IS NOT NULL",
+            [key, time.time(), NO_COUNTER, node_id],
         )
         if cur.rowcount == 0:
             raise NodeNotFound(f"no node {node_id}")

@@ -82,6 +82,12 @@ class Checkpointer:
         _busy, frames, _copied = self._db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         return frames
 
+    async def idle(self) -> None:
+        """Wait for the checkpoint in hand, if any: a commit that may have to truncate the
+        WAL itself (a store at its budget, gateway/store/commit.py) must not run beside it."""
+        if self._task is not None:
+            await asyncio.wait([self._task])
+
     async def stop(self) -> None:
         """Wait for the checkpoint in hand, then close the connection and the thread."""
         if self._task is not None:

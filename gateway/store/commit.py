@@ -16,10 +16,11 @@ loop only pickles the batch and reads the answer. This module is all that proces
 
 The conversation, over a socket (``multiprocessing.connection`` messages): the first message
 is a ``Setup``, answered ``("ready",)``; then each message is ``(packs, seq, processed)``, the
-packs as ``(node_ref, key, seq, readings)`` tuples, answered ``("stored", outcomes, new)``
-(``new``: None when every reading of every stored pack was new, which is the rule, else the
-new readings) or ``("refused", reason, trace)`` after a rollback (``trace``: None when the
-disk budget or the disk's free space refused it, else the traceback to log). End of file on the
+packs as ``(node_ref, key, seq, readings)`` tuples, answered ``("stored", outcomes, new,
+errors)`` (``new``: None when every reading of every stored pack was new, which is the rule,
+else the new readings; ``errors``: the tracebacks of the packs the database refused alone, see
+``commit_apart``) or ``("refused", reason, trace)`` after a rollback (``trace``: None when the
+readings' budget or the disk's free space refused it, else the traceback to log). End of file on the
 socket means the gateway is gone (stopped, or killed): the process exits, after finishing the
 commit in hand. It ignores SIGINT and SIGTERM, which the gateway's process group or systemd
 also send it: the gateway stops it, once the packs it acknowledged are committed.
@@ -45,6 +46,29 @@ BATTERY_CHANNEL = "bat"
 # never sees a stored reading the log does not account for (see gateway/sync/raw.py). It is
 # pickled into the writer process.
 InCommit = Callable[[sqlite3.Connection, dict[tuple[int, str], list[float]]], None]
+
+
+# The largest message counter the store takes: ``nodes.last_seq`` is an SQLite INTEGER, a
+# signed 64-bit number, while a COSE Partial IV may hold 8 bytes (up to 2^64 - 1). Ingest
+# refuses a larger counter with 4.00 before it reaches a commit (gateway/ingest/resource.py).
+MAX_COUNTER = (1 << 63) - 1
+
+# ``nodes.last_seq`` of a node that has stored nothing since ``node add`` or ``rotate-key``:
+# any counter is above it, 0 included (docs/protocol.md: counters start at 0).
+NO_COUNTER = -1
+
+# The disk budget's share kept for what the stages write after the readings (summaries,
+# detector state, outbox): the readings are refused (5.03) once the pages in use and the WAL
+# reach the budget minus this share, so that the stages still summarise what was stored.
+STAGES_RESERVE = 0.05  # of the budget
+STAGES_RESERVE_MIN = 256 << 10  # bytes, but never more than a quarter of the budget
+
+
+def readings_budget(disk_budget: int) -> int:
+    """Bytes (pages in use and WAL) past which the writer process refuses readings: the disk
+    budget minus the stages' share (``STAGES_RESERVE``)."""
+    reserve = max(int(disk_budget * STAGES_RESERVE), STAGES_RESERVE_MIN)
+    return disk_budget - min(reserve, disk_budget // 4)
 
 
 class Outcome(enum.Enum):
@@ -118,7 +142,10 @@ def commit_batch(
             for r in pack.readings:
                 if r.channel == BATTERY_CHANNEL:
                     node[4] = r.value
-            node[1], node[2], node[3] = pack.seq, node[2] + 1, node[3] + pack.seq - last - 1
+            # The first pack after ``node add`` or ``rotate-key`` skips nothing, wherever the
+            # node's counter starts (0, or 1 as the firmware's does, or where a re-keyed node is).
+            skipped = pack.seq - last - 1 if last != NO_COUNTER else 0
+            node[1], node[2], node[3] = pack.seq, node[2] + 1, node[3] + skipped
             outcomes.append(Outcome.STORED)
             stored.append(pack)
         for pack, fresh in _insert_readings(conn, stored):
@@ -278,13 +305,14 @@ def _commit(
     conn: sqlite3.Connection, setup: Setup, packs: list[tuple], seq: int, processed: list[int]
 ) -> tuple:
     """One commit, as the answer to send back."""
+    batch = [Sent(*p) for p in packs]
     try:
         disk = os.statvfs(os.path.dirname(os.path.abspath(setup.path)))
         free = disk.f_bavail * disk.f_frsize
         if free < setup.min_free:
             raise OSError(f"only {free >> 20} MB free on the disk (min_free)")
-        batch = [Sent(*p) for p in packs]
-        outcomes, new = commit_batch(
+        check_readings_budget(conn, setup.path, readings_budget(setup.disk_budget))
+        outcomes, new, errors = commit_apart(
             conn, batch, seq=seq, processed=processed, in_commit=setup.in_commit
         )
     except (sqlite3.Error, OSError) as e:  # refused: nothing of the batch is stored
@@ -294,4 +322,96 @@ def _commit(
         return ("refused", repr(e), traceback.format_exc())
     stored = (p for p, o in zip(batch, outcomes, strict=True) if o is Outcome.STORED)
     every = sum(len(p.readings) for p in stored)
-    return ("stored", outcomes, None if len(new) == every else new)
+    return ("stored", outcomes, None if len(new) == every else new, errors)
+
+
+class OverBudget(OSError):
+    """The pages in use and the WAL have reached the readings' share of the disk budget."""
+
+
+def check_readings_budget(conn: sqlite3.Connection, path: str, budget: int) -> None:
+    """Raise ``OverBudget`` when the database's pages in use and its WAL reach ``budget``
+    bytes (``readings_budget``): the rest of the disk budget is the stages'.
+
+    The WAL counts: it is on the disk too, and under load it holds up to 16 MB
+    (gateway/store/checkpoint.py). SQLite keeps its file at its largest size, so when the WAL
+    is what tips the balance it is checkpointed and truncated first, here (a gateway at its
+    budget answers 5.03 anyway, and the wait for readers is bounded by ``CHECKPOINT_BUSY_MS``).
+    That fails at once while the gateway's own checkpoint runs (SQLite waits for no other
+    checkpoint), so once the store is full the committer lets that one end before each commit
+    (``StageScheduler._commit_next``)."""
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    count = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    used = (count - free) * page
+    if used + _wal_size(path) < budget:
+        return
+    if used < budget:  # the WAL tips it: give its blocks back, then look again
+        conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_MS}")
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
+        if used + _wal_size(path) < budget:
+            return
+    raise OverBudget(
+        f"database or disk is full: {used >> 10} KB in use and {_wal_size(path) >> 10} KB"
+        f" of WAL reach the readings' share of the disk budget ({budget >> 10} KB)"
+    )
+
+
+BUSY_MS = 5000  # the writer's busy timeout (sqlite3.connect's default)
+CHECKPOINT_BUSY_MS = 50  # how long truncating the WAL waits for readers, at most
+
+
+def _wal_size(path: str) -> int:
+    try:
+        return os.stat(path + "-wal").st_size
+    except FileNotFoundError:
+        return 0
+
+
+def commit_apart(
+    conn: sqlite3.Connection,
+    batch: Sequence[Any],
+    *,
+    seq: int | None = None,
+    processed: Sequence[int] = (),
+    in_commit: Sequence[InCommit] = (),
+) -> tuple[list[Outcome], list[Reading], list[str]]:
+    """``commit_batch``, and when the database refuses the batch for another reason than a
+    full disk (a value SQLite cannot hold, a bug), the batch again in halves, and so on,
+    so that the packs of other nodes are stored and only the pack that fails alone gets
+    ``Outcome.FULL`` (5.03: the node keeps it). Return the outcomes, the new readings and
+    the tracebacks of the packs refused alone.
+
+    Raises what ``commit_batch`` raises if nothing could be stored (a full disk refuses the
+    whole batch: there is nothing to single out). Each part is a transaction of its own, with
+    the same ``seq`` in ``stages_pending`` and the same ``processed`` to delete (a second
+    delete deletes nothing). A single culprit costs about twice log2(batch) transactions.
+    """
+    try:
+        outcomes, new = commit_batch(conn, batch, seq=seq, processed=processed, in_commit=in_commit)
+        return outcomes, new, []
+    except Exception as e:
+        if is_full_error(e) or len(batch) == 1:
+            raise
+    outcomes, new, errors = [], [], []
+    refused: Exception | None = None
+    stored = False
+    half = len(batch) // 2
+    for part in (batch[:half], batch[half:]):
+        try:
+            o, n, err = commit_apart(conn, part, seq=seq, processed=processed, in_commit=in_commit)
+            stored = True
+        except Exception as e:
+            o, n, err = [Outcome.FULL] * len(part), [], []
+            if not is_full_error(e):
+                err = [traceback.format_exc()]
+            refused = e
+        outcomes += o
+        new += n
+        errors += err
+    if not stored and refused is not None:  # no part stored: the batch is refused as a whole
+        raise refused
+    return outcomes, new, errors

@@ -28,9 +28,13 @@ batch in hand a 5.03 (the nodes send it again) and is replaced at the next batch
 it may have made is caught up at the next start (``stages_pending``, below).
 
 Disk budget: ``PRAGMA max_page_count`` caps the file, so a full budget makes SQLite refuse the
-transaction (SQLITE_FULL) rather than corrupt anything; the committer rolls back and every pack
-of the batch gets ``Outcome.FULL`` (5.03). Freed pages (after retention) are reused, so the
-gateway recovers by itself. The same happens when the disk's free space falls under ``min_free``.
+transaction (SQLITE_FULL) rather than corrupt anything. The readings stop earlier: the writer
+process refuses a batch once the pages in use and the WAL reach the budget minus the stages'
+share (``gateway.store.commit.readings_budget``), and every pack of it gets ``Outcome.FULL``
+(5.03), so that the stages can still write what follows from the readings stored. Freed pages
+(after retention) are reused, so the gateway recovers by itself; stages a full database
+stopped try again after a while or at ``space_freed``. The same 5.03 when the disk's free
+space falls under ``min_free``.
 
 The ``after_commit`` stages run in the writer thread, with its database and the
 readings that were new (duplicates filtered), in commit order, after the commit's 2.04s went
@@ -132,6 +136,11 @@ class Committer:
     async def settled(self) -> None:
         """Return once no pack waits and the stages have run on everything committed."""
         await self.stages.settled()
+
+    def space_freed(self) -> None:
+        """Retention (or an operator) freed space: stages a full database stopped run again
+        now (gateway/store/stages.py); ingest needs no call, each commit looks again."""
+        self.stages.space_freed()
 
     def unstaged_since(self, db: sqlite_utils.Database) -> float | None:
         """The retention guard of the readings the stages have not run on yet."""

@@ -13,7 +13,10 @@ A writer process that ends (killed, crashed) costs the batch in hand a 5.03 (the
 it again) and is replaced at the next batch; the commit it may have made is caught up at the
 next start (gateway/store/committer.py). A batch the writer refuses (disk budget, free space,
 another database error: nothing of it is stored) answers every pack ``Outcome.FULL`` (5.03)
-(``_commit`` is the one place that turns the writer's answer into outcomes).
+(``_commit`` is the one place that turns the writer's answer into outcomes). When the database
+refuses a batch for another reason than a full disk, the writer process commits it again in
+halves (``commit_apart``): the packs of other nodes are stored, and only the pack that fails
+alone gets 5.03, its traceback logged once a minute.
 """
 
 import asyncio
@@ -199,6 +202,11 @@ class GroupCommit:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
+    def wake(self) -> None:
+        """Wake the committer's loop as a pack would (``woken`` returns)."""
+        if self._wake is not None:
+            self._wake.set()
+
     def stop_taking(self) -> None:
         """Refuse packs from now on (``Stopped``); those queued are still committed."""
         self.stopping = True
@@ -249,7 +257,9 @@ class GroupCommit:
             _, reason, trace = answer
             self._note_full(reason, trace)
             return [Outcome.FULL] * len(batch), None
-        _, outcomes, new = answer
+        _, outcomes, new, errors = answer
+        if errors and self._full_log.allow("pack") is not None:
+            event(log, logging.ERROR, "pack refused by the database", trace=errors[0])
         if new is None:  # every reading of every stored pack was new (the rule)
             stored = (p for p, o in zip(batch, outcomes, strict=True) if o is Outcome.STORED)
             new = [r for p in stored for r in p.readings]

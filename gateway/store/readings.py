@@ -61,11 +61,25 @@ def m002_stages_pending(db: sqlite_utils.Database) -> None:
 
 
 def pending_readings(
-    db: sqlite_utils.Database, chunk: int = CATCH_UP_CHUNK
+    db: sqlite_utils.Database,
+    chunk: int = CATCH_UP_CHUNK,
+    *,
+    after: int = 0,
+    upto: int | None = None,
+    but: Sequence[int] = (),
 ) -> Iterator[tuple[list[int], list[Reading]]]:
     """The readings of the commits whose stages have not all run (``stages_pending``), in
-    commit order: ``(seqs, readings)`` chunks of about ``chunk`` readings, each reading once."""
-    seqs = [row[0] for row in db.execute("SELECT DISTINCT seq FROM stages_pending ORDER BY seq")]
+    commit order: ``(seqs, readings)`` chunks of about ``chunk`` readings, each reading once;
+    only the commits after ``after`` and up to ``upto``, leaving out those in ``but``."""
+    leave = set(but)
+    seqs = [
+        seq
+        for (seq,) in db.execute(
+            "SELECT DISTINCT seq FROM stages_pending WHERE seq > ? AND seq <= ? ORDER BY seq",
+            [after, upto if upto is not None else 2**62],
+        )
+        if seq not in leave
+    ]
     done: list[int] = []
     out: list[Reading] = []
     seen: set[tuple[str, str, float]] = set()

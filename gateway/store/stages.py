@@ -12,10 +12,18 @@ they are. Once every stage ran on a commit, its ``seq`` goes in ``processed``, a
 commit deletes its log. ``catch_up`` replays at start what an earlier run left owed.
 The stages run in the writer thread (gateway/store/thread.py) between commits, so they take
 no turn of their own; the WAL is checkpointed after their slices too (gateway/store/checkpoint.py).
+
+A stage that fails on "database or disk is full" (the disk budget, or the disk itself) stops
+the stages where they are: nothing more is tried until ``STAGES_RETRY`` seconds have passed or
+``space_freed`` is called (by retention), and then everything ``stages_pending`` still owes
+is replayed in commit order, as ``catch_up`` does at start. Without that, every commit's
+stages failed again, one traceback each, until a restart, which did not help either. Stage
+failures are logged once per stage per minute, with the number held back (``suppressed``).
 """
 
 import asyncio
 import collections
+import enum
 import logging
 import time
 from collections.abc import Callable
@@ -24,8 +32,9 @@ from typing import Any
 
 import sqlite_utils
 
-from gateway.logs import event
-from gateway.store.checkpoint import Checkpointer
+from gateway.logs import RateLimiter, event
+from gateway.store.checkpoint import Checkpointer, wal_bytes
+from gateway.store.commit import is_full_error, readings_budget
 from gateway.store.group import GroupCommit
 from gateway.store.readings import forget_logged, logged_readings, oldest_logged, pending_readings
 from gateway.store.records import Reading
@@ -40,6 +49,15 @@ OWED_IN_MEMORY = 5_000  # readings owed to the stages kept in memory; more are r
 STAGES_LAG_MAX = 30.0  # seconds: stages this far behind run between commits even when busy
 STAGE_SLICE = 200  # readings per call of the stages (a pack that comes meanwhile waits for it)
 STAGES_IDLE = 0.005  # seconds without a pack before the stages run
+STAGES_RETRY = 60.0  # seconds: stages stopped by a full database try again after this
+
+
+class Ran(enum.Enum):
+    """How the stages went on a slice of readings."""
+
+    OK = "ok"
+    FAILED = "failed"  # a stage raised: the commit's log stays for the next start
+    FULL = "full"  # a stage failed on a full database: the stages stop (``_stall``)
 
 
 @dataclass
@@ -78,6 +96,9 @@ class StageScheduler:
         self._owed_in_memory = 0
         self._task: asyncio.Task | None = None
         self._settled: asyncio.Event | None = None  # set when nothing waits (made by start)
+        self._stalled: float | None = None  # time.monotonic() of a failure on a full database
+        self._replay: tuple[int, int] | None = None  # (after seq, up to seq) left to replay
+        self._errors_log = RateLimiter(60.0)  # one line per stage per minute
         if metrics is not None:
             metrics.gauge(
                 "reverbere_stage_backlog_readings",
@@ -91,13 +112,17 @@ class StageScheduler:
     def catch_up(self, db: sqlite_utils.Database) -> int:
         """Replay through the stages what was committed but not seen by all of them (a crash
         between a commit and its stages, a stage that failed); return how many readings. In
-        the writer thread, before the first pack is taken."""
+        the writer thread, before the first pack is taken. A full database stops it: the
+        loop replays the rest later (``STAGES_RETRY``, ``space_freed``)."""
         if not self.after_commit:
             return 0
         total = 0
         for seqs, readings in pending_readings(db):
-            ok = self._stages(db, readings) if readings else True
-            if ok:
+            ran = self._stages(db, readings) if readings else Ran.OK
+            if ran is Ran.FULL:
+                self._stall()
+                break
+            if ran is Ran.OK:
                 forget_logged(db, seqs)
             total += len(readings)
         if total:
@@ -109,40 +134,80 @@ class StageScheduler:
         self._task = asyncio.create_task(self._loop(), name="reverbere-committer")
 
     async def stop(self) -> None:
-        """Let the loop commit what is queued and run the stages on everything owed."""
+        """Let the loop commit what is queued and run the stages on everything owed (unless
+        a full database stopped them: the next start catches up)."""
         if self._task is not None:
             await self._task
+
+    def space_freed(self) -> None:
+        """Space was freed (retention deleted readings): stages that a full database stopped
+        try again now rather than after ``STAGES_RETRY``."""
+        if self._stalled is not None:
+            self._stalled = time.monotonic() - STAGES_RETRY
+            self.group.wake()
 
     async def _loop(self) -> None:
         """Ingest first: a batch is committed as soon as packs wait. The stages run on what
         earlier commits stored once no pack came for ``STAGES_IDLE`` seconds, or when they are
         ``STAGES_LAG_MAX`` behind (then, after each commit, as many readings as it stored, so
         they keep pace). A burst is acknowledged at the rate of the store, and the stages catch up
-        after it; a quiet gateway runs them right after each commit."""
+        after it; a quiet gateway runs them right after each commit. Stopped by a full
+        database, they wait for ``STAGES_RETRY`` or ``space_freed``."""
         group = self.group
         while True:
             if group.depth:
                 stored = await self._commit_next()
                 # Far behind: the stages take as many readings as this commit stored.
-                while stored > 0 and self._owed and self.lag() > STAGES_LAG_MAX:
-                    stored -= await self._run_owed()
-            elif self._owed:
+                while stored > 0 and self.lag() > STAGES_LAG_MAX and self._due():
+                    stored -= await self._step()
+            elif self._due():
                 quiet = time.monotonic() - group.submitted
                 if not group.stopping and quiet < STAGES_IDLE:
                     await group.woken(STAGES_IDLE - quiet)  # a pack that comes goes first
                     continue
-                await self._run_owed()
+                await self._step()
             elif group.stopping:
                 self._settled.set()
                 return
+            elif self._stalled is not None:  # until the retry, or a pack, or space_freed
+                await group.woken(max(0.0, self._stalled + STAGES_RETRY - time.monotonic()))
             else:
                 self._settled.set()
                 self.checkpointer.maybe(idle=True)
                 await group.woken(None)
 
+    def _due(self) -> bool:
+        """Whether the stages have work they may do now: a replay, or commits owed (not
+        while a full database stopped them; once ``STAGES_RETRY`` has passed, a replay of
+        everything ``stages_pending`` owes, up to the last commit, starts)."""
+        if self._stalled is not None:
+            if time.monotonic() - self._stalled < STAGES_RETRY:
+                return False
+            self._stalled = None
+            self._replay = (0, self.group.seq)
+        return self._replay is not None or bool(self._owed)
+
+    async def _step(self) -> int:
+        """One slice of the stages' work; return how many readings it took (at least 1)."""
+        return await (self._replay_step() if self._replay is not None else self._run_owed())
+
+    def _stall(self) -> None:
+        """A stage failed on a full database: stop until ``STAGES_RETRY`` or ``space_freed``
+        (the readings it missed stay in ``stages_pending`` for the replay)."""
+        if self._stalled is None:
+            event(log, logging.ERROR, "stages stopped: the database is full", retry_s=STAGES_RETRY)
+        self._stalled = time.monotonic()
+        self._replay = None
+
     async def _commit_next(self) -> int:
         """The group commit's next batch; what it stored is owed to the stages. Return how
         many readings it stored."""
+        # A commit that may have to truncate the WAL (the store is full, or the WAL is a
+        # good part of the readings' share: gateway/store/commit.py) waits for the checkpoint
+        # in hand, since SQLite lets no two run at once. Never so with a budget of gigabytes.
+        wal = wal_bytes(self.thread.path)
+        if self.group.full or wal > readings_budget(self.thread.disk_budget) // 4:
+            await self.checkpointer.idle()
         new = await self.group.commit_next(self.processed)
         if new is not None:  # committed: the log of ``processed`` went with it
             self.processed = []
@@ -161,8 +226,9 @@ class StageScheduler:
         return oldest_logged(db, but=list(self.processed))  # their rows go in the next commit
 
     async def settled(self) -> None:
-        """Return once no pack waits and the stages have run on everything committed."""
-        while self.group.depth or self._owed:
+        """Return once no pack waits and the stages have run on everything committed (while
+        a full database stops them, not before they could run again)."""
+        while self.group.depth or self._owed or self._replay or self._stalled is not None:
             self._settled.clear()
             await self._settled.wait()
 
@@ -175,30 +241,74 @@ class StageScheduler:
         back from the database if they were not kept in memory); return how many."""
         owed = self._owed[0]
 
-        def run(db: sqlite_utils.Database) -> tuple[bool, int]:
+        def run(db: sqlite_utils.Database) -> tuple[Ran, int]:
             if owed.readings is None:
                 owed.readings = logged_readings(db, owed.seq)
             part = owed.readings[owed.done : owed.done + STAGE_SLICE]
-            return (self._stages(db, part) if part else True), len(part)
+            return (self._stages(db, part) if part else Ran.OK), len(part)
 
         try:
-            ok, n = await self.thread.call(run)
+            ran, n = await self.thread.call(run)
         except Exception:  # reading it back failed: its log stays for the next start
             log.exception("stages could not read a commit back", extra={"fields": {}})
-            ok, n = False, len(owed.readings or ())
-        owed.ok &= ok
-        owed.done += n
+            ran, n = Ran.FAILED, len(owed.readings or ())
         self.checkpointer.maybe()  # what the stages wrote, too (below)
+        if ran is Ran.FULL:  # stopped where it is; the replay takes it from the log
+            self._stall()
+            return max(n, 1)
+        owed.ok &= ran is Ran.OK
+        owed.done += n
         if owed.done >= len(owed.readings or ()):
             self._owed.popleft()
             if owed.ok:
                 self.processed.append(owed.seq)
-            self._owed_in_memory -= owed.n if owed.kept else 0
-            self.owed -= owed.n
+            self._forget_owed(owed)
         return max(n, 1)  # a commit that read back nothing still counts as a step
 
-    def _stages(self, db: sqlite_utils.Database, new: list[Reading]) -> bool:
-        """Run every stage on ``new``; False if one of them failed.
+    async def _replay_step(self) -> int:
+        """Replay the next commits ``stages_pending`` owes (after a full database stopped the
+        stages), in commit order, as ``catch_up`` does; at the end, the commits owed in memory
+        that it covered are done. Return how many readings it took."""
+        after, upto = self._replay
+        but = list(self.processed)  # done already: their log goes with the next commit
+
+        def run(db: sqlite_utils.Database) -> tuple[list[int], int, Ran] | None:
+            chunk = next(pending_readings(db, STAGE_SLICE, after=after, upto=upto, but=but), None)
+            if chunk is None:
+                return None
+            seqs, readings = chunk
+            ran = self._stages(db, readings) if readings else Ran.OK
+            if ran is Ran.OK:
+                forget_logged(db, seqs)
+            return seqs, len(readings), ran
+
+        try:
+            step = await self.thread.call(run)
+        except Exception:  # reading back failed: what is owed in memory runs as usual
+            log.exception("stages could not read commits back", extra={"fields": {}})
+            self._replay = None
+            return 1
+        self.checkpointer.maybe()
+        if step is None:  # replayed up to ``upto``: the commits owed up to there are done
+            self._replay = None
+            while self._owed and self._owed[0].seq <= upto:
+                self._forget_owed(self._owed.popleft())
+            event(log, logging.INFO, "stages running again")
+            return 1
+        seqs, n, ran = step
+        if ran is Ran.FULL:
+            self._stall()
+        else:  # done, or failed otherwise: its log stays for the next start
+            self._replay = (max(seqs), upto)
+        return max(n, 1)
+
+    def _forget_owed(self, owed: _Owed) -> None:
+        self._owed_in_memory -= owed.n if owed.kept else 0
+        self.owed -= owed.n
+
+    def _stages(self, db: sqlite_utils.Database, new: list[Reading]) -> "Ran":
+        """Run every stage on ``new``; ``Ran.FAILED`` if one of them failed, ``Ran.FULL`` if
+        one failed on a full database.
 
         The stages commit without an fsync of their own (``synchronous=NORMAL``): what they
         write is rebuilt from the readings by the catch-up as long as the commit's row in
@@ -212,22 +322,38 @@ class StageScheduler:
         finally:
             db.execute("PRAGMA synchronous=FULL")
 
-    def _run_stages(self, db: sqlite_utils.Database, new: list[Reading]) -> bool:
-        ok = True
+    def _run_stages(self, db: sqlite_utils.Database, new: list[Reading]) -> "Ran":
+        ran = Ran.OK
         for stage in self.after_commit:
-            name = getattr(stage, "__qualname__", repr(stage))
+            name = stage_name(stage)
             try:
                 stage(db, new)
-            except Exception:
+            except Exception as e:
                 # A stage's failure must not stop ingestion; stages catch up from the tables.
-                log.exception("after-commit stage %s failed", name, extra={"fields": {}})
+                full = is_full_error(e)
+                ran = Ran.FULL if full or ran is Ran.FULL else Ran.FAILED
                 if self.metrics is not None:
                     self.metrics.counter("reverbere_stage_errors_total").inc(stage=name)
-                ok = False
-        return ok
+                suppressed = self._errors_log.allow(name)
+                if suppressed is not None:  # once per stage a minute, with what it held back
+                    fields = {"stage": name, "error": str(e), "suppressed": suppressed}
+                    log.error(
+                        "after-commit stage %s failed",
+                        name,
+                        exc_info=not full,  # "database or disk is full" says it all
+                        extra={"fields": fields},
+                    )
+        return ran
 
     def forget_processed(self, db: sqlite_utils.Database) -> None:
         """Drop the log of the commits whose stages ran (a clean stop replays nothing)."""
         if self.processed:
             forget_logged(db, self.processed)
             self.processed = []
+
+
+def stage_name(stage: Callable[..., Any]) -> str:
+    """A stage's name in logs and in ``reverbere_stage_errors_total{stage}``: a function's
+    qualified name, or a callable object's class (``Detector``), never its ``repr`` (which
+    holds an address: a new label at every start)."""
+    return getattr(stage, "__qualname__", None) or type(stage).__qualname__

@@ -40,6 +40,13 @@ class WriterThread:
     def _open(self) -> sqlite_utils.Database:
         db = open_db(self.path)
         prepare_writer(db.conn, self.disk_budget)
+        # sqlite-utils finds out whether SQLite has upserts by creating a table, the first
+        # time a stage upserts, inside the stage's transaction. At the disk budget that
+        # CREATE fails with SQLITE_FULL, which rolls the whole transaction back, and
+        # sqlite-utils takes the error for "no upserts" and goes on: the summaries were lost
+        # and their cursor moved on (hours never summarised); its fallback (INSERT OR IGNORE,
+        # then UPDATE) lost them too. The answer is SQLite's version (upserts since 3.24).
+        db._supports_on_conflict = db.sqlite_version >= (3, 24, 0)
         return db
 
     async def call(self, func: Callable[..., Any], *args: Any) -> Any:
