@@ -3,12 +3,20 @@
 No dependency: a ``Registry`` of counters and gauges (with optional labels) and an asyncio
 HTTP/1.1 server that answers GET on a table of routes. Other stages add metrics with
 ``registry.counter(...)``/``registry.gauge(...)`` and pages with ``HttpServer.routes[path]``.
+
+Every series an alert may use exists from the start: a counter that appears only at its
+first event makes ``rate()`` and ``absent()`` rules blind until then, so the gateway
+``declare``s each one, with each known label value, at 0 (``gateway.service``). Names follow
+Prometheus' conventions: base units, ``_total`` for counters, ``_timestamp_seconds`` for a
+Unix time (``time() - x`` is then an age).
 """
 
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable
+import os
+import resource
+from collections.abc import Awaitable, Callable, Iterable
 
 from gateway.logs import RateLimiter, event
 
@@ -24,6 +32,7 @@ class Metric:
         self.help = help_text
         self.values: dict[Labels, float] = {}
         self.func: Callable[[], float] | None = None
+        self.collect: Callable[[], Iterable[tuple[dict[str, str], float]]] | None = None
 
     def inc(self, amount: float = 1, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
@@ -35,15 +44,30 @@ class Metric:
     def get(self, **labels: str) -> float:
         return self.values.get(tuple(sorted(labels.items())), 0)
 
+    def declare(self, **labels: str) -> "Metric":
+        """Make the series with these labels exist (at 0 until it counts or is set), so that
+        it is scraped before its first event."""
+        self.values.setdefault(tuple(sorted(labels.items())), 0)
+        return self
+
     def set_function(self, func: Callable[[], float]) -> None:
         """Compute the (unlabelled) value at scrape time."""
         self.func = func
+
+    def set_collector(self, collect: Callable[[], Iterable[tuple[dict[str, str], float]]]) -> None:
+        """Compute the labelled series at scrape time: ``collect()`` yields (labels, value),
+        e.g. one per node from what ingest keeps in memory (it must not query a table: a
+        scrape should cost nothing the gateway would notice)."""
+        self.collect = collect
 
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
         values = dict(self.values)
         if self.func is not None:
             values[()] = self.func()
+        if self.collect is not None:
+            for labels, value in self.collect():
+                values[tuple(sorted(labels.items()))] = value
         for labels, value in sorted(values.items()):
             lab = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
             lines.append(self.name + (f"{{{lab}}}" if lab else "") + " " + _num(value))
@@ -84,6 +108,37 @@ class Registry:
         return "\n".join(lines) + "\n"
 
 
+def declare_process_metrics(registry: Registry, version: str) -> None:
+    """``reverbere_build_info{version} 1`` (which version runs: a join key for dashboards, an
+    alert after a failed upgrade) and the process' CPU time, resident memory and open files,
+    under the names Prometheus' own clients use (``process_*``), read at scrape time from
+    ``resource.getrusage`` and ``/proc/self`` (Linux; elsewhere the memory is the peak)."""
+    registry.gauge("reverbere_build_info", "The running version (value 1).").set(1, version=version)
+    registry.counter(
+        "process_cpu_seconds_total", "User and system CPU time of the gateway's process."
+    ).set_function(_cpu_seconds)
+    registry.gauge(
+        "process_resident_memory_bytes", "Resident memory of the gateway's process."
+    ).set_function(_resident_bytes)
+    if os.path.isdir("/proc/self/fd"):
+        registry.gauge("process_open_fds", "Open file descriptors.").set_function(
+            lambda: len(os.listdir("/proc/self/fd"))
+        )
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _resident_bytes() -> float:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: the peak (kilobytes on Linux and BSD)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 # Help texts of the metrics made in more than one place.
 HELP = {
     "reverbere_readings_stored_total": "Readings newly stored (duplicates not counted).",
@@ -92,14 +147,21 @@ HELP = {
     "reverbere_store_full": "1 while the disk budget is reached (nodes get 5.03).",
     "reverbere_last_commit_seconds": "Duration of the last commit, fsync included.",
     "reverbere_stage_errors_total": "Failures of after-commit stages, by stage.",
+    "reverbere_readings_received_total": "Readings in packs that passed validation.",
+    "reverbere_packs_accepted_total": "Packs answered 2.04, by outcome.",
+    "reverbere_packs_rejected_total": "Packs refused, by reason.",
+    "reverbere_sync_restarts_total": "Sync worker restarts after an error.",
+    "reverbere_node_last_seen_timestamp_seconds": (
+        "Unix time of the node's last stored pack (0: never since it was added)."
+    ),
+    "reverbere_node_battery_ratio": "The node's last battery reading (0 to 1).",
+    "reverbere_node_rssi_dbm": "The node's last radio signal reading, as it sends it (dBm).",
 }
 
 Handler = Callable[[], Awaitable[tuple[int, str, bytes]]]
 MAX_CONNECTIONS = 32  # open at once; Prometheus needs one, an operator's curl another
 HEAD_TIMEOUT = 2.0  # seconds for the request line and headers (loopback or LAN: milliseconds)
 log = logging.getLogger("reverbere.metrics")
-
-
 
 
 class HttpServer:

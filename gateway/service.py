@@ -30,6 +30,7 @@ sets its own) and ``[sync]`` (docs/sync.md; no uplink without it or with ``targe
 
 import asyncio
 import errno
+import functools
 import gc
 import logging
 import math
@@ -38,7 +39,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,23 +47,25 @@ from typing import Any
 import sqlite_utils
 from aiocoap.error import Error as CoapError
 
-from gateway import config, daemon, logs
+from gateway import __version__, config, daemon, logs
 from gateway.clock import CHECK_EVERY as CLOCK_CHECK_EVERY
 from gateway.clock import console_state
 from gateway.config import TEMPLATE, Config
 from gateway.ingest import coap
-from gateway.ingest.resource import Ingest, ReadingsResource
+from gateway.ingest.registry import NodeCache
+from gateway.ingest.resource import REJECTION_REASONS, Ingest, ReadingsResource
 from gateway.logs import event
-from gateway.metrics import PROM_CONTENT_TYPE, HttpServer, Registry
+from gateway.metrics import PROM_CONTENT_TYPE, HttpServer, Registry, declare_process_metrics
 from gateway.pipeline.detect import DetectConfig, DetectConfigError, Detector
 from gateway.pipeline.handoff import feed_outbox
 from gateway.pipeline.summarise import summarise
 from gateway.store.checkpoint import wal_bytes
-from gateway.store.commit import InCommit
+from gateway.store.commit import InCommit, Outcome
 from gateway.store.committer import Committer
-from gateway.store.db import open_db
+from gateway.store.db import open_db, upgrade
 from gateway.store.readings import db_bytes, delete_before
 from gateway.store.records import Reading
+from gateway.store.stages import stage_name
 from gateway.sync.config import SyncConfig, SyncConfigError
 from gateway.sync.outbox import prune_synced
 from gateway.sync.raw import RawLog, raw_synced_until
@@ -284,7 +287,10 @@ class Gateway:
         """Open the database (0600 if new), start the committer, bind CoAP and HTTP; raise
         ``BindError`` naming the address when one cannot be bound (what was started is
         stopped first)."""
-        self.db = open_db(self.cfg.database)  # creates the schema before anyone reads
+        # The service's start is where a new version's migrations run (a backup first):
+        # every other opening refuses a database that needs them (gateway.store.db).
+        upgrade(self.cfg.database)
+        self.db = open_db(self.cfg.database)
         await self.committer.start()
         self._ingest = ingest = Ingest(self.cfg, self.db, self.committer, self.metrics)
         try:
@@ -449,7 +455,39 @@ class Gateway:
             await asyncio.sleep(RETENTION_PERIOD)
 
     def _declare_metrics(self) -> None:
+        """Every metric of the gateway, each series present from the first scrape (at 0,
+        each known label value too: an alert or a ``rate()`` works before the first event),
+        the per-node gauges from what ingest keeps in memory (``NodeCache.heard``: a scrape
+        reads no table), the version and the process' CPU and memory."""
         m = self.metrics
+        declare_process_metrics(m, __version__)
+        for name in (
+            "reverbere_readings_received_total",
+            "reverbere_readings_stored_total",
+            "reverbere_commits_total",
+            "reverbere_packs_committed_total",
+        ):
+            m.counter(name).declare()
+        m.gauge("reverbere_store_full").declare()
+        m.gauge("reverbere_last_commit_seconds").declare()
+        for outcome in (Outcome.STORED, Outcome.REPEATED):
+            m.counter("reverbere_packs_accepted_total").declare(outcome=outcome.value)
+        for reason in REJECTION_REASONS:
+            m.counter("reverbere_packs_rejected_total").declare(reason=reason)
+        errors = m.counter("reverbere_stage_errors_total")
+        for stage in self.after_commit:
+            errors.declare(stage=stage_name(stage))
+        errors.declare(stage="Detector.quiet")
+        if self.pipeline.sync is not None:
+            m.counter("reverbere_sync_restarts_total").declare()
+        nodes = self._ingest.nodes
+        nodes.reload()  # the registered nodes, before their first pack
+        for name, attr, scale, never in (
+            ("reverbere_node_last_seen_timestamp_seconds", "last_seen", 1, 0),  # 0: never
+            ("reverbere_node_battery_ratio", "battery", 0.01, None),  # the node sends %
+            ("reverbere_node_rssi_dbm", "rssi", 1, None),
+        ):
+            m.gauge(name).set_collector(functools.partial(_heard, nodes, attr, scale, never))
         m.gauge("reverbere_queue_depth", "Packs waiting for a commit.").set_function(
             lambda: self.committer.depth
         )
@@ -489,6 +527,19 @@ class Gateway:
         while True:
             self._ingest.clock_watch.state()
             await asyncio.sleep(CLOCK_CHECK_EVERY)
+
+
+def _heard(
+    nodes: NodeCache, attr: str, scale: float, never: float | None
+) -> Iterator[tuple[dict[str, str], float]]:
+    """One series per active node of what ingest last heard (``NodeCache.heard``), its
+    ``attr`` times ``scale``; a node not heard of yet has ``never`` (None: no series)."""
+    for node_id, heard in nodes.heard.items():
+        value = getattr(heard, attr)
+        if value is not None:
+            yield {"node": node_id}, value * scale
+        elif never is not None:
+            yield {"node": node_id}, never
 
 
 def _nan_if_none(x: float | None) -> float:

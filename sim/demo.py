@@ -377,24 +377,50 @@ def _print(echo: Callable[[str], None], r: dict) -> None:
     echo(f"done in {r['seconds']} s (fleet {r['fleet_seconds']} s)")
 
 
+# What a run writes into its directory, removed first so that each run starts afresh (the
+# nodes are registered again, with new keys): the only files the demo deletes there.
+DEMO_FILES = (
+    "gateway.toml",
+    "reverbere.db",
+    "reverbere.db-wal",
+    "reverbere.db-shm",
+    "reverbere.db.lock",
+    "summaries.svg",
+    "report.json",
+)
+
+
 def run_demo(
     echo: Callable[[str], None] = print,
     nodes: int = 20,
     hours: float = 48,
     out: str | Path | None = "demo-out",
 ) -> dict:
-    """Run the demo; write ``report.json`` and ``summaries.svg`` into ``out``; return the
-    figures."""
-    with tempfile.TemporaryDirectory(prefix="reverbere-demo-") as tmp:
-        report = asyncio.run(_demo(echo, nodes, hours, Path(tmp)))
-        chart = Path(report["chart"]) if report.get("chart") else None
-        if out is not None:
-            out = Path(out)
-            out.mkdir(parents=True, exist_ok=True)
-            if chart is not None and chart.exists():
-                shutil.copy(chart, out / chart.name)
-                report["chart"] = str(out / chart.name)
-            (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-            echo(f"chart: {Path(report['chart']).resolve()}")
-            echo(f"report: {(out / 'report.json').resolve()}")
+    """Run the demo in ``out`` and keep what it made there to explore afterwards (the
+    gateway's config and database, the platform's database in ``platform/``, the chart
+    ``summaries.svg`` and ``report.json``); print the commands that look at them; return the
+    figures. A previous run's files there are replaced; ``out=None`` runs in a temporary
+    directory that is deleted at the end."""
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix="reverbere-demo-") as tmp:
+            return asyncio.run(_demo(echo, nodes, hours, Path(tmp)))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "platform", ignore_errors=True)
+    report = asyncio.run(_demo(echo, nodes, hours, out))
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if report.get("chart"):
+        echo(f"chart: {Path(report['chart']).resolve()}")
+    echo(f"report: {(out / 'report.json').resolve()}")
+    cfg = out / "gateway.toml"
+    echo(f"what the demo left in {out}/, to explore:")
+    for command in (
+        f"reverbere node list --config {cfg}",
+        f"reverbere readings --config {cfg} --node lamp-001 --limit 20",
+        f"reverbere anomalies --db {out / 'reverbere.db'}",
+        f"reverbere summaries --config {cfg} --format csv",
+    ):
+        echo(f"  {command}")
     return report

@@ -57,3 +57,19 @@ def test_demo_small_keeps_every_promise(tmp_path):
     assert "Nodes -> gateway" in text and "Gateway -> platform" in text
     assert (out / "report.json").exists()
     assert (out / "summaries.svg").read_text().lstrip().startswith("<")
+    # What it made stays there to explore, with the commands to do it, and they work.
+    assert f"reverbere anomalies --db {out / 'reverbere.db'}" in text
+    found = subprocess.run(
+        [sys.executable, "-m", "gateway", "anomalies", "--db", str(out / "reverbere.db"),
+         "--format", "json"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    assert len(json.loads(found.stdout)) >= r["anomalies_found"]
+    nodes = subprocess.run(
+        [sys.executable, "-m", "gateway", "node", "list", "--config", str(out / "gateway.toml"),
+         "--json"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert nodes.returncode == 0 and len(json.loads(nodes.stdout)) == r["nodes"], nodes.stderr
+    assert (out / "platform").is_dir()

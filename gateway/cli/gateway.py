@@ -27,6 +27,7 @@ from gateway.cli.options import (
 )
 from gateway.ingest import registry
 from gateway.store import readings as store
+from gateway.store.db import DatabaseOpenError
 
 
 @contextmanager
@@ -88,7 +89,7 @@ def gateway_run(
         ) from None
     try:
         asyncio.run(service.serve(cfg))
-    except (daemon.AlreadyRunning, daemon.LockFileError) as e:
+    except (daemon.AlreadyRunning, daemon.LockFileError, DatabaseOpenError) as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(

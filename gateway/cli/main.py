@@ -5,6 +5,7 @@ import json
 import click
 
 from gateway import __version__
+from gateway.cli import admin as cli_admin
 from gateway.cli import gateway as cli_gateway
 from gateway.cli import reports as cli_reports
 from gateway.cli import sync as cli_sync
@@ -28,6 +29,7 @@ cli.add_command(cli_reports.anomalies)
 cli.add_command(cli_sync.sync_group)
 cli.add_command(cli_sync.summaries)
 cli.add_command(sim)
+cli_admin.register(cli, cli_gateway.gateway_group)
 
 
 @cli.command()
@@ -40,7 +42,7 @@ cli.add_command(sim)
     type=click.Path(file_okay=False),
     default="demo-out",
     show_default=True,
-    help="Where the chart (summaries.svg) and report.json go.",
+    help="Where the run's gateway and platform databases, the chart and report.json stay.",
 )
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object of figures.")
 def demo(nodes: int, hours: float, out: str, as_json: bool) -> None:

@@ -18,12 +18,14 @@ from zero when a replaced board (:func:`replace_node`) starts its own count.
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from gateway.store.commit import NO_COUNTER
+from gateway.store.records import Reading
 
 migrations = Migrations("reverbere.registry")
 
@@ -194,8 +196,23 @@ def node_ids(db: sqlite_utils.Database) -> dict[int, str]:
     return dict(db.execute("SELECT ref, id FROM nodes").fetchall())
 
 
+@dataclass
+class Heard:
+    """What the gateway last heard from a node: when (Unix time of the last pack stored),
+    its battery (%) and its radio signal, for the per-node gauges of ``/metrics``."""
+
+    last_seen: float | None = None
+    battery: float | None = None
+    rssi: float | None = None
+
+
 class NodeCache:
     """The active nodes in memory, for the ingest path: no SQL query per message.
+
+    ``heard`` (node id -> :class:`Heard`) follows the packs ingest stores (``accepted``) and
+    the ``last_seen``/``battery`` columns at each reload, so that ``/metrics`` shows every
+    node's last-seen time, battery and signal without a query per scrape (a silent node is
+    one whose last-seen time stops moving: Prometheus can alert on it).
 
     Reloaded from the database every ``refresh`` seconds, so ``node add/remove/rotate-key``
     from another process take effect within that time; an id not in the cache is looked up
@@ -213,6 +230,7 @@ class NodeCache:
         self._misses: dict[str, float] = {}
         self._rechecked: dict[str, float] = {}
         self._loaded = float("-inf")
+        self.heard: dict[str, Heard] = {}
 
     def get(self, node_id: str) -> tuple[int, bytes, int] | None:
         """``(ref, key, last_seq)`` of an active node, or None."""
@@ -251,14 +269,29 @@ class NodeCache:
 
     def reload(self, now: float | None = None) -> None:
         rows = self.db.execute(
-            "SELECT id, ref, key, last_seq FROM nodes WHERE key IS NOT NULL"
+            "SELECT id, ref, key, last_seq, last_seen, battery FROM nodes WHERE key IS NOT NULL"
         ).fetchall()
         self._nodes = {r[0]: (r[1], r[2], r[3]) for r in rows}
+        heard = {}
+        for node_id, *_, last_seen, battery in rows:
+            h = heard[node_id] = self.heard.get(node_id) or Heard()
+            if last_seen is not None and (h.last_seen is None or last_seen > h.last_seen):
+                h.last_seen, h.battery = last_seen, battery if battery is not None else h.battery
+        self.heard = heard  # removed nodes leave /metrics
         self._misses.clear()
         self._loaded = time.monotonic() if now is None else now
 
-    def accepted(self, node_id: str, key: bytes, seq: int) -> None:
-        """A pack of ``node_id`` with counter ``seq`` was committed."""
+    def accepted(
+        self, node_id: str, key: bytes, seq: int, readings: Sequence[Reading] = ()
+    ) -> None:
+        """A pack of ``node_id`` with counter ``seq`` and ``readings`` was committed."""
         entry = self._nodes.get(node_id)
         if entry is not None and entry[1] == key and seq > entry[2]:
             self._nodes[node_id] = (entry[0], key, seq)
+        h = self.heard.setdefault(node_id, Heard())
+        h.last_seen = time.time()
+        for r in sorted(readings, key=lambda r: r.time):  # the latest of each stays
+            if r.channel == "bat":
+                h.battery = r.value
+            elif r.channel == "rssi":
+                h.rssi = r.value

@@ -81,6 +81,16 @@ _UNDERSTOOD = frozenset(
     )
 )
 _NOT_CHARGED = frozenset(("source_over_budget",))  # dropped already: no second charge
+# Every ``reason`` of a Rejected (the metric's label), declared at 0 when the gateway starts
+# so that an alert on any of them works before the first (tests/test_metrics.py checks that
+# the ingest code uses no other, and docs/gateway.md lists them).
+REJECTION_REASONS = (
+    "coap_format", "bad_option", "proxy", "not_found", "method", "blockwise", "bert",
+    "accept", "content_format", "too_large", "bad_cose", "unknown_node", "bad_mac", "replay",
+    "bad_senml", "unknown_channel", "foreign_name", "bad_unit", "bad_value", "out_of_range",
+    "duplicate_reading", "bad_time", "clock_unsynchronized", "overload", "store_full",
+    "source_over_budget", "unexpected",
+)  # fmt: skip
 _MAP1 = b"\xa1"  # the CBOR head of a map of one pair
 _MAP2 = b"\xa2"  # and of two
 _UNAUTHORIZED = b"unauthorized"  # the one 4.01 text: tells nobody which ids exist
@@ -306,7 +316,7 @@ class Ingest:
             raise Rejected(Code.UNAUTHORIZED, "replay", "counter already used", node_id)
         if outcome is Outcome.UNKNOWN_NODE:
             raise Rejected(Code.UNAUTHORIZED, "unknown_node", "unknown node", node_id)
-        self.nodes.accepted(node_id, key, mac0.seq)
+        self.nodes.accepted(node_id, key, mac0.seq, readings)
         self._received.inc(len(readings))
         return self._ok(node_id, outcome, self.clock_watch.state())
 

@@ -162,7 +162,11 @@ def declare_metrics(
         ("reverbere_sync_rejected", "rejected", "Rows the platform keeps refusing."),
         ("reverbere_sync_cursor", "cursor", "Every outbox row up to this number is confirmed."),
         ("reverbere_sync_failures", "failures", "Failed sync requests in a row."),
-        ("reverbere_sync_last_success_seconds", "last_success", "Unix time of the last success."),
+        (
+            "reverbere_sync_last_success_timestamp_seconds",
+            "last_success",
+            "Unix time of the last success (0: none yet).",
+        ),
     ):
         registry.gauge(name, text).set_function(st(key))
     if config is not None and config.raw:
@@ -170,7 +174,8 @@ def declare_metrics(
             "reverbere_sync_pending_raw", "Raw readings not yet confirmed by the platform."
         ).set_function(lambda: float(raw_backlog(db).pending))
         registry.gauge(
-            "reverbere_sync_raw_oldest_seconds", "Time of the oldest raw reading owed (0: none)."
+            "reverbere_sync_raw_oldest_timestamp_seconds",
+            "Unix time of the oldest raw reading owed (0: none).",
         ).set_function(lambda: float(raw_backlog(db).oldest or 0))
 
 
