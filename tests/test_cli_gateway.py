@@ -122,9 +122,11 @@ def test_node_list_in_three_formats(tmp_path):
     assert table[0].split() == ["id", "last_seen", "last_seq", "messages", "lost", "battery"]
     assert table[1].split()[:2] == ["lamp-001", "never"]
     csv_out = invoke("node", "list", "--config", cfg, "--format", "csv").output
-    assert csv_out.splitlines()[1] == "lamp-001,,0,0,0,"  # CSV leaves "never" empty
+    # CSV leaves "never" empty, and the counter too: the node has stored nothing yet
+    assert csv_out.splitlines()[1] == "lamp-001,,,0,0,"
     (node,) = json.loads(invoke("node", "list", "--config", cfg, "--format", "json").output)
     assert node["last_seen"] is None and node["added"].endswith("Z") and node["active"] is True
+    assert node["last_seq"] is None
 
 
 def test_a_missing_database_is_not_created_by_a_command_that_reads(tmp_path):

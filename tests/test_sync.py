@@ -271,7 +271,8 @@ def test_metrics_and_pruning(tmp_path, platform):
     db = open_db(tmp_path / "gw.db")
     enqueue_summaries(db, week_of_summaries(1, hours=48))
     reg = Registry()
-    declare_metrics(reg, db, SyncConfig(url=platform.url, daily_budget=10**6))
+    # ttl=0: every read is a new scrape here (a live scrape shares one status for 1 s)
+    declare_metrics(reg, db, SyncConfig(url=platform.url, daily_budget=10**6), ttl=0)
     assert reg["reverbere_sync_pending_summaries"].fn() == 96
     worker = fast_worker(db, platform.url)
     assert worker.sync_until_idle() == "idle"

@@ -85,7 +85,7 @@ class Node:
     id: str
     active: bool
     added: float
-    last_seq: int
+    last_seq: int | None  # None while the node has stored nothing (NO_COUNTER in the table)
     last_seen: float | None
     messages: int
     gaps: int  # counter values skipped: boots and retries, not losses (see the module doc)
@@ -164,7 +164,17 @@ def list_nodes(db: sqlite_utils.Database, include_removed: bool = False) -> list
         " FROM nodes %s ORDER BY id" % ("" if include_removed else "WHERE key IS NOT NULL")
     ).fetchall()
     lost = lost_readings(db)
-    return [Node(r[0], bool(r[1]), *r[2:8], lost=lost.get(r[8], 0)) for r in rows]
+    return [
+        Node(
+            r[0],
+            bool(r[1]),
+            r[2],
+            None if r[3] == NO_COUNTER else r[3],
+            *r[4:8],
+            lost=lost.get(r[8], 0),
+        )
+        for r in rows
+    ]
 
 
 def lost_readings(db: sqlite_utils.Database) -> dict[int, int]:
