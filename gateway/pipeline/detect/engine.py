@@ -22,7 +22,7 @@ from sqlite_utils.migrations import Migrations
 
 from gateway.pipeline.detect.baseline import StatDetector
 from gateway.pipeline.detect.config import DetectConfig
-from gateway.pipeline.detect.events import Event, Finding, Tracker
+from gateway.pipeline.detect.events import Cost, Event, Finding, Tracker
 from gateway.pipeline.detect.rules import (
     Clock,
     CounterRule,
@@ -77,6 +77,13 @@ def m001_detect_tables(db: sqlite_utils.Database) -> None:
     db["anomalies"].create_index(["node", "channel", "kind", "end"])
 
 
+@migrations()
+def m002_anomaly_waste(db: sqlite_utils.Database) -> None:
+    """The energy an event of a kind of waste drew above the expected one, and its cost."""
+    db["anomalies"].add_column("waste_kwh", float)
+    db["anomalies"].add_column("waste_eur", float)
+
+
 class ChannelDetector:
     """All detectors of one node's channel, and their events."""
 
@@ -84,6 +91,7 @@ class ChannelDetector:
         "channel",
         "clock",
         "config",
+        "cost",
         "interval",
         "last_time",
         "node",
@@ -95,8 +103,16 @@ class ChannelDetector:
         "unit",
     )
 
-    def __init__(self, node: str, channel: str, config: DetectConfig, clock: Clock):
+    def __init__(
+        self,
+        node: str,
+        channel: str,
+        config: DetectConfig,
+        clock: Clock,
+        cost: Cost | None = None,
+    ):
         self.node, self.channel, self.config, self.clock = node, channel, config, clock
+        self.cost = cost  # the tariff, for the waste's euros
         self.unit = CHANNELS.get(channel, "")
         self.rules: list = []
         counter = channel in SUM_CHANNELS
@@ -131,6 +147,7 @@ class ChannelDetector:
                 else (self.interval + INTERVAL_ALPHA * (gap - self.interval))
             )
         self.last_time = t
+        prev = self.prev
         findings: list[Finding] = []
         for rule in self.rules:
             findings.extend(rule.step(t, x))
@@ -138,6 +155,7 @@ class ChannelDetector:
             f = self._stat(t, x, last)
             if f is not None:
                 findings.append(f)
+        power = self._power(t, x, last, prev)
         score = 0.0
         changed = []
         threshold = self.config.threshold
@@ -151,12 +169,22 @@ class ChannelDetector:
                 if f.score < threshold:
                     continue
                 tr = self.trackers[f.kind] = Tracker()
-            ev = tr.step(self.node, self.channel, t, f, threshold)
+            ev = tr.step(self.node, self.channel, t, f, threshold, power, last, self.cost)
             if ev is not None:
                 changed.append(ev)
         # A kind with no finding for this reading (a rule with no opinion, e.g. the drift rule
         # by day) keeps its event as it is.
         return score, changed
+
+    def _power(self, t: float, x: float, last: float | None, prev: float | None) -> float | None:
+        """The channel's power at this reading, in W, for the waste: a power channel's value,
+        an energy counter's mean rate since its previous reading (``prev``, ``self.prev`` as it
+        was before ``_stat`` moved it on)."""
+        if self.unit == "W":
+            return x
+        if self.unit == "Wh" and self.stat is not None and prev is not None and last is not None:
+            return (x - prev) * 3600.0 / (t - last) if x >= prev else None
+        return None
 
     def _stat(self, t: float, x: float, last: float | None) -> Finding | None:
         if self.channel in SUM_CHANNELS:
@@ -227,10 +255,13 @@ class Detector:
         self,
         config: DetectConfig | None = None,
         pack_seconds: Callable[[str], float] | None = None,
+        cost: Cost | None = None,
     ):
         """``pack_seconds(node)``: how much time a node's pack spans (its ``pack`` times its
-        ``interval``); a node is not silent before two of them went by."""
+        ``interval``); a node is not silent before two of them went by. ``cost``: the tariff
+        of ``[site]`` (:meth:`gateway.pipeline.waste.Tariff.cost`), the euros of the waste."""
         self.config = config or DetectConfig()
+        self.cost = cost
         self.pack_seconds = pack_seconds
         self.clock = Clock(self.config)
         self._channels: dict[tuple[str, str], ChannelDetector] = {}
@@ -247,7 +278,7 @@ class Detector:
         key = (node, channel)
         cd = self._channels.get(key)
         if cd is None:
-            cd = ChannelDetector(node, channel, self.config, self.clock)
+            cd = ChannelDetector(node, channel, self.config, self.clock, self.cost)
             row = db.execute(
                 "SELECT state FROM detect_state WHERE node = ? AND channel = ?", key
             ).fetchone()
