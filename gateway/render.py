@@ -4,6 +4,13 @@
 summaries, node list, sync status all print through it); :func:`iso` writes a time and
 :func:`parse_when` / :func:`parse_duration` read one, so ``--since 1w`` means the same to every
 command. :func:`anomalies` reads the gateway's anomaly events.
+
+Times shown to people are in the town's time zone when the command knows it (``tz``: the
+``[site]`` timezone): the cell is the local time with its UTC offset and the column's header
+names the zone (``start (Europe/Paris)``), so a row never mixes a UTC time with a reason in
+local time. ``excel=True`` writes the CSV French Excel opens as it is (:data:`EXCEL`): UTF-8
+with a byte order mark, ``;`` between cells, a decimal comma, local dates ``25/11/2026 14:10``,
+CRLF line ends.
 """
 
 import csv
@@ -13,6 +20,7 @@ import math
 import re
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
@@ -39,6 +47,35 @@ def iso(t: float | None) -> str:
     if t == int(t):
         return when.strftime("%Y-%m-%dT%H:%M:%SZ")
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def local_iso(t: float | None, tz: str) -> str:
+    """Unix seconds as the local time of ``tz`` with its UTC offset, to the second
+    (``2026-11-25 14:10:00+01:00``); empty for None."""
+    if t is None:
+        return ""
+    return datetime.fromtimestamp(round(t), ZoneInfo(tz)).isoformat(sep=" ")
+
+
+def excel_time(t: float | None, tz: str) -> str:
+    """Unix seconds as French Excel reads a date and time (``25/11/2026 14:10``), local time
+    of ``tz``; empty for None."""
+    if t is None:
+        return ""
+    return datetime.fromtimestamp(round(t), ZoneInfo(tz)).strftime("%d/%m/%Y %H:%M")
+
+
+def excel_number(v: float) -> str:
+    """A number as French Excel reads it: a decimal comma, no thousands separator."""
+    return str(v).replace(".", ",")
+
+
+def write_excel_csv(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of cells (already written as text) as French Excel's CSV: the byte order mark
+    (as a character: encode the text as UTF-8), ``;`` between cells, CRLF line ends."""
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=";", lineterminator="\r\n").writerows(rows)
+    return "\ufeff" + buf.getvalue()
 
 
 def parse_duration(text: str, default_unit: str | None = None) -> float:
@@ -97,21 +134,37 @@ def anomalies(
     return list(db.query(sql + " ORDER BY start, id", args))
 
 
-def _cell(col: str, v, times: Collection[str], exact: Collection[str]) -> str:
+def _cell(
+    col: str,
+    v,
+    times: Collection[str],
+    exact: Collection[str],
+    tz: str | None = None,
+    excel: bool = False,
+) -> str:
     if v is None:
         return ""
     if col in times and isinstance(v, int | float):
-        return iso(v)
+        if excel:
+            return excel_time(v, tz or "UTC")
+        return iso(v) if tz is None else local_iso(v, tz)
     if isinstance(v, float) and col not in exact:
         # 4 significant digits, whole numbers from 1000 on (never "1.235e+04": a Wh counter)
-        return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
+        text = f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
+        return excel_number(text) if excel else text
+    if excel and isinstance(v, float):
+        return excel_number(repr(v))
     return str(v)
 
 
-def _json_cell(col: str, v, times: Collection[str]):
+def _json_cell(col: str, v, times: Collection[str], tz: str | None = None):
     if col in times and isinstance(v, int | float):
-        return iso(v)
+        return iso(v) if tz is None else local_iso(v, tz).replace(" ", "T")
     return v
+
+
+def _header(col: str, times: Collection[str], tz: str | None) -> str:
+    return f"{col} ({tz})" if tz is not None and col in times else col
 
 
 def _json(obj: object) -> str:
@@ -126,23 +179,30 @@ def render(
     times: Collection[str] = TIME_COLUMNS,
     exact: Collection[str] = (),
     blank: Mapping[str, str] | None = None,
+    tz: str | None = None,
+    excel: bool = False,
 ) -> str:
     """``rows`` as ``fmt``: an aligned text table, CSV with a header, or a JSON list of
     objects, with the ``columns`` in that order.
 
-    The columns named in ``times`` (Unix seconds) print as ISO 8601 UTC in all three formats.
-    Floats print with 4 significant digits in the table and CSV (figures for reading), except
-    in the ``exact`` columns (data, such as a reading's value, printed as Python writes it);
-    JSON keeps every number as it is. ``blank`` gives the table's text for an empty cell of a
-    column (``never`` for a node not heard yet); CSV leaves it empty.
+    The columns named in ``times`` (Unix seconds) print as ISO 8601 UTC in all three formats,
+    or, given ``tz``, as local time with its offset (the header naming the zone). Floats print
+    with 4 significant digits in the table and CSV (figures for reading), except in the
+    ``exact`` columns (data, such as a reading's value, printed as Python writes it); JSON
+    keeps every number as it is. ``blank`` gives the table's text for an empty cell of a
+    column (``never`` for a node not heard yet); CSV leaves it empty. ``excel``: the CSV is
+    French Excel's (:func:`write_excel_csv`; local times of ``tz``, UTC without it).
     """
     if fmt == "json":
-        return _json([{c: _json_cell(c, r.get(c), times) for c in columns} for r in rows])
-    cells = [[_cell(c, r.get(c), times, exact) for c in columns] for r in rows]
+        return _json([{c: _json_cell(c, r.get(c), times, tz) for c in columns} for r in rows])
+    cells = [[_cell(c, r.get(c), times, exact, tz, excel) for c in columns] for r in rows]
+    header = [_header(c, times, tz or ("UTC" if excel else None)) for c in columns]
     if fmt == "csv":
+        if excel:
+            return write_excel_csv([header, *cells])
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(columns)
+        w.writerow(header)
         w.writerows(cells)
         return buf.getvalue().rstrip("\n")
     if fmt != "table":
@@ -152,6 +212,7 @@ def render(
             for row, r in zip(cells, rows, strict=True):
                 if r.get(c) is None:
                     row[i] = blank[c]
+    columns = header
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     for row in cells:
