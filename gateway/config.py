@@ -342,6 +342,9 @@ pack = 10                      # readings per message
 latitude = 48.8566             # degrees north
 longitude = 2.3522             # degrees east
 timezone = "Europe/Paris"      # IANA name of the town's zone: schedules and reasons use it
+# price_kwh = 0.2016           # € per kWh: the waste's cost (docs/reports.md)
+# off_peak_price_kwh = 0.1470  # optional, with off_peak_hours: € per kWh in the off-peak hours
+# off_peak_hours = ["22:00-06:00"]  # local times, HH:MM-HH:MM
 
 [detect]                       # anomaly detection (docs/anomalies.md); [site] gives the place
 threshold = 0.5                # THE one default threshold: a score at or above it opens an event

@@ -59,6 +59,7 @@ from gateway.metrics import PROM_CONTENT_TYPE, HttpServer, Registry, declare_pro
 from gateway.pipeline.detect import DetectConfig, DetectConfigError, Detector
 from gateway.pipeline.handoff import feed_outbox
 from gateway.pipeline.summarise import summarise
+from gateway.pipeline.waste import TARIFF_KEYS, Tariff, TariffError
 from gateway.store.checkpoint import wal_bytes
 from gateway.store.commit import InCommit, Outcome
 from gateway.store.committer import Committer
@@ -124,7 +125,11 @@ def stages(cfg: Config) -> Stages:
     transaction, its stage wakes the worker) keeps raw readings until the platform has them.
     """
     p = pipeline_config(cfg)
-    detect = Detector(p.detect, pack_seconds=lambda node: pack_seconds(cfg, node))
+    detect = Detector(
+        p.detect,
+        pack_seconds=lambda node: pack_seconds(cfg, node),
+        cost=p.tariff.cost if p.tariff is not None else None,
+    )
     outbox = Outbox()
     guards: list[Guard] = [summarised_until]
     raw = None
@@ -148,6 +153,7 @@ class PipelineConfig:
 
     detect: DetectConfig
     sync: SyncConfig | None
+    tariff: Tariff | None = None  # [site] price_kwh...: the euros of the waste
 
 
 def pipeline_config(cfg: Config) -> PipelineConfig:
@@ -157,9 +163,15 @@ def pipeline_config(cfg: Config) -> PipelineConfig:
     unless it sets its own, and ``[sync]`` places nodes without a location there.
     """
     site = dict(cfg.section("site"))
+    known = ("latitude", "longitude", "timezone", *TARIFF_KEYS)
     for key in site:
-        if key not in ("latitude", "longitude", "timezone"):
-            raise cfg.error("site", key, "unknown key (known: latitude, longitude, timezone)")
+        if key not in known:
+            raise cfg.error("site", key, f"unknown key (known: {', '.join(known)})")
+    try:
+        tariff = Tariff.from_site(site)
+    except TariffError as e:
+        raise cfg.error("site", e.key, str(e).split(": ", 1)[-1]) from None
+    site = {k: v for k, v in site.items() if k not in TARIFF_KEYS}
     try:
         detect = DetectConfig.from_mapping({**site, **cfg.section("detect")})
     except DetectConfigError as e:
@@ -174,7 +186,7 @@ def pipeline_config(cfg: Config) -> PipelineConfig:
             sync = SyncConfig.from_dict(raw)
         except SyncConfigError as e:
             raise cfg.error("sync", e.key, str(e).split(": ", 1)[-1]) from None
-    return PipelineConfig(detect, sync)
+    return PipelineConfig(detect, sync, tariff)
 
 
 class Outbox:
