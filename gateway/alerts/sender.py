@@ -1,0 +1,139 @@
+"""The alert sender: a thread with its own connection that delivers the rows of ``alerts``.
+
+It sends, oldest first, each message whose ``next_try`` has come, and marks it ``sent`` only
+after the server accepted it (``gateway.alerts.transports.deliver``). A failure is written
+down (``attempts``, ``error``) and tried again after a backoff that doubles from
+``retry_base_s`` up to ``retry_cap_s``, with jitter; a route that fails keeps its later
+messages for the next turn (a closing message never overtakes its opening). The uplink of a
+small town is often down: what waits is in the database and goes when the link is back, also
+after a restart. ``notify()`` (the alert stage's listener) wakes it at once.
+"""
+
+import json
+import logging
+import random
+import threading
+import time
+from pathlib import Path
+
+import sqlite_utils
+
+from gateway.alerts.config import AlertsConfig
+from gateway.alerts.outbox import SENDABLE
+from gateway.alerts.transports import Alert, DeliveryError, deliver
+
+log = logging.getLogger("reverbere.alerts")
+
+BATCH = 50  # messages read per turn
+
+
+def pending(db: sqlite_utils.Database, now: float, limit: int = BATCH) -> list[Alert]:
+    """The messages to send by ``now`` (wall clock), oldest first."""
+    rows = db.execute(
+        "SELECT id, key, route, phase, urgent, subject, body, data FROM alerts"
+        f" WHERE sent IS NULL AND phase IN ({', '.join('?' * len(SENDABLE))})"
+        " AND next_try <= ? ORDER BY id LIMIT ?",
+        [*SENDABLE, now, limit],
+    ).fetchall()
+    return [
+        Alert(i, key, route, phase, bool(u), subj or "", body or "", json.loads(data or "{}"))
+        for i, key, route, phase, u, subj, body, data in rows
+    ]
+
+
+def next_due(db: sqlite_utils.Database) -> float | None:
+    row = db.execute(
+        "SELECT min(next_try) FROM alerts WHERE sent IS NULL"
+        f" AND phase IN ({', '.join('?' * len(SENDABLE))})",
+        SENDABLE,
+    ).fetchone()
+    return row[0]
+
+
+def send_due(db: sqlite_utils.Database, config: AlertsConfig, now: float | None = None) -> int:
+    """One turn: deliver what is due, mark it; return how many were sent."""
+    now = time.time() if now is None else now
+    failed: dict[str, float] = {}  # route -> when its first failed message is tried again
+    sent = 0
+    for alert in pending(db, now):
+        route = config.routes_by_name.get(alert.route)
+        if route is None or alert.route in failed:
+            # After its route's failure (in order), or a route no longer configured (kept:
+            # 'reverbere alerts list' shows it): not before the route's next try.
+            later = failed.get(alert.route, now + config.retry_cap)
+            with db.atomic():
+                db.execute("UPDATE alerts SET next_try = ? WHERE id = ?", [later, alert.id])
+            continue
+        try:
+            deliver(alert, route, config)
+        except DeliveryError as e:
+            failed[alert.route] = _failed(db, config, alert, str(e), now)
+            continue
+        with db.atomic():
+            db.execute(
+                "UPDATE alerts SET sent = ?, error = NULL WHERE id = ?", [time.time(), alert.id]
+            )
+        sent += 1
+        log.info("alert sent", extra={"fields": {"key": alert.key, "route": alert.route}})
+    return sent
+
+
+def _failed(
+    db: sqlite_utils.Database, config: AlertsConfig, alert: Alert, error: str, now: float
+) -> float:
+    """Write the failure down; return when the message is tried again."""
+    attempts = db.execute("SELECT attempts FROM alerts WHERE id = ?", [alert.id]).fetchone()[0]
+    wait = min(config.retry_cap, config.retry_base * 2**attempts) * random.uniform(0.5, 1.0)
+    with db.atomic():
+        db.execute(
+            "UPDATE alerts SET attempts = attempts + 1, next_try = ?, error = ? WHERE id = ?",
+            [now + wait, error, alert.id],
+        )
+    log.warning(
+        "alert not delivered, will retry",
+        extra={"fields": {"key": alert.key, "error": error, "retry_in_s": round(wait, 1)}},
+    )
+    return now + wait
+
+
+class AlertSender:
+    """The sender in its own thread: ``start()``, ``notify()`` after new alerts, ``stop()``."""
+
+    def __init__(self, db_path: str | Path, config: AlertsConfig, idle_wait: float = 60.0):
+        self.db_path = db_path
+        self.config = config
+        self.idle_wait = idle_wait
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reverbere-alerts", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> "AlertSender":
+        self._thread.start()
+        return self
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        from gateway.store.db import open_db
+
+        db = open_db(self.db_path)
+        try:
+            while not self._stopping.is_set():
+                self._wake.clear()
+                send_due(db, self.config)
+                due = next_due(db)
+                wait = self.idle_wait if due is None else min(self.idle_wait, due - time.time())
+                self._wake.wait(max(wait, 0.05))
+        except BaseException as exc:  # reported (service restarts it), not swallowed
+            self.error = exc
+            log.exception("alert sender died", extra={"fields": {}})
+            raise
+        finally:
+            db.close()
