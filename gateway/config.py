@@ -125,7 +125,7 @@ _CHOICES = {
 _NODE_KEYS = {"interval": (1, 86400), "pack": (1, 64)}
 # The tables of the stages after the store, checked by the stages that own them
 # (gateway/service.py's pipeline_config): a new stage adds its table here.
-STAGE_SECTIONS = ("site", "detect", "sync")
+STAGE_SECTIONS = ("site", "detect", "sync", "alerts")
 _TABLES = (*_KEYS, "node_defaults", "nodes", *STAGE_SECTIONS)
 # Keys whose values are secrets: a config holding one should be readable by its owner only.
 _SECRET_KEYS = re.compile(r"(password|token|secret)$")
@@ -386,4 +386,27 @@ raw_interval = 300             # seconds between partial batches of raw readings
 # host = "127.0.0.1"
 # port = 1883
 # preset = "thingsboard"       # topic v1/gateway/telemetry and ThingsBoard's payload
+
+# [alerts]                     # events to the people who act (docs/alerts.md); none without routes
+# urgent = ["dark_at_night", "silent"]  # sent at once, with a closing message; the rest...
+# digest_at = "07:00"          # ...wait for the daily digest, at this local time ([site] timezone)
+# max_per_hour = 10            # immediate messages per route and hour; more go to the digest
+# retry_base_s = 30            # a failed delivery is tried again after this, doubling...
+# retry_cap_s = 3600           # ...up to this; undelivered alerts wait in the database
+
+# [alerts.smtp]                # the mail server, for routes by e-mail
+# host = "smtp.example.org"
+# port = 587
+# security = "starttls"        # starttls, tls (port 465) or none (no login then)
+# username = "reverbere@example.org"
+# password = "secret"
+# sender = "reverbere@example.org"
+
+# [[alerts.routes]]            # one table per route: who hears of what, and how
+# name = "astreinte"
+# email = ["astreinte@mairie.example.org"]  # or webhook = "https://..."
+#                              # or ntfy = "https://ntfy.sh/topic" (with token = "..." if needed)
+# kinds = ["dark_at_night", "silent"]      # absent: every kind
+# nodes = ["lamp-*"]           # node ids (glob patterns): the group; absent: every node
+# severity = "urgent"          # all (urgent at once, the rest in the digest), urgent, digest
 """
