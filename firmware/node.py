@@ -14,11 +14,13 @@ when the node knows the time (``hal.unix()`` or the gateway's 2.04 response), el
 since boot, sent as a SenML relative time (a negative offset from the moment of sending).
 """
 
-from firmware import config
+import sys
+
+from firmware import config, ota
 from firmware.link import REFUSED, Link
 from firmware.status import Status
 from firmware.store import Store
-from protocols import cbor, coap, cose, senml
+from protocols import cbor, coap, cose, manifest, senml
 from protocols.const import (
     CF_COSE_MAC0,
     CONTENT_FORMAT,
@@ -59,6 +61,14 @@ class Node:
         self.stats = {"packs": 0, "acked": 0, "failed": 0, "readings": 0}
         self.due = {}
         self._schedule(hal.ms(), True)
+        # Updates over the air (firmware/ota.py), where the HAL gives the filesystem.
+        self.ota = None
+        files = getattr(hal, "files", None)
+        if files is not None:
+            mpy = getattr(sys.implementation, "_mpy", 0x306)  # CPython (sim): as mpy-cross 1.29
+            self.ota = ota.Updater(
+                files, self.key, cfg["node"], sys.platform, (mpy & 0xFF, (mpy >> 8) & 3), hal.reset
+            )
 
     # --- time ----------------------------------------------------------------------------------
 
@@ -103,10 +113,19 @@ class Node:
         if link.busy():
             link.poll(now)
             if link.result is not None:
-                self._answer(link.result, now)
+                self._result(now)
         if not link.busy() and self._should_send(now):
             self._send(now)
+        up = self.ota
+        if up is not None:  # readings first; an update's blocks go when the link is free
+            up.poll(now)
+            if not link.busy():
+                opts = up.request(now)
+                if opts:
+                    link.start(ota.GET, opts, b"", now)
         nxt = min(self.due.values())
+        if up is not None and up.active() and not link.busy():
+            nxt = min(nxt, max(now, up.due))
         if link.busy():
             nxt = min(nxt, link.due)
         elif self.hold is not None:
@@ -119,8 +138,16 @@ class Node:
         """Take a datagram from the gateway."""
         now = self.hal.ms()
         self.link.datagram(data, now)
-        if self.flight and self.link.result is not None:
+        if self.link.result is not None:
+            self._result(now)
+
+    def _result(self, now):
+        """The exchange ended: a pack's, or an update block's."""
+        if self.flight:
             self._answer(self.link.result, now)
+        elif self.ota is not None and self.ota.req is not None:
+            m, self.link.result = self.link.result, None
+            self.ota.answer(m, now)
 
     # --- sampling ------------------------------------------------------------------------------
 
@@ -216,6 +243,8 @@ class Node:
                 self.send_at = 0
                 self.stats["acked"] += 1
                 self._apply(m.payload, now)
+                if self.ota is not None:  # a trial version proved itself: confirm it
+                    self.ota.acked(now)
                 self._after_ack(now)
                 return
             if code == REQUEST_ENTITY_TOO_LARGE and self.packn > 1:
@@ -254,6 +283,9 @@ class Node:
         if isinstance(t, int) and self.cfg["sync_time"]:
             self.off = t - now // 1000
             self.hal.set_unix(t)
+        u = resp.get(manifest.RESP_UPDATE)  # a version waits for this node
+        if isinstance(u, int) and self.ota is not None:
+            self.ota.offered(u, now)
         if config.apply(self.cfg, resp.get(RESP_CONFIG)):
             self.packn = self.cfg["pack"]
             self._schedule(now)
