@@ -48,6 +48,10 @@ import sqlite_utils
 from aiocoap.error import Error as CoapError
 
 from gateway import __version__, config, daemon, logs
+from gateway.alerts.config import AlertsConfig
+from gateway.alerts.config import from_config as alerts_config
+from gateway.alerts.outbox import AlertStage
+from gateway.alerts.sender import AlertSender
 from gateway.clock import CHECK_EVERY as CLOCK_CHECK_EVERY
 from gateway.clock import console_state
 from gateway.config import TEMPLATE, Config
@@ -101,12 +105,14 @@ class Stages:
     outbox: "Outbox"
     raw: RawLog | None  # with ``[sync] raw`` on
     guards: tuple[Guard, ...]
+    alerts: AlertStage | None = None  # with ``[[alerts.routes]]`` (docs/alerts.md)
 
     @property
     def after_commit(self) -> list[Stage]:
-        """The stages in pipeline order: detect, summarise, outbox (then the raw log)."""
+        """The stages in pipeline order: detect, summarise, outbox (then the raw log), alerts."""
         raw = [self.raw] if self.raw is not None else []
-        return [self.detect, self.summarise, self.outbox, *raw]
+        alerts = [self.alerts] if self.alerts is not None else []
+        return [self.detect, self.summarise, self.outbox, *raw, *alerts]
 
     @property
     def in_commit(self) -> list[InCommit]:
@@ -138,7 +144,8 @@ def stages(cfg: Config) -> Stages:
         if p.sync.raw:
             raw = RawLog(p.sync.raw_channels, p.sync.raw_interval)
             guards.append(raw_synced_until)
-    return Stages(detect, summarise, outbox, raw, tuple(guards))
+    alerts = AlertStage(p.alerts) if p.alerts is not None else None
+    return Stages(detect, summarise, outbox, raw, tuple(guards), alerts)
 
 
 def pack_seconds(cfg: Config, node_id: str) -> float:
@@ -154,6 +161,7 @@ class PipelineConfig:
     detect: DetectConfig
     sync: SyncConfig | None
     tariff: Tariff | None = None  # [site] price_kwh...: the euros of the waste
+    alerts: AlertsConfig | None = None  # None without [[alerts.routes]]
 
 
 def pipeline_config(cfg: Config) -> PipelineConfig:
@@ -186,7 +194,8 @@ def pipeline_config(cfg: Config) -> PipelineConfig:
             sync = SyncConfig.from_dict(raw)
         except SyncConfigError as e:
             raise cfg.error("sync", e.key, str(e).split(": ", 1)[-1]) from None
-    return PipelineConfig(detect, sync, tariff)
+    alerts = alerts_config(cfg, detect.timezone)  # times in the town's zone
+    return PipelineConfig(detect, sync, tariff, alerts)
 
 
 class Outbox:
@@ -286,6 +295,7 @@ class Gateway:
         self.detector: Detector | None = self.stages.detect
         self.raw_log: RawLog | None = self.stages.raw
         self.sync: SyncService | None = None  # started with the gateway when [sync] says so
+        self.alerts: AlertSender | None = None  # started with the gateway when [alerts] says so
         self.http = HttpServer({"/metrics": self._metrics_page})
         self.db: sqlite_utils.Database | None = None  # the event loop's reading connection
         self.coap_port = 0
@@ -332,6 +342,9 @@ class Gateway:
         if self.pipeline.sync is not None:
             await self._start_sync()
             self._tasks.append(asyncio.create_task(self._sync_watch()))
+        if self.stages.alerts is not None:
+            self._start_alerts()
+            self._tasks.append(asyncio.create_task(self._alerts_watch()))
         event(
             log,
             logging.INFO,
@@ -350,6 +363,8 @@ class Gateway:
         await self.committer.stop()  # the queued packs are committed and answered here
         if self.sync is not None:  # a request in flight is reconciled at the next start
             await asyncio.get_running_loop().run_in_executor(None, self.sync.stop)
+        if self.alerts is not None:  # a message in flight is sent again, with its key
+            await asyncio.get_running_loop().run_in_executor(None, self.alerts.stop)
         if self._ctx is not None:
             await self._ingest.idle()  # every handler has returned its answer to aiocoap
             await asyncio.sleep(0)  # which sends it on its next step
@@ -381,6 +396,28 @@ class Gateway:
                     "reverbere_sync_restarts_total", "Sync worker restarts after an error."
                 ).inc()
                 await self._start_sync()
+
+    def _start_alerts(self) -> None:
+        self.alerts = AlertSender(self.cfg.database, self.stages.alerts.config).start()
+        self.stages.alerts.listeners[:] = [self.alerts.notify]
+
+    async def _alerts_watch(self) -> None:
+        """Every minute: route the events a timer opened (silent nodes), make the digests
+        that fell due by the gateway's clock (while it is trusted), and start the sender
+        again if its thread died of an error."""
+        stage = self.stages.alerts
+        while True:
+            await asyncio.sleep(QUIET_PERIOD)
+            if self.alerts is not None and self.alerts.error is not None:
+                event(log, logging.ERROR, "alert sender died: restarting it")
+                self._start_alerts()
+            trusted = self._ingest.clock_watch.state().synchronized
+            now = self._ingest.clock() if trusted else None
+            try:
+                await self.committer.run(lambda db, now=now: stage.settle(db, now))
+            except Exception:  # like a stage's failure: logged, counted, ingestion goes on
+                log.exception("alert routing failed", extra={"fields": {}})
+                self.metrics.counter("reverbere_stage_errors_total").inc(stage="AlertStage.settle")
 
     async def _quiet_watch(self) -> None:
         while True:
