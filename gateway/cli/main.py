@@ -6,6 +6,7 @@ import click
 
 from gateway import __version__
 from gateway.cli import admin as cli_admin
+from gateway.cli import energy as cli_energy
 from gateway.cli import gateway as cli_gateway
 from gateway.cli import reports as cli_reports
 from gateway.cli import sync as cli_sync
@@ -26,6 +27,8 @@ cli_gateway.node_group.add_command(doctor_cmd)
 cli_gateway.node_group.add_command(ports_cmd)
 cli.add_command(cli_gateway.readings)
 cli.add_command(cli_reports.anomalies)
+cli.add_command(cli_energy.waste)
+cli.add_command(cli_energy.report)
 cli.add_command(cli_sync.sync_group)
 cli.add_command(cli_sync.summaries)
 cli.add_command(sim)

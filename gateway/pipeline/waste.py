@@ -82,7 +82,7 @@ class Tariff:
         price = _price(site, "price_kwh")
         has_price, has_hours = "off_peak_price_kwh" in site, "off_peak_hours" in site
         if has_price != has_hours:
-            key = "off_peak_price_kwh" if has_hours else "off_peak_hours"
+            key = "off_peak_hours" if has_hours else "off_peak_price_kwh"  # the one given
             raise TariffError(key, "off-peak hours need both off_peak_price_kwh and off_peak_hours")
         ranges: list[tuple[int, int]] = []
         if has_hours:
@@ -180,10 +180,10 @@ def group_function(groups: Mapping[str, Sequence[str]] | None) -> Callable[[str]
 
 
 def lighting_groups(detect_config: object) -> dict[str, list[str]] | None:
-    """The lighting groups ``[detect]`` defines (name -> node id patterns), if this version
-    has them; None otherwise (groups are then the id prefixes)."""
-    groups = getattr(detect_config, "lighting_groups", None) or getattr(
-        detect_config, "groups", None
+    """The lighting groups ``[[detect.lighting]]`` defines (name -> node id patterns), if any;
+    None otherwise (groups are then the id prefixes: :func:`prefix_group`)."""
+    groups = getattr(detect_config, "lighting", None) or getattr(
+        detect_config, "lighting_groups", None
     )
     if not groups:
         return None
