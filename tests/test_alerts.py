@@ -268,3 +268,40 @@ def test_config_errors_name_file_line_and_key(tmp_path):
     )
     with pytest.raises(ConfigError, match=r":5: alerts.smtp.security: a login is never sent"):
         alerts_config(config.load(path), TZ)
+
+
+def test_cli_alerts_test_and_list(tmp_path, smtp, receiver):
+    from click.testing import CliRunner
+
+    from gateway.cli.main import cli
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        '[site]\ntimezone = "Europe/Paris"\n'
+        + smtp.toml()
+        + '[[alerts.routes]]\nname = "astreinte"\nemail = "astreinte@mairie.test"\n'
+        + f'[[alerts.routes]]\nname = "services"\nwebhook = "{receiver.url}"\n'
+        + '[[alerts.routes]]\nname = "panne"\nwebhook = "http://127.0.0.1:9/"\n'
+    )
+    path.chmod(0o600)  # it holds the SMTP password
+    run = CliRunner().invoke(cli, ["alerts", "test", "--config", str(path)])
+    assert run.exit_code == 1
+    assert "astreinte: sent (email astreinte@mairie.test)" in run.output
+    assert "services: sent (webhook" in run.output
+    assert "panne: NOT sent (webhook http://127.0.0.1:9/): ConnectError" in run.output
+    assert "Message d'essai" in smtp.mailbox.wait(1)[0]["Subject"]
+    assert receiver.got[0].body["phase"] == "test"
+
+    db = open_db(tmp_path / "reverbere.db")
+    open_event(db, "lamp-001", "dark_at_night", at("2026-12-07T22:00"))
+    cfg = alerts_config(config.load(path), TZ)
+    route_events(db, cfg, at("2026-12-07T22:00"))
+    db.close()
+    run = CliRunner().invoke(cli, ["alerts", "list", "--config", str(path), "--unsent"])
+    assert run.exit_code == 0, run.output
+    header, *rows = run.output.splitlines()
+    assert "created (Europe/Paris)" in header  # local time, and the zone said
+    assert [r.split()[3:5] for r in rows] == [
+        [n, "open"] for n in ("astreinte", "services", "panne")
+    ]
+    assert all("en attente" in r for r in rows)

@@ -287,3 +287,18 @@ def _make_digests(db: sqlite_utils.Database, config: AlertsConfig, now: float) -
         )
         made += 1
     return made
+
+
+LIST_COLUMNS = ("id", "created", "route", "phase", "node", "kind", "state", "attempts", "error")
+
+
+def alert_rows(db: sqlite_utils.Database, unsent_only: bool = False) -> list[dict]:
+    """The messages of ``alerts`` (items of a digest and covered events left out), newest
+    last, with their ``state``: ``envoyé`` (and when), ``en attente`` or ``en échec``."""
+    where = f"phase IN ({', '.join('?' * len(SENDABLE))})"
+    if unsent_only:
+        where += " AND sent IS NULL"
+    rows = list(db.query(f"SELECT * FROM alerts WHERE {where} ORDER BY id", SENDABLE))
+    for r in rows:
+        r["state"] = "envoyé" if r["sent"] else ("en échec" if r["attempts"] else "en attente")
+    return rows

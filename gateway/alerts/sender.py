@@ -137,3 +137,31 @@ class AlertSender:
             raise
         finally:
             db.close()
+
+
+def send_test(config: AlertsConfig, names: tuple[str, ...] = ()) -> dict[str, str | None]:
+    """Send a test message by each route (those ``names`` only, when given) now, outside
+    the database; return each route's error, None where the server accepted it."""
+    from gateway.alerts.messages import PRODUCT, local_time, zone_note
+
+    now = time.time()
+    results: dict[str, str | None] = {}
+    for route in config.routes:
+        if names and route.name not in names:
+            continue
+        key = f"{route.name}/test/{int(now)}"
+        subject = f"[{PRODUCT}] Message d'essai ({route.name})"
+        body = (
+            "Bonjour,\n\nCeci est un message d'essai de la passerelle "
+            f"{PRODUCT}, envoyé le {local_time(now, config.timezone)} : les alertes de la "
+            f"route « {route.name} » vous parviendront ainsi.\n\nRien à faire.\n\n"
+            f"{zone_note(config.timezone)}\n"
+        )
+        data = {"id": key, "phase": "test", "route": route.name, "urgent": False}
+        data |= {"subject": subject, "text": body}
+        try:
+            deliver(Alert(0, key, route.name, "test", False, subject, body, data), route, config)
+            results[route.name] = None
+        except DeliveryError as e:
+            results[route.name] = str(e)
+    return results
