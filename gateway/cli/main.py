@@ -9,6 +9,7 @@ from gateway.cli import admin as cli_admin
 from gateway.cli import alerts as cli_alerts
 from gateway.cli import energy as cli_energy
 from gateway.cli import gateway as cli_gateway
+from gateway.cli import lighting as cli_lighting
 from gateway.cli import reports as cli_reports
 from gateway.cli import sync as cli_sync
 from gateway.cli.node import doctor_cmd, flash_cmd, ports_cmd
@@ -35,6 +36,7 @@ cli.add_command(cli_sync.summaries)
 cli.add_command(cli_alerts.alerts_group)
 cli.add_command(sim)
 cli_admin.register(cli, cli_gateway.gateway_group)
+cli_lighting.register(cli_gateway.gateway_group)
 
 
 @cli.command()

@@ -25,6 +25,10 @@ works without tuning. Keys (all optional)::
     standby_watts = 400.0       # optional: drawing more than this outside hours is waste;
                                 # when absent, learnt from the meter's own out-of-hours use
 
+    [[detect.lighting]]         # the town's lighting schedule per group of lamps: see
+    name = "Rue de la Mairie"   # gateway/pipeline/detect/lighting.py for its keys
+    nodes = ["lamp-00*"]
+
 :func:`DetectConfig.from_mapping` takes the parsed ``[detect]`` table (a dict) and raises
 :class:`DetectConfigError` naming the key, so the gateway's config loader can add file and line.
 """
@@ -94,13 +98,25 @@ class DetectConfig:
     silent_minutes: float = 30.0
     stuck_readings: int = 30
     buildings: tuple[Schedule, ...] = field(default_factory=tuple)
+    # [[detect.lighting]] groups (gateway.pipeline.detect.lighting.LightingGroup): their lamps
+    # are judged by their schedule; other lamps by sunrise, sunset and ``lamps_off``.
+    lighting: tuple[Any, ...] = field(default_factory=tuple)
 
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
     def is_lamp(self, node: str) -> bool:
-        return any(fnmatch.fnmatchcase(node, p) for p in self.lamps)
+        return any(fnmatch.fnmatchcase(node, p) for p in self.lamps) or (
+            self.lighting_for(node) is not None
+        )
+
+    def lighting_for(self, node: str) -> Any:
+        """The first ``[[detect.lighting]]`` group whose patterns match ``node``, or None."""
+        for g in self.lighting:
+            if any(fnmatch.fnmatchcase(node, p) for p in g.nodes):
+                return g
+        return None
 
     def schedule_for(self, node: str) -> Schedule | None:
         for s in self.buildings:
@@ -163,6 +179,10 @@ def _convert(key: str, value: Any) -> Any:
         if not isinstance(value, list) or len(value) != 2:
             raise DetectConfigError(key, 'expected ["HH:MM", "HH:MM"]')
         return (_clock(key, value[0]), _clock(key, value[1]))
+    if key == "lighting":
+        from gateway.pipeline.detect.lighting import parse_groups  # it imports this module
+
+        return parse_groups(key, value)
     if key == "buildings":
         if not isinstance(value, list):
             raise DetectConfigError(key, "expected an array of tables [[detect.buildings]]")

@@ -23,6 +23,7 @@ from sqlite_utils.migrations import Migrations
 from gateway.pipeline.detect.baseline import StatDetector
 from gateway.pipeline.detect.config import DetectConfig
 from gateway.pipeline.detect.events import Cost, Event, Finding, Tracker
+from gateway.pipeline.detect.lighting import LightingRule
 from gateway.pipeline.detect.rules import (
     Clock,
     CounterRule,
@@ -45,7 +46,9 @@ SILENT_CHECK_EVERY = 60.0  # seconds (of reading time) between looks for silent 
 # Kinds whose open event pauses the statistical baseline's learning on the channel: the readings
 # are then known to be wrong (a lamp lit by day is not a new normal). Not "stuck": a flat
 # stretch can be what a channel does, and not "unusual": the baseline must follow a real change.
-PAUSE_KINDS = frozenset({"lit_by_day", "dark_at_night", "drift", "off_schedule"})
+PAUSE_KINDS = frozenset(
+    {"lit_by_day", "dark_at_night", "drift", "off_schedule", "lit_in_switch_off", "not_dimmed"}
+)
 
 migrations = Migrations("reverbere.detect")
 
@@ -94,6 +97,7 @@ class ChannelDetector:
         "cost",
         "interval",
         "last_time",
+        "lighting",
         "node",
         "prev",
         "rules",
@@ -120,7 +124,12 @@ class ChannelDetector:
             self.rules.append(CounterRule(node, self.unit, clock))
         if channel in STUCK_CHANNELS:
             self.rules.append(StuckRule(node, self.unit, config.stuck_readings, clock))
-        if channel == "p" and config.is_lamp(node):
+        group = config.lighting_for(node) if channel == "p" else None
+        self.lighting = None
+        if group is not None:  # a lamp of a [[detect.lighting]] group: judged by its schedule
+            self.lighting = LightingRule(node, self.unit, group, config, clock)
+            self.rules.append(self.lighting)
+        elif channel == "p" and config.is_lamp(node):
             self.rules.append(LampRule(node, self.unit, config, clock))
         sched = self.sched = config.schedule_for(node)
         if sched is not None and channel in ("p", "e"):
@@ -201,9 +210,11 @@ class ChannelDetector:
         closed = sched is not None and clock.weekday_time(t)[0] not in sched.days
         learn = not any(tr.open for k, tr in self.trackers.items() if k in PAUSE_KINDS)
         v = self.stat.update(t, x, closed, learn)
-        if (cfg.is_lamp(self.node) and lamp_switching(clock, cfg, t)) or (
-            sched is not None and schedule_switching(clock, sched, t)
-        ):
+        if self.lighting is not None:
+            switching = self.lighting.switching(t)  # the schedule's switches, not just the sun's
+        else:
+            switching = cfg.is_lamp(self.node) and lamp_switching(clock, cfg, t)
+        if switching or (sched is not None and schedule_switching(clock, sched, t)):
             # A switch the rules expect (dusk, dawn, opening hours): they judge it, not this.
             return Finding("unusual", 0.0, False, str)
         active = v.score >= 0.5 * self.config.threshold

@@ -1,0 +1,87 @@
+"""``reverbere gateway check``: check gateway.toml as the service would, and show a lighting
+group's schedule for a night, so that a technician sees what the gateway expects of the lamps.
+
+A thin shell over :mod:`gateway.pipeline.detect.lighting` (``night_plan``, ``tonight``).
+"""
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import click
+
+from gateway import config, render, service
+from gateway.cli.options import config_option, format_option, load_config
+from gateway.pipeline.detect import lighting
+
+
+def _level(level: float) -> str:
+    return "off" if level == 0 else f"{level * 100:g} %"
+
+
+@click.command("check")
+@config_option
+@click.option("--group", help="Print the schedule of this [[detect.lighting]] group (its name).")
+@click.option("--node", help="Print the schedule of the lighting group this node belongs to.")
+@click.option(
+    "--night",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="The night's evening, local date (default: tonight, or the night in progress).",
+)
+@format_option
+def gateway_check(
+    config_path: Path, group: str | None, node: str | None, night: dt.datetime | None, fmt: str
+) -> None:
+    """Check the config (every section, as `gateway run` does); with --group or --node, print
+    the lighting schedule of a night: when the lamps should be lit, dimmed or switched off,
+    in the town's local time."""
+    cfg = load_config(config_path)
+    try:
+        detect = service.pipeline_config(cfg).detect
+    except config.ConfigError as e:
+        raise click.ClickException(
+            f"{e}\n  hint: the comments of the gateway.toml that `reverbere gateway init DIR`"
+            " writes list every key of [site], [detect] and [sync]"
+        ) from None
+    if group is None and node is None:
+        names = ", ".join(g.name for g in detect.lighting) or "none"
+        click.echo(f"{cfg.path}: ok (lighting groups: {names})")
+        return
+    try:
+        chosen = lighting.group_named(detect, group, node)
+    except lighting.UnknownGroup as e:
+        raise click.ClickException(f"{e}\n  hint: --group takes a group's name") from None
+    if night is None:
+        plan = lighting.tonight(chosen, detect, time.time())
+    else:
+        plan = lighting.night_plan(chosen, night.date(), detect)
+    if fmt == "json":  # times as ISO 8601 with the town's UTC offset
+        rows = [
+            {
+                "start": p.start.isoformat(),
+                "end": p.end.isoformat(),
+                "level": p.level,
+                "reason": p.reason,
+            }
+            for p in plan
+        ]
+        click.echo(render.render(rows, ("start", "end", "level", "reason"), "json", times=()))
+        return
+    rows = [
+        {
+            "from": p.start.strftime("%a %d %H:%M %Z"),
+            "to": p.end.strftime("%a %d %H:%M %Z"),
+            "level": _level(p.level),
+            "why": p.reason,
+        }
+        for p in plan
+    ]
+    if fmt == "table":
+        evening = plan[0].start.date() if plan else night
+        click.echo(f"{chosen.name}: night of {evening:%A %Y-%m-%d}, times in {detect.timezone}")
+    click.echo(render.render(rows, ("from", "to", "level", "why"), fmt, times=()))
+
+
+def register(gateway_group: click.Group) -> None:
+    """Add ``check`` to ``reverbere gateway``."""
+    gateway_group.add_command(gateway_check)
