@@ -25,7 +25,18 @@ from zoneinfo import ZoneInfo
 import sqlite_utils
 
 FORMATS = ("table", "csv", "json")
-ANOMALY_COLUMNS = ("id", "node", "channel", "kind", "start", "end", "score", "reason")
+ANOMALY_COLUMNS = (
+    "id",
+    "node",
+    "channel",
+    "kind",
+    "start",
+    "end",
+    "score",
+    "waste_kwh",
+    "waste_eur",
+    "reason",
+)
 TIME_COLUMNS = ("start", "end", "hour", "time", "timestamp")
 
 # Units of a duration, as people write them: 90s, 30m, 6h, 7d, 1w.

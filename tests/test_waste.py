@@ -279,3 +279,45 @@ def test_the_waste_command_writes_excel_csv(wasteful, tmp_path):
     text = out.output_bytes.decode("utf-8")
     assert "consommation hors horaires;2;0;14;2,1\r\n" in text
     assert text.endswith("total;5;1;15,75;2,44\r\n")
+
+
+def test_the_waste_goes_to_the_platform_with_its_event(wasteful, tmp_path, platform):
+    """A parameter of the anomaly's Observation: `summaries --from URL --anomalies` shows it
+    as the gateway does, an open event's waste too (sent again as it grows)."""
+    from gateway.pipeline.handoff import feed_outbox
+    from gateway.sync.config import SyncConfig
+    from gateway.sync.service import build_worker
+
+    db, _ = wasteful
+    nodes = ["lamp-001", "lamp-002", "lamp-101", "ecole-e1", "mairie-e1"]
+    assert feed_outbox(db) == 6
+    worker = build_worker(db, SyncConfig(url=platform.url), {n: (4.83, 45.76) for n in nodes})
+    assert worker.sync_until_idle() == "idle"
+    args = ("--since", "2026-10-01T00:00Z", "--anomalies", "--format", "json")
+    pulled = CliRunner().invoke(cli, ["summaries", "--from", platform.url, *args])
+    assert pulled.exit_code == 0, pulled.output
+    rows = json.loads(pulled.output)
+    assert {r["node"]: (r["waste_kwh"], r["waste_eur"]) for r in rows if r["kind"] != "stuck"} == {
+        "lamp-001": (0.5, 0.1),
+        "lamp-002": (1.0, 0.2),
+        "lamp-101": (0.25, 0.04),
+        "ecole-e1": (10.0, 1.5),
+        "mairie-e1": (4.0, 0.6),
+    }
+    assert [r["waste_kwh"] for r in rows if r["kind"] == "stuck"] == [None]
+    local = CliRunner().invoke(
+        cli, ["summaries", "--from", "gateway", "--db", str(tmp_path / "g.db"), *args]
+    )
+    assert json.loads(local.output) == rows
+    # The open event's waste grows: the next sync updates the same Observation.
+    db.execute(
+        "UPDATE anomalies SET waste_kwh = 0.75, waste_eur = 0.12, version = version + 1"
+        " WHERE node = 'lamp-101'"
+    )
+    db.conn.commit()
+    assert feed_outbox(db) == 1 and worker.sync_until_idle() == "idle"
+    worker.target.close()
+    again = json.loads(CliRunner().invoke(cli, ["summaries", "--from", platform.url, *args]).output)
+    assert [(r["waste_kwh"], r["waste_eur"]) for r in again if r["node"] == "lamp-101"] == [
+        (0.75, 0.12)
+    ]

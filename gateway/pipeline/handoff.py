@@ -55,8 +55,8 @@ def feed_outbox(
             sums = [s for s in sums if s[9] or s[2] + 3600 + grace(s[0]) <= settled_at]
         sums = [s[:9] for s in sums]
         events = db.execute(
-            "SELECT id, node, channel, kind, start, end, score, reason, version FROM anomalies"
-            " WHERE version > synced_version"
+            "SELECT id, node, channel, kind, start, end, score, reason, waste_kwh, waste_eur,"
+            " version FROM anomalies WHERE version > synced_version"
         ).fetchall()
         enqueue_summaries(
             db,
@@ -78,8 +78,10 @@ def feed_outbox(
                     score,
                     reason,
                     key=f"{ch}:{kind}:{eid}",
+                    waste_kwh=kwh,
+                    waste_eur=eur,
                 )
-                for eid, node, ch, kind, start, end, score, reason, _ in events
+                for eid, node, ch, kind, start, end, score, reason, kwh, eur, _ in events
             ],
         )
         db.conn.executemany(

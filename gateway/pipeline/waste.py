@@ -33,6 +33,13 @@ WASTE_COLUMNS = ("events", "open", "kwh", "eur")
 # A kind not listed here prints as its code.
 KIND_WORDS = {
     "lit_by_day": "allumé de jour",
+    "lit_in_switch_off": "allumé pendant l'extinction",
+    "not_dimmed": "abaissement non appliqué",
+    "wrong_time": "consommation à une heure inhabituelle",
+    "spike": "pic de consommation",
+    "dip": "creux de consommation",
+    "dropout": "compteur muet",
+    "stuck_meter": "compteur bloqué",
     "dark_at_night": "éteint de nuit",
     "off_schedule": "consommation hors horaires",
     "drift": "dérive de consommation",

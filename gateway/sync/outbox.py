@@ -157,6 +157,9 @@ class Event:
     score: float
     reason: str  # plain words for the operator
     key: str | None = None  # stable identity; derived from channel, kind, start if None
+    # The energy a kind of waste drew above the expected (kWh) and its cost (€), so far.
+    waste_kwh: float | None = None
+    waste_eur: float | None = None
 
     def identity(self) -> str:
         return self.key or f"{self.channel}:{self.kind}:{int(self.start)}"
@@ -199,6 +202,10 @@ def event_row(e: Event) -> dict:
         "reason": e.reason,
         "end": int(e.end) if e.end is not None else None,
     }
+    if e.waste_kwh is not None:  # a kind of waste: its kWh and euros (docs/reports.md)
+        params["waste_kwh"] = _num(e.waste_kwh)
+        if e.waste_eur is not None:
+            params["waste_eur"] = round(float(e.waste_eur), 2)
     return {
         "kind": "event",
         "node": e.node,

@@ -154,6 +154,8 @@ def as_record(
             float(result),
             str(p.get("reason", "")),
             str(p["id"]) if "id" in p else None,
+            waste_kwh=None if p.get("waste_kwh") is None else float(p["waste_kwh"]),
+            waste_eur=None if p.get("waste_eur") is None else float(p["waste_eur"]),
         )
         return (node, stream, str(p.get("id", t))), event
 
@@ -355,6 +357,8 @@ def from_tables(
             r["score"],
             r["reason"],
             str(r["id"]),
+            waste_kwh=r.get("waste_kwh"),
+            waste_eur=r.get("waste_eur"),
         )
         for r in report.anomalies(db, since=start)
         if r["start"] < end and (not nodes or r["node"] in nodes)
