@@ -176,3 +176,15 @@ def test_times_say_their_zone():
         "2026-11-25T14:10:00+01:00"
     )
     assert render.render([{"start": t}], ("start",)).splitlines()[1] == "2026-11-25T13:10:00Z"
+
+
+def test_the_summaries_chart_loads_nothing_from_the_internet(tmp_path):
+    from gateway.sync.outbox import Event, Summary
+    from gateway.sync.report import write_chart
+
+    h = 1_795_000_000 // 3600 * 3600
+    sums = [Summary("lamp-001", "p", h + 3600 * i, 60, 0, 70, 70.0, 70.0) for i in range(3)]
+    ev = Event("lamp-001", "p", h, None, "lit_by_day", 0.9, "allumée de jour")
+    page = write_chart(tmp_path / "c.html", sums, [ev]).read_text(encoding="utf-8")
+    assert "<svg" in page and "kozea" not in page
+    assert not re.search(r"<script[^>]*src=", page)

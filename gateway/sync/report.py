@@ -227,6 +227,7 @@ def write_chart(path: str | Path, summaries: Sequence[Summary], events: Sequence
         x_value_formatter=lambda d: d.strftime("%m-%d %H:00"),
         width=1200,
         height=500,
+        js=[],  # pygal's tooltips script comes from its web site: offline, nothing showed
     )
     for node, series in sorted(energy.items()):
         chart.add(node, [(datetime.fromtimestamp(h, UTC), v) for h, v in sorted(series.items())])
