@@ -291,6 +291,31 @@ def test_without_lighting_groups_lamps_keep_the_sun_rules():
     assert not grouped.is_lamp("school-1") and grouped.is_lamp("lamp-042")
 
 
+def test_a_restart_keeps_an_open_event_and_a_lamp_may_change_group(tmp_path):
+    cfg = config(**TOWN)
+
+    def fault(t, x):  # lit through the switch-off of the second night
+        return full(t) if t.date() == dt.date(2026, 1, 16) and 1 <= t.hour < 5 else x
+
+    rs = lamp(cfg, dt.date(2026, 1, 14), 3, fault)
+    cut = next(
+        i
+        for i, r in enumerate(rs)
+        if r.time >= dt.datetime(2026, 1, 16, 3, tzinfo=cfg.tz).timestamp()
+    )
+    db = make_db(tmp_path / "g.db")
+    lighting_events(db, cfg, rs[:cut])
+    (e,) = lighting_events(db, cfg, rs[cut:])  # a new Detector: the gateway restarted at 03:00
+    assert e["kind"] == "lit_in_switch_off" and local(e) == "16 01:13 CET"
+    # A lamp moved into a group (or out of it) by a new config: the old rule's state is left
+    # behind, and the channel goes on (it used to stop the detect stage at every reading).
+    plain = DetectConfig.from_mapping(SITE)
+    for before, after in ((plain, cfg), (cfg, plain)):
+        db = make_db(tmp_path / f"{len(before.lighting)}.db")
+        Detector(before)(db, rs[:cut])
+        Detector(after)(db, rs[cut:])
+
+
 # -- configuration -------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ Readings must reach a channel's detectors in time order: a reading not newer tha
 seen on its channel (a reordered or replayed pack) is left to the summaries and skipped here.
 """
 
+import contextlib
 import json
 import math
 import struct
@@ -255,7 +256,10 @@ class ChannelDetector:
         last, self.interval, self.prev, rules, trackers = json.loads(data[2 + n :])
         self.last_time = last
         for rule, d in zip(self.rules, rules, strict=True):
-            rule.load(d)
+            # The config may have changed what judges this channel (a lamp moved into or out of
+            # a [[detect.lighting]] group): a state that does not fit the rule is left behind.
+            with contextlib.suppress(ValueError, TypeError):
+                rule.load(d)
         self.trackers = {k: Tracker.load(self.node, self.channel, d) for k, d in trackers.items()}
 
 

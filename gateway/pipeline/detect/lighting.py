@@ -436,6 +436,9 @@ class LightingRule:
         return [self.lamp.dump(), self.runs, round(self.full, 3), self.n_full]
 
     def load(self, d: list) -> None:
+        if len(d) == 5:  # saved by a LampRule, before the lamp joined a group: keep its drift
+            self.lamp.load(d)
+            return
         lamp, runs, self.full, self.n_full = d
         self.lamp.load(lamp)
         self.runs.update(runs)
