@@ -44,6 +44,9 @@ class Config:
     coap_port: int = 5683
     http_host: str = "127.0.0.1"
     http_port: int = 9683
+    http_metrics_public: bool = True  # /metrics without logging in (docs/console.md)
+    http_session: float = 480 * 60.0  # a console session ends this long after login
+    http_behind_tls: bool = False  # a TLS proxy serves the console: cookies get Secure
     max_payload: int = 1024  # bytes of COSE_Mac0; more gets 4.13
     max_future: float = 600.0  # a reading may be this far ahead of the gateway's clock
     max_past: float = 400 * 86400.0  # and this far behind it
@@ -103,7 +106,14 @@ _KEYS: dict[str, dict[str, tuple[str, type, tuple[int, int] | None, float]]] = {
         "dedup_lifetime_s": ("dedup_lifetime", int, (1, 3600), 1),
         "dedup_max": ("dedup_max", int, (0, 1_000_000), 1),  # ~0.5 KB each: 500 MB at most
     },
-    "http": {"host": ("http_host", str, None, 1), "port": ("http_port", int, _PORT, 1)},
+    "http": {
+        "host": ("http_host", str, None, 1),
+        "port": ("http_port", int, _PORT, 1),
+        "metrics_public": ("http_metrics_public", bool, None, 1),
+        # Five minutes to a week; a working day by default (docs/console.md).
+        "session_minutes": ("http_session", int, (5, 7 * 24 * 60), 60),
+        "behind_tls": ("http_behind_tls", bool, None, 1),
+    },
     "store": {
         "commit_max_packs": ("commit_max_packs", int, (1, 10000), 1),
         # Every ack waits for its commit: beyond a second, nodes (ACK_TIMEOUT 2 s) retransmit.
@@ -243,6 +253,8 @@ def loads(text: str, path: str | Path = "gateway.toml", overrides: dict | None =
             attr, kind, limits, scale = keys[key]
             if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
                 raise fail(section, key, f"expected an integer, got {value!r}")
+            if kind is bool and not isinstance(value, bool):
+                raise fail(section, key, f"expected true or false, got {value!r}")
             if kind is str and not isinstance(value, str):
                 raise fail(section, key, f"expected a string, got {value!r}")
             if limits is not None:
@@ -314,9 +326,12 @@ max_past_days = 400            # and readings older than this
 dedup_lifetime_s = 60          # a response is kept this long to answer CoAP retransmissions
 dedup_max = 20000              # and at most this many, ~0.5 KB each (docs/gateway.md)
 
-[http]                         # /metrics for Prometheus; keep it on loopback
-host = "127.0.0.1"
+[http]                         # the web console and /metrics (docs/console.md)
+host = "127.0.0.1"             # loopback; "0.0.0.0" to reach the console from the LAN
 port = 9683
+metrics_public = true          # /metrics without logging in (false: an API token)
+session_minutes = 480          # a console session ends this long after login
+behind_tls = false             # true when an HTTPS proxy serves the console (Secure cookies)
 
 [store]
 commit_max_packs = 128         # group commit: packs per transaction (one fsync each)

@@ -1,8 +1,10 @@
-"""Prometheus metrics in the text exposition format, served on ``/metrics`` by a tiny HTTP server.
+"""Prometheus metrics in the text exposition format, served on ``/metrics`` by the gateway's
+HTTP server.
 
-No dependency: a ``Registry`` of counters and gauges (with optional labels) and an asyncio
-HTTP/1.1 server that answers GET on a table of routes. Other stages add metrics with
-``registry.counter(...)``/``registry.gauge(...)`` and pages with ``HttpServer.routes[path]``.
+A ``Registry`` of counters and gauges (with optional labels), and ``HttpServer``: the
+gateway's aiohttp server (the console's pages, ``gateway.console``, and plain GET routes such
+as ``/metrics``), with a cap on open connections. Other stages add metrics with
+``registry.counter(...)``/``registry.gauge(...)``.
 
 Every series an alert may use exists from the start: a counter that appears only at its
 first event makes ``rate()`` and ``absent()`` rules blind until then, so the gateway
@@ -17,6 +19,9 @@ import math
 import os
 import resource
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiohttp import web
 
 from gateway.logs import RateLimiter, event
 
@@ -165,15 +170,18 @@ log = logging.getLogger("reverbere.metrics")
 
 
 class HttpServer:
-    """A minimal read-only HTTP/1.1 server: GET ``path`` -> ``routes[path]()``.
-
-    A handler returns ``(status, content type, body)``. One request per connection.
+    """The gateway's HTTP server (aiohttp, on the event loop that runs CoAP): ``app`` is the
+    ``aiohttp.web.Application`` the console (``gateway.console``) adds its pages to, and
+    ``routes`` maps a path to a plain ``GET`` handler returning ``(status, content type,
+    body)``, such as ``/metrics``. Their answers close the connection (a scrape is one
+    request; a client reading to the end of the stream is not kept waiting).
 
     Bounded (issue 13, item 10: 341 half-open connections held 10 s each exhausted the
-    process's file descriptors): at most ``max_connections`` at once, a connection over the cap
-    is closed at once; the request head must come within ``head_timeout`` seconds; refusals
-    are logged at most once a minute (``gateway.logs.RateLimiter``) with how many were held
-    back. A later issue replaces this server with a web framework.
+    process's file descriptors): at most ``max_connections`` at once, a connection over the
+    cap is closed at once; a connection idle for ``head_timeout`` seconds, before its first
+    request or between two, is closed (aiohttp's keep-alive timer starts when the connection
+    is made, so a client that never sends a complete head is dropped too); refusals are
+    logged at most once a minute (``gateway.logs.RateLimiter``) with how many were held back.
     """
 
     def __init__(
@@ -181,7 +189,9 @@ class HttpServer:
         routes: dict[str, Handler] | None = None,
         max_connections: int = MAX_CONNECTIONS,
         head_timeout: float = HEAD_TIMEOUT,
+        app: web.Application | None = None,
     ):
+        self.app = app if app is not None else web.Application()
         self.routes: dict[str, Handler] = dict(routes or {})
         self.max_connections = max_connections
         self.head_timeout = head_timeout
@@ -189,16 +199,36 @@ class HttpServer:
         self.refused = 0  # connections closed at once because the cap was reached
         self._changed = asyncio.Event()
         self._limit = RateLimiter(60.0)
+        self._runner: web.AppRunner | None = None
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
         """Listen; return the bound port (useful with port 0)."""
-        self._server = await asyncio.start_server(self._serve, host, port)
+        for path, handler in self.routes.items():
+            self.app.router.add_get(path, _plain(handler), allow_head=False)
+        self._runner = web.AppRunner(
+            self.app, keepalive_timeout=self.head_timeout, access_log=None, handle_signals=False
+        )
+        await self._runner.setup()
+        server = self._runner.server
+        lost = server.connection_lost
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            lost(handler, exc)
+            self.open_connections -= 1
+            self._changed.set()
+
+        server.connection_lost = connection_lost  # counts what the factory below counted
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, host, port)
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._server is not None:
             await self._server.wait_closed()
 
     async def wait_connections(self, n: int) -> None:
@@ -207,7 +237,8 @@ class HttpServer:
             self._changed.clear()
             await self._changed.wait()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _protocol(self) -> asyncio.Protocol:
+        """A connection's protocol: aiohttp's, or one that closes it when the cap is reached."""
         if self.open_connections >= self.max_connections:
             self.refused += 1
             suppressed = self._limit.allow("cap")
@@ -220,41 +251,25 @@ class HttpServer:
                     cap=self.max_connections,
                     suppressed=suppressed,
                 )
-            writer.close()
-            return
+            return _Refuse()
         self.open_connections += 1
         self._changed.set()
-        try:
-            await self._answer(reader, writer)
-        finally:
-            self.open_connections -= 1
-            self._changed.set()
+        return self._runner.server()
 
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.head_timeout)
-            method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-            path = target.split("?", 1)[0]
-            if method != "GET":
-                status, ctype, body = 405, "text/plain", b"only GET\n"
-            elif path in self.routes:
-                status, ctype, body = await self.routes[path]()
-            else:
-                status, ctype, body = 404, "text/plain", b"not found\n"
-            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}.get(status, "")
-            writer.write(
-                b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-                b"Connection: close\r\n\r\n"
-                % (status, reason.encode(), ctype.encode(), len(body))
-                + body
-            )
-            await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
-            pass
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+
+class _Refuse(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+def _plain(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def answer(request: web.Request) -> web.Response:
+        status, ctype, body = await handler()
+        response = web.Response(status=status, body=body, headers={"Content-Type": ctype})
+        response.force_close()
+        return response
+
+    return answer
 
 
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -12,6 +12,7 @@ from gateway.cli import gateway as cli_gateway
 from gateway.cli import lighting as cli_lighting
 from gateway.cli import reports as cli_reports
 from gateway.cli import sync as cli_sync
+from gateway.cli import users as cli_users
 from gateway.cli.node import doctor_cmd, flash_cmd, ports_cmd
 from sim.cli import sim
 
@@ -37,6 +38,7 @@ cli.add_command(cli_alerts.alerts_group)
 cli.add_command(sim)
 cli_admin.register(cli, cli_gateway.gateway_group)
 cli_lighting.register(cli_gateway.gateway_group)
+cli_users.register(cli)
 
 
 @cli.command()

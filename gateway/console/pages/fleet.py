@@ -1,0 +1,56 @@
+"""Fleet: every node with its state, last reading, battery, signal, firmware, key age and
+open events; filters by group, kind and state; a technician retires a node here."""
+
+import dataclasses
+from typing import Any
+
+from aiohttp import web
+
+from gateway.console import store
+from gateway.console.web import N_, Action, Page
+from gateway.ingest.registry import NodeNotFound
+
+
+def _filter(request: web.Request) -> store.FleetFilter:
+    q = request.query
+    return store.FleetFilter(
+        group=q.get("group", ""),
+        kind=q.get("kind", "") if q.get("kind", "") in store.KINDS else "",
+        state=q.get("state", "") if q.get("state", "") in store.STATES else "",
+    )
+
+
+async def _fleet(request: web.Request, console: Any) -> store.Fleet:
+    s = console.settings
+    return await console.store.run(
+        store.fleet, s.detect, s.node_config, dict(s.heard()), console.now(), _filter(request)
+    )
+
+
+async def fleet_page(request: web.Request, console: Any) -> dict[str, Any]:
+    fleet = await _fleet(request, console)
+    return {
+        "nodes": fleet.nodes,
+        "groups": fleet.groups,
+        "kinds": store.KINDS,
+        "states": store.STATES,
+        "only": _filter(request),
+        "notice": request.query.get("retired", ""),
+    }
+
+
+async def fleet_api(request: web.Request, console: Any) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(n) for n in (await _fleet(request, console)).nodes]
+
+
+async def retire(request: web.Request, console: Any, form: dict[str, str]) -> str:
+    node = request.match_info["node"]
+    try:
+        await console.store.run(store.retire_node, node)
+    except NodeNotFound:
+        raise web.HTTPNotFound() from None
+    return "/?retired=" + node
+
+
+PAGES = [Page("/", "nodes", "fleet.html", fleet_page, N_("Fleet"), api=fleet_api)]
+ACTIONS = [Action("/nodes/{node}/retire", "retire", retire, role="technician")]
