@@ -6,7 +6,7 @@
                                                        detect -> summarise -> outbox (-> raw)
                                                                               │ notify
     platform <── SyncService (own thread, own connection: the outbox, batches) <┘
-    HTTP /metrics <── Registry
+    HTTP /metrics <── Registry; the console's pages and /api (gateway.console)
     every hour: retention (raw readings older than retention_days, and no newer than
                 what every retention guard says is summarised and synced, nor than what
                 the stages have not run on yet)
@@ -55,6 +55,7 @@ from gateway.alerts.sender import AlertSender
 from gateway.clock import CHECK_EVERY as CLOCK_CHECK_EVERY
 from gateway.clock import console_state
 from gateway.config import TEMPLATE, Config
+from gateway.console.app import Console, ConsoleSettings
 from gateway.ingest import coap
 from gateway.ingest.registry import NodeCache
 from gateway.ingest.resource import REJECTION_REASONS, Ingest, ReadingsResource
@@ -297,6 +298,7 @@ class Gateway:
         self.sync: SyncService | None = None  # started with the gateway when [sync] says so
         self.alerts: AlertSender | None = None  # started with the gateway when [alerts] says so
         self.http = HttpServer({"/metrics": self._metrics_page})
+        self.console: Console | None = None  # on the HTTP server from start()
         self.db: sqlite_utils.Database | None = None  # the event loop's reading connection
         self.coap_port = 0
         self.http_port = 0
@@ -324,6 +326,8 @@ class Gateway:
                 max_entries=self.cfg.dedup_max,
             )
             self.coap_port = coap.bound_port(self._ctx)
+            self.console = self._console(ingest)
+            self.console.install(self.http.app)  # the pages beside /metrics (docs/console.md)
             self.http_port = await self.http.start(self.cfg.http_host, self.cfg.http_port)
         except (OSError, CoapError) as e:
             http = self._ctx is not None
@@ -373,6 +377,21 @@ class Gateway:
         if self.db is not None:
             self.db.close()
         event(log, logging.INFO, "gateway stopped")
+
+    def _console(self, ingest: Ingest) -> Console:
+        """The web console on the HTTP address, on this event loop; it reads the database
+        in a thread of its own and what ingest last heard of each node from memory."""
+        return Console(
+            ConsoleSettings(
+                self.cfg.database,
+                self.pipeline.detect,
+                self.cfg.node_config,
+                heard=lambda: ingest.nodes.heard,
+                metrics_public=self.cfg.http_metrics_public,
+                session_lifetime=self.cfg.http_session,
+                behind_tls=self.cfg.http_behind_tls,
+            )
+        )
 
     async def _start_sync(self) -> None:
         sync = SyncService(self.cfg.database, self.pipeline.sync)

@@ -192,7 +192,7 @@ def test_unknown_tables_and_out_of_range_numbers_name_file_line_and_key(
 def test_every_number_the_loader_knows_has_a_range():
     for section, keys in config._KEYS.items():
         for key, (_attr, kind, limits, _scale) in keys.items():
-            assert kind is str or limits is not None, f"{section}.{key}"
+            assert kind in (str, bool) or limits is not None, f"{section}.{key}"
 
 
 def _stage_error(tmp_path: Path, text: str) -> config.ConfigError:

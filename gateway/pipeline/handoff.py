@@ -56,7 +56,7 @@ def feed_outbox(
         sums = [s[:9] for s in sums]
         events = db.execute(
             "SELECT id, node, channel, kind, start, end, score, reason, waste_kwh, waste_eur,"
-            " version FROM anomalies WHERE version > synced_version"
+            " ack_by, ack_at, ack_note, version FROM anomalies WHERE version > synced_version"
         ).fetchall()
         enqueue_summaries(
             db,
@@ -78,10 +78,26 @@ def feed_outbox(
                     score,
                     reason,
                     key=f"{ch}:{kind}:{eid}",
+                    ack=None if ack_by is None else (ack_by, ack_at, ack_note or ""),
                     waste_kwh=kwh,
                     waste_eur=eur,
                 )
-                for eid, node, ch, kind, start, end, score, reason, kwh, eur, _ in events
+                for (
+                    eid,
+                    node,
+                    ch,
+                    kind,
+                    start,
+                    end,
+                    score,
+                    reason,
+                    kwh,
+                    eur,
+                    ack_by,
+                    ack_at,
+                    ack_note,
+                    _,
+                ) in events
             ],
         )
         db.conn.executemany(

@@ -160,6 +160,8 @@ class Event:
     # The energy a kind of waste drew above the expected (kWh) and its cost (€), so far.
     waste_kwh: float | None = None
     waste_eur: float | None = None
+    # An operator's acknowledgement in the console (gateway.console): who, when, their note.
+    ack: tuple[str, float, str] | None = None
 
     def identity(self) -> str:
         return self.key or f"{self.channel}:{self.kind}:{int(self.start)}"
@@ -206,6 +208,8 @@ def event_row(e: Event) -> dict:
         params["waste_kwh"] = _num(e.waste_kwh)
         if e.waste_eur is not None:
             params["waste_eur"] = round(float(e.waste_eur), 2)
+    if e.ack is not None:  # shown to the platform's users too: who took it in hand, and how
+        params["ack"] = {"by": e.ack[0], "at": int(e.ack[1]), "note": e.ack[2]}
     return {
         "kind": "event",
         "node": e.node,
