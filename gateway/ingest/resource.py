@@ -382,8 +382,11 @@ class ReadingsResource(resource.Resource):
         ``check_request`` refuses Block1 on its first block (4.13 with Size1)."""
         return False
 
-    def refuse(self, reason: str, detail: str, source: Any) -> None:
-        """A datagram the transport refused (``GuardedUDP6``): counted, charged, logged."""
+    def refuse(self, reason: str, detail: str, source: Any, count: int = 1) -> None:
+        """A datagram the transport refused (``GuardedUDP6``): counted, charged, logged;
+        ``count`` of them from one source at once (what a ban found queued: one line)."""
+        if count > 1:
+            self.ingest._rejected.inc(count - 1, reason=reason)
         self.ingest._reject(Rejected(None, reason, detail or reason), source)
 
     async def render(self, request: Any) -> Message:
