@@ -21,6 +21,7 @@
 
 import asyncio
 import json
+import secrets
 import shutil
 import tempfile
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from firmware.link import Link
 from gateway import config
+from gateway.console import accounts
 from gateway.service import Gateway
 from gateway.store.db import open_db
 from gateway.sync.service import sync_status
@@ -197,6 +199,7 @@ async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: 
         path.write_text(GATEWAY_TOML.format(lat=LATITUDE, lon=LONGITUDE, url=plat.url))
         cfg = config.load(path, {"coap_host": "127.0.0.1", "coap_port": 0, "http_port": 0})
         keys = gateway_keys(path, list(keys_plan))  # `reverbere node add` for each node
+        login = _console_login(cfg)
         gw = Gateway(cfg)
         await gw.start()
         lamps = sum(kind_of(n) == "lamp" for n in keys)
@@ -207,6 +210,10 @@ async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: 
             f"running the real firmware, {hours:g} simulated hours"
         )
         echo(f"  gateway   coap udp/{gw.coap_port}, database {cfg.database}")
+        echo(
+            f"  console   http://127.0.0.1:{gw.http_port}/ as {login[0]} / {login[1]}"
+            " (technician; while the demo runs)"
+        )
         echo(f"  platform  SensorThings {plat.direct_url} behind a fault proxy (5 % of requests)")
         echo(
             f"  network   2 % loss, 1 % duplicated, 1 % reordered; nodes cut off from the gateway"
@@ -278,6 +285,18 @@ async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: 
         plat.stop()
     _print(echo, report)
     return report
+
+
+def _console_login(cfg: config.Config) -> tuple[str, str]:
+    """A technician's account on the demo gateway's console (docs/console.md), with a fresh
+    password: what `reverbere user add demo --role technician` does."""
+    password = secrets.token_urlsafe(12)
+    db = open_db(cfg.database)
+    try:
+        accounts.add_user(db, "demo", "technician", password)
+    finally:
+        db.close()
+    return "demo", password
 
 
 def _figures(db, fleet: ObservedFleet, stats, truth: list, start: float) -> dict:

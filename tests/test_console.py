@@ -395,3 +395,13 @@ def test_an_acknowledgement_goes_to_the_platform_with_its_event(tmp_path):
         "note": "lampe changée",
     }
     db.close()
+
+
+def test_the_demo_makes_a_technician_login_for_its_console(tmp_path):
+    from sim.demo import _console_login
+
+    cfg = make_config(tmp_path)
+    name, password = _console_login(cfg)  # printed by `reverbere demo` beside the address
+    db = open_db(cfg.database)
+    assert accounts.authenticate(db, name, password).role == "technician"
+    db.close()
