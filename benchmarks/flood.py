@@ -15,7 +15,10 @@ waits up to 2 s for each answer. Phases, one after the other: no flood, then eac
 - ``replay``: one pack the node really sent, again and again with new message IDs: 4.01.
 
 Printed per phase: the node's acks, timeouts, latency p50/p99 (target p99 < 50 ms), the
-datagrams the flooder sent, and the gateway's refusals by reason (``/metrics``).
+datagrams the flooder sent, the gateway's CPU (% of one core), the most its socket's receive
+queue held (KB, sampled every 20 ms) and the datagrams the kernel dropped for it (a banned
+source's, ``gateway.ingest.coap.KernelBans``, and overflows alike: ``/proc/net/udp6``), the
+load average at the phase's end, and the refusals Python saw, by reason (``/metrics``).
 """
 
 import argparse
@@ -123,6 +126,33 @@ def rejected(http_port: int) -> dict[str, float]:
     return out
 
 
+class SocketWatch(threading.Thread):
+    """Samples the gateway's UDP socket in ``/proc/net/udp6``: the receive queue's peak and
+    the kernel's drop counter (which counts what a socket filter refused, too)."""
+
+    def __init__(self, port: int):
+        super().__init__(daemon=True)
+        self.suffix = f":{port:04X}"
+        self.peak, self.drops, self.stop = 0, 0, threading.Event()
+
+    def sample(self) -> tuple[int, int]:
+        for line in Path("/proc/net/udp6").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[1].endswith(self.suffix):
+                return int(f[4].split(":")[1], 16), int(f[-1])
+        return 0, 0
+
+    def run(self) -> None:
+        while not self.stop.wait(0.02):
+            queue, self.drops = self.sample()
+            self.peak = max(self.peak, queue)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -165,10 +195,14 @@ def main() -> None:
         node = Node(key, port)
         print(f"load average {os.getloadavg()[0]:.1f} (other work on this machine shows here)")
         print(
-            f"{'phase':<8} {'acks':>5} {'lost':>4} {'p50 ms':>7} {'p99 ms':>7} {'sent':>7}  refused"
+            f"{'phase':<8} {'acks':>5} {'lost':>4} {'p50 ms':>7} {'p99 ms':>7} {'sent':>7} "
+            f"{'CPU %':>5} {'queue KB':>8} {'kernel drops':>12} {'load':>4}  refused in Python"
         )
+        watch = SocketWatch(port)
+        watch.start()
         for kind in (None, *KINDS):
             before = rejected(http_port)
+            cpu0, drops0, watch.peak, t0 = cpu_seconds(gw.pid), watch.drops, 0, time.monotonic()
             flooder = None
             if kind is not None:
                 flooder = subprocess.Popen(
@@ -179,6 +213,7 @@ def main() -> None:
                 )  # fmt: skip
             lat, lost = node.run(args.seconds, 1 / args.rate)
             sent = json.loads(flooder.communicate(timeout=60)[0])["sent"] if flooder else 0
+            cpu = 100 * (cpu_seconds(gw.pid) - cpu0) / (time.monotonic() - t0)
             after = rejected(http_port)
             refused = {
                 k: int(v - before.get(k, 0)) for k, v in after.items() if v > before.get(k, 0)
@@ -186,7 +221,8 @@ def main() -> None:
             q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [float("nan")] * 99
             print(
                 f"{kind or 'none':<8} {len(lat):>5} {lost:>4} {q[49]:>7.1f} {q[98]:>7.1f} "
-                f"{sent:>7}  {refused}",
+                f"{sent:>7} {cpu:>5.0f} {watch.peak // 1024:>8} {watch.drops - drops0:>12} "
+                f"{os.getloadavg()[0]:>4.1f}  {refused}",
                 flush=True,
             )
             time.sleep(1.0)  # the flooder's budget refills between phases (20/s, 100 at most)

@@ -4,7 +4,8 @@
 replaces the ``_recent_messages`` table its ``__init__`` makes; ``ServerContext`` copies
 ``Context.render_to_pipe`` and calls the private ``_render_to_pipe``; ``GuardedUDP6`` overrides
 the UDP transport's datagram callback; ``BoundedMessageManager._resend`` and
-``GuardedUDP6._reset`` write to the socket as ``MessageInterfaceUDP6.send`` does; ``bound_port``
+``GuardedUDP6._reset`` write to the socket as ``MessageInterfaceUDP6.send`` does;
+``GuardedUDP6._drain`` reads it as the recvmsg transport's ``_read_ready`` does; ``bound_port``
 calls the private ``_local_port``. None of that is aiocoap's API: a release may rename, re-sign
 or change any of it, and the gateway would then silently keep every response for 247 s again,
 or answer retransmissions twice, or crash on the first datagram.
@@ -107,6 +108,12 @@ TOUCHED = [
         "(self, message)",
         "b2401cf3f80c3085",
         "BoundedMessageManager._resend and GuardedUDP6._reset write to the socket as it does",
+    ),
+    (
+        "aiocoap.util.asyncio.recvmsg.RecvmsgSelectorDatagramTransport._read_ready",
+        "(self)",
+        "ebb2ad8c43ea63c9",
+        "GuardedUDP6._drain reads the socket as it does (recvmsg(4096, 1024)) after a ban",
     ),
     (
         "aiocoap.transports.udp6.MessageInterfaceUDP6._local_port",

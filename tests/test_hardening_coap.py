@@ -10,6 +10,7 @@ datagram made a warning line, and a source failing authentication was never slow
 import asyncio
 import contextlib
 import logging
+import socket
 
 import pytest
 from gateway_helpers import (
@@ -23,7 +24,7 @@ from gateway_helpers import (
     running_gateway,
 )
 
-from gateway.ingest.coap import FAILED_BURST
+from gateway.ingest.coap import FAILED_BURST, KernelBans, guarded_transport
 from gateway.ingest.resource import MAX_REJECTION_LINES
 from protocols import coap, cose, senml
 from protocols.const import (
@@ -261,3 +262,172 @@ def test_short_and_marker_only_datagrams_are_counted_and_never_answered_with_5_0
             assert metric(text, 'reverbere_packs_rejected_total{reason="coap_format"}') == 1
 
     run(go())
+
+
+# Kernel bans (issue 13's flood target): a source over budget is listed in a socket filter for
+# a few seconds, so that its datagrams are dropped before they are queued for the gateway.
+
+
+def kernel_drops(port):
+    """The kernel's drop counter of the UDP socket on ``port`` (``/proc/net/udp6``): what a
+    socket filter refused, and overflows of the receive queue."""
+    with open("/proc/net/udp6") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(f":{port:04X}"):
+                return int(fields[-1])
+    raise AssertionError(f"no UDP socket on port {port}")
+
+
+def refused_total(text):
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("reverbere_packs_rejected_total{")
+    )
+
+
+def test_a_banned_source_is_dropped_in_the_kernel_while_another_is_answered(tmp_path):
+    async def go():
+        async with running_gateway(tmp_path) as gw:
+            key = add_node(gw)
+            port, bans = gw.coap_port, guarded_transport(gw._ctx).bans
+            assert bans.available
+            forged = cose.sign(b"\x07" * 32, b"lamp-999", 1, senml.encode(minute_readings(3)))
+            pack = cose.sign(key, b"lamp-001", 1, senml.encode(minute_readings(3)))
+            async with (
+                socket_from("127.0.0.2", port) as (flooder, answers),
+                socket_from("127.0.0.3", port) as (node, acks),
+            ):
+                for mid in range(int(FAILED_BURST) * 3):
+                    flooder.sendto(con_post(forged, mid))
+                    if mid == 250:  # amid the flood: the drain after the ban must pass it on
+                        node.sendto(con_post(pack, 1))
+                assert (await asyncio.wait_for(acks.queue.get(), 5)).code == CHANGED
+                await ping_after(port, "127.0.0.3")
+                assert "::ffff:127.0.0.2" in bans  # its bucket ran out: banned
+                _, text = await http_get(gw.http_port, "/metrics")
+                seen, drops = refused_total(text), kernel_drops(port)
+
+                for mid in range(200):
+                    flooder.sendto(con_post(forged, 1000 + mid))
+                pack = cose.sign(key, b"lamp-001", 2, senml.encode(minute_readings(3)))
+                node.sendto(con_post(pack, 2))
+                msg = await asyncio.wait_for(acks.queue.get(), 5)
+                assert msg.code == CHANGED  # the node on another address is answered
+                await ping_after(port, "127.0.0.3")
+                _, text = await http_get(gw.http_port, "/metrics")
+                assert refused_total(text) == seen  # Python saw none of the 200
+                assert kernel_drops(port) - drops == 200  # the kernel dropped them
+
+                # the ban ends: the source is heard again, with no token saved up meanwhile,
+                # so its next failure is over budget at once and bans it again
+                bans.unban("::ffff:127.0.0.2")
+                assert "::ffff:127.0.0.2" not in bans
+                flooder.sendto(con_post(forged, 2000))
+                await ping_after(port, "127.0.0.3")
+                _, text = await http_get(gw.http_port, "/metrics")
+                assert refused_total(text) == seen + 1
+                assert "::ffff:127.0.0.2" in bans
+                assert answers.queue.qsize() <= FAILED_BURST + 2 * 20  # 4.01s: burst + refill
+
+    run(go())
+
+
+@contextlib.contextmanager
+def listening(family, host):
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.setblocking(False)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def received_from(server):
+    """The source hosts of what ``server`` has queued (the kernel delivers loopback datagrams
+    within the sender's sendto, so everything sent before is queued or dropped already)."""
+    hosts = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            hosts.append(server.recvfrom(64)[1][0])
+    return hosts
+
+
+def test_kernel_bans_drop_ipv4_as_v4_mapped_and_ipv6_sources_and_lift_after_their_time():
+    async def go():
+        with (
+            listening(socket.AF_INET6, "::") as server,  # dual-stack, as the gateway's
+            listening(socket.AF_INET, "127.0.0.2") as banned4,
+            listening(socket.AF_INET, "127.0.0.3") as other4,
+            listening(socket.AF_INET6, "::1") as banned6,
+        ):
+            lifted = asyncio.Event()
+            bans = KernelBans(server, asyncio.get_running_loop(), seconds=0.05)
+            bans.lifted = lambda host: len(bans) == 0 and lifted.set()
+            assert bans.ban("::ffff:127.0.0.2") and bans.ban("::1")
+            assert not bans.ban("::1")  # banned already: no second timer
+            port = server.getsockname()[1]
+            for _ in range(3):
+                banned4.sendto(b"x", ("127.0.0.1", port))
+                other4.sendto(b"x", ("127.0.0.1", port))
+                banned6.sendto(b"x", ("::1", port))
+            assert received_from(server) == ["::ffff:127.0.0.3"] * 3
+
+            await asyncio.wait_for(lifted.wait(), 5)  # both bans end on their own
+            banned4.sendto(b"x", ("127.0.0.1", port))
+            banned6.sendto(b"x", ("::1", port))
+            assert sorted(received_from(server)) == ["::1", "::ffff:127.0.0.2"]
+
+    run(go())
+
+
+def test_the_ban_list_stops_growing_where_the_kernel_refuses_a_longer_filter(caplog):
+    """The kernel refuses a filter larger than the socket's option memory
+    (``net.core.optmem_max``: 20 KB on older kernels, about 30 IPv6 bans of 9 instructions)
+    or than 4,096 instructions. With MAX_BANNED lifted, a few hundred IPv6 bans make one: the
+    filter attached stays and bans go on, with the list at the length the kernel took."""
+
+    async def go():
+        with (
+            listening(socket.AF_INET6, "::") as server,
+            listening(socket.AF_INET6, "::1") as banned6,
+            listening(socket.AF_INET, "127.0.0.3") as other4,
+        ):
+            bans = KernelBans(server, asyncio.get_running_loop(), max_banned=1000)
+            assert bans.ban("::1")
+            made = 1 + sum(bans.ban(f"2001:db8::{i:x}") for i in range(1, 1000))
+            assert made < 1000 and bans.available and len(bans) == made == bans.max_banned
+            assert not bans.ban("2001:db8::ffff")
+            port = server.getsockname()[1]
+            banned6.sendto(b"x", ("::1", port))
+            other4.sendto(b"x", ("127.0.0.1", port))
+            assert received_from(server) == ["::ffff:127.0.0.3"]
+            bans.unban("::1")
+            assert bans.ban("2001:db8::ffff")  # room again
+
+    with caplog.at_level(logging.WARNING):
+        run(go())
+    (line,) = [r.getMessage() for r in caplog.records if "kernel bans" in r.getMessage()]
+    assert line.startswith("at most ")
+
+
+def test_where_no_filter_can_be_attached_bans_stop_with_one_line(caplog):
+    """A socket whose filter is locked (SO_LOCK_FILTER) refuses another (EPERM), as a kernel
+    or a sandbox without socket filters would: one line says so and over-budget datagrams
+    are dropped in Python, as before."""
+    SO_LOCK_FILTER = 44  # asm-generic/socket.h
+
+    async def go():
+        with listening(socket.AF_INET6, "::") as server:
+            server.setsockopt(socket.SOL_SOCKET, SO_LOCK_FILTER, 1)
+            bans = KernelBans(server, asyncio.get_running_loop())
+            assert not bans.available
+            assert not bans.ban("::ffff:127.0.0.2") and len(bans) == 0
+
+    with caplog.at_level(logging.WARNING):
+        run(go())
+    (line,) = [r.getMessage() for r in caplog.records if "kernel bans" in r.getMessage()]
+    assert line.startswith("no kernel bans ([Errno 1] Operation not permitted): ")
+    assert line.endswith("over-budget sources dropped in Python")
