@@ -30,6 +30,7 @@ migrations = Migrations("reverbere.console")
 ROLES = (N_("viewer"), N_("technician"), N_("admin"))  # each may do what the ones before it may
 NAME_MAX = 64
 PASSWORD_MIN = 10  # characters; a long passphrase beats a short complicated one
+LAST_USED_STEP = 60.0  # seconds: how precisely a token's last use is kept
 
 _hasher = argon2.PasswordHasher()
 # Checked against when the name is unknown, so that an unknown name takes as long as a
@@ -258,11 +259,15 @@ def remove_token(db: sqlite_utils.Database, name: str) -> None:
 
 
 def token_role(db: sqlite_utils.Database, token: str, now: float) -> tuple[str, str] | None:
-    """``(name, role)`` of this API token, or None; records when it was last used."""
+    """``(name, role)`` of this API token, or None; records when it was last used (to the
+    minute: a script polling every second does not write to the database every second)."""
     digest = _digest(token)
-    row = db.execute("SELECT name, role FROM console_tokens WHERE hash = ?", [digest]).fetchone()
+    row = db.execute(
+        "SELECT name, role, last_used FROM console_tokens WHERE hash = ?", [digest]
+    ).fetchone()
     if row is None:
         return None
-    with db.conn:
-        db.execute("UPDATE console_tokens SET last_used = ? WHERE hash = ?", [now, digest])
+    if row[2] is None or now - row[2] >= LAST_USED_STEP:
+        with db.conn:
+            db.execute("UPDATE console_tokens SET last_used = ? WHERE hash = ?", [now, digest])
     return row[0], row[1]

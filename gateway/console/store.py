@@ -130,7 +130,8 @@ def fleet(
     ).fetchall()
     open_counts = dict(
         db.execute(
-            'SELECT node, count(*) FROM anomalies WHERE "end" IS NULL GROUP BY node'
+            "SELECT node, count(*) FROM anomalies INDEXED BY console_open_anomalies"
+            ' WHERE "end" IS NULL GROUP BY node'
         ).fetchall()
     )
     out = []
@@ -205,8 +206,8 @@ def _anomaly_columns(db: sqlite_utils.Database) -> list[str]:
 
 
 def events(db: sqlite_utils.Database, limit: int = EVENTS_LIMIT) -> list[dict[str, Any]]:
-    """The open events (however old) then the recent closed ones, newest first, at most
-    ``limit``: two index scans (the partial index of open events, then ``start``)."""
+    """The open events (however old), then the recent closed ones, each newest first, at
+    most ``limit``: two index scans (the partial index of open events, then ``start``)."""
     cols = _anomaly_columns(db)
     sel = ", ".join(cols)
     names = [c.strip('"') for c in cols]
@@ -217,8 +218,7 @@ def events(db: sqlite_utils.Database, limit: int = EVENTS_LIMIT) -> list[dict[st
         f"SELECT {sel} FROM anomalies ORDER BY start DESC LIMIT ?", [limit]
     ).fetchall()
     seen = {r[0] for r in open_rows}
-    rows = list(open_rows) + [r for r in recent if r[0] not in seen]
-    rows.sort(key=lambda r: r[4], reverse=True)
+    rows = list(open_rows) + [r for r in recent if r[0] not in seen]  # each newest first
     return [dict(zip(names, r, strict=True)) for r in rows[:limit]]
 
 

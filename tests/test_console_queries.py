@@ -1,0 +1,84 @@
+"""The console on a Pi: no page scans a whole table (issue 16). Every statement the console's
+reads run is captured (SQLite's trace callback) and its query plan checked: readings,
+anomalies, summaries, sessions and tokens are reached through an index, never scanned. The
+fleet itself (the ``nodes`` table) is read whole: it is what the page shows."""
+
+import re
+import time
+
+from gateway.console import accounts, store
+from gateway.ingest.registry import add_node
+from gateway.pipeline.detect import DetectConfig
+from gateway.store.db import open_db
+
+NODES = 100
+HOURS = 24
+NEVER_SCANNED = ("readings", "anomalies", "summaries", "console_sessions", "console_tokens")
+PARTIAL = "console_open_anomalies"  # the index of the open events only
+
+
+def seeded(path):
+    """A town's day: 100 nodes with a reading a minute on p, bat and rssi, 2,000 events."""
+    db = open_db(path)
+    t0 = time.time() - HOURS * 3600
+    for i in range(NODES):
+        add_node(db, f"lamp-{i:03d}")
+    refs = dict(db.execute("SELECT id, ref FROM nodes").fetchall())
+    with db.conn:
+        db.conn.executemany(
+            "INSERT INTO readings (node, channel, time, value) VALUES (?, ?, ?, ?)",
+            (
+                (ref, ch, t0 + 60 * k, 50.0)
+                for ref in refs.values()
+                for ch in ("p", "bat", "rssi")
+                for k in range(HOURS * 60)
+            ),
+        )
+        db.conn.executemany(
+            "INSERT INTO anomalies (node, channel, kind, start, end, score, reason, version)"
+            " VALUES (?, 'p', 'lit_by_day', ?, ?, 0.9, 'allumé', 1)",
+            (
+                (f"lamp-{k % NODES:03d}", t0 + 40 * k, None if k % 50 == 0 else t0 + 40 * k + 30)
+                for k in range(2000)
+            ),
+        )
+        db.conn.executemany(
+            "INSERT INTO summary_cursor (node, channel, time, value) VALUES (?, 'p', ?, 50)",
+            ((n, t0 + HOURS * 3600) for n in refs),
+        )
+    accounts.add_user(db, "tech", "technician", "tech-passphrase")
+    return db
+
+
+def test_no_console_read_scans_a_big_table(tmp_path):
+    db = seeded(tmp_path / "gw.db")
+    token = accounts.add_token(db, "script", "viewer")
+    cookie = accounts.open_session(db, "tech", 3600, time.time())
+    statements = []
+    db.conn.set_trace_callback(statements.append)
+    now = time.time()
+    t = time.perf_counter()
+    fleet = store.fleet(db, DetectConfig(), lambda n: {"interval": 60, "pack": 10}, {}, now)
+    fleet_ms = (time.perf_counter() - t) * 1000
+    t = time.perf_counter()
+    events = store.events(db)
+    events_ms = (time.perf_counter() - t) * 1000
+    store.summaries(db, None, now - 86400, now)
+    accounts.session(db, cookie, now)
+    accounts.token_role(db, token, now)
+    db.conn.set_trace_callback(None)
+    assert len(fleet.nodes) == NODES and len(events) == store.EVENTS_LIMIT
+    assert sum(e["end"] is None for e in events) == 40  # every open event, however old
+    print(f"fleet of {NODES} nodes: {fleet_ms:.1f} ms; events page: {events_ms:.1f} ms")
+    scans = []
+    for sql in {s for s in statements if s.lstrip().upper().startswith("SELECT")}:
+        plan = " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + sql).fetchall())
+        for table in NEVER_SCANNED:
+            for step in re.findall(rf"\bSCAN {table}\b[^|]*", plan):
+                # a walk along an index is bounded only by a LIMIT, or by a partial index
+                # that holds only the open events
+                bounded = "USING" in step and (" LIMIT " in sql or PARTIAL in step)
+                if not bounded:
+                    scans.append((sql, step))
+    assert scans == []
+    db.close()
