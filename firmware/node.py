@@ -61,14 +61,19 @@ class Node:
         self.stats = {"packs": 0, "acked": 0, "failed": 0, "readings": 0}
         self.due = {}
         self._schedule(hal.ms(), True)
-        # Updates over the air (firmware/ota.py), where the HAL gives the filesystem.
+        # Updates over the air (firmware/ota.py): on a board, its own filesystem and reset;
+        # elsewhere where the HAL gives them (``files``, ``reset``: tests, the simulator).
         self.ota = None
         files = getattr(hal, "files", None)
+        reset = getattr(hal, "reset", None)
+        if files is None and sys.platform in ("esp32", "rp2"):
+            import machine
+
+            files, reset = ota.OsFiles(), machine.reset
         if files is not None:
             mpy = getattr(sys.implementation, "_mpy", 0x306)  # CPython (sim): as mpy-cross 1.29
-            self.ota = ota.Updater(
-                files, self.key, cfg["node"], sys.platform, (mpy & 0xFF, (mpy >> 8) & 3), hal.reset
-            )
+            abi = (mpy & 0xFF, (mpy >> 8) & 3)
+            self.ota = ota.Updater(files, self.key, cfg["node"], sys.platform, abi, reset)
 
     # --- time ----------------------------------------------------------------------------------
 

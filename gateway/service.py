@@ -61,6 +61,8 @@ from gateway.ingest.registry import NodeCache
 from gateway.ingest.resource import REJECTION_REASONS, Ingest, ReadingsResource
 from gateway.logs import event
 from gateway.metrics import PROM_CONTENT_TYPE, HttpServer, Registry, declare_process_metrics
+from gateway.ota import updates as ota_updates
+from gateway.ota.resource import UpdateResource
 from gateway.pipeline.detect import DetectConfig, DetectConfigError, Detector
 from gateway.pipeline.handoff import feed_outbox
 from gateway.pipeline.summarise import summarise
@@ -317,9 +319,11 @@ class Gateway:
         self.db = open_db(self.cfg.database)
         await self.committer.start()
         self._ingest = ingest = Ingest(self.cfg, self.db, self.committer, self.metrics)
+        # Firmware updates (gateway.ota): "u" in the 2.04 answers, GET /u/... block-wise.
+        ingest.updates = pending = ota_updates.Pending(self.db)
         try:
             self._ctx, self._mman = await coap.create_server(
-                ReadingsResource(ingest),
+                ReadingsResource(ingest, UpdateResource(self.db, pending)),
                 self.cfg.coap_host,
                 self.cfg.coap_port,
                 lifetime=self.cfg.dedup_lifetime,

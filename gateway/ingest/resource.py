@@ -16,7 +16,8 @@ Order of checks (the first failing one answers; nothing is stored on any failure
    (a time too far ahead while the gateway's clock is not trusted: 5.03, see below)
 7. the committer stores it (gateway.store.committer); 5.03 with Max-Age if it cannot.
 
-Then 2.04 with the CBOR map ``{"t": gateway time, "c": the node's config}``; without ``"t"``
+Then 2.04 with the CBOR map ``{"t": gateway time, "c": the node's config}``, and ``"u": version``
+when a firmware update waits for the node (``gateway.ota``, docs/ota.md); without ``"t"``
 while the gateway does not trust its clock (``gateway.clock``): "now" is then the clock plus
 the offset several nodes agree on, and a reading too far ahead of it gets 5.03 (the node keeps
 it and tries again) rather than a 4.00 that would make the node drop a good reading. Every
@@ -50,7 +51,7 @@ from gateway.store.commit import MAX_COUNTER, Outcome
 from gateway.store.committer import Committer
 from gateway.store.group import Overloaded, Pack, Stopped
 from gateway.store.records import Reading
-from protocols import cose, senml
+from protocols import cose, manifest, senml
 from protocols.const import (
     CF_CBOR,
     CF_COSE_MAC0,
@@ -93,8 +94,10 @@ REJECTION_REASONS = (
 )  # fmt: skip
 _MAP1 = b"\xa1"  # the CBOR head of a map of one pair
 _MAP2 = b"\xa2"  # and of two
+_MAP3 = b"\xa3"  # and of three
 _UNAUTHORIZED = b"unauthorized"  # the one 4.01 text: tells nobody which ids exist
 _CONFIG_KEY = cbor2.dumps(RESP_CONFIG)
+_UPDATE_KEY = cbor2.dumps(manifest.RESP_UPDATE)
 
 
 class Rejected(Exception):
@@ -209,6 +212,8 @@ class Ingest:
         self.log_budget = RateLimiter(60.0, burst=MAX_REJECTION_LINES)  # and 100 in all
         self.sources = SourceBudget()  # what sources that fail authentication may still send
         self._configs: dict[str, bytes] = {}  # node id -> its settings, CBOR-encoded
+        # node id -> the firmware version waiting for it, or None (gateway.ota.updates.Pending)
+        self.updates: Callable[[str], int | None] | None = None
         self._busy = 0
         self._idle = asyncio.Event()
         self._rejected = metrics.counter(
@@ -326,11 +331,21 @@ class Ingest:
         if config is None:  # the settings are fixed for the run: encoded once per node
             config = self._configs[node_id] = cbor2.dumps(self.cfg.node_config(node_id))
         state = self.clock_watch.state() if state is None else state
+        waiting = self.updates(node_id) if self.updates is not None else None
+        if waiting is not None:  # "u": the node asks for its manifest (docs/ota.md)
+            config += _UPDATE_KEY + cbor2.dumps(waiting)
         if not state.synchronized:  # no time the gateway does not trust: the node keeps its own
-            return Answer(Code.CHANGED, _MAP1 + _CONFIG_KEY + config, content_format=CF_CBOR)
+            head = _MAP1 if waiting is None else _MAP2
+            return Answer(Code.CHANGED, head + _CONFIG_KEY + config, content_format=CF_CBOR)
         # {RESP_TIME: now, RESP_CONFIG: config}, the config spliced in already encoded
         body = b"".join(
-            (_MAP2, cbor2.dumps(RESP_TIME), cbor2.dumps(int(self.clock())), _CONFIG_KEY, config)
+            (
+                _MAP2 if waiting is None else _MAP3,
+                cbor2.dumps(RESP_TIME),
+                cbor2.dumps(int(self.clock())),
+                _CONFIG_KEY,
+                config,
+            )
         )
         return Answer(Code.CHANGED, body, content_format=CF_CBOR)
 
@@ -370,9 +385,10 @@ class ReadingsResource(resource.Resource):
     counted and logged through ``Ingest``, with the same per-source budget and log limiter.
     """
 
-    def __init__(self, ingest: Ingest):
+    def __init__(self, ingest: Ingest, updates: Any = None):
         super().__init__()
         self.ingest = ingest
+        self.updates = updates  # gateway.ota.resource.UpdateResource: GET /u/...
         self.budget = ingest.sources
         self.log_budget = ingest.log_budget
 
@@ -390,6 +406,8 @@ class ReadingsResource(resource.Resource):
         self.ingest._reject(Rejected(None, reason, detail or reason), source)
 
     async def render(self, request: Any) -> Message:
+        if self.updates is not None and request.opt.uri_path[:1] == (manifest.UPDATE_PATH,):
+            return await self.updates.render(request)  # firmware blocks: its own checks
         try:
             check_request(request)
         except Rejected as r:

@@ -43,6 +43,7 @@ MIGRATION_SETS: tuple[str, ...] = (
     "gateway.pipeline.summarise:migrations",
     "gateway.sync.outbox:migrations",
     "gateway.sync.raw:migrations",
+    "gateway.ota.updates:migrations",
     "gateway.console.accounts:migrations",  # accounts, sessions, tokens; acks of anomalies
     "gateway.alerts.outbox:migrations",
 )
