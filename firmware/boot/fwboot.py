@@ -47,7 +47,7 @@ def choose(root=""):
         return slot
     if slot != cur and cur is not None:  # given up: say so (before the trial goes) for the app
         _write(root + ROLLED, slot)
-    try:
+    try:  # noqa: SIM105 (MicroPython has no contextlib)
         os.remove(root + TRIAL)
     except OSError:
         pass
