@@ -24,6 +24,12 @@ works without tuning. Keys (all optional)::
     close = "18:30"
     standby_watts = 400.0       # optional: drawing more than this outside hours is waste;
                                 # when absent, learnt from the meter's own out-of-hours use
+    school = true               # optional: closed through the school holidays of school_zone
+
+    # The town's calendar (gateway/pipeline/calendar.py), for the building meters:
+    country = "FR"              # public holidays ("" for none); subdivision = "57" for Moselle
+    school_zone = "C"           # French school zone A, B or C (needed by school = true)
+    closing_days = "/etc/reverbere/fermetures.txt"  # optional: the town's own closing days
 
     [[detect.lighting]]         # the town's lighting schedule per group of lamps: see
     name = "Rue de la Mairie"   # gateway/pipeline/detect/lighting.py for its keys
@@ -35,9 +41,14 @@ works without tuning. Keys (all optional)::
 
 import fnmatch
 from dataclasses import dataclass, field
+from datetime import date
 from datetime import time as dtime
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+if TYPE_CHECKING:
+    from gateway.pipeline.calendar import Calendar
 
 DEFAULT_THRESHOLD = 0.5
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -71,6 +82,7 @@ class Schedule:
     open: dtime
     close: dtime
     standby_watts: float | None = None
+    school: bool = False  # closed through the school holidays of [detect] school_zone
 
     def is_open(self, weekday: int, at: dtime) -> bool:
         if weekday not in self.days:
@@ -101,10 +113,25 @@ class DetectConfig:
     # [[detect.lighting]] groups (gateway.pipeline.detect.lighting.LightingGroup): their lamps
     # are judged by their schedule; other lamps by sunrise, sunset and ``lamps_off``.
     lighting: tuple[Any, ...] = field(default_factory=tuple)
+    # The town's calendar (gateway.pipeline.calendar): public holidays of ``country`` ("" for
+    # none) and ``subdivision``, school holidays of ``school_zone`` for buildings with
+    # ``school = true``, the town's own ``closing_days`` (a file of dates).
+    country: str = "FR"
+    subdivision: str | None = None
+    school_zone: str | None = None
+    closing_days: str | None = None
 
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @cached_property
+    def calendar(self) -> "Calendar":
+        """The town's calendar (its closing-days file read once)."""
+        from gateway.pipeline.calendar import Calendar, read_closing_days
+
+        days = read_closing_days(self.closing_days) if self.closing_days else frozenset()
+        return Calendar(self.country, self.subdivision, days)
 
     def is_lamp(self, node: str) -> bool:
         return any(fnmatch.fnmatchcase(node, p) for p in self.lamps) or (
@@ -140,6 +167,7 @@ class DetectConfig:
             cfg.tz  # noqa: B018 - validate the name now, not at the first reading
         except (ZoneInfoNotFoundError, ValueError) as e:
             raise DetectConfigError("timezone", f"unknown time zone {cfg.timezone!r}") from e
+        _check_calendar(cfg)
         return cfg
 
 
@@ -169,6 +197,10 @@ def _convert(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DetectConfigError(key, f"expected a positive integer, got {value!r}")
         return _at_most(key, value)
+    if key in ("country", "subdivision", "school_zone", "closing_days"):
+        if not isinstance(value, str):
+            raise DetectConfigError(key, f"expected a string, got {value!r}")
+        return value.upper() if key in ("country", "school_zone") else value
     if key == "timezone":
         if not isinstance(value, str):
             raise DetectConfigError(key, "expected an IANA time zone name")
@@ -188,6 +220,33 @@ def _convert(key: str, value: Any) -> Any:
             raise DetectConfigError(key, "expected an array of tables [[detect.buildings]]")
         return tuple(_schedule(f"buildings[{i}]", b) for i, b in enumerate(value))
     raise AssertionError(key)
+
+
+def _flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise DetectConfigError(key, f"expected true or false, got {value!r}")
+    return value
+
+
+def _check_calendar(cfg: "DetectConfig") -> None:
+    """The calendar's keys, checked when the config is read rather than at the first reading:
+    a known country and subdivision, a school zone for schools, a readable closing-days file."""
+    from gateway.pipeline.calendar import SCHOOL_ZONES, CalendarError, is_public_holiday
+
+    if cfg.school_zone is not None and cfg.school_zone not in SCHOOL_ZONES:
+        raise DetectConfigError("school_zone", f"expected A, B or C, got {cfg.school_zone!r}")
+    for i, b in enumerate(cfg.buildings):
+        if b.school and cfg.school_zone is None:
+            raise DetectConfigError(
+                f"buildings[{i}].school", "a school needs [detect] school_zone (A, B or C)"
+            )
+    try:
+        if cfg.country:
+            is_public_holiday(date(2026, 1, 1), cfg.country, cfg.subdivision)
+        cfg.calendar  # noqa: B018 - reads the closing days now
+    except CalendarError as e:
+        key = "closing_days" if cfg.closing_days and "closing" in str(e) else "country"
+        raise DetectConfigError(key, str(e)) from e
 
 
 def _at_most(key: str, value: float) -> float:
@@ -217,7 +276,7 @@ def _clock(key: str, value: Any) -> dtime:
 def _schedule(key: str, b: Any) -> Schedule:
     if not isinstance(b, dict):
         raise DetectConfigError(key, "expected a table")
-    extra = set(b) - {"nodes", "days", "open", "close", "standby_watts"}
+    extra = set(b) - {"nodes", "days", "open", "close", "standby_watts", "school"}
     if extra:
         raise DetectConfigError(key + "." + sorted(extra)[0], "unknown key")
     for k in ("nodes", "open", "close"):
@@ -236,6 +295,7 @@ def _schedule(key: str, b: Any) -> Schedule:
         open=_clock(key + ".open", b["open"]),
         close=_clock(key + ".close", b["close"]),
         standby_watts=None if standby is None else float(standby),
+        school=_flag(key + ".school", b.get("school", False)),
     )
 
 
