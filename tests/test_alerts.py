@@ -305,3 +305,17 @@ def test_cli_alerts_test_and_list(tmp_path, smtp, receiver):
         [n, "open"] for n in ("astreinte", "services", "panne")
     ]
     assert all("en attente" in r for r in rows)
+
+
+def test_an_event_after_its_digest_went_gets_a_digest_of_its_own(tmp_path, db, receiver):
+    # A backfill after an outage: an event from before 07:00 reaches the gateway after the
+    # morning's digest was made; it must not join (and vanish into) the digest already sent.
+    cfg = alerts(tmp_path, f'[[alerts.routes]]\nwebhook = "{receiver.url}"\n')
+    open_event(db, "lamp-001", "lit_by_day", at("2026-12-07T14:00"))
+    route_events(db, cfg, at("2026-12-08T07:00"))
+    open_event(db, "lamp-002", "lit_by_day", at("2026-12-07T15:00"))
+    route_events(db, cfg, at("2026-12-08T07:30"))
+    assert send_due(db, cfg) == 2
+    first, late = (g.body for g in receiver.wait(lambda r: len(r.got) == 2))
+    assert [e["node"] for e in first["events"]] == ["lamp-001"]
+    assert [e["node"] for e in late["events"]] == ["lamp-002"]

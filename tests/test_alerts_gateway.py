@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from alert_servers import HttpReceiver
-from gateway_helpers import GatewayProcess
+from gateway_helpers import GatewayProcess, http_get, metric
 
 from gateway.ingest import registry
 from gateway.store.db import open_db
@@ -52,6 +52,9 @@ def test_alert_waits_through_an_outage_and_a_kill_9_and_goes_once(tmp_path):
     try:
         asyncio.run(send(gw, meters[0]))
         gw.wait_for("alert not delivered, will retry")  # written down, then refused
+        status, page = asyncio.run(http_get(gw.http_port, "/metrics"))
+        assert status == 200
+        assert metric(page, "reverbere_alerts_failing ") == 1  # what an administrator sees
         gw.kill()  # SIGKILL, with the alert still owed
 
         receiver.start()  # the link is back

@@ -17,9 +17,10 @@ Never a storm:
   beyond, the event waits for the digest, which says so.
 
 Each decision has a unique ``key`` (``<route>/event/<id>``, ``<route>/close/<id>``,
-``<route>/digest/<time>``): replaying the stage writes nothing twice, and the receivers get the
-key with the message (webhook and ntfy header ``Idempotency-Key``, the mail's Message-ID), so a
-crash between a delivery and its mark shows as the same key twice, not as a new alert.
+``<route>/digest/<first item>``): replaying the stage writes nothing twice, and the receivers
+get the key with the message (webhook and ntfy header ``Idempotency-Key``, the mail's
+Message-ID), so a crash between a delivery and its mark shows as the same key twice, not as a
+new alert.
 """
 
 import json
@@ -271,7 +272,9 @@ def _make_digests(db: sqlite_utils.Database, config: AlertsConfig, now: float) -
             continue
         facts = [(EventFacts(*it[2:]), it[1]) for it in items]
         subject, body = messages.digest(facts, when, config.timezone)
-        key = f"{route.name}/digest/{int(when)}"
+        # Keyed by its first item: an event that comes after its digest went (a late one)
+        # makes a digest of its own rather than joining one already sent.
+        key = f"{route.name}/digest/{items[0][0]}"
         _insert(db, route, "digest", None, when, key=key, subject=subject, body=body)
         data = json.loads(db.execute("SELECT data FROM alerts WHERE key = ?", [key]).fetchone()[0])
         data["events"] = [

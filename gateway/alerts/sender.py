@@ -165,3 +165,20 @@ def send_test(config: AlertsConfig, names: tuple[str, ...] = ()) -> dict[str, st
         except DeliveryError as e:
             results[route.name] = str(e)
     return results
+
+
+def declare_metrics(registry, db: sqlite_utils.Database) -> None:
+    """``/metrics`` gauges read from ``alerts`` at each scrape (the index on ``sent`` keeps
+    it cheap): messages waiting, and those of them whose delivery failed at least once (an
+    SMTP server or webhook down: worth an alert of its own in Prometheus)."""
+    unsent = f"sent IS NULL AND phase IN ({', '.join(repr(p) for p in SENDABLE)})"
+
+    def count(where: str) -> int:
+        return db.execute(f"SELECT count(*) FROM alerts WHERE {where}").fetchone()[0]
+
+    registry.gauge(
+        "reverbere_alerts_waiting", "Alert messages not yet accepted by their server."
+    ).set_function(lambda: count(unsent))
+    registry.gauge(
+        "reverbere_alerts_failing", "Alert messages waiting after a failed delivery."
+    ).set_function(lambda: count(unsent + " AND attempts > 0"))
