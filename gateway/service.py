@@ -52,6 +52,7 @@ from gateway.alerts.config import AlertsConfig
 from gateway.alerts.config import from_config as alerts_config
 from gateway.alerts.outbox import AlertStage
 from gateway.alerts.sender import AlertSender
+from gateway.alerts.sender import declare_metrics as declare_alert_metrics
 from gateway.clock import CHECK_EVERY as CLOCK_CHECK_EVERY
 from gateway.clock import console_state
 from gateway.config import TEMPLATE, Config
@@ -352,6 +353,7 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self._sync_watch()))
         if self.stages.alerts is not None:
             self._start_alerts()
+            declare_alert_metrics(self.metrics, self.db)
             self._tasks.append(asyncio.create_task(self._alerts_watch()))
         event(
             log,
@@ -426,18 +428,17 @@ class Gateway:
 
     async def _alerts_watch(self) -> None:
         """Every minute: route the events a timer opened (silent nodes), make the digests
-        that fell due by the gateway's clock (while it is trusted), and start the sender
-        again if its thread died of an error."""
-        stage = self.stages.alerts
+        that fell due by the fleet's time (``Detector.now``: the readings' clock, going on
+        while none come, as the silent check does), and start the sender again if its
+        thread died of an error."""
+        stage, detector = self.stages.alerts, self.detector
         while True:
             await asyncio.sleep(QUIET_PERIOD)
             if self.alerts is not None and self.alerts.error is not None:
                 event(log, logging.ERROR, "alert sender died: restarting it")
                 self._start_alerts()
-            trusted = self._ingest.clock_watch.state().synchronized
-            now = self._ingest.clock() if trusted else None
             try:
-                await self.committer.run(lambda db, now=now: stage.settle(db, now))
+                await self.committer.run(lambda db: stage.settle(db, detector.now(db)))
             except Exception:  # like a stage's failure: logged, counted, ingestion goes on
                 log.exception("alert routing failed", extra={"fields": {}})
                 self.metrics.counter("reverbere_stage_errors_total").inc(stage="AlertStage.settle")
