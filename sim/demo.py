@@ -30,12 +30,14 @@ from pathlib import Path
 
 from firmware.link import Link
 from gateway import config
+from gateway.alerts.outbox import alert_rows
 from gateway.console import accounts
 from gateway.service import Gateway
 from gateway.store.db import open_db
 from gateway.sync.service import sync_status
 from protocols import coap, cose, senml
 from protocols.errors import DecodeError
+from sim.alerts import AlertServers, expected_alerts
 from sim.fleet import Fleet, gateway_keys, kind_of, make_keys
 from sim.groundtruth import evaluate
 from sim.net import Impairments, LossyProxy
@@ -194,9 +196,12 @@ async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: 
     truth, note = _plan(keys_plan, start, duration)
 
     plat = start_demo_platform(workdir / "platform", fault_rate=0.05, seed=SEED)
+    alert_servers = AlertServers().start()  # the people who act: a mail server, a webhook
     try:
         path = workdir / "gateway.toml"
-        path.write_text(GATEWAY_TOML.format(lat=LATITUDE, lon=LONGITUDE, url=plat.url))
+        path.write_text(
+            GATEWAY_TOML.format(lat=LATITUDE, lon=LONGITUDE, url=plat.url) + alert_servers.toml()
+        )
         cfg = config.load(path, {"coap_host": "127.0.0.1", "coap_port": 0, "http_port": 0})
         keys = gateway_keys(path, list(keys_plan))  # `reverbere node add` for each node
         login = _console_login(cfg)
@@ -250,6 +255,7 @@ async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: 
         await gw.flush()
         st = await _wait_synced(gw, timeout=60)
         sync_stats = gw.sync.worker.stats if gw.sync and gw.sync.worker else None
+        alerts_unsent = await _alerts_delivered(gw, timeout=30)
         await gw.stop()
 
         db = open_db(cfg.database)
@@ -277,14 +283,32 @@ async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: 
                     "reordered": proxy.stats.reordered,
                     "outage_dropped": proxy.stats.outage_dropped,
                 },
+                **alert_servers.figures(),
+                "alerts_expected": expected_alerts(truth, gw.pipeline.alerts, start + duration),
+                "alerts_unsent": alerts_unsent,
                 "fleet_seconds": round(fleet_wall, 1),
                 "seconds": round(time.monotonic() - t_begin, 1),
             }
         )
     finally:
         plat.stop()
+        alert_servers.stop()
     _print(echo, report)
     return report
+
+
+async def _alerts_delivered(gw: Gateway, timeout: float) -> int:
+    """Make the digests due by now (the fleet ran in the past: all of them) and give the
+    sender up to ``timeout`` seconds to deliver every alert; return how many still wait."""
+    stage = gw.stages.alerts
+    await gw.committer.settled()
+    await gw.committer.run(lambda db: stage.settle(db, time.time()))
+    deadline = time.monotonic() + timeout
+    while True:
+        unsent = len(alert_rows(gw.db, unsent_only=True))
+        if not unsent or time.monotonic() > deadline:
+            return unsent
+        await asyncio.sleep(0.2)
 
 
 def _console_login(cfg: config.Config) -> tuple[str, str]:
@@ -392,6 +416,12 @@ def _print(echo: Callable[[str], None], r: dict) -> None:
         f"{r['faults_injected']} faults injected by the proxy, {r['sync_requests_failed']} "
         f"failed requests (outage included), {r['sync_reconciled']} rows reconciled by reading "
         f"the platform back"
+    )
+    echo("Alerts (a mail server and a webhook on loopback; docs/alerts.md)")
+    echo(
+        f"  sent {r['alerts_sent']} ({r['alerts_mailed']} mails), as the routing rules call for "
+        f"from the ground truth {r['alerts_expected']}, duplicated {r['alerts_duplicated']}, "
+        f"still waiting {r['alerts_unsent']}"
     )
     echo(f"done in {r['seconds']} s (fleet {r['fleet_seconds']} s)")
 

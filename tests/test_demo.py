@@ -52,6 +52,10 @@ def test_demo_small_keeps_every_promise(tmp_path):
     assert r["anomalies_found"] == r["anomalies_injected"]
     assert r["false_alarms"] == 0, r["false_alarm_kinds"]
     assert r["uplink_bytes"] > 0
+    # Alerts reached a real mail server and a webhook, as the routing rules call for from the
+    # ground truth, each once, none left waiting (docs/alerts.md).
+    assert r["alerts_sent"] == r["alerts_expected"]
+    assert r["alerts_duplicated"] == 0 and r["alerts_unsent"] == 0
     # The human report came first, and the chart and report.json are where it said.
     text = proc.stdout
     assert "Nodes -> gateway" in text and "Gateway -> platform" in text
