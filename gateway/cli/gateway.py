@@ -215,7 +215,11 @@ def node_list(config_path: Path, db_path: Path | None, fmt: str, as_json: bool) 
     rows = [asdict(n) for n in nodes]
     click.echo(
         render.render(
-            rows, columns, fmt, times=("added", "last_seen"), blank={"last_seen": "never"}
+            rows,
+            columns,
+            fmt,
+            times=("added", "last_seen"),
+            blank={"last_seen": "never", "last_seq": "none"},
         )
     )
 
