@@ -319,3 +319,10 @@ def test_an_event_after_its_digest_went_gets_a_digest_of_its_own(tmp_path, db, r
     first, late = (g.body for g in receiver.wait(lambda r: len(r.got) == 2))
     assert [e["node"] for e in first["events"]] == ["lamp-001"]
     assert [e["node"] for e in late["events"]] == ["lamp-002"]
+
+
+def test_every_kind_a_route_may_name_is_said_in_french_with_what_to_do():
+    from gateway.alerts.config import KINDS
+    from gateway.alerts.messages import KIND_WORDS
+
+    assert set(KINDS) == set(KIND_WORDS)

@@ -14,16 +14,24 @@ from dataclasses import dataclass, field
 from datetime import time as dtime
 from typing import Any
 
-# The kinds of events the detectors open (gateway/pipeline/detect): a route may name these.
+# The kinds of events the detectors open (gateway/pipeline/detect): a route may name these,
+# and a misspelt one is refused. The messages say each in words (gateway.alerts.messages).
 KINDS = (
     "dark_at_night",
     "lit_by_day",
+    "lit_in_switch_off",
+    "not_dimmed",
     "silent",
     "counter_reset",
     "stuck",
     "drift",
     "off_schedule",
     "unusual",
+    "wrong_time",
+    "spike",
+    "dip",
+    "dropout",
+    "stuck_meter",
 )
 # Kinds that cannot wait for the morning: a street in the dark, a node nobody hears from.
 DEFAULT_URGENT = ("dark_at_night", "silent")

@@ -47,6 +47,34 @@ KIND_WORDS: dict[str, tuple[str, str]] = {
         "consommation inhabituelle",
         "Regarder la courbe de consommation ; intervenir si l'écart n'a pas d'explication.",
     ),
+    "lit_in_switch_off": (
+        "lampe allumée pendant l'extinction de nuit",
+        "Vérifier le programme d'extinction de l'horloge de l'armoire d'éclairage.",
+    ),
+    "not_dimmed": (
+        "abaissement de puissance non appliqué",
+        "Vérifier le programme d'abaissement de la lampe ou de son armoire.",
+    ),
+    "wrong_time": (
+        "consommation à une heure inhabituelle",
+        "Vérifier ce qui fonctionne dans le bâtiment à cette heure-là.",
+    ),
+    "spike": (
+        "pic de consommation",
+        "Regarder ce qui a été mis en marche ; vérifier qu'aucun appareil n'est en défaut.",
+    ),
+    "dip": (
+        "creux de consommation",
+        "Vérifier qu'une installation du bâtiment ne s'est pas arrêtée (chauffage, pompe).",
+    ),
+    "dropout": (
+        "compteur muet : la consommation lue est presque nulle",
+        "Vérifier le compteur et son capteur ; vérifier aussi l'alimentation du bâtiment.",
+    ),
+    "stuck_meter": (
+        "compteur bloqué sur la même valeur",
+        "Vérifier le compteur et le branchement de son capteur.",
+    ),
 }
 
 
