@@ -326,3 +326,34 @@ def test_every_kind_a_route_may_name_is_said_in_french_with_what_to_do():
     from gateway.alerts.messages import KIND_WORDS
 
     assert set(KINDS) == set(KIND_WORDS)
+
+
+def test_mail_over_implicit_tls(tmp_path, db):
+    # Port 465 servers speak TLS from the first byte (security = "tls"): no STARTTLS there.
+    import ssl
+
+    import trustme
+    from aiosmtpd.controller import Controller
+    from alert_servers import Mailbox, free_port
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    mailbox, port = Mailbox(), free_port()
+    server = Controller(mailbox, hostname="127.0.0.1", port=port, ssl_context=context)
+    server.start()
+    try:
+        cfg = alerts(
+            tmp_path,
+            f'[alerts.smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "tls"\n'
+            f'ca_file = "{tmp_path / "ca.pem"}"\n'
+            '[[alerts.routes]]\nemail = "astreinte@mairie.test"\n',
+        )
+        open_event(db, "lamp-001", "silent", at("2026-12-07T22:00"), channel="*")
+        route_events(db, cfg, at("2026-12-07T22:00"))
+        assert send_due(db, cfg) == 1
+        (mail,) = mailbox.wait(1)  # this server speaks nothing but TLS (ssl_context)
+        assert "capteur muet" in mail["Subject"]
+    finally:
+        server.stop()
