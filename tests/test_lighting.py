@@ -188,10 +188,33 @@ TOWN = {
 }
 
 
-def test_a_lamp_that_follows_the_schedule_raises_nothing_across_the_change_of_clock(tmp_path):
+@pytest.mark.parametrize("change", [SPRING, AUTUMN])
+def test_a_lamp_that_follows_the_schedule_raises_nothing_across_the_change_of_clock(
+    tmp_path, change
+):
+    # Nothing at all, the statistical detector's "unusual" included: a grouped lamp's baseline
+    # learns by the town's hours (by UTC hours, the 05:00 switch moved an hour in its slots and
+    # 04:00 CET read 0 W where it "usually" drew 70 W).
     cfg = config(**TOWN)
-    events = run(make_db(tmp_path / "g.db"), cfg, lamp(cfg, SPRING - dt.timedelta(days=3), 5))
+    events = run(make_db(tmp_path / "g.db"), cfg, lamp(cfg, change - dt.timedelta(days=6), 8))
     assert events == []
+
+
+def test_the_statistical_detector_still_judges_a_grouped_lamps_lit_level(tmp_path):
+    # It learns only what the lamp draws while lit (34 to 71 W here, never the 0 W of the
+    # day and the switch-off), so a short surge at full power is its to tell.
+    cfg = config(**TOWN)
+
+    def fault(t, x):
+        return (
+            400.0 + t.minute
+            if t.date() == dt.date(2026, 1, 19) and t.hour == 20 and t.minute < 5
+            else x
+        )
+
+    (e,) = run(make_db(tmp_path / "g.db"), cfg, lamp(cfg, dt.date(2026, 1, 14), 6, fault))
+    assert e["kind"] == "unusual" and local(e) == "19 20:00 CET"
+    assert "outside all it had read before (34.1 W to 71.0 W)" in e["reason"]
 
 
 def test_lit_during_the_switch_off_window_in_local_time(tmp_path):

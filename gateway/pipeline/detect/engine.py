@@ -197,6 +197,7 @@ class ChannelDetector:
         return None
 
     def _stat(self, t: float, x: float, last: float | None) -> Finding | None:
+        at = t  # the time the value belongs to, for the seasonal slots
         if self.channel in SUM_CHANNELS:
             prev, self.prev = self.prev, x
             if prev is None or last is None or x < prev:
@@ -210,7 +211,13 @@ class ChannelDetector:
         # normal readings only, so it pauses while an energy rule's event is open here.
         closed = sched is not None and clock.weekday_time(t)[0] not in sched.days
         learn = not any(tr.open for k, tr in self.trackers.items() if k in PAUSE_KINDS)
-        v = self.stat.update(t, x, closed, learn)
+        if self.lighting is not None:
+            # A grouped lamp's switches are its schedule's, judged by its rules; the baseline
+            # learns and judges its lit level only, by the town's hours (its dimming steps).
+            if not self.lighting.lit_steady(t):
+                return Finding("unusual", 0.0, False, str)
+            at = clock.local(at)
+        v = self.stat.update(at, x, closed, learn)
         if self.lighting is not None:
             switching = self.lighting.switching(t)  # the schedule's switches, not just the sun's
         else:

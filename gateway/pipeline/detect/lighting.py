@@ -367,6 +367,14 @@ class LightingRule:
         s = self._span(t)
         return s is not None and (t - s.start <= s.start_grace or s.end - t <= s.end_grace)
 
+    def lit_steady(self, t: float) -> bool:
+        """Whether the schedule says lit (full or dimmed) at ``t``, away from any switch: the
+        statistical detector judges a grouped lamp's level then only. Its switching is the
+        schedule's and these rules judge it: the sun's switches move by an hour in local time
+        on the nights the clock changes, and a baseline by hour would take that for news."""
+        s = self._span(t)
+        return s is not None and s.state == LIT and not self.switching(t)
+
     def full_watts(self) -> float | None:
         if self.group.watts is not None:
             return self.group.watts
@@ -404,8 +412,8 @@ class LightingRule:
                 out.append(Finding(kind, 0.0, False, str))
                 continue
             run = self.runs[kind] = self.runs[kind] + 1
-            if run < CONFIRM:
-                out.append(Finding(kind, 0.0, False, str))
+            if run < CONFIRM:  # not confirmed yet, no score; but the rule explains the reading
+                out.append(Finding(kind, 0.0, True, str))
                 continue
             score = _score(run, 0.75 if kind == "dark_at_night" else 0.5)
             # Waste (every kind but the dark lamp) is what it draws above the schedule's level.
