@@ -405,3 +405,53 @@ def test_the_demo_makes_a_technician_login_for_its_console(tmp_path):
     db = open_db(cfg.database)
     assert accounts.authenticate(db, name, password).role == "technician"
     db.close()
+
+
+def test_an_admin_manages_accounts_and_only_an_admin(console):
+    tech = login(console, "tech")
+    assert tech.get("/users").status_code == 403
+    r = tech.post(
+        "/users/add",
+        data={
+            "csrf": csrf_of(tech.get("/").text),
+            "name": "x",
+            "role": "admin",
+            "password": "x" * 12,
+        },
+    )
+    assert r.status_code == 403  # a technician cannot make themselves an admin
+    admin = login(console, "admin")
+    page = admin.get("/users")
+    assert "Comptes" in page.text and 'id="user-tech"' in page.text
+    r = admin.post(
+        "/users/add",
+        data={
+            "csrf": csrf_of(page.text),
+            "name": "claire",
+            "role": "viewer",
+            "password": "une phrase longue",
+        },
+    )
+    assert r.status_code == 303 and "Compte claire ajouté" in admin.get(r.headers["location"]).text
+    short = admin.post(
+        "/users/add",
+        data={"csrf": csrf_of(page.text), "name": "paul", "role": "viewer", "password": "court"},
+    )
+    assert short.status_code == 400 and "at least 10" in short.text
+    assert login(console, "claire", "une phrase longue").get("/").status_code == 200
+    r = admin.post("/users/tech/remove", data={"csrf": csrf_of(page.text)})
+    assert r.status_code == 303
+    assert tech.get("/").status_code == 303  # removed: the session ended with the account
+    assert admin.post("/users/admin/remove", data={"csrf": csrf_of(page.text)}).status_code == 400
+
+
+def test_a_technician_adds_a_node_and_sees_its_key_once(console):
+    c = login(console, "tech")
+    r = c.post("/nodes/add", data={"csrf": csrf_of(c.get("/").text), "node": "lamp-003"})
+    assert r.status_code == 200 and "no-store" in r.headers["cache-control"]
+    key = re.search(r'<code id="node-key">([0-9a-f]{64})</code>', r.text).group(1)
+    row = console.db().execute("SELECT key FROM nodes WHERE id = 'lamp-003'").fetchone()
+    assert row[0].hex() == key
+    assert 'id="node-lamp-003"' in c.get("/").text and key not in c.get("/").text
+    again = c.post("/nodes/add", data={"csrf": csrf_of(c.get("/").text), "node": "lamp-003"})
+    assert again.status_code == 400 and "already exists" in again.text

@@ -19,6 +19,8 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 webdriver = pytest.importorskip("selenium.webdriver")
 By = pytest.importorskip("selenium.webdriver.common.by").By
 Select = pytest.importorskip("selenium.webdriver.support.select").Select
+WebDriverException = pytest.importorskip("selenium.common.exceptions").WebDriverException
+WebDriverWait = pytest.importorskip("selenium.webdriver.support.wait").WebDriverWait
 
 pytestmark = pytest.mark.skipif(
     not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
@@ -63,6 +65,22 @@ def console(tmp_path):
     c.stop()
 
 
+def submit(driver, element) -> None:
+    """Click ``element`` and wait for the next page to replace this one (a click returns
+    before the browser has loaded what it leads to)."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+
+    def replaced(_driver) -> bool:
+        try:
+            old.is_enabled()  # raises once the page it belonged to is gone
+        except WebDriverException:  # stale, or "does not belong to the document"
+            return True
+        return False
+
+    WebDriverWait(driver, 10).until(replaced)
+
+
 def shot(driver, tmp_path: Path, name: str) -> Path:
     path = tmp_path / "screenshots" / f"{name}.png"
     path.parent.mkdir(exist_ok=True)
@@ -89,19 +107,19 @@ def test_a_technician_logs_in_reads_the_fleet_acknowledges_an_event_and_logs_out
     browser.get(console.url + "/events")  # sent to the login, then back here
     browser.find_element(By.ID, "name").send_keys("tech")
     browser.find_element(By.ID, "password").send_keys("not the password")
-    browser.find_element(By.ID, "login").click()
+    submit(browser, browser.find_element(By.ID, "login"))
     assert "Nom ou mot de passe incorrect" in browser.find_element(By.ID, "message").text
     shot(browser, tmp_path, "login-refused")
     console.clock.offset += 2  # the login's brake after a failure, passed without sleeping
 
     browser.find_element(By.ID, "name").send_keys("tech")
     browser.find_element(By.ID, "password").send_keys(PASSWORDS["tech"])
-    browser.find_element(By.ID, "login").click()
+    submit(browser, browser.find_element(By.ID, "login"))
     assert browser.find_element(By.TAG_NAME, "h1").text == "Événements"
     cookie = browser.get_cookie("reverbere_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
 
-    browser.find_element(By.LINK_TEXT, "Parc").click()
+    submit(browser, browser.find_element(By.LINK_TEXT, "Parc"))
     rows = browser.find_elements(By.CSS_SELECTOR, "#fleet tbody tr")
     assert [r.get_attribute("id") for r in rows] == [
         "node-lamp-001",
@@ -114,24 +132,24 @@ def test_a_technician_logs_in_reads_the_fleet_acknowledges_an_event_and_logs_out
     shot(browser, tmp_path, "fleet")
 
     Select(browser.find_element(By.ID, "filter-state")).select_by_value("silent")
-    browser.find_element(By.ID, "filter").click()
+    submit(browser, browser.find_element(By.ID, "filter"))
     rows = browser.find_elements(By.CSS_SELECTOR, "#fleet tbody tr")
     assert [r.get_attribute("id") for r in rows] == ["node-school-01"]
     shot(browser, tmp_path, "fleet-silent")
 
-    browser.find_element(By.LINK_TEXT, "Événements").click()
+    submit(browser, browser.find_element(By.LINK_TEXT, "Événements"))
     event = browser.find_element(By.ID, "event-1")
     assert "allumé en plein jour" in event.text and "en cours" in event.text
     event.find_element(By.NAME, "note").send_keys("lampe changée, horloge réglée")
     shot(browser, tmp_path, "events")
-    event.find_element(By.ID, "ack-1").click()
+    submit(browser, event.find_element(By.ID, "ack-1"))
     acked = browser.find_element(By.CSS_SELECTOR, "#event-1 .ack").text
     assert acked.startswith("par tech le") and "lampe changée, horloge réglée" in acked
     shot(browser, tmp_path, "events-acknowledged")
     row = console.db().execute("SELECT ack_by, ack_note FROM anomalies WHERE id = 1").fetchone()
     assert row == ("tech", "lampe changée, horloge réglée")
 
-    browser.find_element(By.ID, "logout").click()
+    submit(browser, browser.find_element(By.ID, "logout"))
     assert browser.current_url == console.url + "/login"
     browser.get(console.url + "/")  # the session is over: back to the login
     assert browser.current_url.startswith(console.url + "/login")

@@ -204,7 +204,10 @@ class Console:
         async def handle(request: web.Request) -> web.Response:
             if not accounts.can(request[ROLE], action.role):
                 return self.error(request, 403, FORBIDDEN)
-            raise web.HTTPSeeOther(await action.handler(request, self, request[FORM]))
+            done = await action.handler(request, self, request[FORM])
+            if isinstance(done, web.StreamResponse):
+                return done
+            raise web.HTTPSeeOther(done)
 
         return handle
 

@@ -25,7 +25,11 @@ if TYPE_CHECKING:
 
 
 PageHandler = Callable[[web.Request, "Console"], Awaitable[dict[str, Any]]]
-ActionHandler = Callable[[web.Request, "Console", dict[str, str]], Awaitable[str]]
+# An action returns the console path to send the browser to (redirect after POST), or a
+# response of its own (a page shown once, such as a new node's key).
+ActionHandler = Callable[
+    [web.Request, "Console", dict[str, str]], Awaitable[str | web.StreamResponse]
+]
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,8 @@ class Page:
 @dataclass(frozen=True)
 class Action:
     """A form's target: ``handler(request, console, form)`` does it and returns where to
-    send the browser next (a path of the console). CSRF and the role are checked before."""
+    send the browser next (a path of the console), or a response (``console.render(...)``)
+    that must not be reloadable. CSRF and the role are checked before."""
 
     path: str
     name: str

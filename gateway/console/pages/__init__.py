@@ -1,6 +1,6 @@
 """The console's pages, one module each: a module has ``PAGES`` (``gateway.console.web.Page``)
 and ``ACTIONS`` (``gateway.console.web.Action``); listed here in the navigation's order."""
 
-from gateway.console.pages import events, fleet
+from gateway.console.pages import events, fleet, users
 
-MODULES = (fleet, events)
+MODULES = (fleet, events, users)

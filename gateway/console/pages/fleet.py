@@ -8,6 +8,7 @@ from aiohttp import web
 
 from gateway.console import store
 from gateway.console.web import N_, Action, Page
+from gateway.ingest import registry
 from gateway.ingest.registry import NodeNotFound
 
 
@@ -52,5 +53,19 @@ async def retire(request: web.Request, console: Any, form: dict[str, str]) -> st
     return "/?retired=" + node
 
 
+async def add(request: web.Request, console: Any, form: dict[str, str]) -> web.StreamResponse:
+    """Register a node and show its key once, on this answer only (never a page that can be
+    reloaded or a URL that lands in a history): what ``reverbere node add`` prints."""
+    node = form.get("node", "").strip()
+    try:
+        key = await console.store.run(registry.add_node, node)
+    except registry.RegistryError as e:
+        return console.error(request, 400, str(e))
+    return console.render(request, "node_added.html", {"node": node, "key": key.hex()})
+
+
 PAGES = [Page("/", "nodes", "fleet.html", fleet_page, N_("Fleet"), api=fleet_api)]
-ACTIONS = [Action("/nodes/{node}/retire", "retire", retire, role="technician")]
+ACTIONS = [
+    Action("/nodes/add", "node-add", add, role="technician"),
+    Action("/nodes/{node}/retire", "retire", retire, role="technician"),
+]
