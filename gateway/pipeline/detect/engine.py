@@ -22,6 +22,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from gateway.pipeline.detect.baseline import StatDetector
+from gateway.pipeline.detect.buildings import building_meter
 from gateway.pipeline.detect.config import DetectConfig
 from gateway.pipeline.detect.events import Cost, Event, Finding, Tracker
 from gateway.pipeline.detect.lighting import LightingRule
@@ -133,6 +134,9 @@ class ChannelDetector:
         elif channel == "p" and config.is_lamp(node):
             self.rules.append(LampRule(node, self.unit, config, clock))
         sched = self.sched = config.schedule_for(node)
+        if channel in ("p", "e") and group is None and not config.is_lamp(node):
+            # A building's meter: drop-out, stuck meter, spike, dip, wrong time, hour by hour.
+            self.rules.append(building_meter(node, self.unit, config, clock, sched))
         if sched is not None and channel in ("p", "e"):
             self.rules.append(ScheduleRule(node, sched, clock, counter=counter))
         # Counters are judged by their rate of increase, not their ever-growing value.

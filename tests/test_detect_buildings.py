@@ -1,0 +1,137 @@
+"""Building-meter detectors (gateway/pipeline/detect/buildings.py), through ``replay``, the very
+code path of the gateway: a town hall that works Monday to Friday, 08:00-18:00, learns four
+weeks, then shows each fault and each kind of waste the energy manager looks for."""
+
+import datetime as dt
+import random
+from zoneinfo import ZoneInfo
+
+from gateway.pipeline.calendar import is_public_holiday
+from gateway.pipeline.detect import DetectConfig, replay
+from gateway.pipeline.detect.buildings import KINDS
+from gateway.pipeline.detect.engine import MAX_STATE, ChannelDetector
+from gateway.pipeline.detect.rules import Clock
+
+PARIS = ZoneInfo("Europe/Paris")
+CONFIG = DetectConfig.from_mapping({"timezone": "Europe/Paris"})
+START = dt.datetime(2026, 5, 4, tzinfo=PARIS)  # a Monday
+
+
+def mairie(hours: int, every: int = 3600, fault=None, seed: int = 1):
+    """(time, W) of a building drawing 3.1 kW at night and 20 kW on working days' hours (closed
+    on French public holidays);
+    ``fault(local datetime, W) -> W`` changes what it reads."""
+    rng = random.Random(seed)
+    rows = []
+    for k in range(hours * 3600 // every):
+        t = START + dt.timedelta(seconds=k * every)
+        busy = t.weekday() < 5 and 8 <= t.hour < 18 and not is_public_holiday(t.date())
+        w = (20_000 if busy else 3_100) * (1 + rng.gauss(0, 0.03))
+        if fault is not None:
+            w = fault(t, w)
+        rows.append((t.timestamp(), round(w, 1)))
+    return rows
+
+
+def events(rows, config=CONFIG):
+    """The kinds and reasons of the events opened, with their local time."""
+    cd = ChannelDetector("mairie", "p", config, Clock(config))
+    out = []
+    for t, x in rows:
+        for ev in cd.step(t, x)[1]:
+            if ev.end is None and ev.start == t:
+                out.append((dt.datetime.fromtimestamp(t, PARIS), ev.kind, ev.reason))
+    return out, cd
+
+
+LEARN = 28 * 24  # four weeks, in hours
+
+
+def test_a_healthy_building_raises_nothing_and_stays_within_its_state_budget():
+    found, cd = events(mairie(LEARN + 14 * 24))
+    assert [e for e in found if e[1] in KINDS] == []
+    assert len(cd.dumps()) <= MAX_STATE
+
+
+def test_a_meter_that_reads_zero_is_a_dropout():
+    day = START + dt.timedelta(hours=LEARN + 24 * 2 + 10)  # a Wednesday, 10:00
+
+    def cut(t, w):
+        return 0.0 if day <= t < day + dt.timedelta(hours=6) else w
+
+    found, _ = events(mairie(LEARN + 7 * 24, fault=cut))
+    drops = [e for e in found if e[1] == "dropout"]
+    assert drops and drops[0][0] == day
+    assert "read 0 W between 10:00 and 11:00" in drops[0][2]
+
+
+def test_the_same_value_for_hours_is_a_stuck_meter_and_is_not_learnt():
+    frozen = START + dt.timedelta(hours=LEARN + 24 * 3 + 12)
+
+    def stuck(t, w):
+        return 12_345.0 if frozen <= t < frozen + dt.timedelta(days=7) else w
+
+    rows = mairie(LEARN + 21 * 24, fault=stuck)
+    found, _ = events(rows)
+    kinds = [e[1] for e in found]
+    assert "stuck_meter" in kinds
+    first = next(e for e in found if e[1] == "stuck_meter")
+    assert first[0] - frozen <= dt.timedelta(hours=6)
+    # A week stuck did not become the new normal: the same fault a week later is found again.
+    again, _ = events(rows + [(t + 7 * 86400, 12_345.0) for t, _ in rows[-24:]])
+    assert sum(e[1] == "stuck_meter" for e in again) == 2
+
+
+def test_a_raised_night_load_is_wrong_time_in_plain_words():
+    night = START + dt.timedelta(hours=LEARN + 24 + 1)  # Tuesday 01:00
+
+    def heater(t, w):
+        return 14_200.0 if night <= t < night + dt.timedelta(hours=4) else w
+
+    found, _ = events(mairie(LEARN + 3 * 24, fault=heater))
+    wrong = [e for e in found if e[1] == "wrong_time"]
+    assert wrong and wrong[0][0] == night
+    reason = wrong[0][2]
+    assert "drew 14.2 kW between 01:00 and 02:00" in reason
+    assert "3.1 kW" in reason  # what its nights draw
+
+
+def test_a_holiday_run_like_a_working_day_and_a_quiet_one_that_teaches_nothing():
+    # 14 July 2026 is a Tuesday: the mairie is closed, like a Sunday.
+    bastille = dt.date(2026, 7, 14)
+
+    def open_on_holiday(t, w):  # works the holiday as a Tuesday
+        if t.date() == bastille and 8 <= t.hour < 18:
+            return 20_000.0
+        return w
+
+    hours = int((dt.datetime(2026, 7, 17, tzinfo=PARIS) - START).total_seconds() // 3600)
+    # Sundays must be known closed: the holiday is judged against them.
+    found, _ = events(mairie(hours, fault=open_on_holiday))
+    holiday = [e for e in found if e[0].date() == bastille and e[1] == "wrong_time"]
+    assert holiday and "jour férié" in holiday[0][2]
+    found, _ = events(mairie(hours))  # closed, as every public holiday
+    ours = [e for e in found if e[1] in KINDS]
+    assert [e for e in ours if e[0].date() == bastille] == []
+    # The week's next working days are not "quiet" now: nothing raised after the holiday.
+    assert [e for e in ours if e[0].date() > bastille] == []
+
+
+def test_every_ten_minutes_the_same_faults_are_found_per_hour():
+    day = START + dt.timedelta(hours=LEARN + 24 * 2 + 10)
+
+    def cut(t, w):
+        return 0.0 if day <= t < day + dt.timedelta(hours=3) else w
+
+    found, cd = events(mairie(LEARN + 4 * 24, every=600, fault=cut))
+    drops = [e for e in found if e[1] == "dropout"]
+    # The hour 10:00-11:00 is judged when its last reading is followed by the next hour's.
+    assert drops and day < drops[0][0] <= day + dt.timedelta(hours=1, minutes=10)
+    assert len(cd.dumps()) <= MAX_STATE
+
+
+def test_replay_kind_power_runs_them():
+    day = START + dt.timedelta(hours=LEARN + 24 * 2 + 10)
+    rows = mairie(LEARN + 3 * 24, fault=lambda t, w: 0.0 if t == day else w)
+    alarms = [t for t, _, alarm in replay(rows, "power", CONFIG) if alarm]
+    assert day.timestamp() in alarms
