@@ -357,3 +357,22 @@ def test_mail_over_implicit_tls(tmp_path, db):
         assert "capteur muet" in mail["Subject"]
     finally:
         server.stop()
+
+
+def test_a_condition_that_comes_and_goes_is_one_message(tmp_path, db, receiver):
+    # A node heard, silent, heard again, silent again within minutes: the technician gets the
+    # first opening and its end; the recurrences wait for the digest, which says why.
+    cfg = alerts(tmp_path, f'[[alerts.routes]]\nwebhook = "{receiver.url}"\n')
+    for minute in (0, 3, 6):
+        ev = open_event(db, "lamp-015", "silent", at(f"2026-12-07T05:{minute:02d}"), "*")
+        close_event(db, ev, at(f"2026-12-07T05:{minute + 1:02d}"))
+        route_events(db, cfg, at(f"2026-12-07T05:{minute + 1:02d}"))
+    assert [p for p, *_ in phases(db, "route-1")] == ["open", "item", "item"]
+    # An hour after the last message, it is news again.
+    open_event(db, "lamp-015", "silent", at("2026-12-07T06:30"), "*")
+    route_events(db, cfg, at("2026-12-07T06:30"))
+    assert phases(db, "route-1")[-1][0] == "open"
+    route_events(db, cfg, at("2026-12-07T07:00"))
+    assert send_due(db, cfg) == 3
+    digest = receiver.wait(lambda r: len(r.got) == 3)[-1].body
+    assert digest["text"].count("revenue moins d'une heure après un message") == 2

@@ -13,6 +13,8 @@ Never a storm:
   route's other events of the same node and kind are covered by it (``alert_open``), and its
   end is announced by a closing message;
 * every other event waits for the route's daily digest (``digest_at``, local time);
+* an urgent event of a node and kind the route heard of less than an hour before (a condition
+  that comes and goes) waits for the digest too;
 * at most ``max_per_hour`` immediate messages per route in an hour (by the events' time):
   beyond, the event waits for the digest, which says so.
 
@@ -41,6 +43,8 @@ migrations = Migrations("reverbere.alerts")
 
 SENDABLE = ("open", "close", "digest")  # phases the sender delivers; "item" and "covered" wait
 OVER_CAP_NOTE = " (envoyée ici : plafond de messages par heure atteint)"
+FLAPPING_NOTE = " (revenue moins d'une heure après un message pour ce capteur)"
+FLAPPING_S = 3600.0  # an urgent event this soon after a message of its node and kind: digest
 
 
 @migrations()
@@ -153,6 +157,9 @@ def _decide(db: sqlite_utils.Database, config: AlertsConfig, route: Route, ev: E
             _insert(db, route, "item", ev, ev.start, due=digest_time(ev.start, config))
         elif _holder(db, route, ev) not in (None, ev.id):
             _insert(db, route, "covered", ev, ev.start)  # one message per node and kind
+        elif _opened_lately(db, route, ev):
+            due = digest_time(ev.start, config)
+            _insert(db, route, "item", ev, ev.start, due=due, note=FLAPPING_NOTE)
         elif _sent_in_hour(db, route, ev.start) >= config.max_per_hour:
             due = digest_time(ev.start, config)
             _insert(db, route, "item", ev, ev.start, due=due, note=OVER_CAP_NOTE)
@@ -186,6 +193,19 @@ def _holder(db: sqlite_utils.Database, route: Route, ev: EventFacts) -> int | No
         [route.name, ev.node, ev.kind],
     ).fetchone()
     return None if row is None else row[0]
+
+
+def _opened_lately(db: sqlite_utils.Database, route: Route, ev: EventFacts) -> bool:
+    """Whether the route was told of the same node and kind less than ``FLAPPING_S`` before
+    (by the events' time): a condition that comes and goes is one message, not one each time."""
+    return (
+        db.execute(
+            "SELECT 1 FROM alerts WHERE route = ? AND node = ? AND kind = ? AND phase = 'open'"
+            " AND at > ? AND at <= ? LIMIT 1",
+            [route.name, ev.node, ev.kind, ev.start - FLAPPING_S, ev.start],
+        ).fetchone()
+        is not None
+    )
 
 
 def _sent_in_hour(db: sqlite_utils.Database, route: Route, at: float) -> int:
