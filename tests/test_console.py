@@ -256,7 +256,7 @@ def test_a_viewer_cannot_do_what_a_technician_does(console):
     csrf = csrf_of(page)
     r = c.post("/events/1/acknowledge", data={"note": "moi aussi", "csrf": csrf})
     assert r.status_code == 403 and "Votre rôle ne permet pas" in r.text
-    r = c.post("/nodes/lamp-001/retire", data={"csrf": csrf})
+    r = c.post("/nodes/lamp-001/retire", data={"csrf": csrf, "confirm": "yes"})
     assert r.status_code == 403
     db = console.db()
     assert db.execute("SELECT ack_by FROM anomalies WHERE id = 1").fetchone() == (None,)
@@ -281,7 +281,10 @@ def test_a_technician_acknowledges_an_event_with_a_note_kept_and_owed_to_the_pla
 
 def test_a_technician_retires_a_node(console):
     c = login(console, "tech")
-    r = c.post("/nodes/lamp-002/retire", data={"csrf": csrf_of(c.get("/").text)})
+    asked = c.post("/nodes/lamp-002/retire", data={"csrf": csrf_of(c.get("/").text)})
+    assert asked.status_code == 200 and "Retirer le capteur lamp-002 ?" in asked.text
+    assert 'id="node-lamp-002"' in c.get("/").text  # asked, not done
+    r = c.post("/nodes/lamp-002/retire", data={"csrf": csrf_of(asked.text), "confirm": "yes"})
     assert r.status_code == 303
     assert "lamp-002" in c.get(r.headers["location"]).text  # the notice names it
     assert 'id="node-lamp-002"' not in c.get("/").text
@@ -455,3 +458,22 @@ def test_a_technician_adds_a_node_and_sees_its_key_once(console):
     assert 'id="node-lamp-003"' in c.get("/").text and key not in c.get("/").text
     again = c.post("/nodes/add", data={"csrf": csrf_of(c.get("/").text), "node": "lamp-003"})
     assert again.status_code == 400 and "already exists" in again.text
+
+
+def test_behind_an_https_proxy_the_session_cookie_is_secure(tmp_path):
+    c = ConsoleGateway(tmp_path, CONFIG + "\n[http]\nbehind_tls = true\nsession_minutes = 30\n")
+    try:
+        http = client(c)
+        form = http.get("/login")
+        assert "Secure" in form.headers["set-cookie"]  # the login form's token too
+        csrf = csrf_of(form.text)
+        # the client, like a browser, keeps Secure cookies for HTTPS: handed over by hand here
+        r = httpx.post(
+            c.url + "/login",
+            data={"csrf": csrf, "name": "tech", "password": PASSWORDS["tech"]},
+            headers={"Cookie": f"reverbere_login={csrf}"},
+        )
+        (cookie,) = [h for h in r.headers.get_list("set-cookie") if "reverbere_session=" in h]
+        assert "Secure" in cookie and "HttpOnly" in cookie and "Max-Age=1800" in cookie
+    finally:
+        c.stop()

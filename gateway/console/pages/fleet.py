@@ -44,8 +44,12 @@ async def fleet_api(request: web.Request, console: Any) -> list[dict[str, Any]]:
     return [dataclasses.asdict(n) for n in (await _fleet(request, console)).nodes]
 
 
-async def retire(request: web.Request, console: Any, form: dict[str, str]) -> str:
+async def retire(request: web.Request, console: Any, form: dict[str, str]) -> Any:
+    """Retire a node, once asked twice: the first POST answers a page that says what it
+    means (the node can no longer send) with a button that confirms."""
     node = request.match_info["node"]
+    if form.get("confirm") != "yes":
+        return console.render(request, "node_retire.html", {"node": node})
     try:
         await console.store.run(store.retire_node, node)
     except NodeNotFound:
