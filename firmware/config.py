@@ -11,8 +11,9 @@ from protocols.const import CHANNEL_NAMES
 
 FILE = "config.json"
 # The channels a node may sample: the gateway's list (it refuses a pack with any other, and the
-# node would drop the whole pack), but "drop", which the node counts itself.
-CHANNELS = tuple(c for c in CHANNEL_NAMES if c != "drop")
+# node would drop the whole pack), but those the node makes itself: "drop" (its count of
+# dropped readings) and its firmware's "fw", "fwt", "fwx" (firmware/node.py, docs/ota.md).
+CHANNELS = tuple(c for c in CHANNEL_NAMES if c not in ("drop", "fw", "fwt", "fwx"))
 
 # (key, default, kind, low, high), in this order. A default of None means the key is required.
 SCHEMA = (

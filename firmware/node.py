@@ -58,6 +58,7 @@ class Node:
         self.first = cfg["first"]  # the first reading after boot goes at once
         self.log = getattr(hal, "log", None)  # console lines for commissioning, if the HAL has
         self.drops_sent = 0
+        self.telling = False  # the pack in flight says the version (the "fw" channel)
         self.stats = {"packs": 0, "acked": 0, "failed": 0, "readings": 0}
         self.due = {}
         self._schedule(hal.ms(), True)
@@ -200,6 +201,13 @@ class Node:
         drops = st.drops + lost
         if readings and drops > self.drops_sent:
             readings.append(("drop", u or 0, drops))
+        up = self.ota
+        told = readings and up is not None and not up.told
+        if told:  # the version that runs, signed: what a rollout trusts (docs/ota.md)
+            # "fwt" while on trial: "fw" only once confirmed (after the 2.04 to this pack)
+            readings.append(("fwt" if up.trial else "fw", u or 0, up.version))
+            if up.st["skip"]:  # and the one it gave up (rolled back, refused, failed)
+                readings.append(("fwx", u or 0, up.st["skip"]))
         if not readings:
             st.ack(end, lost)
             self._after_ack(now)
@@ -207,6 +215,7 @@ class Node:
         seq = st.next_counter()
         body = cose.sign(self.key, self.kid, seq, senml.encode(readings))
         self.flight = (end, lost, drops, seq, len(readings))
+        self.telling = told
         self.hold = None
         self.stats["packs"] += 1
         self.link.start(POST, _OPTS, body, now)
@@ -249,6 +258,7 @@ class Node:
                 self.stats["acked"] += 1
                 self._apply(m.payload, now)
                 if self.ota is not None:  # a trial version proved itself: confirm it
+                    self.ota.told = self.ota.told or self.telling
                     self.ota.acked(now)
                 self._after_ack(now)
                 return

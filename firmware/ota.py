@@ -231,6 +231,7 @@ class Updater:
         self.bad = 0
         self.due = 0  # ms: no exchange before
         self.req = None  # (what, num): the request in flight
+        self.told = False  # the gateway has the version (and any given up) from a signed pack
         if read(files, ROLLED) is not None:  # the shim gave the trial slot up: say so, once
             failed = slot_version(files, "b" if self.cur == "a" else "a")
             self._end("rolled back: not confirmed after %d boots" % TRIES, R_FAILED, failed)
@@ -447,6 +448,7 @@ class Updater:
 
     def _end(self, result, code, version=0):
         self.m = None
+        self.told = False  # say it in the next pack
         self.st["result"] = result
         self.st["r"] = code
         if code != R_OK and version:

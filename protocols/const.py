@@ -79,6 +79,9 @@ CHANNEL_UNITS = (
     ("bat", "%EL"),  # battery, percent of remaining energy level
     ("rssi", "dBW"),  # radio signal strength
     ("drop", "1"),  # readings the node had to drop (buffer full), a counter sent as a sum
+    ("fw", "1"),  # the firmware version the node runs, confirmed (docs/ota.md), once per boot
+    ("fwt", "1"),  # the version it runs on trial, not yet confirmed
+    ("fwx", "1"),  # the version it gave up (rolled back, refused or failed)
 )
 CHANNEL_NAMES = tuple(c[0] for c in CHANNEL_UNITS)
 CHANNELS = dict(CHANNEL_UNITS)  # name -> unit
@@ -97,6 +100,9 @@ CHANNEL_RANGES = (
     ("bat", 0, 100),  # %EL: a percentage
     ("rssi", -200, 50),  # radio level, dBm as nodes send it (-100 to 0) or dBW, with room
     ("drop", 0, 4294967295),  # a counter, never negative; 2^32 - 1
+    ("fw", 0, 4294967295),  # versions: manifest versions are unsigned 32-bit
+    ("fwt", 0, 4294967295),
+    ("fwx", 0, 4294967295),
 )
 CHANNEL_LIMITS = {c[0]: (c[1], c[2]) for c in CHANNEL_RANGES}  # name -> (lowest, highest)
 

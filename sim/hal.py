@@ -7,10 +7,19 @@ transport for this node.
 """
 
 import random
+import runpy
 from collections.abc import Callable
+from pathlib import Path
 
+from firmware import ota
 from firmware.hal import MemDev, MemFS
 from sim.profiles import Profile
+
+# The real boot shim (firmware/boot/fwboot.py), run as is on a node's directory.
+_SHIM = runpy.run_path(str(Path(__file__).resolve().parent.parent / "firmware/boot/fwboot.py"))
+# A file that makes a simulated slot crash at boot: how the simulator ships a broken version
+# (sim.demo's deliberately broken update). The real shim then rolls it back after its tries.
+CRASH = "crash-at-boot"
 
 
 class SimClock:
@@ -48,6 +57,15 @@ class SimHal:
         self.sampled: list[tuple[str, int]] | None = None  # (channel, time) when recording
         self.sent = 0
         self.reads = 0
+        self.firmware: SimFirmware | None = None  # set by the fleet: updates over the air
+
+    @property
+    def files(self):  # read by firmware/node.py: None, no updates
+        return self.firmware.files if self.firmware else None
+
+    def reset(self) -> None:
+        if self.firmware:
+            self.firmware.reset()
 
     def boot(self) -> None:
         """Power comes back: the monotonic clock starts again from zero."""
@@ -85,3 +103,34 @@ class SimHal:
 
     def led(self, on: bool) -> None:
         pass
+
+
+class SimFirmware:
+    """A node's filesystem for updates over the air: a directory (``files``, the same
+    ``OsFiles`` a board uses) flashed with slot "a" as version 0, and a reset that the fleet
+    carries out (``boot``) by running the real boot shim on it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "fw" / "a").mkdir(parents=True, exist_ok=True)
+        if not (root / "fw" / "current").exists():
+            (root / "fw" / "current").write_text("a")
+        self.files = ota.OsFiles(str(root))
+        self.wanted = False  # the node asked for a reset
+        self.boots = 0
+        self.crashes = 0
+
+    def reset(self) -> None:
+        self.wanted = True
+
+    def boot(self) -> str | None:
+        """What the board does after a reset: the shim picks a slot; a slot that crashes
+        (``CRASH``) resets again, each boot counted by the shim, until it gives the slot up."""
+        self.wanted = False
+        for _ in range(_SHIM["TRIES"] + 2):
+            self.boots += 1
+            slot = _SHIM["choose"](str(self.root))
+            if slot is None or not (self.root / "fw" / slot / CRASH).exists():
+                return slot
+            self.crashes += 1
+        return slot

@@ -23,7 +23,7 @@ def test_node_and_gateway_read_the_same_table():
     assert resource.CHANNELS is const.CHANNELS
     assert store.CHANNELS is const.CHANNEL_NAMES  # flash index: the table's fixed order
     assert tuple(const.CHANNELS) == const.CHANNEL_NAMES
-    assert (*config.CHANNELS, "drop") == const.CHANNEL_NAMES
+    assert (*config.CHANNELS, "drop", "fw", "fwt", "fwx") == const.CHANNEL_NAMES
 
 
 @pytest.mark.parametrize("channel", config.CHANNELS)

@@ -8,6 +8,7 @@ from gateway import __version__
 from gateway.cli import admin as cli_admin
 from gateway.cli import alerts as cli_alerts
 from gateway.cli import energy as cli_energy
+from gateway.cli import fleet as cli_fleet
 from gateway.cli import gateway as cli_gateway
 from gateway.cli import lighting as cli_lighting
 from gateway.cli import reports as cli_reports
@@ -33,6 +34,7 @@ cli.add_command(cli_reports.anomalies)
 cli.add_command(cli_energy.waste)
 cli.add_command(cli_energy.report)
 cli.add_command(cli_sync.sync_group)
+cli.add_command(cli_fleet.fleet_group)
 cli.add_command(cli_sync.summaries)
 cli.add_command(cli_alerts.alerts_group)
 cli.add_command(sim)

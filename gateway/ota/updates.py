@@ -59,6 +59,34 @@ def m001_updates(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m002_rollout(db: sqlite_utils.Database) -> None:
+    # One staged rollout at a time (gateway/ota/rollout.py): its release, and a row per node.
+    db.execute(
+        """
+        CREATE TABLE ota_release (
+            path TEXT PRIMARY KEY,        -- a file's path in the slot
+            sha256 TEXT NOT NULL          -- in ota_files
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE ota_rollout (
+            node TEXT PRIMARY KEY,        -- node id
+            version INTEGER NOT NULL,     -- the version rolled out
+            node_class TEXT NOT NULL,     -- its sys.platform, for the manifest
+            wave INTEGER NOT NULL,        -- 0: canary, 1: the rest
+            state TEXT NOT NULL,          -- waiting, offered, confirmed, rolled_back, failed,
+                                          -- cancelled (the rollout stopped before its turn)
+            offered REAL,                 -- Unix time of the offer
+            ended REAL                    -- Unix time of the end (confirmed, failed...)
+        )
+        """
+    )
+    db.execute("CREATE TABLE ota_meta (key TEXT PRIMARY KEY, value)")  # max_failures
+
+
 class UpdateError(Exception):
     """An update that cannot be offered; the message says why."""
 
@@ -93,17 +121,9 @@ def offer(
     served = 0
     with db.atomic():
         for path, data in sorted(files):
-            digest = sha256(data).hexdigest()
-            z = zlib.compressobj(9, zlib.DEFLATED, WBITS)
-            deflated = z.compress(data) + z.flush()
-            keep = deflated if len(deflated) < len(data) else None
-            db.execute(
-                "INSERT OR IGNORE INTO ota_files (sha256, data, deflated) VALUES (?, ?, ?)",
-                [digest, data, keep],
-            )
-            zsize = len(keep) if keep is not None else 0
-            served += zsize or len(data)
-            entries.append((path, len(data), bytes.fromhex(digest), zsize))
+            entry = store_file(db, path, data)
+            served += entry[3] or len(data)
+            entries.append(entry)
         row = db.execute("SELECT seq FROM ota_nodes WHERE node = ?", [node_id]).fetchone()
         seq = (row[0] if row else 0) + 1
         payload = manifest.encode(node_id, node_class, version, abi, entries)
@@ -115,6 +135,20 @@ def offer(
             [node_id, seq, version, signed, time.time()],
         )
     return Offer(node_id, version, seq, signed, len(entries), served)
+
+
+def store_file(db: sqlite_utils.Database, path: str, data: bytes) -> tuple[str, int, bytes, int]:
+    """Keep ``data`` once by SHA-256 (deflated too, when smaller): its manifest entry
+    (path, size, digest, deflated size or 0)."""
+    digest = sha256(data).hexdigest()
+    z = zlib.compressobj(9, zlib.DEFLATED, WBITS)
+    deflated = z.compress(data) + z.flush()
+    keep = deflated if len(deflated) < len(data) else None
+    db.execute(
+        "INSERT OR IGNORE INTO ota_files (sha256, data, deflated) VALUES (?, ?, ?)",
+        [digest, data, keep],
+    )
+    return (path, len(data), bytes.fromhex(digest), len(keep) if keep is not None else 0)
 
 
 def withdraw(db: sqlite_utils.Database, node_id: str) -> bool:

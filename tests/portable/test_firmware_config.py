@@ -85,7 +85,8 @@ def test_channels_are_the_wire_list_but_drop():
     # the node then drops the whole pack): config.json must refuse such a channel at boot.
     from protocols.const import CHANNELS
 
-    assert set(config.CHANNELS) == set(CHANNELS) - {"drop"}
+    # but those the node makes itself: "drop", and its firmware version's (docs/ota.md)
+    assert set(config.CHANNELS) == set(CHANNELS) - {"drop", "fw", "fwt", "fwx"}
     for ch in config.CHANNELS:
         assert config.load(_with(channels={ch: 60}))["channels"] == {ch: 60}
     for ch in ("i", "u", "drop", "x"):

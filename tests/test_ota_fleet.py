@@ -1,0 +1,84 @@
+"""``reverbere fleet update`` / ``fleet status``: the rollout's steps as an operator sees them.
+
+The nodes' signed readings are written straight into the readings table here (what the
+ingest stores once their MAC checked): tests/test_ota_rollout.py has real nodes send them.
+"""
+
+import json
+
+from click.testing import CliRunner
+
+from gateway.cli.main import cli
+from gateway.ingest import registry
+from gateway.ota import rollout, updates
+from gateway.store.db import open_db
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def signed(db, node, channel, value, t):
+    """A reading as the ingest stores it after checking the node's MAC."""
+    ref = registry.lookup(db, node)[0]
+    with db.conn:
+        db.execute("INSERT INTO readings VALUES (?, ?, ?, ?)", [ref, channel, t, value])
+
+
+def test_canaries_first_then_the_rest_and_a_rollback_stops_the_rollout(tmp_path):
+    invoke("gateway", "init", tmp_path)
+    cfg = tmp_path / "gateway.toml"
+    for n in ("lamp-001", "lamp-002", "lamp-003", "bldg-001"):
+        invoke("node", "add", n, "--config", cfg)
+    fw = tmp_path / "v2"
+    (fw / "firmware").mkdir(parents=True)
+    (fw / "firmware" / "node.mpy").write_bytes(b"M\x06" + b"node" * 500)
+    r = invoke(
+        "fleet", "update", "--version", 2, "--firmware", fw, "--config", cfg,
+        "--nodes", "lamp-*", "--canary", 1, "--no-wait",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == [
+        "3 nodes, 1 canaries",
+        "version 2: 0 updated, 0 failed, 3 waiting (canaries first)",
+    ]
+    db = open_db(tmp_path / "reverbere.db")
+    # Only the canary is offered: its 2.04s say "u", the others' do not.
+    assert [(s["node"], s["version"]) for s in updates.status(db)] == [("lamp-001", 2)]
+    # What the node says about itself when it fetches is not enough ...
+    updates.Pending(db).report("lamp-001", 2, 1)
+    assert rollout.advance(db).counts == {"offered": 1, "waiting": 2}
+    # ... its signed reading is: confirmed, its offer withdrawn, the others offered.
+    signed(db, "lamp-001", "fw", 2, 1_800_000_000)
+    status = json.loads(invoke("fleet", "status", "--config", cfg, "--format", "json").output)
+    by = {s["node"]: s for s in status}
+    assert by["lamp-001"] == {
+        "node": "lamp-001", "running": 2, "trial": None, "target": 2, "state": "confirmed"
+    }  # fmt: skip
+    assert by["lamp-002"]["state"] == by["lamp-003"]["state"] == "offered"
+    assert by["bldg-001"]["state"] == "idle"  # not in this rollout
+    assert [s["node"] for s in updates.status(db) if s["version"]] == ["lamp-002", "lamp-003"]
+    # lamp-002 rolled back (the boot shim gave v2 up): --max-failures 0, so the rollout stops
+    # and lamp-003's offer is withdrawn.
+    signed(db, "lamp-002", "fw", 1, 1_800_000_100)
+    signed(db, "lamp-002", "fwx", 2, 1_800_000_100)
+    table = invoke("fleet", "status", "--config", cfg).output
+    assert "version 2: 1 updated, 1 failed, 0 waiting, 1 cancelled (STOPPED" in table
+    assert [s["node"] for s in updates.status(db) if s["version"]] == []
+    states = {u.node: u.state for u in rollout.node_states(db)}
+    assert states == {
+        "bldg-001": "idle", "lamp-001": "confirmed", "lamp-002": "rolled_back",
+        "lamp-003": "cancelled",
+    }  # fmt: skip
+    assert rollout.state_counts(db) == {
+        "idle": 1, "confirmed": 1, "rolled_back": 1, "cancelled": 1
+    }  # fmt: skip
+
+
+def test_a_pattern_that_matches_no_node_is_refused_with_a_hint(tmp_path):
+    invoke("gateway", "init", tmp_path)
+    cfg = tmp_path / "gateway.toml"
+    invoke("node", "add", "lamp-001", "--config", cfg)
+    r = invoke("fleet", "update", "--version", 2, "--config", cfg, "--nodes", "bldg-*")
+    assert r.exit_code == 1
+    assert "no registered node matches 'bldg-*'" in r.output and "node list" in r.output
