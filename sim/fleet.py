@@ -21,12 +21,13 @@ import json
 import random
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from firmware import config
 from firmware.node import Node
-from sim.hal import SimClock, SimHal
+from sim.hal import SimClock, SimFirmware, SimHal
 from sim.profiles import Anomaly, Building, Profile, StreetLight, plan_anomalies
 
 BUILDING_SHARE = 0.2  # one node in five meters a public building, the rest are street lights
@@ -121,8 +122,15 @@ class Fleet:
         record: bool = False,
         store_kb: int = 16,
         node_config: dict | None = None,
+        firmware_dir: str | Path | None = None,
+        timer: tuple[float, Callable[[float], None]] | None = None,
     ):
         self.keys = keys
+        # Updates over the air: each node's filesystem in firmware_dir/<node> (sim/hal.py).
+        self.firmware_dir = Path(firmware_dir) if firmware_dir is not None else None
+        # (period, fn): fn(simulated time) every period simulated seconds, e.g. a rollout's
+        # steps, in step with the fleet's time however fast it runs.
+        self.timer = timer
         self.gateway = gateway
         self.start = float(int(start if start is not None else time.time() - duration))
         self.duration = duration
@@ -189,6 +197,8 @@ class Fleet:
             )
             if self.record:
                 hal.sampled = []
+            if self.firmware_dir is not None:
+                hal.firmware = SimFirmware(self.firmware_dir / node)
             self.members.append(_Member(node, key, hal, self._config(node, key, profile), sock))
             self._schedule(idx, self.start)
 
@@ -227,6 +237,10 @@ class Fleet:
                 self._schedule(idx, silent.end)
                 return
         ms = m.node.poll()
+        if m.hal.firmware is not None and m.hal.firmware.wanted:  # an update switched slots
+            m.hal.firmware.boot()
+            m.reboot()
+            ms = m.node.poll()
         wake = self.start + (self._now_ms() + max(ms, 1)) / 1000
         for a in m.hal.profile.anomalies:  # be there when the power goes
             if a.kind == "silent" and now < a.start < wake:
@@ -239,6 +253,9 @@ class Fleet:
         if m.off_until is not None:
             return
         m.node.datagram(data)
+        if m.hal.firmware is not None and m.hal.firmware.wanted:
+            m.hal.firmware.boot()
+            m.reboot()
         self._step(idx)
 
     def _waiting(self) -> bool:
@@ -272,6 +289,7 @@ class Fleet:
         await self._open()
         wall0 = time.monotonic()
         end = round(self.duration * 1000)
+        timer_at = self.start
         try:
             while self._heap:
                 t = self._heap[0][0]
@@ -283,6 +301,9 @@ class Fleet:
                         await asyncio.sleep(ahead)
                 t = max(self._now_ms(), t)
                 self.clock.now = self.start + t / 1000
+                if self.timer is not None and self.clock.now >= timer_at:
+                    self.timer[1](self.clock.now)
+                    timer_at = self.clock.now + self.timer[0]
                 self._batch.clear()
                 # Everything due at this instant, then let the network answer.
                 while self._heap and self._heap[0][0] <= t:
