@@ -100,6 +100,8 @@ def test_urgent_event_is_mailed_at_once_over_starttls_then_its_end(tmp_path, db,
     )
     assert mail["To"] == "astreinte@mairie.test"
     assert mail["X-Reverbere-Alert"] == f"astreinte/event/{ev}"
+    assert mail["Message-ID"] == f"<reverbere.astreinte.event.{ev}@mairie.test>"  # every attempt
+    assert mail["Date"].datetime.utcoffset().total_seconds() == 3600  # Paris in December
     text = mail.get_body(("plain",)).get_content()
     assert "depuis le 07/12/2026 à 21:14" in text  # local time, and it says whose
     assert "Heures locales (Europe/Paris)." in text

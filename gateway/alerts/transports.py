@@ -15,8 +15,10 @@ import smtplib
 import ssl
 import urllib.parse
 from dataclasses import dataclass
+from datetime import datetime
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import format_datetime
+from zoneinfo import ZoneInfo
 
 import httpx
 
@@ -67,9 +69,11 @@ def mail_message(alert: Alert, route: Route, config: AlertsConfig) -> EmailMessa
     msg["From"] = f"Réverbère <{smtp.sender}>"
     msg["To"] = ", ".join(route.target)
     msg["Subject"] = alert.subject
-    msg["Date"] = formatdate(localtime=False)
+    msg["Date"] = format_datetime(datetime.now(ZoneInfo(config.timezone)))  # the town's time
+    # The same for every attempt at this alert: a second copy (a crash between the server's
+    # 250 and the mark) is the same message to the mail clients that deduplicate.
     domain = smtp.sender.rsplit("@", 1)[-1]
-    msg["Message-ID"] = make_msgid(idstring=alert.key.replace("/", "."), domain=domain)
+    msg["Message-ID"] = f"<reverbere.{alert.key.replace('/', '.')}@{domain}>"
     msg["X-Reverbere-Alert"] = alert.key
     if alert.urgent and alert.phase == "open":
         msg["Importance"] = "high"
