@@ -24,7 +24,8 @@ from sqlite_utils.migrations import Migrations
 from gateway.pipeline.detect.baseline import StatDetector
 from gateway.pipeline.detect.buildings import building_meter
 from gateway.pipeline.detect.config import DetectConfig
-from gateway.pipeline.detect.events import Cost, Event, Finding, Tracker
+from gateway.pipeline.detect.events import CLOSE_AFTER, Cost, Event, Finding, Tracker
+from gateway.pipeline.detect.fleetwide import DEFER, WINDOW, FleetWatch
 from gateway.pipeline.detect.lighting import LightingRule
 from gateway.pipeline.detect.rules import (
     Clock,
@@ -50,6 +51,15 @@ SILENT_CHECK_EVERY = 60.0  # seconds (of reading time) between looks for silent 
 # stretch can be what a channel does, and not "unusual": the baseline must follow a real change.
 PAUSE_KINDS = frozenset(
     {"lit_by_day", "dark_at_night", "drift", "off_schedule", "lit_in_switch_off", "not_dimmed"}
+)
+# Kinds whose condition, when it holds on a node (confirmed or not yet), explains what the
+# statistical detector sees there: the rule's event and sentence win (issue 14). Not "drift": a
+# spike on a drifting lamp is a fault of its own. A building meter's kinds (buildings.py) too.
+EXPLAIN_KINDS = frozenset(
+    {
+        *("lit_by_day", "dark_at_night", "off_schedule", "lit_in_switch_off", "not_dimmed"),
+        *("dropout", "stuck_meter", "spike", "dip", "wrong_time"),
+    }
 )
 
 migrations = Migrations("reverbere.detect")
@@ -97,16 +107,19 @@ class ChannelDetector:
         "clock",
         "config",
         "cost",
+        "group",
         "interval",
         "last_time",
         "lighting",
         "node",
+        "pending",
         "prev",
         "rules",
         "sched",
         "stat",
         "trackers",
         "unit",
+        "watch",
     )
 
     def __init__(
@@ -116,7 +129,10 @@ class ChannelDetector:
         config: DetectConfig,
         clock: Clock,
         cost: Cost | None = None,
+        watch: FleetWatch | None = None,
     ):
+        """``watch``: the fleet's moves and what the rules explain (the stage's); without it
+        (``replay``, one channel alone) the statistical detector's alarms open at once."""
         self.node, self.channel, self.config, self.clock = node, channel, config, clock
         self.cost = cost  # the tariff, for the waste's euros
         self.unit = CHANNELS.get(channel, "")
@@ -125,7 +141,10 @@ class ChannelDetector:
         if counter:
             self.rules.append(CounterRule(node, self.unit, clock))
         if channel in STUCK_CHANNELS:
-            self.rules.append(StuckRule(node, self.unit, config.stuck_readings, clock))
+            # A lamp's zeros are the lamp rules' (off by day or switched off as planned: expected;
+            # dark at night: their event), never a stuck sensor's.
+            zeros = not (channel == "p" and config.is_lamp(node))
+            self.rules.append(StuckRule(node, self.unit, config.stuck_readings, clock, zeros=zeros))
         group = config.lighting_for(node) if channel == "p" else None
         self.lighting = None
         if group is not None:  # a lamp of a [[detect.lighting]] group: judged by its schedule
@@ -137,6 +156,17 @@ class ChannelDetector:
         if channel in ("p", "e") and group is None and not config.is_lamp(node):
             # A building's meter: drop-out, stuck meter, spike, dip, wrong time, hour by hour.
             self.rules.append(building_meter(node, self.unit, config, clock, sched))
+        # The group whose simultaneous moves are a schedule: the street lights, the buildings
+        # of one schedule, every other node.
+        self.group = "lamps" if config.is_lamp(node) else "*"
+        if sched is not None:
+            self.group = "schedule:" + ",".join(sched.nodes)
+        self.watch = watch
+        if watch is not None:
+            watch.member(self.group, channel, node)
+        # The statistical detector's alarm held back (time, score, reason) until the fleet's
+        # time says whether its group moved with it or a rule explains it (``release``).
+        self.pending: list | None = None
         if sched is not None and channel in ("p", "e"):
             self.rules.append(ScheduleRule(node, sched, clock, counter=counter))
         # Counters are judged by their rate of increase, not their ever-growing value.
@@ -165,10 +195,13 @@ class ChannelDetector:
         findings: list[Finding] = []
         for rule in self.rules:
             findings.extend(rule.step(t, x))
+        explained = any(f.active and f.kind in EXPLAIN_KINDS for f in findings)
+        if explained and self.watch is not None:
+            self.watch.explain(self.node, t)
         if self.stat is not None:
             f = self._stat(t, x, last)
             if f is not None:
-                findings.append(f)
+                findings.append(self._hold(t, f, explained))
         power = self._power(t, x, last, prev)
         score = 0.0
         changed = []
@@ -190,6 +223,58 @@ class ChannelDetector:
         # by day) keeps its event as it is.
         return score, changed
 
+    def _hold(self, t: float, f: Finding, explained: bool) -> Finding:
+        """The statistical detector's finding as the trackers see it: nothing when a rule's
+        condition holds on this reading (the rule tells it, and an open ``unusual`` event
+        closes), held back (``pending``) when it would open an event and the fleet is watched."""
+        if explained:
+            self.pending = None
+            return Finding("unusual", 0.0, False, str)
+        watch = self.watch
+        if watch is None:
+            return f
+        if f.active:
+            watch.moved(self.group, self.channel, self.node, t)
+        held = self.pending
+        if held is not None:  # while held back: how long the condition has been clear
+            if f.active:
+                held[3] = 0
+            else:
+                held[3] += 1
+                if held[3] == 1:
+                    held[4] = t
+            return Finding("unusual", 0.0, False, str)
+        tr = self.trackers.get("unusual")
+        if f.score < self.config.threshold or (tr is not None and tr.open):
+            return f
+        # [time, score, reason, clear readings since, first of them]
+        self.pending = [t, f.score, f.reason(), 0, t]
+        return Finding("unusual", 0.0, False, str)
+
+    def release(self, now: float) -> Event | None:
+        """Open the held-back alarm once the fleet's time ``now`` is ``DEFER`` past it, unless
+        a rule's condition held on the node around it or its group moved with it then; returns
+        the event it opened (closed already if the condition cleared meanwhile). The event
+        starts at the reading that raised the alarm."""
+        if self.pending is None or now < self.pending[0] + DEFER:
+            return None
+        t, score, reason, clear, first_clear = self.pending
+        self.pending = None
+        watch = self.watch
+        if watch is not None and (
+            watch.explained(self.node, t - max(self.interval, 60.0) - 60.0, t + WINDOW)
+            or watch.together(self.group, self.channel, self.node, t)
+        ):
+            return None
+        tr = self.trackers.setdefault("unusual", Tracker())
+        if tr.open:
+            return None
+        alarm = Finding("unusual", score, True, lambda: reason)
+        ev = tr.step(self.node, self.channel, t, alarm, self.config.threshold)
+        for _ in range(min(clear, CLOSE_AFTER)):  # the clear readings it missed, as they came
+            ev = tr.step(self.node, self.channel, first_clear, None, self.config.threshold) or ev
+        return ev
+
     def _power(self, t: float, x: float, last: float | None, prev: float | None) -> float | None:
         """The channel's power at this reading, in W, for the waste: a power channel's value,
         an energy counter's mean rate since its previous reading (``prev``, ``self.prev`` as it
@@ -206,14 +291,18 @@ class ChannelDetector:
             prev, self.prev = self.prev, x
             if prev is None or last is None or x < prev:
                 return None
-            x = (x - prev) * 3600.0 / (t - last)  # counter units per hour (Wh -> W)
-            unit = "W" if self.unit == "Wh" else self.unit + "/h"
+            x = (x - prev) * 3600.0 / (t - last)  # counter units per hour
+            # The rate of the interval belongs to its middle: a counter read at 05:00 tells of
+            # 04:55-05:00 (dimmed), not of the 05:00 hour's slot (full power).
+            at = (t + last) / 2
+            # Described as what it counts (Wh, and Wh per hour), never as watts read off it.
+            unit = self.unit + "/h"
         else:
             unit = self.unit
         sched, clock, cfg = self.sched, self.clock, self.config
         # A building learns its closed days apart from its open ones; the baseline learns from
         # normal readings only, so it pauses while an energy rule's event is open here.
-        closed = sched is not None and clock.weekday_time(t)[0] not in sched.days
+        closed = sched is not None and clock.weekday_time(at)[0] not in sched.days
         learn = not any(tr.open for k, tr in self.trackers.items() if k in PAUSE_KINDS)
         if self.lighting is not None:
             # A grouped lamp's switches are its schedule's, judged by its rules; the baseline
@@ -232,11 +321,18 @@ class ChannelDetector:
         active = v.score >= 0.5 * self.config.threshold
         if not active and v.novelty == 0.0:
             return Finding("unusual", 0.0, False, str)
-        return Finding("unusual", v.novelty, active, lambda: self._reason(t, x, unit, v))
+        return Finding("unusual", v.novelty, active, lambda: self._reason(t, x, unit, v, last))
 
-    def _reason(self, t: float, x: float, unit: str, v) -> str:
+    def _reason(self, t: float, x: float, unit: str, v, last: float | None = None) -> str:
         what = "" if self.channel in ("x", "") else " " + self.channel
         head = f"{self.node}{what} read {fmt_value(x, unit)} at {self.clock.hhmm(t)}"
+        if self.channel in SUM_CHANNELS and last is not None:
+            # A counter: what it counted since its previous reading, and at what rate.
+            counted = fmt_value(x * (t - last) / 3600.0, self.unit)
+            head = (
+                f"{self.node}{what} counted {counted} in {_duration(t - last)} up to"
+                f" {self.clock.hhmm(t)} ({fmt_value(x, unit)})"
+            )
         if v.record is not None:
             lo, hi = v.record
             return (
@@ -255,6 +351,7 @@ class ChannelDetector:
                 self.prev,
                 [r.dump() for r in self.rules],
                 {k: tr.dump() for k, tr in self.trackers.items() if tr.event is not None},
+                self.pending,
             ],
             separators=(",", ":"),
         ).encode()
@@ -264,7 +361,9 @@ class ChannelDetector:
         (n,) = struct.unpack_from("<H", data)
         if self.stat is not None and n:
             self.stat = StatDetector.loads(data[2 : 2 + n])
-        last, self.interval, self.prev, rules, trackers = json.loads(data[2 + n :])
+        # A state saved before the held-back alarm was kept has five items.
+        last, self.interval, self.prev, rules, trackers, *pending = json.loads(data[2 + n :])
+        self.pending = pending[0] if pending else None
         self.last_time = last
         for rule, d in zip(self.rules, rules, strict=True):
             # The config may have changed what judges this channel (a lamp moved into or out of
@@ -288,6 +387,10 @@ class Detector:
         of ``[site]`` (:meth:`gateway.pipeline.waste.Tariff.cost`), the euros of the waste."""
         self.config = config or DetectConfig()
         self.cost = cost
+        self.watch = FleetWatch()
+        self._pending: set[tuple[str, str]] = set()  # channels holding an alarm back
+        self._due = math.inf  # the fleet's time when the first of them is due
+        self._fleet_time = -math.inf  # the newest reading time seen
         self.pack_seconds = pack_seconds
         self.clock = Clock(self.config)
         self._channels: dict[tuple[str, str], ChannelDetector] = {}
@@ -304,12 +407,15 @@ class Detector:
         key = (node, channel)
         cd = self._channels.get(key)
         if cd is None:
-            cd = ChannelDetector(node, channel, self.config, self.clock, self.cost)
+            cd = ChannelDetector(node, channel, self.config, self.clock, self.cost, self.watch)
             row = db.execute(
                 "SELECT state FROM detect_state WHERE node = ? AND channel = ?", key
             ).fetchone()
             if row is not None:
                 cd.loads(row[0])
+                if cd.pending is not None:
+                    self._pending.add(key)
+                    self._due = min(self._due, cd.pending[0] + DEFER)
             self._channels[key] = cd
         return cd
 
@@ -323,7 +429,14 @@ class Detector:
         for r in readings:
             key = (r.node, r.channel)
             cd = self.channel(db, r.node, r.channel)
+            if r.time > self._fleet_time:
+                self._fleet_time = r.time
+                if self._fleet_time >= self._due:
+                    self._release(changed, touched)
             events = cd.step(r.time, r.value)[1]
+            if cd.pending is not None:
+                self._pending.add(key)
+                self._due = min(self._due, cd.pending[0] + DEFER)
             if events:
                 touched[key] = cd  # its trackers changed: save it with the events
             elif key not in touched and r.time - self._saved.get(key, 0.0) >= SAVE_EVERY:
@@ -357,6 +470,25 @@ class Detector:
             if self._silent_due(db, now, heard):
                 silent = self._look_for_silent(db, now, heard)
         return [*changed.values(), *silent]
+
+    def _release(
+        self, changed: dict[int, Event], touched: dict[tuple[str, str], ChannelDetector]
+    ) -> None:
+        """Open (or drop) the held-back alarms due by the fleet's time (the newest reading
+        time seen). Called per reading, so the outcome does not depend on how readings were
+        batched into commits."""
+        now = self._fleet_time
+        self._due = math.inf
+        for key in list(self._pending):
+            cd = self._channels[key]
+            ev = cd.release(now)
+            if cd.pending is None:
+                self._pending.discard(key)
+                touched[key] = cd
+            else:
+                self._due = min(self._due, cd.pending[0] + DEFER)
+            if ev is not None:
+                changed[id(ev)] = ev
 
     def _silent_due(self, db: sqlite_utils.Database, now: float, heard: set[str]) -> bool:
         if self._silent_open is None:

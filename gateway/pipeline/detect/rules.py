@@ -164,8 +164,8 @@ class LampRule:
                         ),
                     )
                 )
-            else:
-                out.append(Finding("lit_by_day", 0.0, False, str))
+            else:  # lit, not yet confirmed: no score, but the rule explains the reading
+                out.append(Finding("lit_by_day", 0.0, self.lit_run > 0, str))
         elif t < rise - grace or t > set_ + grace:
             self.lit_run = 0
             out.append(Finding("lit_by_day", 0.0, False, str))
@@ -187,7 +187,7 @@ class LampRule:
                     )
                 )
             else:
-                out.append(Finding("dark_at_night", 0.0, False, str))
+                out.append(Finding("dark_at_night", 0.0, self.dark_run > 0, str))
             if lit:
                 out.append(self._drift(t, x))
         return out
@@ -287,8 +287,8 @@ class ScheduleRule:
             self.idle += max(weight, 1.0 / self.n_idle) * (x - self.idle)
             return [Finding("off_schedule", 0.0, False, str)]
         self.run += 1
-        if self.run < CONFIRM:
-            return [Finding("off_schedule", 0.0, False, str)]
+        if self.run < CONFIRM:  # not yet confirmed, but the rule explains the reading
+            return [Finding("off_schedule", 0.0, True, str)]
         sched, clock = self.sched, self.clock
         return [
             Finding(
@@ -360,7 +360,9 @@ class StuckRule:
     healthy (of zeros, for a zero; of any other value, otherwise), whichever is more: a meter that
     reads exactly 0 W all day long (a lamp switched off) is not stuck, one whose zeros always came
     with noise is. Runs of zeros are not
-    judged during the first ``LEARN_DAYS`` days, while the channel shows what its zeros are like.
+    judged during the first ``LEARN_DAYS`` days, while the channel shows what its zeros are like,
+    and never with ``zeros=False``: a street light's 0 W is the lamp rules' (expected by day or
+    while switched off, their ``dark_at_night`` at night), not a stuck sensor's.
     """
 
     __slots__ = (
@@ -375,12 +377,14 @@ class StuckRule:
         "since",
         "unit",
         "value",
+        "zeros",
     )
 
     LEARN_DAYS = 1
 
-    def __init__(self, node: str, unit: str, limit: int, clock: Clock):
+    def __init__(self, node: str, unit: str, limit: int, clock: Clock, zeros: bool = True):
         self.node, self.unit, self.limit, self.clock = node, unit, limit, clock
+        self.zeros = zeros  # whether a run of zeros is this rule's to judge
         self.value: float | None = None
         self.run = 0
         self.since = 0.0
@@ -401,7 +405,9 @@ class StuckRule:
             return [Finding("stuck", 0.0, False, str)]
         self.run += 1
         needed = max(self.limit, 2 * (self.longest_zero if x == 0 else self.longest))
-        if self.run < needed or (x == 0 and t - self.first < self.LEARN_DAYS * 86400):
+        if self.run < needed or (
+            x == 0 and (not self.zeros or t - self.first < self.LEARN_DAYS * 86400)
+        ):
             return [Finding("stuck", 0.0, False, str)]
         self.raised = True
         run, since = self.run, self.since
