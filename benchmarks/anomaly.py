@@ -16,6 +16,14 @@
    event-level precision and recall per kind, median delay, false events per node per week.
 3. Cost: microseconds per reading per channel (detectors alone, and the whole stage with SQLite),
    bytes of packed state per channel.
+4. Building meters with labelled anomalies (../shared/data/lead-dev, or --buildings DIR, files of
+   ``timestamp,value,label``): each file through ``replay(kind="power")``, the code path of
+   ``reverbere anomalies replay --kind power``; per anomaly shape (drop-out, stuck, spike, dip,
+   wrong time) the labelled runs found (an alarm inside the run or within 3 readings after it),
+   false alarms (alarms elsewhere) per building-day, NAB's standard score (runs as windows,
+   alarms as detections), beside two references measured on the same files: a rolling z-score
+   over 7 days (|z| > 4) and an hour-of-week median over 4 weeks (> 5 MAD). Also for the first
+   and the second half of the files, and per building. ``--buildings-only`` runs only this part.
 """
 
 import argparse
@@ -386,12 +394,248 @@ def run_cost(n: int) -> dict:
     return out
 
 
+# -- 4. Building meters with labelled anomalies (LEAD 1.0 extract) -------------------------------
+SHAPES = ("drop-out", "stuck", "spike", "dip", "wrong time")
+AFTER = 3  # readings after a labelled run in which an alarm still finds it
+# The site's clock without a zone, and no calendar: the buildings' country is not given.
+BUILDING_CONFIG = {"timezone": "UTC", "country": ""}
+
+
+def load_building(path: Path) -> tuple[list[float], list[float], list[int]]:
+    """``timestamp,value,label`` rows: Unix times (the local clock read as UTC), values, labels."""
+    import csv
+
+    times, values, labels = [], [], []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            times.append(_ts(row["timestamp"]))
+            values.append(float(row["value"]))
+            labels.append(int(row["label"]))
+    return times, values, labels
+
+
+def labelled_runs(labels: list[int]) -> list[tuple[int, int]]:
+    """(first, last) row index of each run of label 1."""
+    runs, i = [], 0
+    while i < len(labels):
+        if labels[i]:
+            j = i
+            while j + 1 < len(labels) and labels[j + 1]:
+                j += 1
+            runs.append((i, j))
+            i = j + 1
+        else:
+            i += 1
+    return runs
+
+
+def shape_of(run: tuple[int, int], times: list[float], values: list[float], labels) -> str:
+    """What a labelled run looks like, from the values alone (the labels say only "anomaly")."""
+    a, b = run
+    seg = values[a : b + 1]
+    normal = sorted(v for v, lab in zip(values, labels, strict=True) if not lab)
+    low = normal[len(normal) // 20]  # 5th percentile of the normal hours
+    ones = sum(v == 1.0 for v in normal) / len(normal)
+    dropped = sum(v <= 0.2 * low or (v == 1.0 and ones < 0.01) for v in seg)
+    if dropped * 2 >= len(seg):
+        return "drop-out"
+    flat = sum(values[i] == values[i - 1] for i in range(max(a, 1), b + 1))
+    if len(seg) >= 3 and flat * 2 >= len(seg):
+        return "stuck"
+    # Against the same hour of the week in the building's unlabelled hours.
+    how = {}
+    for t, v, lab in zip(times, values, labels, strict=True):
+        if not lab:
+            how.setdefault(int(t // 3600) % 168, []).append(v)
+    med = {k: statistics.median(v) for k, v in how.items()}
+    excess = sum(
+        v - med.get(int(t // 3600) % 168, v) for t, v in zip(times[a : b + 1], seg, strict=True)
+    )
+    if excess < 0:
+        return "dip"
+    return "spike" if max(seg) > normal[int(0.99 * (len(normal) - 1))] else "wrong time"
+
+
+def score_alarms(alarms: list[bool], runs, shapes) -> dict:
+    """Event recall per shape, alarms outside every run (plus AFTER readings)."""
+    covered = [False] * len(alarms)
+    found = {s: [0, 0] for s in SHAPES}
+    for (a, b), shape in zip(runs, shapes, strict=True):
+        found[shape][1] += 1
+        if any(alarms[a : min(len(alarms), b + 1 + AFTER)]):
+            found[shape][0] += 1
+        for i in range(a, min(len(alarms), b + 1 + AFTER)):
+            covered[i] = True
+    false = sum(1 for i, x in enumerate(alarms) if x and not covered[i])
+    return {"found": found, "false": false}
+
+
+def rolling_z(times, values, days: int = 7, limit: float = 4.0) -> list[bool]:
+    """Reference 1: |z| over the past ``days`` above ``limit``, alarm where a crossing starts."""
+    from collections import deque
+
+    win: deque = deque()
+    s = s2 = 0.0
+    out, was = [], False
+    for t, v in zip(times, values, strict=True):
+        while win and win[0][0] <= t - days * 86400:
+            _, old = win.popleft()
+            s -= old
+            s2 -= old * old
+        n = len(win)
+        hit = False
+        if n >= 24:
+            mean = s / n
+            sd = math.sqrt(max(s2 / n - mean * mean, 0.0))
+            hit = sd > 0 and abs(v - mean) > limit * sd
+        out.append(hit and not was)
+        was = hit
+        win.append((t, v))
+        s += v
+        s2 += v * v
+    return out
+
+
+def how_median(times, values, weeks: int = 4, limit: float = 5.0) -> list[bool]:
+    """Reference 2: more than ``limit`` MAD from the median of the same hour of the week over the
+    past ``weeks`` weeks, alarm where a crossing starts."""
+    from collections import deque
+
+    slots: dict[int, deque] = {}
+    out, was = [], False
+    for t, v in zip(times, values, strict=True):
+        q = slots.setdefault(int(t // 3600) % 168, deque(maxlen=weeks))
+        hit = False
+        if len(q) >= 2:
+            med = statistics.median(q)
+            mad = statistics.median(abs(x - med) for x in q)
+            hit = abs(v - med) > limit * max(mad, 0.01 * abs(med), 1e-9)
+        out.append(hit and not was)
+        was = hit
+        q.append(v)
+    return out
+
+
+def ours(times, values) -> list[bool]:
+    """The gateway's detectors, as ``reverbere anomalies replay --kind power`` runs them."""
+    cfg = DetectConfig.from_mapping(BUILDING_CONFIG)
+    return [alarm for _, _, alarm in replay(zip(times, values, strict=True), "power", cfg)]
+
+
+def run_buildings(folder: Path, limit: int | None = None, rows: int | None = None) -> dict:
+    """Each building file through ours and the two references: recall per shape, false alarms
+    per building-day, NAB's standard score (labelled runs as windows, alarms as detections)."""
+    files = sorted(folder.glob("*.csv"))[:limit]
+    detectors = {"ours": ours, "rolling z 7 d": rolling_z, "hour-of-week median 4 w": how_median}
+    per_file = {}
+    for path in files:
+        times, values, labels = load_building(path)
+        if rows:
+            times, values, labels = times[:rows], values[:rows], labels[:rows]
+        runs = labelled_runs(labels)
+        shapes = [shape_of(r, times, values, labels) for r in runs]
+        days = (times[-1] - times[0]) / 86400 or 1.0
+        per_file[path.stem] = {"days": days, "runs": runs, "shapes": shapes, "n": len(times)}
+        for name, detect in detectors.items():
+            t0 = time.perf_counter()
+            alarms = detect(times, values)
+            us = 1e6 * (time.perf_counter() - t0) / len(times)
+            res = score_alarms(alarms, runs, shapes)
+            res["us"] = us
+            res["alarms"] = [1.0 if x else 0.0 for x in alarms]
+            per_file[path.stem][name] = res
+    out = {}
+    for name in detectors:
+        out[name] = _building_totals(per_file, name, list(per_file))
+        half = sorted(per_file)
+        out[name]["first half"] = _building_totals(per_file, name, half[: len(half) // 2 + 1])
+        out[name]["second half"] = _building_totals(per_file, name, half[len(half) // 2 + 1 :])
+        out[name]["per building"] = {k: _building_totals(per_file, name, [k]) for k in per_file}
+    return {"files": [p.name for p in files], "detectors": out}
+
+
+def _building_totals(per_file: dict, name: str, keys: list[str]) -> dict:
+    found = {s: [0, 0] for s in SHAPES}
+    false = 0
+    days = 0.0
+    data, scores = [], []
+    for k in keys:
+        f = per_file[k]
+        r = f[name]
+        for s in SHAPES:
+            found[s][0] += r["found"][s][0]
+            found[s][1] += r["found"][s][1]
+        false += r["false"]
+        days += f["days"]
+        data.append(nab.DataFile(k, [""] * f["n"], [0.0] * f["n"], f["runs"]))
+        scores.append(r["alarms"])
+    total = [sum(v[0] for v in found.values()), sum(v[1] for v in found.values())]
+    faults = [found["drop-out"][i] + found["stuck"][i] for i in (0, 1)]
+    out = {
+        "recall": round(total[0] / total[1], 3) if total[1] else None,
+        "runs": total[1],
+        "recall_dropout_stuck": round(faults[0] / faults[1], 3) if faults[1] else None,
+        "false_per_building_day": round(false / days, 3) if days else None,
+        "nab_standard": round(nab.Corpus(data, scores).normalised(0.5, nab.PROFILES["standard"]), 1)
+        if data
+        else None,
+        "by_shape": {s: f"{v[0]}/{v[1]}" for s, v in found.items()},
+    }
+    if len(keys) > 1:
+        out["us_per_reading"] = round(statistics.mean(per_file[k][name]["us"] for k in keys), 1)
+    return out
+
+
+def print_buildings(report: dict) -> None:
+    """The building-meter table, ours beside the references."""
+    print("Building meters (" + ", ".join(report["files"]) + ")")
+    print(
+        f"{'detector':<26}{'recall':>7}{'drop+stuck':>11}{'false/b-day':>12}{'NAB':>8}"
+        f"{'us/row':>8}  by shape"
+    )
+    for name, r in report["detectors"].items():
+        for label, x in (
+            (name, r),
+            ("  first half", r["first half"]),
+            ("  second half", r["second half"]),
+        ):
+            shapes = ", ".join(f"{s} {v}" for s, v in x["by_shape"].items())
+            print(
+                f"{label:<26}{x['recall']!s:>7}{x['recall_dropout_stuck']!s:>11}"
+                f"{x['false_per_building_day']!s:>12}{x['nab_standard']!s:>8}"
+                f"{x.get('us_per_reading', '')!s:>8}  {shapes}"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="reduced size, for CI")
     ap.add_argument("--nab", default=str(ROOT.parent / "shared" / "data" / "nab"))
     ap.add_argument("--json", action="store_true", help="print one JSON object only")
+    ap.add_argument(
+        "--buildings",
+        default=str(ROOT.parent / "shared" / "data" / "lead-dev"),
+        metavar="DIR",
+        help="a folder of timestamp,value,label CSVs of building meters (LEAD's development set)",
+    )
+    ap.add_argument(
+        "--buildings-only", action="store_true", help="run only the building-meter part"
+    )
     args = ap.parse_args()
+    folder = Path(args.buildings)
+    if not folder.exists():
+        folder = Path("/work/shared/data/lead-dev")
+    meters = (
+        run_buildings(folder, *((2, 24 * 120) if args.quick else (None, None)))
+        if folder.exists()
+        else {"skipped": f"no building meters at {args.buildings}"}
+    )
+    if args.buildings_only:
+        if args.json:
+            print(json.dumps({"buildings": meters}))
+        elif "skipped" not in meters:
+            print_buildings(meters)
+        return
     nab_root = Path(args.nab)
     if not nab_root.exists():
         nab_root = Path("/work/shared/data/nab")
@@ -405,10 +649,13 @@ def main() -> None:
     report["sim_fleet"] = run_sim_fleet(5 if args.quick else 14, 10 if args.quick else 40)
     report["fleet"] = run_fleet(days, lamps, buildings)
     report["cost"] = run_cost(5000 if args.quick else 50000)
+    report["buildings"] = meters
     if args.json:
         print(json.dumps(report))
         return
     print(json.dumps(report, indent=1))
+    if "skipped" not in meters:
+        print_buildings(meters)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ a counter (``e``) by its increase. Five kinds:
 
 =============  ===================================================================================
 ``dropout``    the hour reads near zero (under a fifth of the building's quietest learnt hour)
-               for a building never at zero, or an exact whole number that the meter never
-               reads (a placeholder such as 1.0) far under the hour's learnt level
+               for a building never at zero, or a placeholder: an exact whole number that the
+               meter never reads (such as 1.0) far under the hour's learnt level, or a value
+               held for three hours under half the quietest learnt hour
 ``stuck_meter`` the same hourly value (the same increase of a counter) for more hours in a row
                than the building ever stayed flat, plus ``STUCK_MARGIN`` (at least ``STUCK_HOURS``)
 ``spike``      far above the learnt level of that hour and above all the building draws
@@ -239,15 +240,17 @@ class BuildingMeter:
         # drop-out: near zero for a building never near zero, or a placeholder
         sd = max(spread, 0.05 * abs(level), 0.01 * ceiling, 1e-9)
         z = (x - level) / sd if n >= LEARNT else 0.0
+        # A placeholder: a whole number in a meter that reads decimals, far under the hour's
+        # level; or a constant (three hours the same) under half the quietest learnt hour.
         placeholder = (
             whole and self.n > 24 * 7 and self.ints[0] < 0.05 * self.ints[1] and z <= -Z_ALARM
-        )
+        ) or (self.flat >= 2 and x < 0.5 * floor)
         if learnt and floor > 0 and (x <= DROP_RATIO * floor or placeholder):
             what = "a placeholder value" if placeholder and x > DROP_RATIO * floor else "near zero"
             out.append(
                 _finding(
                     "dropout",
-                    1.0 if x <= DROP_RATIO * floor else 0.5 + min(0.5, (-z - Z_ALARM) / 20),
+                    1.0 if x <= DROP_RATIO * floor else 0.6,
                     True,
                     lambda: (
                         f"{self.node} read {fmt_value(x, self.unit)} between"
