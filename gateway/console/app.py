@@ -35,6 +35,7 @@ from gateway.console.i18n import CATALOGUES, Formatter, choose
 from gateway.console.pages import MODULES
 from gateway.console.store import ConsoleStore
 from gateway.console.throttle import LoginThrottle
+from gateway.console.views import EnergyLedger
 from gateway.console.web import CSRF, FORM, LANG, N_, ROLE, USER, Action, Page
 from gateway.pipeline.detect import DetectConfig
 
@@ -65,12 +66,18 @@ class ConsoleSettings:
     session_lifetime: float = 8 * 3600.0
     behind_tls: bool = False  # a TLS proxy in front: cookies get Secure
     clock: Clock = field(default=time.time)
+    # For the Gateway page (cheap: counters and in-memory state).
+    clock_state: Callable[[], dict[str, Any]] | None = None  # Gateway.clock_state
+    sync_status: Callable[[Any], dict[str, Any]] | None = None  # (db) -> sync_status(db, cfg)
+    retention_days: float = 30.0
+    started: float = field(default_factory=time.time)  # the gateway's start, for its uptime
 
 
 class Console:
     def __init__(self, settings: ConsoleSettings):
         self.settings = settings
         self.store = ConsoleStore(settings.database)
+        self.ledger = EnergyLedger()  # the Energy page's past days, in the store's thread
         self.throttle = LoginThrottle(self.now)
         self.tz = ZoneInfo(settings.detect.timezone)
         self.pages: list[Page] = [p for m in MODULES for p in m.PAGES]

@@ -15,10 +15,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from babel import Locale
-from babel.dates import format_datetime
+from babel.dates import format_datetime, format_timedelta
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
-from babel.numbers import format_decimal
+from babel.numbers import format_decimal, format_percent
 
 
 def N_(msgid: str) -> str:
@@ -82,6 +82,32 @@ class Formatter:
             return "—"
         at = dt.datetime.fromtimestamp(ts, dt.UTC)
         return format_datetime(at, "dd/MM/yyyy HH:mm", tzinfo=self.tz, locale=self.locale)
+
+    def local(self, ts: float, pattern: str) -> str:
+        """A Unix time in the town's zone with a Babel pattern (``HH:mm``, ``dd/MM``)."""
+        return format_datetime(dt.datetime.fromtimestamp(ts, dt.UTC), pattern, self.tz, self.locale)
+
+    def size(self, n: float | None) -> str:
+        """Bytes in the language's units (``1,2 Go``, ``1.2 GB``)."""
+        if n is None:
+            return "—"
+        units = (
+            ("o", "ko", "Mo", "Go", "To") if self.lang == "fr" else ("B", "kB", "MB", "GB", "TB")
+        )
+        i = 0
+        while n >= 1000 and i < len(units) - 1:
+            n, i = n / 1000, i + 1
+        return f"{self.number(n, 0 if i == 0 else 1)} {units[i]}"
+
+    def percent(self, fraction: float | None) -> str:
+        """A change as a signed percentage (``+12 %``), ``—`` without a reference."""
+        if fraction is None:
+            return "—"
+        return format_percent(fraction, "+#,##0 %;-#,##0 %", locale=self.locale)
+
+    def duration(self, seconds: float) -> str:
+        """A duration in words (``3 jours``), to the largest unit."""
+        return format_timedelta(dt.timedelta(seconds=seconds), threshold=1.5, locale=self.locale)
 
     def zone(self) -> str:
         return str(self.tz)
