@@ -78,7 +78,7 @@ from gateway.store.stages import stage_name
 from gateway.sync.config import SyncConfig, SyncConfigError
 from gateway.sync.outbox import prune_synced
 from gateway.sync.raw import RawLog, raw_synced_until
-from gateway.sync.service import SyncService, declare_metrics
+from gateway.sync.service import SyncService, declare_metrics, sync_status
 
 log = logging.getLogger("reverbere.service")
 
@@ -396,6 +396,13 @@ class Gateway:
                 metrics_public=self.cfg.http_metrics_public,
                 session_lifetime=self.cfg.http_session,
                 behind_tls=self.cfg.http_behind_tls,
+                clock_state=self.clock_state,
+                sync_status=(
+                    None
+                    if self.pipeline.sync is None
+                    else functools.partial(sync_status, config=self.pipeline.sync)
+                ),
+                retention_days=self.cfg.retention_days,
             )
         )
 
