@@ -77,5 +77,7 @@ def test_building_part_on_two_files_at_reduced_size():
     assert (
         ours["recall_dropout_stuck"] > report["detectors"]["rolling z 7 d"]["recall_dropout_stuck"]
     )
-    assert ours["false_per_building_day"] <= 0.2
+    # A third of these 120 days is learning (a slot is judged after 3 days, a weekday once
+    # seen): more false alarms than over a year (0.075 per building-day on the 7 files).
+    assert ours["false_per_building_day"] <= 0.5
     assert set(ours["by_shape"]) == set(anomaly.SHAPES)

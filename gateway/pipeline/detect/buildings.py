@@ -10,7 +10,7 @@ a counter (``e``) by its increase. Five kinds:
 ``dropout``    the hour reads near zero (under a fifth of the building's quietest learnt hour)
                for a building never at zero, or a placeholder: an exact whole number that the
                meter never reads (such as 1.0) far under the hour's learnt level, or a value
-               held for three hours under half the quietest learnt hour
+               held for three hours under 2/3 of the quietest learnt hour
 ``stuck_meter`` the same hourly value (the same increase of a counter) for more hours in a row
                than the building ever stayed flat, plus ``STUCK_MARGIN`` (at least ``STUCK_HOURS``)
 ``spike``      far above the learnt level of that hour and above all the building draws
@@ -41,6 +41,8 @@ from gateway.pipeline.detect.rules import Clock, fmt_value
 
 KINDS = ("dropout", "stuck_meter", "spike", "dip", "wrong_time")
 Z_ALARM = 5.0  # robust z of an alarm at the default threshold (score 0.5)
+Z_PLACEHOLDER = 5.0  # how far under its hour a whole-number placeholder reads
+HELD_RATIO = 2 / 3  # a value held 3 hours under this share of the quietest hour: a placeholder
 STUCK_HOURS = 4  # flat hours in a row before a meter can count as stuck
 STUCK_MARGIN = 2  # hours flat beyond the longest flat run the building showed when healthy
 DROP_RATIO = 0.2  # an hour under this share of the quietest learnt hour is a drop-out
@@ -241,10 +243,10 @@ class BuildingMeter:
         sd = max(spread, 0.05 * abs(level), 0.01 * ceiling, 1e-9)
         z = (x - level) / sd if n >= LEARNT else 0.0
         # A placeholder: a whole number in a meter that reads decimals, far under the hour's
-        # level; or a constant (three hours the same) under half the quietest learnt hour.
+        # level; or a constant (three hours the same) under 2/3 of the quietest learnt hour.
         placeholder = (
-            whole and self.n > 24 * 7 and self.ints[0] < 0.05 * self.ints[1] and z <= -Z_ALARM
-        ) or (self.flat >= 2 and x < 0.5 * floor)
+            whole and self.n > 24 * 7 and self.ints[0] < 0.05 * self.ints[1] and z <= -Z_PLACEHOLDER
+        ) or (self.flat >= 2 and x < HELD_RATIO * floor)
         if learnt and floor > 0 and (x <= DROP_RATIO * floor or placeholder):
             what = "a placeholder value" if placeholder and x > DROP_RATIO * floor else "near zero"
             out.append(
