@@ -70,7 +70,9 @@ class Node:
         if files is None and sys.platform in ("esp32", "rp2"):
             import machine
 
-            files, reset = ota.OsFiles(), machine.reset
+            # Looked up when called: a board's machine has reset, the WASI build of the
+            # virtual board (sim/board) has not, and must run the node all the same.
+            files, reset = ota.OsFiles(), lambda: machine.reset()
         if files is not None:
             mpy = getattr(sys.implementation, "_mpy", 0x306)  # CPython (sim): as mpy-cross 1.29
             abi = (mpy & 0xFF, (mpy >> 8) & 3)

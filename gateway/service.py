@@ -63,6 +63,7 @@ from gateway.ingest.resource import REJECTION_REASONS, Ingest, ReadingsResource
 from gateway.logs import event
 from gateway.metrics import PROM_CONTENT_TYPE, HttpServer, Registry, declare_process_metrics
 from gateway.ota import updates as ota_updates
+from gateway.ota.gauges import declare_ota_metrics
 from gateway.ota.resource import UpdateResource
 from gateway.pipeline.detect import DetectConfig, DetectConfigError, Detector
 from gateway.pipeline.handoff import feed_outbox
@@ -321,7 +322,8 @@ class Gateway:
         await self.committer.start()
         self._ingest = ingest = Ingest(self.cfg, self.db, self.committer, self.metrics)
         # Firmware updates (gateway.ota): "u" in the 2.04 answers, GET /u/... block-wise.
-        ingest.updates = pending = ota_updates.Pending(self.db)
+        ingest.updates = self.ota_pending = pending = ota_updates.Pending(self.db)
+        declare_ota_metrics(self.metrics, self.db)  # reverbere_ota_nodes{state=...}
         try:
             self._ctx, self._mman = await coap.create_server(
                 ReadingsResource(ingest, UpdateResource(self.db, pending)),

@@ -40,8 +40,9 @@ from sim.board.vm import Identity, identity_for
 
 NODE = "lamp-042"
 # The flash tool provisions "first": true, so the node's first pack after boot is its first
-# reading alone (one power reading), sent at once instead of when ten readings fill a pack.
-FIRST = 1
+# reading (one power reading), sent at once instead of when ten readings fill a pack, with
+# the firmware version it runs (the "fw" channel, docs/ota.md).
+FIRST = 2
 
 
 class RealGateway:
@@ -157,7 +158,7 @@ def test_flash_verify_and_commission(board, gateway, firmware):
         commission_timeout=20,
         watch=watch,
     )
-    assert result.commission.sentence == f"{NODE} is sending to gw-test ({FIRST} reading received)"
+    assert result.commission.sentence == f"{NODE} is sending to gw-test ({FIRST} readings received)"
     assert result.commission.ok
     assert gateway.stored(NODE) == FIRST  # counted in the gateway's database
     assert result.files_sent == result.files_total == len(firmware)
@@ -265,7 +266,7 @@ def test_cli_flash_and_doctor_never_print_the_key(tmp_path, gateway):
         done = CliRunner().invoke(cli, [*args, "--gateway-name", "gw-mairie", "--timeout", "20"])
         assert done.exit_code == 0, done.output
         assert done.output.rstrip().endswith(
-            f"{NODE} is sending to gw-mairie ({FIRST} reading received)"
+            f"{NODE} is sending to gw-mairie ({FIRST} readings received)"
         )
         assert gateway.stored(NODE) == FIRST
         assert key.hex() not in done.output
@@ -364,3 +365,21 @@ def test_cli_after_a_pulled_cable_says_to_run_it_again(tmp_path, gateway):
         again = CliRunner().invoke(cli, args)
         assert again.exit_code == 0, again.output
         assert "is sending to" in again.output
+
+
+def test_doctor_shows_an_update_on_trial_and_how_the_last_one_ended(board, gateway, firmware):
+    # What firmware/ota.py leaves on the node's flash (docs/ota.md), as a technician sees it.
+    key = gateway.register(NODE)
+    flash(board.port, node_config(gateway), key, files=firmware, commission_timeout=None)
+    state = {"state": "updating", "running": 3, "result": "rolled back: not confirmed after 3 "
+             "boots", "skip": 2, "r": 8, "seq": 2}  # fmt: skip
+    (board.flash_dir / "fw" / "ota.json").write_text(json.dumps(state))
+    (board.flash_dir / "fw" / "trial").write_text("b 1")
+    shown = CliRunner().invoke(cli, ["node", "doctor", "--port", board.port])
+    assert (
+        "Update: updating, running version 3, slot b on trial (boot 1 of 3); last update: "
+        "rolled back: not confirmed after 3 boots (version 2 is never tried again)"
+    ) in shown.output
+    as_json = CliRunner().invoke(cli, ["node", "doctor", "--port", board.port, "--json"])
+    d = json.loads(as_json.output)
+    assert d["update"] == {**state, "trial": "b 1"}

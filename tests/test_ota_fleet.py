@@ -10,7 +10,9 @@ from click.testing import CliRunner
 
 from gateway.cli.main import cli
 from gateway.ingest import registry
+from gateway.metrics import Registry
 from gateway.ota import rollout, updates
+from gateway.ota.gauges import declare_ota_metrics
 from gateway.store.db import open_db
 
 
@@ -82,3 +84,19 @@ def test_a_pattern_that_matches_no_node_is_refused_with_a_hint(tmp_path):
     r = invoke("fleet", "update", "--version", 2, "--config", cfg, "--nodes", "bldg-*")
     assert r.exit_code == 1
     assert "no registered node matches 'bldg-*'" in r.output and "node list" in r.output
+
+
+def test_metrics_count_the_nodes_per_update_state_once_a_rollout_exists(tmp_path):
+    invoke("gateway", "init", tmp_path)
+    cfg = tmp_path / "gateway.toml"
+    for n in ("lamp-001", "lamp-002"):
+        invoke("node", "add", n, "--config", cfg)
+    db = open_db(tmp_path / "reverbere.db")
+    registry_ = Registry()
+    declare_ota_metrics(registry_, db, every=0)
+    assert "reverbere_ota_nodes{" not in registry_.render()  # no rollout yet: no series
+    rollout.start(db, 2, [("firmware/node.mpy", b"M\x06node")], ["lamp-001"], canary=1)
+    text = registry_.render()
+    assert 'reverbere_ota_nodes{state="offered"} 1' in text
+    assert 'reverbere_ota_nodes{state="idle"} 1' in text
+    assert 'reverbere_ota_nodes{state="failed"} 0' in text

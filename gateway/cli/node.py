@@ -289,6 +289,7 @@ def doctor_cmd(port, baud, as_json) -> None:
             "store": d.store,
             "status": d.status,
             "firmware": d.firmware,
+            "update": d.update,
             "problems": d.problems(),
         }
         click.echo(json.dumps(out, sort_keys=True))
@@ -297,6 +298,8 @@ def doctor_cmd(port, baud, as_json) -> None:
         return
     click.echo(f"Board: {info.platform} ({info.machine}), MicroPython {info.version_text}")
     click.echo(_firmware_line(d.slot, d.firmware))
+    if d.update:
+        click.echo(_update_line(d.update))
     if d.config:
         click.echo("Config:")
         for k, v in sorted(d.config.items()):
@@ -318,6 +321,21 @@ def doctor_cmd(port, baud, as_json) -> None:
         click.echo(f"Problem: {problem}")
     if problems:
         raise SystemExit(2)
+
+
+def _update_line(u: dict) -> str:
+    """The node's update over the air (/fw/ota.json, docs/ota.md) in one line."""
+    text = f"Update: {u.get('state', '?')}, running version {u.get('running', '?')}"
+    if u.get("state") == "downloading":
+        text += f", version {u.get('version')}: {u.get('done')} of {u.get('files')} files"
+    if u.get("trial"):
+        slot, _, boots = u["trial"].partition(" ")
+        text += f", slot {slot} on trial (boot {boots or '?'} of 3)"
+    if u.get("result"):
+        text += f"; last update: {u['result']}"
+    if u.get("skip"):
+        text += f" (version {u['skip']} is never tried again)"
+    return text
 
 
 def _firmware_line(slot: str | None, build: dict) -> str:

@@ -49,6 +49,8 @@ CONFIG_PATH = "/config.json"  # firmware/config.py reads it from the working dir
 STATUS_PATH = "/status.json"
 RING_PATH = "/ring.bin"  # the reading ring firmware/board.py keeps
 BUILD_INFO = "build.json"  # in a slot, beside the modules: not a module, not in the firmware list
+OTA_STATE_PATH = "/fw/ota.json"  # firmware/ota.py's record of the last update
+OTA_TRIAL_PATH = "/fw/trial"
 POINTER_PATH = "/fw/current"  # as firmware/boot/fwboot.py has them (tests/test_firmware_boot.py)
 SLOTS = ("a", "b")
 MIN_VERSION = (1, 22, 0)
@@ -625,6 +627,9 @@ class Diagnosis:
     store: dict | None  # the firmware's reading buffer on flash: pending, capacity, dropped...
     status: dict  # what the node last wrote in /status.json, if it does
     firmware: dict = field(default_factory=dict)  # the slot's build.json: version, build
+    # An update over the air (docs/ota.md): /fw/ota.json, and "trial": the slot on trial
+    # and its boots so far ("b 1", from /fw/trial), absent when none.
+    update: dict = field(default_factory=dict)
 
     def problems(self) -> list[str]:
         """What stops this node from sending, or what it last failed at, in sentences.
@@ -682,10 +687,16 @@ def doctor(port: str, baud: int = 115200) -> Diagnosis:
                 store = None  # no ring yet (the node never ran), or another firmware
         raw_status = dev.read(STATUS_PATH)
         raw_build = dev.read(f"/fw/{slot}/{BUILD_INFO}") if slot in SLOTS else None
+        update = _loads(dev.read(OTA_STATE_PATH))
+        trial = dev.read(OTA_TRIAL_PATH)
+        if trial:
+            update["trial"] = trial.decode(errors="replace").strip()
     wifi = config.get("wifi")
     if isinstance(wifi, dict) and wifi.get("password"):
         config["wifi"] = {**wifi, "password": "***"}
-    return Diagnosis(info, slot, config, has_key, store, _loads(raw_status), _loads(raw_build))
+    return Diagnosis(
+        info, slot, config, has_key, store, _loads(raw_status), _loads(raw_build), update
+    )
 
 
 def _loads(raw: bytes | None) -> dict:
