@@ -2,6 +2,7 @@
 
     python benchmarks/anomaly.py            # full: NAB's 58 series, a 2-week synthetic fleet
     python benchmarks/anomaly.py --quick    # reduced, for CI (a few NAB series, 4 days)
+    python benchmarks/anomaly.py --fleet-days 7 --fleet-nodes 10   # the simulated fleet alone
 
 1. NAB (../shared/data/nab, or --nab DIR): every series runs through
    ``gateway.pipeline.detect.replay(kind="generic")``, the very detectors of the gateway,
@@ -35,7 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -309,16 +310,29 @@ def _count(items) -> dict:
 # -- 2b. The simulated fleet's own profiles and ground truth (sim/profiles.py) --------------------
 def run_sim_fleet(days: int, nodes: int, seed: int = 3) -> dict:
     """The readings the fleet's nodes sample (sim.profiles: street lights, buildings, injected
-    anomalies from plan_anomalies), at their channels' intervals, straight into the detect stage
-    (no radio: the network's losses are the gateway tests' business)."""
+    anomalies from plan_anomalies, the town's closing days), at their channels' intervals,
+    straight into the detect stage (no radio: the network's losses are the gateway tests'
+    business). Run it a week or more: the statistical detector speaks after three days and
+    its false events show once it has learnt (issue 14)."""
     from sim.fleet import kind_of, make_keys
     from sim.groundtruth import evaluate
-    from sim.profiles import LATITUDE, LONGITUDE, Building, StreetLight, plan_anomalies
+    from sim.profiles import (
+        LATITUDE,
+        LONGITUDE,
+        Building,
+        StreetLight,
+        closing_days,
+        plan_anomalies,
+    )
 
     ids = sorted(make_keys(nodes, seed))
     start = float(datetime(2026, 10, 5, tzinfo=UTC).timestamp())  # a Monday, in autumn
     duration = days * 86400
-    truth = plan_anomalies({n: kind_of(n) for n in ids}, start, duration, len(ids), seed)
+    closed = closing_days(start, duration)
+    truth = plan_anomalies({n: kind_of(n) for n in ids}, start, duration, len(ids), seed, closed)
+    tmp = tempfile.TemporaryDirectory()
+    closing = Path(tmp.name) / "closing-days.txt"
+    closing.write_text("".join(f"{date.fromordinal(719163 + d)}\n" for d in closed))
     cfg = DetectConfig.from_mapping(
         {
             "latitude": LATITUDE,
@@ -328,13 +342,16 @@ def run_sim_fleet(days: int, nodes: int, seed: int = 3) -> dict:
             "buildings": [
                 {"nodes": ["bldg-*"], "days": "mon-fri", "open": "08:00", "close": "18:00"}
             ],
+            "closing_days": str(closing),
         }
     )
     readings: list[Reading] = []
     for node in ids:
         mine = tuple(a for a in truth if a.node == node)
-        cls = Building if kind_of(node) == "building" else StreetLight
-        prof = cls(node, seed, mine)
+        if kind_of(node) == "building":
+            prof = Building(node, seed, mine, closing_days=closed)
+        else:
+            prof = StreetLight(node, seed, mine)
         sched = sorted(
             (t, ch)
             for ch, every in prof.channels.items()
@@ -353,6 +370,7 @@ def run_sim_fleet(days: int, nodes: int, seed: int = 3) -> dict:
         for k in range(0, len(readings), 50):
             detect(db, readings[k : k + 50])
         events = list(db.query("SELECT * FROM anomalies"))
+    tmp.cleanup()
     out = evaluate(events, truth)
     out.update(
         {
@@ -613,6 +631,13 @@ def main() -> None:
     ap.add_argument("--nab", default=str(ROOT.parent / "shared" / "data" / "nab"))
     ap.add_argument("--json", action="store_true", help="print one JSON object only")
     ap.add_argument(
+        "--fleet-days",
+        type=int,
+        metavar="N",
+        help="run only the simulated fleet, N days (a week or more: every detector speaks)",
+    )
+    ap.add_argument("--fleet-nodes", type=int, default=40, metavar="N", help="its size (40)")
+    ap.add_argument(
         "--buildings",
         default=str(ROOT.parent / "shared" / "data" / "lead-dev"),
         metavar="DIR",
@@ -635,6 +660,10 @@ def main() -> None:
             print(json.dumps({"buildings": meters}))
         elif "skipped" not in meters:
             print_buildings(meters)
+        return
+    if args.fleet_days:
+        fleet = run_sim_fleet(args.fleet_days, args.fleet_nodes)
+        print(json.dumps({"sim_fleet": fleet}, indent=None if args.json else 1))
         return
     nab_root = Path(args.nab)
     if not nab_root.exists():

@@ -28,7 +28,7 @@ from pathlib import Path
 from firmware import config
 from firmware.node import Node
 from sim.hal import SimClock, SimFirmware, SimHal
-from sim.profiles import Anomaly, Building, Profile, StreetLight, plan_anomalies
+from sim.profiles import Anomaly, Building, Profile, StreetLight, closing_days, plan_anomalies
 
 BUILDING_SHARE = 0.2  # one node in five meters a public building, the rest are street lights
 
@@ -135,9 +135,13 @@ class Fleet:
         self.start = float(int(start if start is not None else time.time() - duration))
         self.duration = duration
         self.seed = seed
+        # The town's closing days (local dates): its buildings are closed then.
+        self.closing_days = closing_days(self.start, duration)
         if isinstance(anomalies, int):
             kinds = {n: kind_of(n) for n in keys}
-            anomalies = plan_anomalies(kinds, self.start, duration, anomalies, seed)
+            anomalies = plan_anomalies(
+                kinds, self.start, duration, anomalies, seed, self.closing_days
+            )
         self.anomalies = anomalies
         self.speed = speed
         self.quiet = quiet
@@ -159,7 +163,7 @@ class Fleet:
     def _profile(self, node: str) -> Profile:
         mine = tuple(a for a in self.anomalies if a.node == node)
         if kind_of(node) == "building":
-            return Building(node, self.seed, mine)
+            return Building(node, self.seed, mine, closing_days=self.closing_days)
         return StreetLight(node, self.seed, mine)
 
     def _config(self, node: str, key: bytes, profile: Profile) -> dict:

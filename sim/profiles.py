@@ -3,8 +3,9 @@
 - ``StreetLight``: on from sunset to sunrise at the town's latitude and longitude (NOAA's
   approximate solar equations), full power in the evening and morning, dimmed in the middle of
   the night; an ambient light sensor.
-- ``Building``: a public building (school, town hall): base load, weekday occupancy from 8 to 18,
-  electric heating that follows the outdoor temperature and the season; indoor temperature.
+- ``Building``: a public building (school, town hall): base load, weekday occupancy from 8 to 18
+  (but on the town's closing days), electric heating that follows the outdoor temperature and
+  the season; indoor temperature.
 
 Both add seeded noise and keep an energy counter (Wh) that integrates their power. Anomalies
 (``Anomaly``: node, channel, kind, start, end) change what the profile reads inside their
@@ -28,9 +29,25 @@ KINDS = (
     "stuck",  # the sensor repeats one value
     "counter_reset",  # the energy counter falls back to zero (meter swapped, reset)
     "silent",  # the node sends nothing (power cut, radio down); it reboots at the end
+    # A building's meter (issue 14):
+    "dropout",  # the meter reads 0 W and its counter stands still, the node still speaks
+    "stuck_meter",  # the meter's registers freeze: the same power, a counter that stands still
+    "night_base_load",  # something left on at night: the base load raised from 22:00 to 06:00
+    "holiday_as_workday",  # a closing day of the town on which the building runs as on a weekday
 )
 LAMP_KINDS = ("lit_by_day", "out_at_night", "spike", "drift", "stuck", "counter_reset", "silent")
-BUILDING_KINDS = ("spike", "drift", "stuck", "counter_reset", "silent")
+BUILDING_KINDS = (
+    "dropout",
+    "night_base_load",
+    "stuck_meter",
+    "holiday_as_workday",
+    "spike",
+    "drift",
+    "stuck",
+    "counter_reset",
+    "silent",
+)
+NIGHT_EXTRA = 1500.0  # W a building draws at night with something left on
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,9 @@ class Profile:
 
     def _p(self, t: float) -> float:
         p = self.power(t)
+        for a in self._active("e", t):
+            if a.kind == "stuck_meter":  # the registers froze: power as it was then
+                p = self.stuck.setdefault("_p", p)
         for a in self._active("p", t):
             if a.kind == "lit_by_day":
                 p = max(p, self.rated)
@@ -124,6 +144,10 @@ class Profile:
                 p = p * 4 + 50
             elif a.kind == "drift":
                 p = p * (1 + 0.5 * (t - a.start) / (a.end - a.start))
+            elif a.kind == "dropout":
+                p = 0.0
+            elif a.kind == "night_base_load" and not 6 <= _local_hour(t, self.utc) < 22:
+                p += NIGHT_EXTRA
         return p
 
     def _advance(self, t: float) -> None:
@@ -136,13 +160,18 @@ class Profile:
     def read(self, ch: str, t: float) -> float | None:
         """The sensor value of channel ``ch`` at ``t`` (with noise and anomalies)."""
         self._advance(t)
+        meter = [a for a in self._active("p", t) + self._active("e", t) if a.kind in METER_KINDS]
         if ch == "p":
             v = max(0.0, self.last_p + self.rng.gauss(0, 0.01 * self.rated))
+            if meter:  # a meter that dropped out reads 0 W; a frozen one, what it read then
+                v = 0.0 if meter[0].kind == "dropout" else self.stuck.setdefault("p", v)
         elif ch == "e":
             for a in self._active("e", t):
                 if a.kind == "counter_reset" and self.e_offset == 0:
                     self.e_offset = self.energy
             v = self.energy - self.e_offset
+            if any(a.kind == "stuck_meter" for a in meter):
+                v = self.stuck.setdefault("e", v)
         else:
             v = self.other(ch, t)
         if v is None:
@@ -151,6 +180,9 @@ class Profile:
             if a.kind == "stuck":
                 v = self.stuck.setdefault(ch, v)
         return v
+
+
+METER_KINDS = ("dropout", "stuck_meter")
 
 
 class StreetLight(Profile):
@@ -192,9 +224,20 @@ class Building(Profile):
     channels: ClassVar[dict[str, int]] = {"p": 60, "e": 300, "t": 300}
 
     def __init__(
-        self, node, seed, anomalies=(), base=800.0, occupied=3000.0, heating=6000.0, utc=1
+        self,
+        node,
+        seed,
+        anomalies=(),
+        base=800.0,
+        occupied=3000.0,
+        heating=6000.0,
+        utc=1,
+        closing_days=(),
     ):
+        """``closing_days``: local dates (days since 1970-01-01) the town closes its buildings;
+        a ``holiday_as_workday`` anomaly runs one of them as a working day."""
         super().__init__(node, seed, anomalies)
+        self.closing_days = frozenset(closing_days)
         self.base = base
         self.occupied = occupied
         self.heating = heating
@@ -209,7 +252,12 @@ class Building(Profile):
         return season + 5 * math.sin(2 * math.pi * (h - 9) / 24)
 
     def occupied_at(self, t: float) -> bool:
-        wd = int((t + self.utc * 3600) // 86400 + 3) % 7  # 1970-01-01 was a Thursday: 0 = Monday
+        day = int((t + self.utc * 3600) // 86400)
+        wd = (day + 3) % 7  # 1970-01-01 was a Thursday: 0 = Monday
+        if day in self.closing_days and not any(
+            a.kind == "holiday_as_workday" for a in self._active("p", t)
+        ):
+            return False  # the town closed it that day (the anomaly: it runs as on a weekday)
         return wd < 5 and 8 <= _local_hour(t, self.utc) < 18
 
     def power(self, t):
@@ -228,26 +276,64 @@ class Building(Profile):
         return None
 
 
+def closing_days(start: float, duration: float, utc: float = 1) -> list[int]:
+    """The town's closing days in a run (local dates, days since 1970-01-01): the last Friday
+    at least a day before the end, once the buildings' meters have been read for a week and a
+    weekend (closed days to compare it with); none in a shorter run."""
+    first = int((start + utc * 3600) // 86400)
+    last = int((start + duration + utc * 3600) // 86400) - 2
+    fridays = [d for d in range(first + 8, last + 1) if (d + 3) % 7 == 4]
+    return fridays[-1:]
+
+
 def plan_anomalies(
-    nodes: dict[str, str], start: float, duration: float, count: int, seed: int = 0
+    nodes: dict[str, str],
+    start: float,
+    duration: float,
+    count: int,
+    seed: int = 0,
+    closed: list[int] | None = None,
 ) -> list[Anomaly]:
     """``count`` anomalies spread over the nodes (id -> "lamp"/"building"), seeded.
 
     Windows are chosen so that each kind is visible: a lamp lit by day starts at noon, a lamp
-    out at night at 22:00, a spike lasts 30 minutes, a drift most of the run, a silent node
-    2 hours. At most one anomaly per node.
+    out at night at 22:00, stuck on its lit value at night, a spike lasts 30 minutes, a drift
+    most of the run, a silent node 2 hours; a building's meter faults come after three days
+    (what a building does at each hour is learnt from three of them), a night's raised base
+    load from 22:00 to 06:00 local, a closing day (``closed``, by default
+    :func:`closing_days`) run as a weekday from 08:00 to 18:00. Lamps and buildings take their
+    kinds in turn. At most one anomaly per node.
     """
     rng = random.Random(f"anomalies:{seed}")
     ids = sorted(nodes)
     rng.shuffle(ids)
+    closed = closing_days(start, duration) if closed is None else closed
+    days = max(1, int(duration // 86400))
+    turn = {"lamp": 0, "building": 0}
     out = []
-    for i, node in enumerate(ids[:count]):
+    for node in ids[:count]:
         kinds = LAMP_KINDS if nodes[node] == "lamp" else BUILDING_KINDS
-        kind = kinds[i % len(kinds)]
-        day = start - start % 86400 + 86400 * rng.randrange(max(1, int(duration // 86400)))
+        kind = kinds[turn[nodes[node]] % len(kinds)]
+        turn[nodes[node]] += 1
+        day = start - start % 86400 + 86400 * rng.randrange(days)
+        if kind in (*METER_KINDS, "night_base_load"):
+            day = start - start % 86400 + 86400 * rng.randrange(min(3, days - 1), days)
         day = max(day, start - start % 86400)
         ch = "p"
-        if kind == "lit_by_day":
+        if kind == "holiday_as_workday" and not closed:
+            kind = "spike"  # no closing day in so short a run
+        if kind == "holiday_as_workday":
+            a, b = closed[0] * 86400 + 7 * 3600, closed[0] * 86400 + 17 * 3600  # 08-18 local
+        elif kind == "night_base_load":
+            a, b = day + 21 * 3600, day + 29 * 3600  # 22:00 to 06:00 local
+        elif kind == "dropout":
+            a = day + rng.randrange(1, 18) * 3600
+            b = a + 4 * 3600
+        elif kind == "stuck_meter":
+            a = day + rng.randrange(1, 12) * 3600
+            b = a + 10 * 3600
+            ch = "e"
+        elif kind == "lit_by_day":
             a, b = day + 11 * 3600, day + 14 * 3600
         elif kind == "out_at_night":
             a, b = day + 21 * 3600, day + 24 * 3600
@@ -261,6 +347,9 @@ def plan_anomalies(
             a = day + rng.randrange(1, 23) * 3600
             b = a + 3600
             ch = "e"
+        elif kind == "stuck" and nodes[node] == "lamp":
+            a = day + rng.randrange(21, 24) * 3600  # at night: a lamp off by day reads 0 W anyway
+            b = a + 3 * 3600
         elif kind == "stuck":
             a = day + rng.randrange(1, 20) * 3600
             b = a + 3 * 3600

@@ -1,6 +1,6 @@
 """sim/profiles.py: the town's loads, by the sun and the calendar, and injected anomalies."""
 
-from sim.profiles import Anomaly, Building, StreetLight, plan_anomalies, sun_times
+from sim.profiles import Anomaly, Building, StreetLight, closing_days, plan_anomalies, sun_times
 
 JUNE21 = 1718928000  # 2024-06-21 00:00 UTC
 DEC21 = 1734739200  # 2024-12-21 00:00 UTC
@@ -73,3 +73,50 @@ def test_planned_anomalies_are_seeded_one_per_node_and_fit_the_node():
     for x in a:
         if nodes[x.node] == "building":
             assert x.kind not in ("lit_by_day", "out_at_night")
+
+
+def test_building_meter_faults_are_in_the_data():
+    # Issue 14: a meter that drops out (0 W, a counter standing still, the node still speaking),
+    # one whose registers freeze, a base load left on at night, a closing day run as a weekday.
+    monday = DEC21 + 2 * 86400  # 2024-12-23
+    day = (monday + H) // 86400  # its local date (UTC+1), as a closing day
+
+    def at(kind, channel, a, b, **kw):
+        return Building("b", 0, (Anomaly("b", channel, kind, a, b),), **kw)
+
+    drop = at("dropout", "p", monday + 10 * H, monday + 14 * H)
+    e0 = drop.read("e", monday + 11 * H)
+    assert drop.read("p", monday + 12 * H) == 0.0
+    assert drop.read("e", monday + 13 * H) == e0 and drop.read("t", monday + 13 * H) > 15
+    assert drop.read("p", monday + 15 * H) > 3000
+    frozen = at("stuck_meter", "e", monday + 10 * H, monday + 20 * H)
+    p = [frozen.read("p", monday + 10 * H + i * 600) for i in range(6)]
+    e = [frozen.read("e", monday + 10 * H + i * 600) for i in range(6)]
+    assert len(set(p)) == 1 and len(set(e)) == 1
+    night = at("night_base_load", "p", monday + 21 * H, monday + 29 * H)
+    normal = Building("n", 0)
+    assert abs(night.read("p", monday + 25 * H) - normal.read("p", monday + 25 * H) - 1500) < 200
+    assert abs(night.read("p", monday + 30 * H) - normal.read("p", monday + 30 * H)) < 200
+    closed = Building("c", 0, closing_days=[day])
+    assert not closed.occupied_at(monday + 10 * H) and closed.occupied_at(monday + 86400 + 10 * H)
+    open_anyway = at("holiday_as_workday", "p", monday + 7 * H, monday + 17 * H, closing_days=[day])
+    assert open_anyway.occupied_at(monday + 10 * H)
+
+
+def test_closing_days_and_building_faults_are_planned_once_there_is_something_to_compare():
+    nodes = {f"lamp-{i}": "lamp" for i in range(8)} | {f"bldg-{i}": "building" for i in range(4)}
+    monday = DEC21 + 2 * 86400 - H  # 2024-12-23 00:00 local
+    assert closing_days(monday, 7 * 86400) == []  # no weekend learnt yet to compare with
+    (friday,) = closing_days(monday, 14 * 86400)
+    assert (friday + 3) % 7 == 4 and friday * 86400 > monday + 8 * 86400
+    plan = plan_anomalies(nodes, monday, 14 * 86400, 12, seed=1)
+    kinds = {a.kind for a in plan if nodes[a.node] == "building"}
+    assert kinds == {"dropout", "night_base_load", "stuck_meter", "holiday_as_workday"}
+    for a in plan:
+        if a.kind in ("dropout", "stuck_meter", "night_base_load"):
+            assert a.start >= monday + 3 * 86400 - 86400  # after the meters were learnt
+        if a.kind == "holiday_as_workday":
+            assert a.start == friday * 86400 + 7 * H  # 08:00 local
+    # A week has no closing day: the holiday is not planned, and says so by its kind.
+    short = plan_anomalies(nodes, monday, 7 * 86400, 12, seed=1)
+    assert "holiday_as_workday" not in {a.kind for a in short}
