@@ -100,3 +100,17 @@ def test_metrics_count_the_nodes_per_update_state_once_a_rollout_exists(tmp_path
     assert 'reverbere_ota_nodes{state="offered"} 1' in text
     assert 'reverbere_ota_nodes{state="idle"} 1' in text
     assert 'reverbere_ota_nodes{state="failed"} 0' in text
+
+
+def test_a_node_silent_past_the_timeout_counts_as_failed_and_its_offer_goes(tmp_path):
+    # A node off the network says nothing signed: after TIMEOUT it is a failure (and with
+    # --max-failures 1, one failure does not stop the rollout).
+    invoke("gateway", "init", tmp_path)
+    invoke("node", "add", "lamp-001", "--config", tmp_path / "gateway.toml")
+    db = open_db(tmp_path / "reverbere.db")
+    files = [("firmware/node.mpy", b"M\x06node")]
+    assert rollout.start(db, 2, files, ["lamp-001"], max_failures=1, now=1000).phase == "canary"
+    assert rollout.advance(db, 1000 + rollout.TIMEOUT).counts == {"offered": 1}
+    p = rollout.advance(db, 1001 + rollout.TIMEOUT)
+    assert (p.phase, p.counts) == ("done", {"failed": 1})
+    assert updates.status(db)[0]["version"] is None

@@ -79,12 +79,12 @@ def test_a_fleet_updates_over_a_lossy_network_and_broken_versions_roll_back(tmp_
     nodes = [f"lamp-{i + 1:03d}" for i in range(n)]
 
     def update_all(db, now):
-        rollout.start(db, 1, release(1), nodes, "linux", canary=2, max_failures=0)
+        rollout.start(db, 1, release(1), nodes, "linux", canary=2, max_failures=0, now=now)
 
     def break_three(db, now):
         # v2 cannot boot: two canaries try it, roll back by themselves, the rollout stops
         # (more than 1 failure) and the third node is never offered it.
-        rollout.start(db, 2, [*release(2), (CRASH, b"")], nodes[:3], "linux", 2, 1)
+        rollout.start(db, 2, [*release(2), (CRASH, b"")], nodes[:3], "linux", 2, 1, now=now)
 
     db, fleet, stats, progress = asyncio.run(
         _fleet_with_rollouts(

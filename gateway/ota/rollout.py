@@ -86,9 +86,13 @@ def start(
     node_class: str = "esp32",
     canary: int = 2,
     max_failures: int = 0,
+    deflate: bool = True,
+    now: float | None = None,
 ) -> Progress:
     """Begin rolling ``version`` (``files``: slot path, bytes) out to ``nodes``: the first
-    ``canary`` of them first. Replaces a previous rollout (whose offers are withdrawn)."""
+    ``canary`` of them first. Replaces a previous rollout (whose offers are withdrawn).
+    ``deflate=False`` serves new files as they are (benchmarks/ota.py compares); ``now``:
+    as for ``advance``."""
     if not nodes:
         raise RolloutError("no node to update")
     if version < 1:
@@ -99,7 +103,7 @@ def start(
         db.execute("DELETE FROM ota_rollout")
         db.execute("DELETE FROM ota_release")
         for path, data in sorted(files):
-            entry = updates.store_file(db, path, data)
+            entry = updates.store_file(db, path, data, deflate)
             db.execute("INSERT INTO ota_release VALUES (?, ?)", [path, entry[2].hex()])
         db.execute(
             "INSERT INTO ota_meta (key, value) VALUES ('max_failures', ?) "
@@ -112,7 +116,7 @@ def start(
                 "VALUES (?, ?, ?, ?, 'waiting')",
                 [node, version, node_class, 0 if i < canary else 1],
             )
-    return advance(db)
+    return advance(db, now)
 
 
 def _release(db: sqlite_utils.Database) -> list[tuple[str, bytes]]:

@@ -137,18 +137,26 @@ def offer(
     return Offer(node_id, version, seq, signed, len(entries), served)
 
 
-def store_file(db: sqlite_utils.Database, path: str, data: bytes) -> tuple[str, int, bytes, int]:
-    """Keep ``data`` once by SHA-256 (deflated too, when smaller): its manifest entry
-    (path, size, digest, deflated size or 0)."""
+def store_file(
+    db: sqlite_utils.Database, path: str, data: bytes, deflate: bool = True
+) -> tuple[str, int, bytes, int]:
+    """Keep ``data`` once by SHA-256 (deflated too, when smaller, unless ``deflate`` is
+    False): its manifest entry (path, size, digest, deflated size or 0), as stored (a file
+    kept before stays as it was)."""
     digest = sha256(data).hexdigest()
-    z = zlib.compressobj(9, zlib.DEFLATED, WBITS)
-    deflated = z.compress(data) + z.flush()
-    keep = deflated if len(deflated) < len(data) else None
+    keep = None
+    if deflate:
+        z = zlib.compressobj(9, zlib.DEFLATED, WBITS)
+        deflated = z.compress(data) + z.flush()
+        keep = deflated if len(deflated) < len(data) else None
     db.execute(
         "INSERT OR IGNORE INTO ota_files (sha256, data, deflated) VALUES (?, ?, ?)",
         [digest, data, keep],
     )
-    return (path, len(data), bytes.fromhex(digest), len(keep) if keep is not None else 0)
+    (zsize,) = db.execute(
+        "SELECT coalesce(length(deflated), 0) FROM ota_files WHERE sha256 = ?", [digest]
+    ).fetchone()
+    return (path, len(data), bytes.fromhex(digest), zsize)
 
 
 def withdraw(db: sqlite_utils.Database, node_id: str) -> bool:
