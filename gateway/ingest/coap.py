@@ -57,8 +57,11 @@ from protocols.errors import DecodeError
 RECEIVE_BUFFER = 4 << 20  # bytes asked for the UDP socket's receive buffer
 # Packs that fail authentication (or that authenticate nothing: malformed) a source may send:
 # FAILED_RATE a second on average, FAILED_BURST in a row; past that its datagrams are dropped.
+# Each of the burst is decoded, verified and answered before the source is banned, while the
+# socket's queue fills behind it: 20 rather than 100 keeps that queue under 1 MB at a flood's
+# start instead of 2-7 MB (benchmarks/flood.py, docs/gateway.md).
 FAILED_RATE = 20.0
-FAILED_BURST = 100.0
+FAILED_BURST = 20.0
 MAX_SOURCES = 4096  # sources the budget remembers (the least recently charged go first)
 BAN_SECONDS = 5.0  # how long the kernel drops a source over budget
 MAX_BANNED = 64  # sources banned at once (the filter's length); more stay dropped in Python
