@@ -33,6 +33,7 @@ from firmware.link import Link
 from gateway import config
 from gateway.alerts.outbox import alert_rows
 from gateway.console import accounts
+from gateway.provision import build
 from gateway.service import Gateway
 from gateway.store.db import open_db
 from gateway.sync.service import sync_status
@@ -44,6 +45,7 @@ from sim.groundtruth import evaluate
 from sim.net import Impairments, LossyProxy
 from sim.platform.demo import DemoPlatform, pull_back, start_demo_platform
 from sim.profiles import LATITUDE, LONGITUDE, closing_days, plan_anomalies
+from sim.updates import DemoUpdates
 
 SEED = 1
 EPOCH = date(1970, 1, 1).toordinal()
@@ -246,7 +248,17 @@ async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: 
             clock=lambda: fleet.clock.now,
         )
         addr = await proxy.start()
-        fleet = ObservedFleet(keys, addr, start, duration, seed=SEED, anomalies=truth, record=True)
+        # Firmware updates mid-run (sim/updates.py): the gateway's own firmware, compiled.
+        files = [(f.path, f.data) for f in await asyncio.to_thread(build.compile_firmware)]
+        updates = DemoUpdates(
+            cfg.database, list(keys), files, start, duration, echo=echo,
+            reload=gw.ota_pending.reload,
+        )  # fmt: skip
+        shutil.rmtree(workdir / "nodes", ignore_errors=True)
+        fleet = ObservedFleet(
+            keys, addr, start, duration, seed=SEED, anomalies=truth, record=True,
+            firmware_dir=workdir / "nodes", timer=(60, updates.tick),
+        )  # fmt: skip
         outage = asyncio.create_task(_uplink_outage(plat, fleet, (up0, up1)))
         progress = asyncio.create_task(_progress(echo, fleet, start, hours, plat))
         t0 = time.monotonic()
@@ -270,6 +282,7 @@ async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: 
         db = open_db(cfg.database)
         try:
             report = _figures(db, fleet, stats, truth, start)
+            report.update(updates.figures())
             report.update(pull_back(db, plat, workdir / "summaries.svg"))
             # Hours with readings: an hour only a long counter segment crosses has energy but
             # no reading of its own, and is not sent (gateway/pipeline/handoff.py).
@@ -429,6 +442,11 @@ def _print(echo: Callable[[str], None], r: dict) -> None:
         f"{r['faults_injected']} faults injected by the proxy, {r['sync_requests_failed']} "
         f"failed requests (outage included), {r['sync_reconciled']} rows reconciled by reading "
         f"the platform back"
+    )
+    echo("Firmware updates over the air (docs/ota.md)")
+    echo(
+        f"  version 1 confirmed by {r['ota_updated']} nodes; the broken version 2 rolled back by"
+        f" {r['ota_rolled_back']}; nodes without a confirmed version {r['ota_failed']}"
     )
     echo("Alerts (a mail server and a webhook on loopback; docs/alerts.md)")
     echo(
