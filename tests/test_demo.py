@@ -56,6 +56,9 @@ def test_demo_small_keeps_every_promise(tmp_path):
     # ground truth, each once, none left waiting (docs/alerts.md).
     assert r["alerts_sent"] == r["alerts_expected"]
     assert r["alerts_duplicated"] == 0 and r["alerts_unsent"] == 0
+    # The whole fleet updated over the air mid-run; the broken version sent to two nodes
+    # rolled back on both by itself; no node is left without a confirmed version (docs/ota.md).
+    assert (r["ota_updated"], r["ota_rolled_back"], r["ota_failed"]) == (6, 2, 0)
     # The human report came first, and the chart and report.json are where it said.
     text = proc.stdout
     assert "Nodes -> gateway" in text and "Gateway -> platform" in text
