@@ -13,8 +13,8 @@
    Once with the files deflated (as served by default), once as they are.
 2. The node's peak heap during an update: the WASI MicroPython of the tests faults when its
    collector runs under firmware/ota.py (docs/ota.md), so this is measured on CPython as a
-   stand-in, with tracemalloc around the node's own update code (firmware/ota.Updater) fed
-   512-byte blocks in memory: what that code allocates, not MicroPython's heap (whose objects
+   stand-in, with tracemalloc around the node's own update code (``Updater``, firmware/ota.py)
+   fed 512-byte blocks in memory: what that code allocates, not MicroPython's heap (whose objects
    are smaller; the buffers are the same sizes).
 """
 
@@ -152,7 +152,8 @@ def _served(files, deflate: bool) -> int:
 
 
 def heap_peak(files: list, deflate: bool) -> dict:
-    """tracemalloc's peak while firmware/ota.Updater installs ``files`` from 512-byte blocks."""
+    """tracemalloc's peak while the node's ``Updater`` (firmware/ota.py) installs ``files``
+    from 512-byte blocks."""
     from firmware import ota
     from protocols import manifest
 
