@@ -246,6 +246,30 @@ def test_a_source_failing_authentication_is_dropped_past_its_budget_others_are_n
     run(go())
 
 
+def test_a_relay_whose_packs_are_sometimes_overtaken_is_never_cut_off(tmp_path):
+    # Every node of the fleet's lossy proxy (or behind a border router, or a NAT) comes from
+    # one address; reordering makes some packs arrive after a newer one: replays, 4.01. The
+    # packs the relay delivers earn its budget back, so it is never dropped, where a source
+    # that stores nothing (the test above) is.
+    async def go():
+        async with running_gateway(tmp_path) as gw:
+            key = add_node(gw)
+            n = int(FAILED_BURST) * 3
+            async with socket_from("127.0.0.1", gw.coap_port) as (transport, proto):
+                for seq in range(1, n + 1):  # each new pack, then an old one overtaken by it
+                    fresh = cose.sign(key, b"lamp-001", 2 * seq, senml.encode(minute_readings(3)))
+                    stale = cose.sign(key, b"lamp-001", 2 * seq - 1, senml.encode([]))
+                    transport.sendto(con_post(fresh, 2 * seq))
+                    assert (await asyncio.wait_for(proto.queue.get(), 5)).code == CHANGED
+                    transport.sendto(con_post(stale, 2 * seq + 1))
+                    assert (await asyncio.wait_for(proto.queue.get(), 5)).code == UNAUTHORIZED
+            _, text = await http_get(gw.http_port, "/metrics")
+            assert metric(text, 'reverbere_packs_rejected_total{reason="replay"}') == n
+            assert metric(text, 'reverbere_packs_rejected_total{reason="source_over_budget"}') == 0
+
+    run(go())
+
+
 @pytest.mark.parametrize("wire", [b"\x40", b"\x40\x02\x00", b"\x40\x02\x00\x01\xff"])
 def test_short_and_marker_only_datagrams_are_counted_and_never_answered_with_5_00(tmp_path, wire):
     async def go():

@@ -87,7 +87,8 @@ class SourceBudget:
     """A token bucket per source address for datagrams that authenticate nothing.
 
     ``charge`` takes a token when a source's pack fails (bad MAC, unknown kid, replay,
-    malformed); ``allows`` says whether the source still has one. Sources that never failed
+    malformed), ``credit`` gives one back for each new pack it delivers; ``allows`` says
+    whether the source still has one. Sources that never failed
     are not in the table, so checking them costs one dict lookup. At most ``max_sources`` are
     kept: a forgotten source starts again with a full bucket, which bounds memory without
     letting one source outspend the rate for long.
@@ -122,6 +123,16 @@ class SourceBudget:
             self._buckets.move_to_end(host)
         self._tokens(bucket, now)
         bucket[0] -= 1.0
+
+    def credit(self, host: Any, now: float) -> None:
+        """One new pack stored from ``host``: it earns a token back. A relay that carries many
+        nodes (the fleet's lossy proxy, a border router, a NAT) sees some of their packs
+        overtaken and refused as replays; the packs it delivers keep its bucket full, where a
+        flooder of replays or forgeries, which stores nothing, runs dry."""
+        bucket = self._buckets.get(host)
+        if bucket is not None:
+            self._tokens(bucket, now)
+            bucket[0] = min(self.burst, bucket[0] + 1.0)
 
     def empty(self, host: Any, now: float) -> None:
         """Leave ``host`` no token at ``now``: a source coming out of a kernel ban has not

@@ -118,6 +118,7 @@ class Answer:
     payload: bytes = b""
     max_age: int | None = None
     content_format: int | None = None
+    stored: bool = False  # new verified readings: the source's budget earns a token back
 
 
 def verify_mac(mac0: cose.Mac0, key: bytes) -> bool:
@@ -228,7 +229,10 @@ class Ingest:
         """The answer to a POST of ``payload``; ``source`` (str()-able) names the sender in logs."""
         self._busy += 1
         try:
-            return await self._handle(payload, content_format)
+            answer = await self._handle(payload, content_format)
+            if answer.stored:
+                self.sources.credit(getattr(source, "sockaddr", (source,))[0], time.monotonic())
+            return answer
         except Rejected as r:
             self._reject(r, source)
             if r.code == Code.SERVICE_UNAVAILABLE:
@@ -336,7 +340,12 @@ class Ingest:
             config += _UPDATE_KEY + cbor2.dumps(waiting)
         if not state.synchronized:  # no time the gateway does not trust: the node keeps its own
             head = _MAP1 if waiting is None else _MAP2
-            return Answer(Code.CHANGED, head + _CONFIG_KEY + config, content_format=CF_CBOR)
+            return Answer(
+                Code.CHANGED,
+                head + _CONFIG_KEY + config,
+                content_format=CF_CBOR,
+                stored=outcome is Outcome.STORED,
+            )
         # {RESP_TIME: now, RESP_CONFIG: config}, the config spliced in already encoded
         body = b"".join(
             (
@@ -347,7 +356,7 @@ class Ingest:
                 config,
             )
         )
-        return Answer(Code.CHANGED, body, content_format=CF_CBOR)
+        return Answer(Code.CHANGED, body, content_format=CF_CBOR, stored=outcome is Outcome.STORED)
 
     def _reject(self, r: Rejected, source: Any) -> None:
         """Count ``r``, charge its source's budget if it authenticated nothing, log within
