@@ -62,6 +62,7 @@ from gateway.ingest.registry import NodeCache
 from gateway.ingest.resource import REJECTION_REASONS, Ingest, ReadingsResource
 from gateway.logs import event
 from gateway.metrics import PROM_CONTENT_TYPE, HttpServer, Registry, declare_process_metrics
+from gateway.ota import rollout as ota_rollout
 from gateway.ota import updates as ota_updates
 from gateway.ota.gauges import declare_ota_metrics
 from gateway.ota.resource import UpdateResource
@@ -348,6 +349,7 @@ class Gateway:
         self._declare_metrics()
         self._tasks.append(asyncio.create_task(self._retention_loop()))
         self._tasks.append(asyncio.create_task(self._clock_watch()))
+        self._tasks.append(asyncio.create_task(self._ota_watch()))
         if self.detector is not None:
             self._tasks.append(asyncio.create_task(self._quiet_watch()))
         if self.pipeline.sync is not None:
@@ -451,6 +453,24 @@ class Gateway:
             except Exception:  # like a stage's failure: logged, counted, ingestion goes on
                 log.exception("alert routing failed", extra={"fields": {}})
                 self.metrics.counter("reverbere_stage_errors_total").inc(stage="AlertStage.settle")
+
+    async def _ota_watch(self, every: float = QUIET_PERIOD) -> None:
+        """Every minute while a rollout is open: settle its nodes from their signed readings,
+        withdraw the offers of those that ended, offer the next wave (gateway/ota/rollout.py),
+        with or without a `reverbere fleet update` waiting; the 2.04s see it at once. A node
+        silent past the timeout is left to the operator's steps (`fleet update`, `fleet
+        status`): their clock is the one the offers were stamped with (a simulated one in
+        the demo)."""
+        step = functools.partial(ota_rollout.advance, timeout=math.inf)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if await self.committer.run(ota_rollout.is_open):
+                    await self.committer.run(step)
+                    self.ota_pending.reload()
+            except Exception:  # like a stage's failure: logged, counted, ingestion goes on
+                log.exception("rollout step failed", extra={"fields": {}})
+                self.metrics.counter("reverbere_stage_errors_total").inc(stage="rollout.advance")
 
     async def _quiet_watch(self) -> None:
         while True:

@@ -4,6 +4,7 @@ The nodes' signed readings are written straight into the readings table here (wh
 ingest stores once their MAC checked): tests/test_ota_rollout.py has real nodes send them.
 """
 
+import asyncio
 import json
 
 from click.testing import CliRunner
@@ -114,3 +115,27 @@ def test_a_node_silent_past_the_timeout_counts_as_failed_and_its_offer_goes(tmp_
     p = rollout.advance(db, 1001 + rollout.TIMEOUT)
     assert (p.phase, p.counts) == ("done", {"failed": 1})
     assert updates.status(db)[0]["version"] is None
+
+
+def test_the_gateway_steps_an_open_rollout_by_itself(tmp_path):
+    # No `fleet update` waiting: the service's own watch settles the node from its signed
+    # reading and withdraws its offer ("u" leaves the 2.04s).
+    from tests.gateway_helpers import add_node, running_gateway
+
+    async def scenario():
+        async with running_gateway(tmp_path) as gw:
+            add_node(gw, "lamp-001")
+            db = open_db(gw.cfg.database)
+            rollout.start(db, 2, [("firmware/node.mpy", b"M\x06node")], ["lamp-001"], canary=1)
+            assert gw.ota_pending("lamp-001") == 2
+            signed(db, "lamp-001", "fw", 2, 1_800_000_000)
+            watch = asyncio.create_task(gw._ota_watch(every=0.01))
+            try:
+                while rollout.is_open(db):
+                    await asyncio.sleep(0.01)
+            finally:
+                watch.cancel()
+            assert gw.ota_pending("lamp-001") is None  # re-read at once after the step
+            return [u.state for u in rollout.node_states(db)]
+
+    assert asyncio.run(scenario()) == ["confirmed"]

@@ -119,6 +119,15 @@ def start(
     return advance(db, now)
 
 
+def is_open(db: sqlite_utils.Database) -> bool:
+    """A rollout has nodes still waiting or offered: ``advance`` has work to do."""
+    return bool(
+        db.execute(
+            "SELECT 1 FROM ota_rollout WHERE state IN ('waiting', 'offered') LIMIT 1"
+        ).fetchone()
+    )
+
+
 def _release(db: sqlite_utils.Database) -> list[tuple[str, bytes]]:
     return [
         (path, data)
