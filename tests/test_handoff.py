@@ -39,3 +39,18 @@ def test_summaries_and_events_reach_the_outbox_once_and_again_when_changed(tmp_p
     assert stages(more) == 3  # hour 1 again, hour 2, the event (closed)
     again = outbox(db)
     assert again[("event", event["key"])]["version"] == 2
+
+
+def test_a_large_backlog_is_handed_over_in_slices_oldest_hours_first(tmp_path):
+    # The stage runs in the writer's turn: a month of hours owed at once (an upgrade, a long
+    # outage of the stages) goes a slice at a time, so the commits are not held behind it.
+    db = make_db(tmp_path / "g.db")
+    rs = [Reading("bldg-001", "p", T0 + 600 * k, 100.0 + k % 7) for k in range(6 * 30)]
+    store(db, rs)
+    summarise(db, rs)
+    now = T0 + 600 * 6 * 30 + 7200
+    assert feed_outbox(db, settled_at=now, limit=12) == 12
+    hours = sorted(r["time"] for r in db.query("SELECT time FROM sync_outbox"))
+    assert hours == [T0 + 3600 * h for h in range(12)]  # the oldest first
+    assert feed_outbox(db, settled_at=now, limit=100) == 30 - 12
+    assert feed_outbox(db, settled_at=now, limit=100) == 0

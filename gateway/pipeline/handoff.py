@@ -27,8 +27,13 @@ def feed_outbox(
     *,
     settled_at: float | None = None,
     grace: float | Callable[[str], float] = 3600.0,
+    limit: int | None = None,
 ) -> int:
     """Hand every new or changed summary and event to the outbox; return how many.
+
+    ``limit`` takes at most that many summaries, the oldest hours first, and leaves the rest
+    to the next call: the stage runs in the writer's turn, and a large backlog (an upgrade, a
+    month of hours closed at once) must not hold the commits, and so the acks, behind it.
 
     ``settled_at`` (Unix time, e.g. the newest reading just stored) holds back the summaries of
     hours still open: an hour goes once its channel has a reading after it (its figures and
@@ -48,8 +53,9 @@ def feed_outbox(
             " FROM summaries s WHERE s.version > s.synced_version"
             " AND (:now IS NULL OR s.hour + 3600 + :grace <= :now"
             "      OR s.hour + 3600 <= (SELECT c.time FROM summary_cursor c"
-            "                           WHERE c.node = s.node AND c.channel = s.channel))",
-            {"now": settled_at, "grace": 0.0 if per_node else grace},
+            "                           WHERE c.node = s.node AND c.channel = s.channel))"
+            " ORDER BY s.hour LIMIT :limit",
+            {"now": settled_at, "grace": 0.0 if per_node else grace, "limit": limit or -1},
         ).fetchall()
         if per_node and settled_at is not None:  # each node's own grace (SQL took none)
             sums = [s for s in sums if s[9] or s[2] + 3600 + grace(s[0]) <= settled_at]
