@@ -145,3 +145,21 @@ def test_state_saved_before_resolution_still_loads():
         assert 0.0 <= vb.novelty <= 1.0
     steps = [abs(x - y) for (_, x), (_, y) in itertools.pairwise(rows) if x != y]
     assert b.quantum == min(steps)
+
+
+def test_a_new_firmware_version_is_no_anomaly(tmp_path):
+    # `fw` is the version the node runs (docs/ota.md), sent after each boot: after weeks at 1,
+    # the fleet's update to 2 is the operator's doing, not something for the statistical
+    # detector to call unusual.
+    from detect_helpers import make_db, store
+
+    from gateway.pipeline.detect import Detector
+    from gateway.store.records import Reading
+
+    db = make_db(tmp_path / "g.db")
+    detect = Detector(DetectConfig())
+    rows = [Reading("lamp-001", "fw", T0 + 3600 * k, 1.0) for k in range(24 * 21)]
+    rows += [Reading("lamp-001", "fw", T0 + 3600 * (24 * 21 + k), 2.0) for k in range(6)]
+    for k in range(0, len(rows), 50):
+        detect(db, store(db, rows[k : k + 50]))
+    assert db.execute("SELECT count(*) FROM anomalies").fetchone()[0] == 0

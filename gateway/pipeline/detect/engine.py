@@ -99,6 +99,10 @@ def m002_anomaly_waste(db: sqlite_utils.Database) -> None:
     db["anomalies"].add_column("waste_eur", float)
 
 
+# Channels a node reports about itself, not a measurement: no statistical detector.
+NOT_MEASURED = frozenset(("drop", "fw", "fwt", "fwx"))
+
+
 class ChannelDetector:
     """All detectors of one node's channel, and their events."""
 
@@ -169,8 +173,10 @@ class ChannelDetector:
         self.pending: list | None = None
         if sched is not None and channel in ("p", "e"):
             self.rules.append(ScheduleRule(node, sched, clock, counter=counter))
-        # Counters are judged by their rate of increase, not their ever-growing value.
-        self.stat = StatDetector() if channel != "drop" else None
+        # Counters are judged by their rate of increase, not their ever-growing value. The
+        # node's own bookkeeping (dropped readings, firmware versions: docs/ota.md) is not a
+        # measurement: a new version after an update is no anomaly.
+        self.stat = StatDetector() if channel not in NOT_MEASURED else None
         self.trackers: dict[str, Tracker] = {}
         self.last_time: float | None = None
         self.interval = 0.0
