@@ -44,10 +44,11 @@ from sim.fleet import Fleet, gateway_keys, kind_of, make_keys
 from sim.groundtruth import evaluate
 from sim.net import Impairments, LossyProxy
 from sim.platform.demo import DemoPlatform, pull_back, start_demo_platform
-from sim.profiles import LATITUDE, LONGITUDE, closing_days, plan_anomalies
+from sim.profiles import LATITUDE, LONGITUDE, Anomaly, closing_days, plan_anomalies
 from sim.updates import DemoUpdates
 
 SEED = 1
+UTC_OFFSET = 3600  # the site's time zone, Etc/GMT-1 (the fleet's profiles are in UTC+1)
 EPOCH = date(1970, 1, 1).toordinal()
 NODE_OUTAGE = 900  # seconds (simulated) the nodes cannot reach the gateway: below the
 # silent rule's 30 minutes, so a network cut is not reported as silent nodes
@@ -56,6 +57,9 @@ LEARNING_DAYS = 4  # the statistical detector learns 3 days before it speaks (do
 STAT_KINDS = ("spike", "drift")  # injected kinds only the statistical detector can find
 # A building's meter faults, judged once its hours were learnt on three days.
 METER_KINDS = ("dropout", "stuck_meter", "night_base_load")
+# The street lights' cabinet, as the gateway's [[detect.lighting]] group says (local hours):
+# dimmed to half from 22:00 to the morning, dark from 01:00 to 05:00 (extinction nocturne).
+LAMP_SCHEDULE = {"dim": (22, 12), "dim_level": 0.5, "switch_off": (1, 5)}
 
 GATEWAY_TOML = """\
 # The demo's gateway, configured as an operator would (see `reverbere gateway init`).
@@ -63,9 +67,25 @@ GATEWAY_TOML = """\
 latitude = {lat}
 longitude = {lon}
 timezone = "Etc/GMT-1"
+price_kwh = 0.2016
+off_peak_price_kwh = 0.1470
+off_peak_hours = ["22:00-06:00"]
 
 [detect]
 lamps = ["lamp-*"]
+
+[[detect.lighting]]
+name = "Avenue de la Libération"
+nodes = ["lamp-*"]
+watts = 70.0
+
+[[detect.lighting.switch_off]]
+from = "01:00"
+to = "05:00"
+
+[[detect.lighting.dim]]
+from = "22:00"
+percent = 50
 
 [[detect.buildings]]
 nodes = ["bldg-*"]
@@ -135,9 +155,10 @@ class ObservedFleet(Fleet):
 
 
 def _plan(keys: dict[str, bytes], start: float, duration: float) -> tuple[list, str]:
-    """Anomalies to inject: one node in four. A run shorter than the detectors' learning
-    leaves out the kinds only they can find (and says so); a closing day of the town (and a
-    building run as a weekday on it) comes in runs of ten days or more."""
+    """Anomalies to inject: one node in four, and a lamp left on in the first switch-off
+    window of the run. A run shorter than the detectors' learning leaves out the kinds only
+    they can find (and says so); a closing day of the town (and a building run as a weekday
+    on it) comes in runs of ten days or more."""
     nodes = {n: kind_of(n) for n in keys}
     count = max(1, len(keys) // 4)
     plan = plan_anomalies(nodes, start, duration, len(keys), SEED)
@@ -148,7 +169,37 @@ def _plan(keys: dict[str, bytes], start: float, duration: float) -> tuple[list, 
             f"(spikes, drift and buildings' meter faults are left out: the detectors learn for"
             f" 3 days, use --hours {LEARNING_DAYS * 24} or more to inject them too)"
         )
-    return plan[:count], note
+    plan = [_after_switch_off(a, nodes) for a in plan[:count]]
+    left_on = _left_on(sorted(n for n in nodes if nodes[n] == "lamp"), plan, start, duration)
+    return plan + left_on, note
+
+
+def _after_switch_off(a: Anomaly, nodes: dict[str, str]) -> Anomaly:
+    """A lamp's sensor stuck while the cabinet has it dark would be stuck at 0 W, and read as
+    a dark lamp once the schedule lights it again (``dark_at_night``, an urgent alert): start
+    it at 05:15 instead, once lit again, where it is what it says (a short run puts its
+    anomalies anywhere in the run)."""
+    first, last = LAMP_SCHEDULE["switch_off"]
+    hour = (a.start + UTC_OFFSET) % 86400 / 3600
+    if a.kind != "stuck" or nodes[a.node] != "lamp" or not first <= hour < last:
+        return a
+    start = a.start - a.start % 86400 + int(last * 3600 - UTC_OFFSET) + 900
+    return Anomaly(a.node, a.channel, a.kind, start, start + (a.end - a.start))
+
+
+def _left_on(lamps: list[str], plan: list, start: float, duration: float) -> list[Anomaly]:
+    """A lamp left on at full power from 01:30 to 04:00 (local) of the first night whose
+    switch-off window the run covers, on a lamp without another anomaly: the waste the
+    lighting rules are for (``lit_in_switch_off``). None when the run covers no such night."""
+    taken = {a.node for a in plan}
+    free = [n for n in lamps if n not in taken]
+    offset = LAMP_SCHEDULE["switch_off"][0] * 3600 - UTC_OFFSET  # 01:00 local, in UTC
+    night = start - start % 86400 + offset + 1800
+    if night < start:
+        night += 86400
+    if not free or night + 9000 > start + duration:
+        return []
+    return [Anomaly(free[0], "p", "lit_in_switch_off", int(night), int(night + 9000))]
 
 
 def _at(start: float, t: float) -> str:
@@ -258,6 +309,7 @@ async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: 
         fleet = ObservedFleet(
             keys, addr, start, duration, seed=SEED, anomalies=truth, record=True,
             firmware_dir=workdir / "nodes", timer=(60, updates.tick),
+            lamp_schedule=LAMP_SCHEDULE,
         )  # fmt: skip
         outage = asyncio.create_task(_uplink_outage(plat, fleet, (up0, up1)))
         progress = asyncio.create_task(_progress(echo, fleet, start, hours, plat))
@@ -352,6 +404,10 @@ def _figures(db, fleet: ObservedFleet, stats, truth: list, start: float) -> dict
     stored = {(a, b, int(c)) for a, b, c in rows}
     events = list(db.query("SELECT * FROM anomalies ORDER BY start"))
     found = evaluate(events, truth)
+    # What the events' kinds of waste drew above the schedule, priced with [site]'s tariff.
+    waste_kwh, waste_eur = db.execute(
+        "SELECT total(waste_kwh), total(waste_eur) FROM anomalies"
+    ).fetchone()
     per = []
     for a in truth:
         hits = [
@@ -395,6 +451,8 @@ def _figures(db, fleet: ObservedFleet, stats, truth: list, start: float) -> dict
             found["false_alarms"] / max(1, len(fleet.members)) / (fleet.duration / 604800), 3
         ),
         "events": len(events),
+        "waste_kwh": round(waste_kwh, 3),
+        "waste_eur": round(waste_eur, 2),
         "anomaly_details": per,
     }
 
@@ -430,6 +488,10 @@ def _print(echo: Callable[[str], None], r: dict) -> None:
             )
         else:
             echo(f"  - {a['node']} {a['kind']} at {a['at']}: MISSED")
+    echo(
+        f"  waste {r['waste_kwh']:.2f} kWh, {r['waste_eur']:.2f} € at the [site] tariff"
+        " (0.2016 €/kWh, 0.1470 off-peak 22:00-06:00; `reverbere waste`, docs/reports.md)"
+    )
     echo("Gateway -> platform")
     echo(
         f"  summaries made {r['summaries_made']}, synced {r['summaries_synced']}, on the platform "

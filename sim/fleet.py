@@ -124,6 +124,7 @@ class Fleet:
         node_config: dict | None = None,
         firmware_dir: str | Path | None = None,
         timer: tuple[float, Callable[[float], None]] | None = None,
+        lamp_schedule: dict | None = None,
     ):
         self.keys = keys
         # Updates over the air: each node's filesystem in firmware_dir/<node> (sim/hal.py).
@@ -131,6 +132,9 @@ class Fleet:
         # (period, fn): fn(simulated time) every period simulated seconds, e.g. a rollout's
         # steps, in step with the fleet's time however fast it runs.
         self.timer = timer
+        # The street lights' cabinet schedule (sim.profiles.StreetLight's dim, dim_level,
+        # switch_off), the same as the gateway's [[detect.lighting]] says; None: the default.
+        self.lamp_schedule = lamp_schedule or {}
         self.gateway = gateway
         self.start = float(int(start if start is not None else time.time() - duration))
         self.duration = duration
@@ -164,7 +168,7 @@ class Fleet:
         mine = tuple(a for a in self.anomalies if a.node == node)
         if kind_of(node) == "building":
             return Building(node, self.seed, mine, closing_days=self.closing_days)
-        return StreetLight(node, self.seed, mine)
+        return StreetLight(node, self.seed, mine, **self.lamp_schedule)
 
     def _config(self, node: str, key: bytes, profile: Profile) -> dict:
         cfg = {

@@ -2,7 +2,8 @@
 
 - ``StreetLight``: on from sunset to sunrise at the town's latitude and longitude (NOAA's
   approximate solar equations), full power in the evening and morning, dimmed in the middle of
-  the night; an ambient light sensor.
+  the night; or, given a cabinet's schedule (``switch_off``), dark in that window of the night
+  (the town's *extinction nocturne*, as ``[[detect.lighting]]`` says); an ambient light sensor.
 - ``Building``: a public building (school, town hall): base load, weekday occupancy from 8 to 18
   (but on the town's closing days), electric heating that follows the outdoor temperature and
   the season; indoor temperature.
@@ -34,6 +35,8 @@ KINDS = (
     "stuck_meter",  # the meter's registers freeze: the same power, a counter that stands still
     "night_base_load",  # something left on at night: the base load raised from 22:00 to 06:00
     "holiday_as_workday",  # a closing day of the town on which the building runs as on a weekday
+    # A lighting schedule (issue 15): only with a switch-off window, so not in LAMP_KINDS.
+    "lit_in_switch_off",  # a street light left on at full power in the switch-off window
 )
 LAMP_KINDS = ("lit_by_day", "out_at_night", "spike", "drift", "stuck", "counter_reset", "silent")
 BUILDING_KINDS = (
@@ -136,7 +139,7 @@ class Profile:
             if a.kind == "stuck_meter":  # the registers froze: power as it was then
                 p = self.stuck.setdefault("_p", p)
         for a in self._active("p", t):
-            if a.kind == "lit_by_day":
+            if a.kind in ("lit_by_day", "lit_in_switch_off"):
                 p = max(p, self.rated)
             elif a.kind == "out_at_night":
                 p = 0.0
@@ -186,16 +189,30 @@ METER_KINDS = ("dropout", "stuck_meter")
 
 
 class StreetLight(Profile):
-    """A street light: ``rated`` W from sunset to sunrise, dimmed between ``dim`` hours."""
+    """A street light: ``rated`` W from sunset to sunrise, dimmed between ``dim`` hours (local;
+    an end past sunrise: until the morning), dark between ``switch_off`` hours if given (its
+    cabinet's switch-off window, e.g. ``(1, 5)``: what the gateway's lighting rules expect
+    then, or they would take every lamp for one left on)."""
 
     channels: ClassVar[dict[str, int]] = {"p": 60, "e": 300, "lux": 300}
 
-    def __init__(self, node, seed, anomalies=(), rated=70.0, dim=(23, 5), dim_level=0.5, utc=1):
+    def __init__(
+        self,
+        node,
+        seed,
+        anomalies=(),
+        rated=70.0,
+        dim=(23, 5),
+        dim_level=0.5,
+        utc=1,
+        switch_off: tuple[float, float] | None = None,
+    ):
         super().__init__(node, seed, anomalies)
         self.rated = rated
         self.dim = dim
         self.dim_level = dim_level
         self.utc = utc
+        self.switch_off = switch_off
 
     def daylight(self, t: float) -> bool:
         rise, set_ = sun_times(t)
@@ -205,6 +222,8 @@ class StreetLight(Profile):
         if self.daylight(t):
             return 0.0
         h = _local_hour(t, self.utc)
+        if self.switch_off is not None and self.switch_off[0] <= h < self.switch_off[1]:
+            return 0.0
         start, end = self.dim
         dimmed = h >= start or h < end
         return self.rated * (self.dim_level if dimmed else 1.0)

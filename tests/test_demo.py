@@ -52,6 +52,12 @@ def test_demo_small_keeps_every_promise(tmp_path):
     assert r["anomalies_found"] == r["anomalies_injected"]
     assert r["false_alarms"] == 0, r["false_alarm_kinds"]
     assert r["uplink_bytes"] > 0
+    # The lamps follow the cabinet's schedule of gateway.toml (dimmed from 22:00, dark from
+    # 01:00 to 05:00), so the lighting rules are quiet about them (false_alarms above); the
+    # lamp left on in the switch-off window is found as such, and its waste counted and priced.
+    left_on = [a for a in r["anomaly_details"] if a["kind"] == "lit_in_switch_off"]
+    assert [a["found_as"] for a in left_on] == ["lit_in_switch_off"], r["anomaly_details"]
+    assert r["waste_kwh"] > 0 and r["waste_eur"] > 0
     # Alerts reached a real mail server and a webhook, as the routing rules call for from the
     # ground truth, each once, none left waiting (docs/alerts.md).
     assert r["alerts_sent"] == r["alerts_expected"]
