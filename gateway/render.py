@@ -39,6 +39,24 @@ ANOMALY_COLUMNS = (
 )
 TIME_COLUMNS = ("start", "end", "hour", "time", "timestamp")
 
+# What each channel of protocols/const.py's CHANNEL_UNITS measures, in French with its unit, for
+# the people who read the tables and CSVs (the energy manager, the technical services): the
+# column LABEL_COLUMN beside the raw channel name. ``e`` is energy in Wh: a reading's value is
+# the meter's index, a summary's ``wh`` the energy of the hour.
+CHANNEL_LABELS = {
+    "p": "puissance, W",
+    "e": "énergie, Wh",
+    "t": "température, °C",
+    "lux": "éclairement, lx",
+    "bat": "batterie, %",
+    "rssi": "niveau radio, dBm",
+    "drop": "mesures perdues",
+    "fw": "version du logiciel",
+    "fwt": "version à l'essai",
+    "fwx": "version abandonnée",
+}
+LABEL_COLUMN = "grandeur"
+
 # Units of a duration, as people write them: 90s, 30m, 6h, 7d, 1w.
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -61,11 +79,14 @@ def iso(t: float | None) -> str:
 
 
 def local_iso(t: float | None, tz: str) -> str:
-    """Unix seconds as the local time of ``tz`` with its UTC offset, to the second
-    (``2026-11-25 14:10:00+01:00``); empty for None."""
+    """Unix seconds as the local time of ``tz`` with its UTC offset (``2026-11-25
+    14:10:00+01:00``); empty for None. Like :func:`iso`, a fraction of a second keeps its
+    milliseconds."""
     if t is None:
         return ""
-    return datetime.fromtimestamp(round(t), ZoneInfo(tz)).isoformat(sep=" ")
+    if t == int(t):
+        return datetime.fromtimestamp(t, ZoneInfo(tz)).isoformat(sep=" ")
+    return datetime.fromtimestamp(t, ZoneInfo(tz)).isoformat(sep=" ", timespec="milliseconds")
 
 
 def excel_time(t: float | None, tz: str) -> str:
@@ -143,6 +164,23 @@ def anomalies(
     if where:
         sql += " WHERE " + " AND ".join(where)
     return list(db.query(sql + " ORDER BY start, id", args))
+
+
+def with_channel_labels(
+    rows: Sequence[Mapping], columns: Sequence[str]
+) -> tuple[list[dict], tuple[str, ...]]:
+    """``rows`` and ``columns`` with :data:`LABEL_COLUMN` after ``channel``: what the channel
+    measures, in French with its unit (:data:`CHANNEL_LABELS`; an unknown channel as it is).
+    For the table and CSV; JSON is for programs, which read ``channel``."""
+    if "channel" not in columns:
+        return [dict(r) for r in rows], tuple(columns)
+    at = list(columns).index("channel") + 1
+    out = (*columns[:at], LABEL_COLUMN, *columns[at:])
+    labelled = []
+    for r in rows:
+        channel = r.get("channel")
+        labelled.append({**r, LABEL_COLUMN: CHANNEL_LABELS.get(channel, channel)})
+    return labelled, out
 
 
 def _cell(

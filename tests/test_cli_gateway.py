@@ -74,9 +74,28 @@ def test_readings_in_three_formats(tmp_path):
     rows = json.loads(invoke("readings", "--config", cfg, "--format", "json").output)
     assert rows[0] == {"node": "a", "channel": "p", "time": "2026-01-01T00:00:00Z", "value": 61.5}
     csv_out = invoke("readings", "--config", cfg, "--format", "csv", "--node", "a").output
-    assert csv_out.splitlines()[0] == "node,channel,time,value" and len(csv_out.splitlines()) == 3
+    # For people: the town's time (init writes Europe/Paris), the zone in the header, and what
+    # the channel measures spelled out beside it.
+    lines = csv_out.splitlines()
+    assert lines[0] == "node,channel,grandeur,time (Europe/Paris),value" and len(lines) == 3
+    assert lines[1] == 'a,p,"puissance, W",2026-01-01 01:00:00+01:00,61.5'
     since = invoke("readings", "--config", cfg, "--since", "2026-01-01T00:00:30Z").output
-    assert "61.5" not in since and "2026-01-01T00:01:00Z" in since
+    assert "61.5" not in since and "2026-01-01 01:01:00+01:00" in since
+    utc = invoke("readings", "--config", cfg, "--format", "csv", "--utc").output.splitlines()
+    assert utc[0] == "node,channel,grandeur,time,value" and "2026-01-01T00:00:00Z" in utc[1]
+
+
+def test_readings_for_french_excel(tmp_path):
+    # --excel: what the technical services open by double-clicking, local dates, decimal comma.
+    invoke("gateway", "init", tmp_path)
+    _store(tmp_path / "reverbere.db", Reading("a", "t", 1782900000, 21.5))  # 10:00 UTC, summer
+    r = invoke("readings", "--config", tmp_path / "gateway.toml", "--excel")
+    assert r.output.startswith("\ufeff")
+    header, row = r.output.lstrip("\ufeff").splitlines()[:2]
+    assert header == "node;channel;grandeur;time (Europe/Paris);value"
+    assert row == "a;t;température, °C;01/07/2026 12:00;21,5"
+    bad = invoke("readings", "--config", tmp_path / "gateway.toml", "--excel", "--format", "json")
+    assert bad.exit_code != 0 and "--excel writes CSV" in bad.output
 
 
 def _store(db_path, *readings):
@@ -102,7 +121,8 @@ def test_readings_since_a_week(tmp_path):
     assert [row["value"] for row in json.loads(r.output)] == [30.0]
     # --until takes the same forms: what is older than a week.
     r = invoke("readings", "--db", tmp_path / "reverbere.db", "--until", "1w", "--format", "csv")
-    assert r.output.splitlines()[1:] == [f"a,p,{render.iso(now - 10 * 86400)},10.0"]
+    # (--db alone: no config to read the town's zone from, so UTC, each time ending in Z)
+    assert r.output.splitlines()[1:] == [f'a,p,"puissance, W",{render.iso(now - 10 * 86400)},10.0']
 
 
 def test_readings_print_values_whole_and_times_to_the_millisecond(tmp_path):
@@ -111,7 +131,9 @@ def test_readings_print_values_whole_and_times_to_the_millisecond(tmp_path):
     invoke("gateway", "init", tmp_path)
     _store(tmp_path / "reverbere.db", Reading("a", "e", 1767225600.25, 123456.789))
     csv_out = invoke("readings", "--db", tmp_path / "reverbere.db", "--format", "csv").output
-    assert csv_out.splitlines()[1] == "a,e,2026-01-01T00:00:00.250Z,123456.789"
+    assert csv_out.splitlines()[1] == 'a,e,"énergie, Wh",2026-01-01T00:00:00.250Z,123456.789'
+    local = invoke("readings", "--config", tmp_path / "gateway.toml", "--format", "csv").output
+    assert "2026-01-01 01:00:00.250+01:00,123456.789" in local
 
 
 def test_node_list_in_three_formats(tmp_path):

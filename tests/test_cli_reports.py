@@ -61,7 +61,11 @@ def test_anomalies_from_the_database(tmp_path):
     assert [e["kind"] for e in events] == ["counter_reset"]
     assert events[0]["start"] == "2026-10-05T02:30:00Z"
     table = run(cli, ["anomalies", "--db", str(tmp_path / "g.db"), "--open"])
-    assert table.output.splitlines()[0].split()[:4] == ["id", "node", "channel", "kind"]
+    assert table.output.splitlines()[0].split()[:4] == ["id", "node", "channel", "grandeur"]
+    # Spelled out for the energy manager: the counter is energy in Wh; the times are the
+    # town's (no config here: UTC, said in each time's Z).
+    everything = run(cli, ["anomalies", "--db", str(tmp_path / "g.db")]).output
+    assert "énergie, Wh" in everything and "2026-10-05T02:30:00Z" in everything
     # The summaries the stage wrote (printed by `reverbere summaries`, gateway/cli/sync.py).
     wh = [r["wh"] for r in db.query("SELECT wh FROM summaries ORDER BY hour")]
     assert wh[0] == 120.0  # 12 steps of 10 Wh in the first hour

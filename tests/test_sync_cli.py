@@ -1,5 +1,6 @@
 """``reverbere summaries`` and ``reverbere sync status``, and the ``[sync]`` config checks."""
 
+import csv
 import json
 import xml.etree.ElementTree as ET
 
@@ -76,10 +77,28 @@ def test_the_platform_and_the_gateway_print_the_same(synced, fmt):
         assert data[0]["hour"] == "2026-01-01T00:00:00Z"
     if fmt == "csv":
         lines = from_platform.splitlines()
-        assert lines[0] == "node,channel,hour,count,min,max,mean,wh"
+        # (no config here: the town's zone is unknown, so the hours stay UTC)
+        assert lines[0] == "node,channel,grandeur,hour,count,min,max,mean,wh"
         assert len(lines) == 1 + 3 * 2 * 30
     if fmt == "table":
         assert "anomalies:" in from_platform and "lamp on in daylight" in from_platform
+
+
+def test_summaries_in_the_towns_time_and_for_excel(synced, tmp_path):
+    # With the gateway's config, the hours are the town's (Europe/Paris, as init writes it):
+    # the first UTC hour of 2026 is 01:00 in Paris. --excel is the CSV French Excel opens.
+    _, url = synced
+    run("gateway", "init", str(tmp_path))
+    cfg = ("--config", str(tmp_path / "gateway.toml"))
+    lines = run("summaries", "--from", url, *cfg, *WINDOW, "--format", "csv").splitlines()
+    assert lines[0] == "node,channel,grandeur,hour (Europe/Paris),count,min,max,mean,wh"
+    assert ',"énergie, Wh",2026-01-01 01:00:00+01:00,' in lines[1]
+    excel = run("summaries", "--from", url, *cfg, *WINDOW, "--excel")
+    header, first = excel.lstrip("\ufeff").splitlines()[:2]
+    assert excel.startswith("\ufeff") and header.startswith("node;channel;grandeur;hour (Europe")
+    assert ";01/01/2026 01:00;" in first
+    utc = run("summaries", "--from", url, *cfg, *WINDOW, "--format", "csv", "--utc").splitlines()
+    assert utc[0].split(",")[3] == "hour" and "2026-01-01T00:00:00Z" in utc[1]
 
 
 def test_anomalies_alike_from_both(synced):
@@ -187,8 +206,8 @@ def test_a_counter_shows_its_energy_and_no_mean(synced):
         assert all(r["mean"] is not None for r in p), source
         assert e[0]["min"] == 1000 and e[0]["max"] == 1060  # the counter's readings
     csv_lines = run("summaries", "--from", url, *WINDOW, "--format", "csv").splitlines()
-    e_line = next(line for line in csv_lines if ",e," in line).split(",")
-    assert e_line[6] == "" and e_line[7] != ""  # mean, wh
+    e_line = next(row for row in csv.reader(csv_lines) if row[1] == "e")
+    assert e_line[2] == "énergie, Wh" and e_line[7] == "" and e_line[8] != ""  # mean, wh
     # An Observation carries no mean for a counter: the result (Wh) is not taken for one.
     _, s = as_record("lamp-000", "e", H0, 61.5, {"count": 60, "min": 1000, "wh": 61.5})
     assert s.mean is None and s.wh == 61.5

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from gateway import config, daemon, install, render, service
+from gateway.cli.display import excel_option, show, town_timezone, utc_option
 from gateway.cli.options import (
     WHEN,
     HostPort,
@@ -232,6 +233,8 @@ def node_list(config_path: Path, db_path: Path | None, fmt: str, as_json: bool) 
 @click.option("--until", type=WHEN, help="Before this time (same forms).")
 @click.option("--limit", type=click.IntRange(0), help="At most this many readings.")
 @format_option
+@utc_option
+@excel_option
 def readings(
     config_path: Path,
     db_path: Path | None,
@@ -240,8 +243,13 @@ def readings(
     until: float | None,
     limit: int | None,
     fmt: str,
+    utc: bool,
+    excel: bool,
 ) -> None:
-    """Show stored readings: node, channel, time (ISO 8601 UTC), value."""
+    """Show stored readings: node, channel (spelled out, with its unit), time (the town's time
+    zone; --utc for UTC), value."""
     db = open_database(config_path, db_path)
+    tz = town_timezone(config_path, db_path, utc)
     rows = [r._asdict() for r in store.query_readings(db, node, since, until, limit=limit)]
-    click.echo(render.render(rows, ("node", "channel", "time", "value"), fmt, exact=("value",)))
+    columns = ("node", "channel", "time", "value")
+    click.echo(show(rows, columns, fmt, tz, excel, exact=("value",)))

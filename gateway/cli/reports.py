@@ -11,6 +11,7 @@ import csv
 import click
 
 from gateway import render as report
+from gateway.cli.display import excel_option, show, town_timezone, utc_option
 from gateway.cli.options import WHEN, config_option, db_option, format_option, open_database
 
 
@@ -20,14 +21,18 @@ from gateway.cli.options import WHEN, config_option, db_option, format_option, o
 @click.option("--since", type=WHEN, help="Ended at or after: 6h, 1w, 2026-01-31T12:00Z, Unix.")
 @click.option("--open", "open_only", is_flag=True, help="Only the events still ongoing.")
 @format_option
+@utc_option
+@excel_option
 @click.pass_context
-def anomalies(ctx, config_path, db_path, since, open_only, fmt) -> None:
-    """Anomaly events: node, channel, kind, start, end (empty while open), score, reason."""
+def anomalies(ctx, config_path, db_path, since, open_only, fmt, utc, excel) -> None:
+    """Anomaly events: node, channel (spelled out), kind, start, end (empty while open), score,
+    reason; times in the town's time zone."""
     if ctx.invoked_subcommand is not None:
         return
     db = open_database(config_path, db_path)
+    tz = town_timezone(config_path, db_path, utc)
     rows = report.anomalies(db, since=since, open_only=open_only)
-    click.echo(report.render(rows, report.ANOMALY_COLUMNS, fmt))
+    click.echo(show(rows, report.ANOMALY_COLUMNS, fmt, tz, excel))
 
 
 @anomalies.command("replay")

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from gateway import render as report
+from gateway.cli.display import excel_option, show, town_timezone, utc_option
 from gateway.cli.options import (
     WHEN,
     config_option,
@@ -148,6 +149,8 @@ def push(config_path: Path, db_path: Path | None) -> None:
 @click.option("--until", type=WHEN, help="End (exclusive), same forms [now].")
 @click.option("--node", "nodes", multiple=True, help="Only this node (repeatable).")
 @format_option
+@utc_option
+@excel_option
 @click.option(
     "--anomalies",
     "events_only",
@@ -171,6 +174,8 @@ def summaries(
     until,
     nodes,
     fmt,
+    utc,
+    excel,
     events_only,
     chart,
     token,
@@ -178,7 +183,9 @@ def summaries(
     password,
     ca_file,
 ) -> None:
-    """Hourly summaries and anomaly events, from the gateway or pulled from the platform."""
+    """Hourly summaries and anomaly events, from the gateway or pulled from the platform;
+    times in the town's time zone."""
+    tz = town_timezone(config_path, db_path, utc)
     start = 0.0 if since is None else since
     end = 2.0**31 if until is None else until
     if source == "gateway":
@@ -203,12 +210,12 @@ def summaries(
     else:
         raise click.BadParameter("use 'gateway' or an http(s) URL", param_hint="--from")
     if events_only:
-        click.echo(report.render(event_rows(events), report.ANOMALY_COLUMNS, fmt))
+        click.echo(show(event_rows(events), report.ANOMALY_COLUMNS, fmt, tz, excel))
     else:
-        click.echo(report.render(summary_rows(sums), SUMMARY_COLUMNS, fmt))
-        if fmt == "table" and events:
+        click.echo(show(summary_rows(sums), SUMMARY_COLUMNS, fmt, tz, excel))
+        if fmt == "table" and not excel and events:
             click.echo("\nanomalies:")
-            click.echo(report.render(event_rows(events), report.ANOMALY_COLUMNS, fmt))
+            click.echo(show(event_rows(events), report.ANOMALY_COLUMNS, fmt, tz, excel))
     if chart:
         try:
             _write_chart(chart, sums, events)

@@ -1,0 +1,65 @@
+"""How ``anomalies``, ``summaries`` and ``readings`` show times and numbers to the town.
+
+Their times print in the town's time zone (``[site]``/``[detect]`` timezone of the config), the
+header naming it, unless ``--utc``; ``--excel`` writes the CSV French Excel opens as it is
+(:func:`gateway.render.write_excel_csv`). Without a config file the zone is unknown and times
+stay UTC, which the ``Z`` of each time says.
+"""
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gateway import render
+from gateway.cli.options import load_config
+
+utc_option = click.option(
+    "--utc", is_flag=True, help="Times in UTC instead of the town's time zone ([site] timezone)."
+)
+excel_option = click.option(
+    "--excel",
+    is_flag=True,
+    help="CSV for French Excel: ';', decimal comma, local dates, UTF-8 with BOM (implies CSV).",
+)
+
+
+def town_timezone(config_path: Path, db_path: Path | None, utc: bool) -> str | None:
+    """The IANA zone times are shown in: the config's ``[site]``/``[detect]`` timezone; None
+    (UTC) with ``--utc``, or with no config file to read the town from (``--db`` alone, or
+    ``summaries --from URL`` on another machine)."""
+    if utc or not config_path.exists():
+        return None
+    from gateway.config import ConfigError
+    from gateway.service import pipeline_config
+
+    try:
+        return pipeline_config(load_config(config_path)).detect.timezone
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def output_format(fmt: str, excel: bool) -> str:
+    """``--excel`` is a CSV: it overrides a table; with ``--format json`` it is a mistake."""
+    if excel and fmt == "json":
+        raise click.BadParameter("--excel writes CSV; drop --format json", param_hint="--excel")
+    return "csv" if excel else fmt
+
+
+def show(
+    rows: Sequence[Mapping],
+    columns: Sequence[str],
+    fmt: str,
+    tz: str | None,
+    excel: bool,
+    **kwargs: Any,
+) -> str:
+    """``rows`` as :func:`gateway.render.render` writes them for a person: times in ``tz``,
+    each channel spelled out beside its name in the table and CSV. JSON is for programs and
+    stays as it was: the columns given, times ISO 8601 UTC (``Z``) to the millisecond."""
+    fmt = output_format(fmt, excel)
+    if fmt == "json":
+        return render.render(rows, columns, fmt, **kwargs)
+    rows, columns = render.with_channel_labels(rows, columns)
+    return render.render(rows, columns, fmt, tz=tz, excel=excel, **kwargs)
