@@ -35,7 +35,7 @@ from gateway.console.i18n import CATALOGUES, Formatter, choose
 from gateway.console.pages import MODULES
 from gateway.console.store import ConsoleStore
 from gateway.console.throttle import LoginThrottle
-from gateway.console.views import EnergyLedger
+from gateway.console.views import EnergyBoard
 from gateway.console.web import CSRF, FORM, LANG, N_, ROLE, USER, Action, Page
 from gateway.pipeline.detect import DetectConfig
 
@@ -77,7 +77,8 @@ class Console:
     def __init__(self, settings: ConsoleSettings):
         self.settings = settings
         self.store = ConsoleStore(settings.database)
-        self.ledger = EnergyLedger()  # the Energy page's past days, in the store's thread
+        # the Energy page's figures, computed in a thread of their own every ten minutes
+        self.energy = EnergyBoard(settings.database, settings.detect, self.now)
         self.throttle = LoginThrottle(self.now)
         self.tz = ZoneInfo(settings.detect.timezone)
         self.pages: list[Page] = [p for m in MODULES for p in m.PAGES]
@@ -112,9 +113,14 @@ class Console:
                 r.add_get(f"/api/{page.name}", self._api_handler(page))
         for action in self.actions:
             r.add_post(action.path, self._action_handler(action), name=action.name)
+        app.on_startup.append(self._start)
         app.on_cleanup.append(self._close)
 
+    async def _start(self, app: web.Application) -> None:
+        self.energy.start()
+
     async def _close(self, app: web.Application) -> None:
+        await self.energy.close()
         await self.store.close()
 
     # --- the guard -------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from gateway.store.db import open_db
 
 T = TypeVar("T")
 
+FLEET_PAGE = 100  # nodes a fleet page shows: a town's 2,000 in one table cost a second to draw
 EVENTS_LIMIT = 200  # events a page shows: the open ones, then the most recent closed ones
 SUMMARIES_LIMIT = 5000  # rows an /api/summaries answer holds at most
 LAST_READING_CHANNELS = ("p", "e", "t", "lux")  # what "last reading" shows, first found
@@ -111,8 +112,10 @@ class FleetFilter:
 
 @dataclass
 class Fleet:
-    nodes: list[FleetNode]
+    nodes: list[FleetNode]  # the requested slice of the matching nodes
     groups: list[str] = field(default_factory=list)
+    total: int = 0  # nodes matching the filter, in every slice
+    offset: int = 0
 
 
 def fleet(
@@ -122,9 +125,14 @@ def fleet(
     heard: dict[str, Any],
     now: float,
     only: FleetFilter = FleetFilter(),
+    offset: int = 0,
+    limit: int | None = None,
 ) -> Fleet:
-    """Every active node with its state, filtered. ``heard`` is ingest's memory of each
-    node's last pack, battery and signal (``NodeCache.heard``): fresher than the table."""
+    """The active nodes matching ``only``, ``limit`` of them from ``offset`` (None: all).
+    ``heard`` is ingest's memory of each node's last pack, battery and signal
+    (``NodeCache.heard``): fresher than the table. The state and the filter come from the
+    ``nodes`` table and that memory; the last reading and signal (primary-key look-ups) are
+    read only for the nodes of the slice, so a page costs its 100 nodes, not the town's."""
     rows = db.execute(
         "SELECT ref, id, added, last_seen, battery FROM nodes WHERE key IS NOT NULL ORDER BY id"
     ).fetchall()
@@ -134,7 +142,7 @@ def fleet(
             ' WHERE "end" IS NULL GROUP BY node'
         ).fetchall()
     )
-    out = []
+    matching = []
     groups = sorted({node_group(r[1]) for r in rows})
     for ref, node_id, added, last_seen, battery in rows:
         h = heard.get(node_id)
@@ -152,6 +160,10 @@ def fleet(
             continue
         if only.state and state != only.state:
             continue
+        matching.append((ref, node_id, group, kind, state, added, last_seen, battery, h))
+    end = None if limit is None else offset + limit
+    out = []
+    for ref, node_id, group, kind, state, added, last_seen, battery, h in matching[offset:end]:
         last_channel = last_value = None
         for channel in LAST_READING_CHANNELS:  # primary key (node, channel, time)
             row = db.execute(
@@ -186,7 +198,7 @@ def fleet(
                 open_counts.get(node_id, 0),
             )
         )
-    return Fleet(out, groups)
+    return Fleet(out, groups, len(matching), offset)
 
 
 def retire_node(db: sqlite_utils.Database, node_id: str) -> None:

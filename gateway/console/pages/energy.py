@@ -15,15 +15,13 @@ from gateway.console.web import N_, Page
 async def energy_page(request: web.Request, console: Any) -> dict[str, Any]:
     s, now = console.settings, console.now()
 
-    def read(db: Any) -> tuple[list[views.AssetRow], list[dict]]:
-        assets = console.ledger.energy(db, s.detect, now)
-        return assets, views.waste_ledger(db, s.detect, now - 31 * 86400)
-
-    assets, ledger = await console.store.run(read)
+    computed, assets = await console.energy.figures()
+    ledger = await console.store.run(views.waste_ledger, s.detect, now - 31 * 86400)
     local = dt.datetime.fromtimestamp(now, console.tz)
     last = (local.replace(day=1) - dt.timedelta(days=1)).strftime("%Y-%m")
     return {
         "assets": assets,
+        "computed": computed,
         "periods": views.PERIODS,
         "ledger": ledger,
         "waste_kwh": sum(e["waste_kwh"] or 0.0 for e in ledger),
@@ -35,8 +33,7 @@ async def energy_page(request: web.Request, console: Any) -> dict[str, Any]:
 
 
 async def energy_api(request: web.Request, console: Any) -> list[dict[str, Any]]:
-    s, now = console.settings, console.now()
-    assets = await console.store.run(lambda db: console.ledger.energy(db, s.detect, now))
+    _, assets = await console.energy.figures()
     return [
         {
             "asset": a.asset,

@@ -21,17 +21,46 @@ def _filter(request: web.Request) -> store.FleetFilter:
     )
 
 
-async def _fleet(request: web.Request, console: Any) -> store.Fleet:
+def _page_number(request: web.Request) -> int:
+    """``?page=N`` (from 1); anything else is the first page."""
+    raw = request.query.get("page", "1")
+    return max(1, int(raw)) if raw.isdigit() else 1
+
+
+async def _fleet(
+    request: web.Request, console: Any, offset: int = 0, limit: int | None = None
+) -> store.Fleet:
     s = console.settings
     return await console.store.run(
-        store.fleet, s.detect, s.node_config, dict(s.heard()), console.now(), _filter(request)
+        store.fleet,
+        s.detect,
+        s.node_config,
+        dict(s.heard()),
+        console.now(),
+        _filter(request),
+        offset,
+        limit,
     )
 
 
 async def fleet_page(request: web.Request, console: Any) -> dict[str, Any]:
-    fleet = await _fleet(request, console)
+    """One page of ``store.FLEET_PAGE`` nodes: a whole town in one table took a second to
+    read and draw on the gateway (issue 16); the filters narrow it further."""
+    number = _page_number(request)
+    fleet = await _fleet(request, console, (number - 1) * store.FLEET_PAGE, store.FLEET_PAGE)
+    pages = max(1, -(-fleet.total // store.FLEET_PAGE))
+    if number > pages:  # past the end (a node retired meanwhile): the last page
+        number = pages
+        fleet = await _fleet(request, console, (number - 1) * store.FLEET_PAGE, store.FLEET_PAGE)
+    only = _filter(request)
+    query = {k: v for k, v in dataclasses.asdict(only).items() if v}
     return {
         "nodes": fleet.nodes,
+        "total": fleet.total,
+        "first": fleet.offset + 1,
+        "page_number": number,
+        "pages": pages,
+        "query": query,
         "groups": fleet.groups,
         "kinds": store.KINDS,
         "states": store.STATES,
