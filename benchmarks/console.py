@@ -6,7 +6,7 @@ hourly summaries each (one energy channel), an event per node (half with a waste
 minute readings for one node (its page's 24-hour chart) and a last reading for every node
 (the fleet); starts the real gateway (``reverbere gateway run``, a process of its own) on
 loopback, logs in and times every page (p50/p99 of ``--fetches``; the Energy page's first
-visit, which fills its ledger, apart). Then sends ``--rate`` packs a second from
+visit, which may wait for the figures the start computes, apart). Then sends ``--rate`` packs a second from
 ``--senders`` nodes for ``--seconds``, twice: alone, and with a page fetched every second,
 and prints each phase's p50/p99 ack latency and their ratio.
 
@@ -179,7 +179,7 @@ def main() -> None:
         t = time.perf_counter()
         assert c.get("/energy").status_code == 200
         cold = (time.perf_counter() - t) * 1e3
-        print(f"{'/energy (first visit: fills the ledger)':<42} {cold:7.0f} ms")
+        print(f"{'/energy (first visit: waits for the start)':<42} {cold:7.0f} ms")
         pages = ["/", "/events", f"/nodes/{first}", f"/nodes/{first}?span=week",
                  f"/nodes/{first}?span=month", "/energy", "/gateway", "/metrics"]  # fmt: skip
         print(f"{'page':<42} {'p50 ms':>7} {'p99 ms':>7} {'KB':>6}")
