@@ -6,9 +6,9 @@ hourly summaries each (one energy channel), an event per node (half with a waste
 minute readings for one node (its page's 24-hour chart) and a last reading for every node
 (the fleet); starts the real gateway (``reverbere gateway run``, a process of its own) on
 loopback, logs in and times every page (p50/p99 of ``--fetches``; the Energy page's first
-visit, which may wait for the figures the start computes, apart). Then sends ``--rate`` packs a second from
-``--senders`` nodes for ``--seconds``, twice: alone, and with a page fetched every second,
-and prints each phase's p50/p99 ack latency and their ratio.
+visit, which may wait for the figures the start computes, apart). Then sends ``--rate``
+packs a second from ``--senders`` nodes for ``--seconds``, twice: alone, and with a page
+fetched every second, and prints each phase's p50/p99 ack latency and their ratio.
 
     python benchmarks/console.py [--nodes 2000] [--rate 50] [--seconds 20]
 """
