@@ -6,7 +6,7 @@ directory and its path printed (``pytest -s``)."""
 import pytest
 from test_console import PASSWORDS
 from test_console_browser import By, browser, shot, submit  # noqa: F401 (fixture)
-from test_console_pages import console  # noqa: F401 (fixture)
+from test_console_pages import console, energy_recomputed  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("browser")
 
@@ -25,6 +25,7 @@ def test_a_viewer_reads_a_node_the_energy_and_the_gateway(console, browser, tmp_
     assert "chauffage allumé un dimanche" in browser.find_element(By.ID, "node-events").text
     shot(browser, tmp_path, "node-month")
 
+    energy_recomputed(console)  # the town's summaries were written after the start
     submit(browser, browser.find_element(By.LINK_TEXT, "Énergie"))
     school = browser.find_element(By.ID, "asset-school").text
     assert "bâtiment" in school and "+100" in school
