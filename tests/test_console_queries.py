@@ -88,15 +88,20 @@ def test_a_fleet_page_reads_the_readings_of_its_own_nodes_only(tmp_path):
     """The fleet page shows ``FLEET_PAGE`` nodes at a time: the state, the filter and the
     count come from the ``nodes`` table, the last readings only for the page's nodes."""
     db = seeded(tmp_path / "gw.db")
+    now = time.time()
+    ref = db.execute("SELECT ref FROM nodes WHERE id = 'lamp-030'").fetchone()[0]
+    with db.conn:  # lamp-030 reported the version it runs after an update (docs/ota.md)
+        db.execute("INSERT INTO readings VALUES (?, 'fw', ?, 3)", [ref, now - 600])
     statements = []
     db.conn.set_trace_callback(statements.append)
-    now = time.time()
     page = store.fleet(db, DetectConfig(), lambda n: {"interval": 60, "pack": 10}, {}, now,
                        offset=30, limit=10)  # fmt: skip
     db.conn.set_trace_callback(None)
     assert [n.id for n in page.nodes] == [f"lamp-{i:03d}" for i in range(30, 40)]
     assert page.total == NODES and page.offset == 30
     assert page.nodes[0].last_value == 50.0 and page.nodes[0].rssi == 50.0
+    assert page.nodes[0].firmware == "3" and page.nodes[1].firmware is None
     readings = [s for s in statements if "FROM readings" in s]
-    assert len(readings) == 10 * 2  # its p, then its rssi: ten nodes, not a hundred
+    # its p, its rssi, its firmware version: ten nodes, not a hundred
+    assert len(readings) == 10 * 3
     db.close()

@@ -74,7 +74,7 @@ class FleetNode:
     last_value: float | None
     battery: float | None  # %
     rssi: float | None  # dBm
-    firmware: str | None  # not reported by the nodes yet: None
+    firmware: str | None  # the version its signed readings report (channel fw: docs/ota.md)
     key_age_days: float
     open_events: int
 
@@ -182,6 +182,12 @@ def fleet(
                 [ref],
             ).fetchone()
             rssi = row[0] if row else None
+        row = db.execute(  # the version it runs, from its own signed readings (docs/ota.md)
+            "SELECT value FROM readings WHERE node = ? AND channel = 'fw'"
+            " ORDER BY time DESC LIMIT 1",
+            [ref],
+        ).fetchone()
+        firmware = str(int(row[0])) if row else None
         out.append(
             FleetNode(
                 node_id,
@@ -193,7 +199,7 @@ def fleet(
                 last_value,
                 battery,
                 rssi,
-                None,
+                firmware,
                 (now - added) / 86400.0,
                 open_counts.get(node_id, 0),
             )
