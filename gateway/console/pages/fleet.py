@@ -44,8 +44,8 @@ async def _fleet(
 
 
 async def fleet_page(request: web.Request, console: Any) -> dict[str, Any]:
-    """One page of ``store.FLEET_PAGE`` nodes: a whole town in one table took a second to
-    read and draw on the gateway (issue 16); the filters narrow it further."""
+    """One page of ``gateway.console.store.FLEET_PAGE`` nodes: a whole town in one table
+    took a second to read and draw on the gateway (issue 16); the filters narrow it further."""
     number = _page_number(request)
     fleet = await _fleet(request, console, (number - 1) * store.FLEET_PAGE, store.FLEET_PAGE)
     pages = max(1, -(-fleet.total // store.FLEET_PAGE))
