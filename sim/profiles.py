@@ -233,7 +233,10 @@ class StreetLight(Profile):
             if not self.daylight(t):
                 return max(0.0, self.rng.gauss(5, 1))
             rise, set_ = sun_times(t)
-            return 20000 * math.sin(math.pi * (t - rise) / (set_ - rise)) + self.rng.gauss(0, 200)
+            # A light sensor reads no less than nothing: noise at dawn and dusk stops at 0 (the
+            # gateway refuses a pack with a value outside the channel's physical range).
+            lux = 20000 * math.sin(math.pi * (t - rise) / (set_ - rise)) + self.rng.gauss(0, 200)
+            return max(0.0, lux)
         return None
 
 

@@ -120,3 +120,12 @@ def test_closing_days_and_building_faults_are_planned_once_there_is_something_to
     # A week has no closing day: the holiday is not planned, and says so by its kind.
     short = plan_anomalies(nodes, monday, 7 * 86400, 12, seed=1)
     assert "holiday_as_workday" not in {a.kind for a in short}
+
+
+def test_a_light_sensor_never_reads_below_zero():
+    # Its noise at dawn and dusk once went below 0 lx, and the gateway refuses a pack with a
+    # value outside the channel's physical range: the node lost that pack's readings.
+    lamp = StreetLight("lamp-1", 3)
+    rise, set_ = sun_times(DEC21)
+    dawn_and_dusk = [edge + s for edge in (rise, set_) for s in range(-600, 600, 5)]
+    assert min(lamp.read("lux", t) for t in dawn_and_dusk) >= 0
