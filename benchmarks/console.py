@@ -15,7 +15,6 @@ fetched every second, and prints each phase's p50/p99 ack latency and their rati
 
 import argparse
 import asyncio
-import json
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from ingest import start_process  # noqa: E402  (benchmarks/ingest.py, beside this file)
 
 from gateway.console import accounts  # noqa: E402
 from gateway.ingest import registry  # noqa: E402
@@ -163,19 +163,12 @@ def main() -> None:
     print(f"database: {args.nodes} nodes x 744 hourly summaries, {args.nodes} events,"
           f" built in {time.perf_counter() - t0:.0f} s")  # fmt: skip
     (tmp / "gateway.toml").write_text(CONFIG)
-    gw = subprocess.Popen(
+    gw, rec = start_process(
         [sys.executable, "-m", "gateway", "gateway", "run", "--config", str(tmp / "gateway.toml"),
          "--coap", "127.0.0.1:0", "--http", "127.0.0.1:0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp,
+        cwd=tmp,
     )  # fmt: skip
     try:
-        for line in gw.stderr:
-            rec = json.loads(line) if line.startswith("{") else {}
-            if "coap_port" in rec:
-                break
-        else:
-            raise SystemExit("the gateway did not start")
-        threading.Thread(target=lambda: [None for _ in gw.stderr], daemon=True).start()
         url = f"http://127.0.0.1:{rec['http_port']}"
         c = login(url)
         first = next(iter(keys))

@@ -37,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ingest import start_process  # noqa: E402  (benchmarks/ingest.py, beside this file)
+
 from gateway.ingest import registry  # noqa: E402
 from gateway.store.db import open_db  # noqa: E402
 from protocols import coap, cose, senml  # noqa: E402
@@ -178,19 +180,12 @@ def main() -> None:
     db = open_db(tmp / "reverbere.db")
     key = registry.add_node(db, "lamp-001")
     db.close()
-    gw = subprocess.Popen(
+    gw, rec = start_process(
         [sys.executable, "-m", "gateway", "gateway", "run", "--config", str(cfg),
          "--coap", "127.0.0.1:0", "--http", "127.0.0.1:0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        cwd=ROOT,
     )  # fmt: skip
     try:
-        for line in gw.stderr:
-            rec = json.loads(line) if line.startswith("{") else {}
-            if "coap_port" in rec:
-                break
-        else:
-            raise SystemExit("the gateway did not start")
-        threading.Thread(target=lambda: [None for _ in gw.stderr], daemon=True).start()
         port, http_port = rec["coap_port"], rec["http_port"]
         node = Node(key, port)
         print(f"load average {os.getloadavg()[0]:.1f} (other work on this machine shows here)")

@@ -84,9 +84,12 @@ def bare_server() -> None:
     asyncio.run(main())
 
 
-def start_process(args: list[str]) -> tuple[subprocess.Popen, dict]:
+def start_process(args: list[str], cwd: Path = ROOT) -> tuple[subprocess.Popen, dict]:
+    """Start a server (a gateway, bare aiocoap) and wait for the JSON line naming its CoAP
+    port (a gateway's first log line); its output is drained from then on. The other
+    benchmarks start their gateways with it too."""
     proc = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd
     )
     for line in proc.stdout:
         try:
