@@ -8,9 +8,12 @@ asks for it twice on a terminal; ``echo "$PW" | reverbere user add ...`` in a sc
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from sqlite_utils import Database
 
 from gateway import render
 from gateway.cli.options import config_option, format_option, load_config, open_database
@@ -28,8 +31,17 @@ def _password() -> str:
     return line
 
 
-def _fail(e: accounts.AccountError) -> click.ClickException:
-    return click.ClickException(str(e))
+@contextmanager
+def _accounts(config_path: Path, create: bool = False) -> Iterator[Database]:
+    """The gateway's database for one command, closed after it; the library's
+    ``AccountError`` becomes the command's one-line error."""
+    db = open_database(config_path, create=create)
+    try:
+        yield db
+    except accounts.AccountError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        db.close()
 
 
 @click.group("user")
@@ -44,13 +56,8 @@ def user_group() -> None:
 @config_option
 def user_add(name: str, role: str, config_path: Path) -> None:
     """Create the account NAME; its password is read from standard input."""
-    db = open_database(config_path, create=True)
-    try:
+    with _accounts(config_path, create=True) as db:
         accounts.add_user(db, name, role, _password())
-    except accounts.AccountError as e:
-        raise _fail(e) from None
-    finally:
-        db.close()
     cfg = load_config(config_path)
     click.echo(f"user {name} ({role}) added: log in at http://{cfg.http_host}:{cfg.http_port}/")
 
@@ -60,11 +67,8 @@ def user_add(name: str, role: str, config_path: Path) -> None:
 @format_option
 def user_list(config_path: Path, fmt: str) -> None:
     """Every account with its role."""
-    db = open_database(config_path)
-    try:
+    with _accounts(config_path) as db:
         users = accounts.list_users(db)
-    finally:
-        db.close()
     rows = [{"name": u.name, "role": u.role, "created": u.created} for u in users]
     click.echo(render.render(rows, ["name", "role", "created"], fmt, times=("created",)))
 
@@ -74,13 +78,8 @@ def user_list(config_path: Path, fmt: str) -> None:
 @config_option
 def user_remove(name: str, config_path: Path) -> None:
     """Delete the account NAME; its open sessions end at once."""
-    db = open_database(config_path)
-    try:
+    with _accounts(config_path) as db:
         accounts.remove_user(db, name)
-    except accounts.AccountError as e:
-        raise _fail(e) from None
-    finally:
-        db.close()
     click.echo(f"user {name} removed")
 
 
@@ -89,13 +88,8 @@ def user_remove(name: str, config_path: Path) -> None:
 @config_option
 def user_passwd(name: str, config_path: Path) -> None:
     """Set NAME's password (from standard input); its open sessions end."""
-    db = open_database(config_path)
-    try:
+    with _accounts(config_path) as db:
         accounts.set_password(db, name, _password())
-    except accounts.AccountError as e:
-        raise _fail(e) from None
-    finally:
-        db.close()
     click.echo(f"password of {name} changed; their sessions ended")
 
 
@@ -112,13 +106,8 @@ def token_group() -> None:
 @config_option
 def token_add(name: str, role: str, as_json: bool, config_path: Path) -> None:
     """Make the token NAME and print it: it is shown once (only its digest is kept)."""
-    db = open_database(config_path, create=True)
-    try:
+    with _accounts(config_path, create=True) as db:
         token = accounts.add_token(db, name, role)
-    except accounts.AccountError as e:
-        raise _fail(e) from None
-    finally:
-        db.close()
     if as_json:
         click.echo(json.dumps({"token": token}))
     else:
@@ -131,11 +120,8 @@ def token_add(name: str, role: str, as_json: bool, config_path: Path) -> None:
 @format_option
 def token_list(config_path: Path, fmt: str) -> None:
     """Every token's name, role, and when it was made and last used (never the token)."""
-    db = open_database(config_path)
-    try:
+    with _accounts(config_path) as db:
         tokens = accounts.list_tokens(db)
-    finally:
-        db.close()
     rows = [
         {"name": t.name, "role": t.role, "created": t.created, "last_used": t.last_used}
         for t in tokens
@@ -149,13 +135,8 @@ def token_list(config_path: Path, fmt: str) -> None:
 @config_option
 def token_remove(name: str, config_path: Path) -> None:
     """Revoke the token NAME at once."""
-    db = open_database(config_path)
-    try:
+    with _accounts(config_path) as db:
         accounts.remove_token(db, name)
-    except accounts.AccountError as e:
-        raise _fail(e) from None
-    finally:
-        db.close()
     click.echo(f"token {name} revoked")
 
 
