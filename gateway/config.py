@@ -76,10 +76,8 @@ class Config:
 
     def error(self, table: str, key: str | None, message: str) -> "ConfigError":
         """A ``ConfigError`` for ``table.key`` of a stage's section, with its line in the file
-        when the file can be read (``key`` may be dotted: ``mqtt.host`` in ``[sync]``)."""
-        if key and "." in key:
-            sub, key = key.rsplit(".", 1)
-            table = f"{table}.{sub}"
+        when the file can be read (``key`` may be dotted, with element indices:
+        ``mqtt.host`` in ``[sync]``, ``lighting[1].dim[0].percent`` in ``[detect]``)."""
         try:
             text = self.path.read_text(encoding="utf-8", errors="replace")
         except OSError:
@@ -142,21 +140,83 @@ _SECRET_KEYS = re.compile(r"(password|token|secret)$")
 
 
 def _key_line(text: str, table: str, key: str | None) -> int | None:
-    """The line of ``key`` in ``[table]`` (or of the table header when ``key`` is None)."""
-    current = ""
-    header = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]")
-    for i, line in enumerate(text.splitlines(), 1):
-        m = header.match(line)
-        if m:
-            current = m.group(1).replace('"', "").replace(" ", "")
-            if key is None and current == table:
-                return i
-            continue
-        if key is not None and current == table:
-            m = re.match(r'^\s*"?([A-Za-z0-9_.\-]+)"?\s*=', line)
-            if m and m.group(1) == key:
-                return i
+    """The line of ``key`` in ``[table]`` (or of the table header when ``key`` is None); both
+    dotted, with the index of an array of tables' element in brackets
+    (``detect.lighting[1].switch_off[0]``, ``from``). A key the file does not spell out (a
+    missing one, or one inside an inline table) gets the line of the nearest table or key
+    above it that it does, so that every error of a table that is in the file has a line."""
+    where = _key_lines(text)
+    path = _path(table) + (_path(key) if key else ())
+    while path:
+        if path in where:
+            return where[path]
+        path = path[:-1]
     return None
+
+
+_PART = re.compile(r'"((?:[^"\\]|\\.)*)"|\'([^\']*)\'|\[(\d+)\]|([^.\[\]"\'\s]+)')
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")
+_BARE_OR_QUOTED = r"(?:\"(?:[^\"\\]|\\.)*\"|'[^']*'|[A-Za-z0-9_\-]+)"
+_KEY = re.compile(rf"^\s*({_BARE_OR_QUOTED}(?:\s*\.\s*{_BARE_OR_QUOTED})*)\s*=")
+
+
+def _path(dotted: str) -> tuple[str | int, ...]:
+    """``'nodes."lamp-1".pack'`` -> ``("nodes", "lamp-1", "pack")``; ``"lighting[1].dim"`` ->
+    ``("lighting", 1, "dim")``: the names of a TOML dotted key and the element indices of
+    the keys the stages report (``DetectConfigError.key``)."""
+    out: list[str | int] = []
+    for m in _PART.finditer(dotted):
+        quoted, literal, index, bare = m.groups()
+        if index is not None:
+            out.append(int(index))
+        else:
+            out.append(next(p for p in (quoted, literal, bare) if p is not None))
+    return tuple(out)
+
+
+def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """Where each table and key of the TOML ``text`` is: its path (``_path``) -> line. The
+    n-th ``[[a.b]]`` header is ``("a", "b", n - 1)``, and a header below it (``[[a.b.c]]``)
+    belongs to that last element, as TOML reads them (TOML 1.0, "Array of Tables")."""
+    lines: dict[tuple[str | int, ...], int] = {}
+    implicit: set[tuple[str | int, ...]] = set()  # tables only a deeper header names
+    counts: dict[tuple[str | int, ...], int] = {}  # an array of tables -> its elements so far
+    table: tuple[str | int, ...] = ()
+    in_string = ""  # the delimiter of the multi-line string being read, if any
+    for number, line in enumerate(text.splitlines(), 1):
+        if in_string:
+            if in_string in line:
+                in_string = ""
+            continue
+        header = _HEADER.match(line)
+        if header:
+            names = _path(header.group(2))
+            array = header.group(1) == "[["
+            path: tuple[str | int, ...] = ()
+            for i, name in enumerate(names):
+                path += (name,)
+                if array and i == len(names) - 1:
+                    counts[path] = counts.get(path, 0) + 1
+                if path in counts:  # an element of an array of tables: the last one
+                    path += (counts[path] - 1,)
+            for k in range(1, len(path)):
+                if path[:k] not in lines:
+                    lines[path[:k]] = number
+                    implicit.add(path[:k])
+            if path not in lines or path in implicit:
+                lines[path] = number
+                implicit.discard(path)
+            table = path
+            continue
+        key = _KEY.match(line)
+        if key:
+            lines.setdefault(table + _path(key.group(1)), number)
+            rest = line[key.end() :]
+            for delim in ('"""', "'''"):
+                if rest.count(delim) % 2:
+                    in_string = delim
+                    break
+    return lines
 
 
 def _table_line(text: str, table: str) -> int | None:

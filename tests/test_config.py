@@ -31,7 +31,7 @@ def test_syntax_errors_name_file_and_line(tmp_path):
         ("[coap]\nprt = 1\n", 2, "coap.prt", "unknown key"),
         ("[node_defaults]\ninterval = 0\n", 2, "node_defaults.interval", "positive"),
         ('[nodes."lamp-1"]\n\npack = true\n', 3, "nodes.lamp-1.pack", "positive"),
-        ("coap = 3\n", None, "coap", "expected a table"),
+        ("coap = 3\n", 1, "coap", "expected a table"),
     ],
 )
 def test_bad_values_name_file_line_and_key(tmp_path, text, line, key, words):
