@@ -196,13 +196,15 @@ def pipeline_config(cfg: Config) -> PipelineConfig:
         raise cfg.error(table, e.key, str(e).split(": ", 1)[-1]) from None
     raw = dict(cfg.section("sync"))
     sync = None
-    if raw and raw.get("target", "sensorthings") != "none":
+    if raw:  # checked with target = "none" too: a typo must not wait for the link's first day
         if "location" not in raw and ("latitude" in site or "longitude" in site):
             raw["location"] = [detect.longitude, detect.latitude]
         try:
             sync = SyncConfig.from_dict(raw)
         except SyncConfigError as e:
             raise cfg.error("sync", e.key, str(e).split(": ", 1)[-1]) from None
+        if sync.target == "none":
+            sync = None
     alerts = alerts_config(cfg, detect.timezone)  # times in the town's zone
     return PipelineConfig(detect, sync, tariff, alerts)
 

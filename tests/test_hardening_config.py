@@ -240,6 +240,29 @@ def test_sync_numbers_have_ranges(tmp_path, text, key, words):
     assert e.key == key and words in str(e)
 
 
+@pytest.mark.parametrize(
+    "text, line, key, words",
+    [
+        ("batch_size = 500\n", 3, "sync.batch_size", "unknown key"),
+        ("timeout = 1e9\n", 3, "sync.timeout", "at most 3600"),
+        ('daily_budget = "lots"\n', 3, "sync.daily_budget", "size like"),
+        ('url = "platform.example.org"\n', 3, "sync.url", "http"),
+        ("[sync.mqtt]\nprot = 1883\n", 4, "sync.mqtt.prot", "unknown key"),
+    ],
+)
+def test_sync_keys_are_checked_with_the_link_off(tmp_path, text, line, key, words):
+    # Before: with target = "none" the section was not read at all, and a typo waited for
+    # the day the link was switched on (then the gateway refused to start).
+    e = _stage_error(tmp_path, '[sync]\ntarget = "none"\n' + text)
+    assert (e.line, e.key) == (line, key) and words in str(e)
+
+
+def test_a_sync_switched_off_is_no_uplink(tmp_path):
+    path = tmp_path / "gateway.toml"
+    path.write_text('[sync]\ntarget = "none"\ntimeout = 5\n')
+    assert pipeline_config(config.load(path)).sync is None
+
+
 def test_detect_numbers_have_ranges(tmp_path):
     e = _stage_error(tmp_path, "[detect]\nsilent_minutes = 1000000\n")
     assert (e.line, e.key) == (2, "detect.silent_minutes") and "at most 10080" in str(e)
