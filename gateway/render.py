@@ -10,13 +10,15 @@ Times shown to people are in the town's time zone when the command knows it (``t
 names the zone (``start (Europe/Paris)``), so a row never mixes a UTC time with a reason in
 local time. ``excel=True`` writes the CSV French Excel opens as it is (:data:`EXCEL`): UTF-8
 with a byte order mark, ``;`` between cells, a decimal comma, local dates ``25/11/2026 14:10``,
-CRLF line ends.
+CRLF line ends. Without ``--excel`` or ``--no-excel``, a CSV is Excel's when the user's locale
+writes numbers with a decimal comma (:func:`locale_decimal_comma`: ``LANG=fr_FR.UTF-8``).
 """
 
 import csv
 import io
 import json
 import math
+import os
 import re
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
@@ -100,6 +102,29 @@ def excel_time(t: float | None, tz: str) -> str:
 def excel_number(v: float) -> str:
     """A number as French Excel reads it: a decimal comma, no thousands separator."""
     return str(v).replace(".", ",")
+
+
+# Where a person's locale is read from, first set first: POSIX's order for numbers.
+LOCALE_VARIABLES = ("LC_ALL", "LC_NUMERIC", "LANG")
+
+
+def locale_decimal_comma(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the user's locale (``LC_ALL``, else ``LC_NUMERIC``, else ``LANG``) writes a
+    decimal comma, as French, German or Brazilian Portuguese do: then that user's spreadsheet
+    reads a CSV as French Excel's (:func:`write_excel_csv`), and a plain one lands as text
+    in a single column. Babel's CLDR data says which locales use a comma; ``C``, ``POSIX``,
+    an unknown or unset locale does not."""
+    from babel import Locale, UnknownLocaleError
+    from babel.numbers import get_decimal_symbol
+
+    env = os.environ if environ is None else environ
+    name = next((env[v] for v in LOCALE_VARIABLES if env.get(v)), "")
+    if not name:
+        return False
+    try:
+        return get_decimal_symbol(Locale.parse(name)) == ","
+    except (ValueError, UnknownLocaleError):
+        return False
 
 
 def write_excel_csv(rows: Sequence[Sequence[str]]) -> str:

@@ -8,6 +8,16 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _point_decimal_locale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite runs in CI's locale (C.UTF-8, a decimal point) whatever the developer's own:
+    a CSV follows the locale (gateway.render.locale_decimal_comma), so under fr_FR every plain
+    ``--format csv`` a test reads would be French Excel's."""
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LC_NUMERIC", raising=False)
+    monkeypatch.setenv("LANG", "C.UTF-8")
+
+
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator:
     """A real SensorThings server (django-ogc-sensorthings, sim/platform) on loopback, on

@@ -141,7 +141,16 @@ def test_node_list_in_three_formats(tmp_path):
     cfg = tmp_path / "gateway.toml"
     invoke("node", "add", "lamp-001", "--config", cfg)
     table = invoke("node", "list", "--config", cfg).output.splitlines()
-    assert table[0].split() == ["id", "last_seen", "last_seq", "messages", "lost", "battery"]
+    # last_seen is the town's time: its header names the zone (gateway init: Europe/Paris)
+    assert table[0].split() == [
+        "id",
+        "last_seen",
+        "(Europe/Paris)",
+        "last_seq",
+        "messages",
+        "lost",
+        "battery",
+    ]
     assert table[1].split()[:2] == ["lamp-001", "never"]
     csv_out = invoke("node", "list", "--config", cfg, "--format", "csv").output
     # CSV leaves "never" empty, and the counter too: the node has stored nothing yet

@@ -2,8 +2,9 @@
 
 Their times print in the town's time zone (``[site]``/``[detect]`` timezone of the config), the
 header naming it, unless ``--utc``; ``--excel`` writes the CSV French Excel opens as it is
-(:func:`gateway.render.write_excel_csv`). Without a config file the zone is unknown and times
-stay UTC, which the ``Z`` of each time says.
+(:func:`gateway.render.write_excel_csv`), and so does ``--format csv`` when the user's locale
+writes a decimal comma (:func:`gateway.render.locale_decimal_comma`; ``--no-excel``: plain CSV).
+Without a config file the zone is unknown and times stay UTC, which the ``Z`` of each time says.
 """
 
 from collections.abc import Mapping, Sequence
@@ -19,9 +20,10 @@ utc_option = click.option(
     "--utc", is_flag=True, help="Times in UTC instead of the town's time zone ([site] timezone)."
 )
 excel_option = click.option(
-    "--excel",
-    is_flag=True,
-    help="CSV for French Excel: ';', decimal comma, local dates, UTF-8 with BOM (implies CSV).",
+    "--excel/--no-excel",
+    default=None,
+    help="CSV for French Excel: ';', decimal comma, local dates, UTF-8 with BOM (--excel implies"
+    " CSV). Default: Excel's CSV when the locale writes a decimal comma (LANG=fr_FR.UTF-8).",
 )
 
 
@@ -40,11 +42,16 @@ def town_timezone(config_path: Path, db_path: Path | None, utc: bool) -> str | N
         raise click.ClickException(str(e)) from None
 
 
-def output_format(fmt: str, excel: bool) -> str:
-    """``--excel`` is a CSV: it overrides a table; with ``--format json`` it is a mistake."""
+def output_format(fmt: str, excel: bool | None) -> tuple[str, bool]:
+    """The format to write and whether its CSV is French Excel's. ``--excel`` is a CSV: it
+    overrides a table; with ``--format json`` it is a mistake. ``--no-excel`` is plain CSV.
+    Neither: a CSV follows the locale (:func:`gateway.render.locale_decimal_comma`), so that a
+    French user's ``--format csv`` opens in their spreadsheet as it is."""
     if excel and fmt == "json":
         raise click.BadParameter("--excel writes CSV; drop --format json", param_hint="--excel")
-    return "csv" if excel else fmt
+    if excel:
+        return "csv", True
+    return fmt, fmt == "csv" and excel is None and render.locale_decimal_comma()
 
 
 def show(
@@ -52,13 +59,14 @@ def show(
     columns: Sequence[str],
     fmt: str,
     tz: str | None,
-    excel: bool,
+    excel: bool | None,
     **kwargs: Any,
 ) -> str:
     """``rows`` as :func:`gateway.render.render` writes them for a person: times in ``tz``,
     each channel spelled out beside its name in the table and CSV. JSON is for programs and
-    stays as it was: the columns given, times ISO 8601 UTC (``Z``) to the millisecond."""
-    fmt = output_format(fmt, excel)
+    stays as it was: the columns given, times ISO 8601 UTC (``Z``) to the millisecond.
+    ``excel``: ``--excel``/``--no-excel``, None for neither (:func:`output_format`)."""
+    fmt, excel = output_format(fmt, excel)
     if fmt == "json":
         return render.render(rows, columns, fmt, **kwargs)
     rows, columns = render.with_channel_labels(rows, columns)

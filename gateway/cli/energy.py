@@ -6,7 +6,6 @@ opens the database and calls :func:`gateway.pipeline.waste.waste` or
 :mod:`gateway.reports`.
 """
 
-import os
 from pathlib import Path
 
 import click
@@ -26,16 +25,16 @@ excel_option = click.option(
     "--excel/--no-excel",
     default=None,
     help="CSV for French Excel (';', decimal comma, local dates, UTF-8 with BOM); the default"
-    " follows the locale (LANG fr_*).",
+    " follows the locale (a decimal comma, as LANG=fr_FR.UTF-8 writes).",
 )
 
 
 def excel_default(excel: bool | None) -> bool:
-    """``--excel`` as given, else whether the locale is French."""
+    """``--excel`` as given, else whether the locale writes a decimal comma (the one rule of
+    every command: :func:`gateway.render.locale_decimal_comma`)."""
     if excel is not None:
         return excel
-    lang = os.environ.get("LC_ALL") or os.environ.get("LC_NUMERIC") or os.environ.get("LANG", "")
-    return lang.lower().startswith("fr")
+    return render.locale_decimal_comma()
 
 
 def town(config_path: Path, db_path: Path | None) -> reports.Town:

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from gateway import config, daemon, install, render, service
+from gateway import config, daemon, install, service
 from gateway.cli.display import excel_option, show, town_timezone, utc_option
 from gateway.cli.options import (
     WHEN,
@@ -204,8 +204,18 @@ NODE_COLUMNS = ("id", "last_seen", "last_seq", "messages", "lost", "battery")
 @db_option
 @format_option
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
-def node_list(config_path: Path, db_path: Path | None, fmt: str, as_json: bool) -> None:
-    """Nodes with last seen time, message counter, lost readings and battery.
+@utc_option
+@excel_option
+def node_list(
+    config_path: Path,
+    db_path: Path | None,
+    fmt: str,
+    as_json: bool,
+    utc: bool,
+    excel: bool | None,
+) -> None:
+    """Nodes with last seen time (the town's time zone; --utc for UTC), message counter, lost
+    readings and battery.
 
     "lost" counts the readings a node had to drop (it reports them); JSON also has "gaps",
     counter values skipped, which boots and retries make without losing anything.
@@ -214,15 +224,10 @@ def node_list(config_path: Path, db_path: Path | None, fmt: str, as_json: bool) 
     fmt = "json" if as_json else fmt
     columns = [f.name for f in fields(registry.Node)] if fmt == "json" else NODE_COLUMNS
     rows = [asdict(n) for n in nodes]
-    click.echo(
-        render.render(
-            rows,
-            columns,
-            fmt,
-            times=("added", "last_seen"),
-            blank={"last_seen": "never", "last_seq": "none"},
-        )
-    )
+    tz = town_timezone(config_path, db_path, utc)
+    times = ("added", "last_seen")
+    blank = {"last_seen": "never", "last_seq": "none"}
+    click.echo(show(rows, columns, fmt, tz, excel, times=times, blank=blank))
 
 
 @click.command("readings")
@@ -244,7 +249,7 @@ def readings(
     limit: int | None,
     fmt: str,
     utc: bool,
-    excel: bool,
+    excel: bool | None,
 ) -> None:
     """Show stored readings: node, channel (spelled out, with its unit), time (the town's time
     zone; --utc for UTC), value."""

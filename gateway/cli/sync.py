@@ -55,29 +55,37 @@ def sync_group() -> None:
     """The uplink to the municipal platform."""
 
 
-def _ago(t: float | None) -> str:
+def _ago(t: float | None, tz: str | None) -> str:
     if not t:
         return "never"
-    return _when(t) + f" ({time.time() - t:.0f} s ago)"
+    ago = time.time() - t
+    return _when(t, tz) + (f" ({ago:.0f} s ago)" if ago >= 0 else f" (in {-ago:.0f} s)")
 
 
-def _when(t: float) -> str:
-    # A sentence's time: ISO 8601 UTC with a space (render.iso is for tables and JSON).
-    return report.iso(int(t)).replace("T", " ")
+def _when(t: float, tz: str | None) -> str:
+    """A sentence's time: the town's local time with its offset (``2026-03-29 03:30:00+02:00``),
+    or ISO 8601 UTC with a space without a zone (render.iso is for tables and JSON)."""
+    if tz is None:
+        return report.iso(int(t)).replace("T", " ")
+    return report.local_iso(int(t), tz)
 
 
 @sync_group.command("status")
 @config_option
 @db_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def status(config_path: Path, db_path: Path | None, as_json: bool) -> None:
-    """Budget use, cursor, backlog and last success of the sync."""
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (times: Unix seconds).")
+@utc_option
+def status(config_path: Path, db_path: Path | None, as_json: bool, utc: bool) -> None:
+    """Budget use, cursor, backlog and last success of the sync; times in the town's time
+    zone (named on the first line; --utc for UTC)."""
     db, sync = _load(config_path, db_path)
     st = sync_status(db, sync)
     if as_json:
         # Times stay Unix seconds here: scripts compare them with the clock.
         click.echo(report.render_record(st, times=()))
         return
+    tz = town_timezone(config_path, db_path, utc)
+    click.echo(f"times:         {tz or 'UTC'}")
     limit = st["budget_limit"]
     use = f"{st['budget_sent']} B sent"
     if limit:
@@ -96,17 +104,17 @@ def status(config_path: Path, db_path: Path | None, as_json: bool) -> None:
     if st["raw"] or st["pending_raw"] or st["raw_rejected"]:
         which = "every channel" if st["raw"] is True else ", ".join(st["raw"] or ["off"])
         oldest = st["raw_oldest_pending"]
-        since = f", oldest {_when(oldest)}" if oldest else ""
+        since = f", oldest {_when(oldest, tz)}" if oldest else ""
         click.echo(
             f"raw backlog:   {st['pending_raw']} readings owed ({which}{since}; "
             f"{st['raw_inflight']} batches awaiting reconciliation, "
             f"{st['raw_rejected']} rejected)"
         )
-    click.echo(f"last success:  {_ago(st['last_success'])}")
+    click.echo(f"last success:  {_ago(st['last_success'], tz)}")
     if st["failures"]:
         click.echo(
             f"failing:       {st['failures']} in a row, last: {st['last_error']}; "
-            f"next try {_ago(st['next_attempt'])}"
+            f"next try {_ago(st['next_attempt'], tz)}"
         )
 
 
