@@ -39,6 +39,11 @@ learnt (``learn=False``), so an anomaly does not teach the baseline that it is n
 State: 19 numbers plus 216 slots of three float32 (visits, median, spread), 2.7 KB packed
 (:meth:`StatDetector.dumps`); a state saved before ``last`` and ``quantum`` were added still loads
 (it learns the resolution afresh).
+
+The slots are the town's hours: the detect stage gives :meth:`StatDetector.update` local
+wall-clock time, so a building that opens at 08:00 all year keeps one slot for it across the
+changes to and from summer time. A state saved when the slots were UTC hours loads with
+``utc_slots`` set and is moved by the town's offset (:meth:`StatDetector.shift_slots`).
 """
 
 import math
@@ -92,6 +97,9 @@ _STATE = (
 # The layout before "last" and "quantum": a saved state of that size still loads.
 _HEAD_V1 = struct.Struct("<Iq15d")
 _STATE_V1 = _STATE[:-2]
+# The spare double of the head: 0 in a state whose slots were learnt by UTC hours (before the
+# slots followed the town's hours), LOCAL_SLOTS since.
+LOCAL_SLOTS = 1.0
 _DECAY = math.exp(-1.0 / HOLD)
 
 
@@ -138,6 +146,7 @@ class StatDetector:
         "sm",
         "sm_hi",
         "sm_lo",
+        "utc_slots",
         "zq",
         "zs",
         "zsq",
@@ -160,12 +169,15 @@ class StatDetector:
         self.slots = array("f", bytes(4 * 3 * _SLOTS))  # per slot: visits, median, spread
         self.last = math.nan  # the previous reading (NaN: not known)
         self.quantum = 0.0  # the channel's resolution: smallest step seen (0: none yet)
+        self.utc_slots = False  # loaded from a state learnt by UTC hours: see shift_slots
 
     def update(
         self, time: float, x: float, closed_day: bool = False, learn: bool = True
     ) -> Verdict:
-        """Score reading ``x`` at ``time``; ``closed_day`` picks the hour-of-day slots of closed
-        days; ``learn=False`` scores without learning (the reading is known to be wrong)."""
+        """Score reading ``x`` at ``time``, the town's wall-clock time in seconds since the epoch
+        (``Clock.local``: the slots are its hours); ``closed_day`` picks the hour-of-day slots
+        of closed days; ``learn=False`` scores without learning (the reading is known to be
+        wrong)."""
         n = self.n
         self.n = n + 1
         if n == 0:
@@ -303,7 +315,7 @@ class StatDetector:
     # -- persistence -------------------------------------------------------------------------------
     def dumps(self) -> bytes:
         """The whole state, packed (2.7 KB)."""
-        head = _HEAD.pack(*(getattr(self, name) for name in _STATE), 0.0)
+        head = _HEAD.pack(*(getattr(self, name) for name in _STATE), LOCAL_SLOTS)
         return head + self.slots.tobytes()
 
     @classmethod
@@ -312,8 +324,25 @@ class StatDetector:
         head, names = _HEAD, _STATE
         if len(data) == _HEAD_V1.size + 4 * 3 * _SLOTS:
             head, names = _HEAD_V1, _STATE_V1  # saved before "last" and "quantum"
-        for name, value in zip(names, head.unpack_from(data), strict=False):
+        values = head.unpack_from(data)
+        for name, value in zip(names, values, strict=False):
             setattr(self, name, value)
+        self.utc_slots = head is _HEAD_V1 or values[-1] != LOCAL_SLOTS
         self.slots = array("f")
         self.slots.frombytes(data[head.size :])
         return self
+
+    def shift_slots(self, hours: int) -> None:
+        """Move what each seasonal slot learnt ``hours`` later: a state learnt by UTC hours
+        (``utc_slots``, saved before the slots followed the town's hours) keeps its baseline
+        when ``hours`` is the town's UTC offset (+1 in a Paris winter: what UTC 07:00 learnt is
+        local 08:00's)."""
+        old = self.slots.tolist()
+        slots = self.slots
+        for first, size in ((0, 24), (24, 24), (DAY_SLOTS, WEEK_SLOTS)):
+            for k in range(size):
+                i, j = 3 * (first + k), 3 * (first + (k + hours) % size)
+                slots[j : j + 3] = array("f", old[i : i + 3])
+        if self.hour >= 0:
+            self.hour += hours
+        self.utc_slots = False

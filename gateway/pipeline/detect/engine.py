@@ -306,16 +306,17 @@ class ChannelDetector:
         else:
             unit = self.unit
         sched, clock, cfg = self.sched, self.clock, self.config
+        if self.lighting is not None and not self.lighting.lit_steady(t):
+            # A grouped lamp's switches are its schedule's, judged by its rules; the baseline
+            # learns and judges its lit level only (its dimming steps).
+            return Finding("unusual", 0.0, False, str)
+        # The seasonal slots are the town's hours (a building opens at 08:00 local all year,
+        # not at 07:00 UTC in winter and 06:00 in summer): local wall-clock time.
+        at = clock.local(at)
         # A building learns its closed days apart from its open ones; the baseline learns from
         # normal readings only, so it pauses while an energy rule's event is open here.
-        closed = sched is not None and clock.weekday_time(at)[0] not in sched.days
+        closed = sched is not None and (int(at // 86400) + 3) % 7 not in sched.days  # 0: Thursday
         learn = not any(tr.open for k, tr in self.trackers.items() if k in PAUSE_KINDS)
-        if self.lighting is not None:
-            # A grouped lamp's switches are its schedule's, judged by its rules; the baseline
-            # learns and judges its lit level only, by the town's hours (its dimming steps).
-            if not self.lighting.lit_steady(t):
-                return Finding("unusual", 0.0, False, str)
-            at = clock.local(at)
         v = self.stat.update(at, x, closed, learn)
         if self.lighting is not None:
             switching = self.lighting.switching(t)  # the schedule's switches, not just the sun's
@@ -371,6 +372,14 @@ class ChannelDetector:
         last, self.interval, self.prev, rules, trackers, *pending = json.loads(data[2 + n :])
         self.pending = pending[0] if pending else None
         self.last_time = last
+        stat = self.stat
+        if stat is not None and stat.utc_slots:
+            # Learnt by UTC hours (saved before the slots were the town's): moved by the town's
+            # UTC offset when the channel last read. A grouped lamp's were local already.
+            if self.lighting is None and stat.hour >= 0:
+                at = stat.hour * 3600.0
+                stat.shift_slots(round((self.clock.local(at) - at) / 3600))
+            stat.utc_slots = False
         for rule, d in zip(self.rules, rules, strict=True):
             # The config may have changed what judges this channel (a lamp moved into or out of
             # a [[detect.lighting]] group): a state that does not fit the rule is left behind.
