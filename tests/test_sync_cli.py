@@ -138,7 +138,8 @@ def test_chart_of_energy_per_hour_with_anomalies(synced, tmp_path, suffix):
     chart = tmp_path / ("chart" + suffix)
     run("summaries", "--from", url, *WINDOW, "--chart", str(chart))
     text = chart.read_text()
-    assert "lamp-000" in text and "anomalies" in text
+    # the lamps' panel, their names in its legend, the anomalies marked with their kind
+    assert "lamp-000" in text and "Anomalies" in text and "lamp-001 : allumé de jour" in text
     if suffix == ".svg":
         ET.fromstring(text)  # well-formed SVG
     else:

@@ -5,6 +5,7 @@ become a message with a hint here.
 """
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -68,6 +69,16 @@ def _when(t: float, tz: str | None) -> str:
     if tz is None:
         return report.iso(int(t)).replace("T", " ")
     return report.local_iso(int(t), tz)
+
+
+def _lamps(config_path: Path) -> Callable[[str], bool] | None:
+    """Which nodes are lamps, as ``[detect]`` says (``lamps``, ``[[detect.lighting]]``): the
+    chart draws them on their own panel. None without a config file (the chart's default)."""
+    if not config_path.exists():
+        return None
+    from gateway.service import pipeline_config
+
+    return pipeline_config(load_config(config_path)).detect.is_lamp
 
 
 @sync_group.command("status")
@@ -168,7 +179,8 @@ def push(config_path: Path, db_path: Path | None) -> None:
 @click.option(
     "--chart",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Also draw energy per hour per node, anomalies marked (.svg, .html, .png).",
+    help="Also draw the chart: a panel per kind of asset (lamps W, buildings kWh, °C), anomalies"
+    " marked, local hours (.svg, .html, .png).",
 )
 @click.option("--token", envvar="REVERBERE_SYNC_TOKEN", help="Bearer token for --from URL.")
 @click.option("--user", envvar="REVERBERE_SYNC_USER", help="Basic auth user for --from URL.")
@@ -226,7 +238,7 @@ def summaries(
             click.echo(show(event_rows(events), report.ANOMALY_COLUMNS, fmt, tz, excel))
     if chart:
         try:
-            _write_chart(chart, sums, events)
+            _write_chart(chart, sums, events, tz=tz or "UTC", is_lamp=_lamps(config_path))
         except ChartError as e:
             raise click.ClickException(str(e)) from None
         click.echo(f"chart written to {chart}", err=True)

@@ -10,14 +10,17 @@ the gateway's own tables (:func:`from_tables`); both print through the one forma
 import html
 import json
 import ssl
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 
 from gateway import render
+from gateway.pipeline import waste
+from gateway.reports import COLOURS
 from gateway.sync.outbox import ANOMALIES, RAW_SUFFIX, Event, Summary
 from gateway.sync.sensorthings import id_from_link, iso, parse_time, rebase
 from protocols.const import SUM_CHANNELS
@@ -187,9 +190,31 @@ def shown_mean(channel: str, mean: float | None) -> float | None:
 
 # -- chart -----------------------------------------------------------------------------------
 
+# Okabe-Ito (gateway.reports.COLOURS), told apart with a colour vision deficiency too; its
+# vermillion is kept for the anomalies on every panel, so no node's line wears their colour.
+ANOMALY_COLOUR = "#D55E00"
+LINE_COLOURS = tuple(c for c in COLOURS if c != ANOMALY_COLOUR)
+# Past the colours, a panel's lines take them again dashed, then dotted.
+DASHES = (None, "9,4", "2,3")
+MAX_LEGEND = 36  # a legend of more nodes than this hides the chart: the lines stay unnamed
+PANEL_WIDTH, PANEL_HEIGHT = 1200, 460
+
 
 class ChartError(Exception):
     """The chart cannot be written in that format here."""
+
+
+@dataclass
+class Panel:
+    """One panel of the summaries chart: one kind of asset, one quantity, one scale and unit,
+    so that lamps of 60 W are not flattened by buildings of 20 kWh (issue 15, item 6)."""
+
+    title: str  # in French, for the town
+    quantity: str  # the y axis: what is measured
+    unit: str
+    from_zero: bool  # energy and power start at 0; a temperature does not
+    series: dict[str, dict[int, float]] = field(default_factory=dict)  # node -> hour -> value
+    marks: list[tuple[int, float, str]] = field(default_factory=list)  # hour, value, label
 
 
 def energy_per_hour(summaries: Sequence[Summary]) -> dict[str, dict[int, float]]:
@@ -206,60 +231,222 @@ def energy_per_hour(summaries: Sequence[Summary]) -> dict[str, dict[int, float]]
     return out
 
 
-def write_chart(path: str | Path, summaries: Sequence[Summary], events: Sequence[Event]) -> Path:
-    """Draw energy per hour per node, anomalies marked, to ``.svg``, ``.html`` or ``.png``."""
+def chart_panels(
+    summaries: Sequence[Summary],
+    events: Sequence[Event],
+    is_lamp: Callable[[str], bool] | None = None,
+) -> list[Panel]:
+    """The panels of the summaries chart, those with data, in this order: street lights (mean
+    power per hour, W), buildings (energy per hour, kWh: the meter's counter, else its power
+    channel's), temperatures (mean per hour, °C). ``is_lamp``: the config's
+    (:meth:`gateway.pipeline.detect.DetectConfig.is_lamp`), else the reports' default
+    (:class:`gateway.reports.Town`: an id starting with ``lamp``).
+
+    Each event is marked at its start hour on its node's line, labelled with its kind in
+    French (:func:`gateway.pipeline.waste.kind_words`); at 0 when the node has no value
+    that hour (a dark lamp's missing reading), and left out of a panel the chart has not.
+    """
+    if is_lamp is None:
+        from gateway.reports import Town
+
+        is_lamp = Town().is_lamp
+    lamps = Panel("Éclairage public : puissance moyenne par heure", "Puissance", "W", True)
+    buildings = Panel("Bâtiments : énergie consommée par heure", "Énergie", "kWh", True)
+    temperatures = Panel("Températures : moyenne par heure", "Température", "°C", False)
+    for s in summaries:
+        if s.channel == "p" and is_lamp(s.node):
+            mean = s.mean if s.mean is not None else s.wh  # Wh over an hour: its mean W
+            if mean is not None:
+                lamps.series.setdefault(s.node, {})[s.hour] = float(mean)
+        elif s.channel == "t" and s.mean is not None:
+            temperatures.series.setdefault(s.node, {})[s.hour] = float(s.mean)
+    metered = [s for s in summaries if not is_lamp(s.node)]
+    for node, hours in energy_per_hour(metered).items():
+        buildings.series[node] = {h: wh / 1000 for h, wh in hours.items()}
+    for e in events:
+        panel = temperatures if e.channel == "t" else lamps if is_lamp(e.node) else buildings
+        hour = int(e.start) // 3600 * 3600
+        value = panel.series.get(e.node, {}).get(hour, 0.0)
+        panel.marks.append((hour, value, f"{e.node} : {waste.kind_words(e.kind)}"))
+    return [p for p in (lamps, buildings, temperatures) if p.series]
+
+
+def _number(v: float) -> str:
+    """A figure as the town writes it: 4 significant digits, a decimal comma."""
+    return f"{v:.4g}".replace(".", ",")
+
+
+def _hour_ticks(hours: Iterable[int], zone: ZoneInfo) -> list[datetime]:
+    """About a dozen x labels on round local hours (midnight, 06:00, 12:00...), whatever the
+    zone's offset that day: pygal would place them on round UTC hours."""
+    hours = list(hours)
+    first, last = min(hours), max(hours)
+    span = (last - first) / 3600
+    step = next((s for s in (1, 2, 3, 6, 12, 24, 48) if span / s <= 12), 24 * 7)
+    start = datetime.fromtimestamp(first, zone).replace(hour=0, minute=0, second=0)
+    ticks = []
+    for k in range(int(span) + 48):
+        t = start + timedelta(hours=k)  # wall-clock hours: a tick stays at 06:00 across DST
+        if t.hour % step or (step > 24 and (t.toordinal() - start.toordinal()) % (step // 24)):
+            continue
+        ts = t.timestamp()
+        if first <= ts <= last:
+            ticks.append(datetime.fromtimestamp(ts, UTC))
+        elif ts > last:
+            break
+    return ticks
+
+
+def _without_links(root):  # a pygal xml_filter: the tree before it is written
+    """Drop what a chart opened offline has no use for: pygal's comments naming its web site,
+    and its config script for the tooltips (we load no tooltips: they come from its site)."""
+    for parent in list(root.iter()):
+        for child in list(parent):
+            tag = child.tag
+            if not isinstance(tag, str) or tag.rpartition("}")[2] == "script":  # a comment
+                parent.remove(child)
+    return root
+
+
+def _panel_svg(panel: Panel, zone: str) -> str:
+    """One panel as pygal's SVG: its own y scale and unit, the nodes in the legend, the
+    anomalies as labelled markers, local hours on the x axis; no script (pygal's tooltips
+    are loaded from its web site: offline, nothing showed)."""
+    import pygal
+    from pygal.style import Style
+
+    tz = ZoneInfo(zone)
+    names = sorted(panel.series)
+    colours = [LINE_COLOURS[i % len(LINE_COLOURS)] for i in range(len(names))]
+    chart = pygal.DateTimeLine(
+        title=panel.title,
+        x_title=f"Heure locale ({zone})" if zone != "UTC" else "Heure (UTC)",
+        y_title=f"{panel.quantity} ({panel.unit})",
+        style=Style(
+            colors=(*colours, ANOMALY_COLOUR),
+            font_family="sans-serif",
+            background="white",
+            plot_background="white",
+            value_label_font_size=11,
+        ),
+        # pygal hands the formatter a naive UTC datetime
+        x_value_formatter=lambda d: d.replace(tzinfo=UTC).astimezone(tz).strftime("%d/%m %Hh"),
+        value_formatter=lambda v: f"{_number(v)} {panel.unit}",
+        x_labels=_hour_ticks(
+            [h for hours in panel.series.values() for h in hours] + [m[0] for m in panel.marks],
+            tz,
+        ),
+        x_label_rotation=30,
+        include_x_axis=panel.from_zero,
+        show_legend=len(names) <= MAX_LEGEND,
+        truncate_legend=-1,
+        print_labels=True,
+        show_dots=False,
+        js=[],
+        width=PANEL_WIDTH,
+        height=PANEL_HEIGHT,
+    )
+    chart.add_xml_filter(_without_links)
+    for i, node in enumerate(names):
+        dash = DASHES[i // len(LINE_COLOURS) % len(DASHES)]
+        points = [
+            (datetime.fromtimestamp(h, UTC), v) for h, v in sorted(panel.series[node].items())
+        ]
+        chart.add(node, points, stroke_style={"width": 1.5, "dasharray": dash} if dash else None)
+    chart.add(
+        "Anomalies",
+        [
+            {"value": (datetime.fromtimestamp(h, UTC), v), "label": label}
+            for h, v, label in panel.marks
+        ],
+        stroke=False,
+        show_dots=True,
+        dots_size=6,
+    )
+    return chart.render(is_unicode=True, disable_xml_declaration=True)
+
+
+# The chart of a period without a summary: a sentence rather than an empty file.
+_NOTHING = (
+    f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {PANEL_WIDTH} {PANEL_HEIGHT}">'
+    '<text x="40" y="60" font-family="sans-serif" font-size="20">'
+    "Aucune mesure sur cette période.</text></svg>"
+)
+
+
+def write_chart(
+    path: str | Path,
+    summaries: Sequence[Summary],
+    events: Sequence[Event],
+    *,
+    tz: str = "UTC",
+    is_lamp: Callable[[str], bool] | None = None,
+) -> Path:
+    """Draw the summaries chart to ``.svg``, ``.html`` or ``.png``: one panel per kind of
+    asset (:func:`chart_panels`), each on its own scale, anomalies marked and labelled, in
+    French, hours in the town's zone ``tz`` (named under the x axis). The SVG and the page
+    load nothing from the internet: they open offline, on the Pi or the town hall's PC."""
     path = Path(path)
     kind = path.suffix.lower()
-    energy = energy_per_hour(summaries)
-    if kind == ".png":
-        _png(path, energy, events)
-        return path
-    if kind not in (".svg", ".html"):
+    if kind not in (".svg", ".html", ".png"):
         raise ChartError(f"unknown chart format {kind or path.name!r}: use .svg, .html or .png")
-    import pygal
-
-    chart = pygal.DateTimeLine(
-        title="Energy per hour per node (Wh); anomalies marked",
-        x_label_rotation=30,
-        show_legend=len(energy) <= 30,
-        show_dots=False,
-        truncate_legend=20,
-        x_value_formatter=lambda d: d.strftime("%m-%d %H:00"),
-        width=1200,
-        height=500,
-        js=[],  # pygal's tooltips script comes from its web site: offline, nothing showed
-    )
-    for node, series in sorted(energy.items()):
-        chart.add(node, [(datetime.fromtimestamp(h, UTC), v) for h, v in sorted(series.items())])
-    marks = []
-    for e in events:
-        hour = int(e.start) // 3600 * 3600
-        value = energy.get(e.node, {}).get(hour, 0.0)
-        label = f"{e.node} {e.kind}: {e.reason}"
-        marks.append({"value": (datetime.fromtimestamp(hour, UTC), value), "label": label})
-    chart.add("anomalies", marks, stroke=False, show_dots=True, dots_size=6)
-    svg = chart.render(is_unicode=True)
-    if kind == ".svg":
-        path.write_text(svg, encoding="utf-8")
+    panels = chart_panels(summaries, events, is_lamp)
+    if kind == ".png":
+        _png(path, panels, tz)
         return path
-    rows = "".join(
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
-            *(html.escape(x) for x in (render.iso(e.start), e.node, e.channel, e.kind, e.reason))
+    svgs = [_panel_svg(p, tz) for p in panels] or [_NOTHING]
+    if kind == ".svg":
+        # One file: the panels one under the other, each a nested <svg> of its own size.
+        height = PANEL_HEIGHT * len(svgs)
+        body = "".join(
+            f'<svg y="{i * PANEL_HEIGHT}" width="{PANEL_WIDTH}" height="{PANEL_HEIGHT}">{s}</svg>'
+            for i, s in enumerate(svgs)
         )
-        for e in events
-    )
-    path.write_text(
-        "<!doctype html><meta charset='utf-8'><title>Réverbère summaries</title>"
-        "<body style='font-family:sans-serif'>" + svg + "<h2>Anomalies</h2><table border=1>"
-        "<tr><th>start</th><th>node</th><th>channel</th><th>kind</th><th>reason</th></tr>"
-        + rows
-        + "</table></body>",
-        encoding="utf-8",
-    )
+        path.write_text(
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{PANEL_WIDTH}" height="{height}" '
+            f'viewBox="0 0 {PANEL_WIDTH} {height}">{body}</svg>',
+            encoding="utf-8",
+        )
+        return path
+    path.write_text(_chart_page(svgs, events, tz), encoding="utf-8")
     return path
 
 
-def _png(path: Path, energy: dict, events: Sequence[Event]) -> None:
+def _chart_page(svgs: Sequence[str], events: Sequence[Event], tz: str) -> str:
+    """The panels and a table of the anomalies, as one French page with nothing to fetch."""
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells) + "</tr>"
+        for cells in (
+            (
+                render.local_iso(e.start, tz),
+                render.local_iso(e.end, tz) if e.end is not None else "en cours",
+                e.node,
+                render.CHANNEL_LABELS.get(e.channel, e.channel),
+                waste.kind_words(e.kind),
+                e.reason,
+            )
+            for e in events
+        )
+    )
+    head = (
+        f"<th>début ({html.escape(tz)})</th><th>fin</th><th>nœud</th><th>grandeur</th>"
+        "<th>anomalie</th><th>raison</th>"
+    )
+    return (
+        "<!doctype html><html lang='fr'><meta charset='utf-8'>"
+        "<title>Réverbère : résumés horaires</title>"
+        "<body style='font-family:sans-serif'><h1>Résumés horaires</h1>"
+        f"<p>Heures locales ({html.escape(tz)}).</p>"
+        + "".join(f"<figure>{s}</figure>" for s in svgs)
+        + "<h2>Anomalies</h2><table border=1><tr>"
+        + head
+        + "</tr>"
+        + rows
+        + "</table></body></html>"
+    )
+
+
+def _png(path: Path, panels: Sequence[Panel], tz: str) -> None:
     try:
         import matplotlib
 
@@ -269,23 +456,31 @@ def _png(path: Path, energy: dict, events: Sequence[Event]) -> None:
         raise ChartError(
             "PNG charts need matplotlib (pip install 'reverbere[png]'); .svg and .html do not"
         ) from exc
-    fig, ax = plt.subplots(figsize=(12, 5))
-    for node, series in sorted(energy.items()):
-        xs = [datetime.fromtimestamp(h, UTC) for h in sorted(series)]
-        ax.plot(xs, [series[h] for h in sorted(series)], linewidth=0.8, label=node)
-    for e in events:
-        hour = int(e.start) // 3600 * 3600
-        ax.plot(
-            [datetime.fromtimestamp(hour, UTC)],
-            [energy.get(e.node, {}).get(hour, 0.0)],
-            "rv",
-            markersize=8,
-        )
-    ax.set_title("Energy per hour per node (Wh); anomalies marked")
-    ax.set_ylabel("Wh")
-    if len(energy) <= 20:
-        ax.legend(fontsize=6, ncol=2)
-    fig.autofmt_xdate()
+    zone = ZoneInfo(tz)
+    fig, axes = plt.subplots(
+        max(len(panels), 1), 1, figsize=(12, 4 * max(len(panels), 1)), squeeze=False
+    )
+    for ax, panel in zip(axes[:, 0], panels, strict=False):
+        for i, node in enumerate(sorted(panel.series)):
+            series = panel.series[node]
+            xs = [datetime.fromtimestamp(h, zone) for h in sorted(series)]
+            ax.plot(
+                xs,
+                [series[h] for h in sorted(series)],
+                linewidth=0.8,
+                label=node,
+                color=LINE_COLOURS[i % len(LINE_COLOURS)],
+            )
+        for h, v, label in panel.marks:
+            ax.plot([datetime.fromtimestamp(h, zone)], [v], "v", color=ANOMALY_COLOUR)
+            ax.annotate(label, (datetime.fromtimestamp(h, zone), v), fontsize=6)
+        ax.set_title(panel.title)
+        ax.set_ylabel(f"{panel.quantity} ({panel.unit})")
+        ax.set_xlabel(f"Heure locale ({tz})")
+        ax.xaxis.set_major_formatter(matplotlib.dates.DateFormatter("%d/%m %Hh", tz=zone))
+        if len(panel.series) <= 20:
+            ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
