@@ -464,20 +464,23 @@ class Gateway:
     async def _ota_watch(self, every: float = QUIET_PERIOD) -> None:
         """Every minute while a rollout is open: settle its nodes from their signed readings,
         withdraw the offers of those that ended, offer the next wave (gateway/ota/rollout.py),
-        with or without a `reverbere fleet update` waiting; the 2.04s see it at once. A node
-        silent past the timeout is left to the operator's steps (`fleet update`, `fleet
-        status`): their clock is the one the offers were stamped with (a simulated one in
-        the demo)."""
-        step = functools.partial(ota_rollout.advance, timeout=math.inf)
+        with or without a `reverbere fleet update` waiting; the 2.04s see it at once."""
         while True:
             await asyncio.sleep(every)
             try:
-                if await self.committer.run(ota_rollout.is_open):
-                    await self.committer.run(step)
-                    self.ota_pending.reload()
+                await self.ota_step()
             except Exception:  # like a stage's failure: logged, counted, ingestion goes on
                 log.exception("rollout step failed", extra={"fields": {}})
                 self.metrics.counter("reverbere_stage_errors_total").inc(stage="rollout.advance")
+
+    async def ota_step(self, now: float | None = None) -> ota_rollout.Progress | None:
+        """One step of an open rollout through the writer thread (``rollout.tick``: a node
+        silent 6 hours after its offer fails, and past --max-failures the rollout stops, even
+        with no `fleet update` running); ``now``: the wall clock's time. None: no rollout."""
+        progress = await self.committer.run(lambda db: ota_rollout.tick(db, now))
+        if progress is not None:
+            self.ota_pending.reload()
+        return progress
 
     async def _quiet_watch(self) -> None:
         while True:

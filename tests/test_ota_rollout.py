@@ -10,6 +10,7 @@ readings); the nodes' own files are the second witness.
 import asyncio
 import json
 import random
+import time
 
 from gateway.ota import rollout, updates
 from gateway.store.db import open_db
@@ -120,3 +121,53 @@ def test_a_fleet_updates_over_a_lossy_network_and_broken_versions_roll_back(tmp_
             assert st["skip"] == 2 and st["result"].startswith("rolled back"), st
     assert sum(m.hal.firmware.crashes for m in fleet.members) == 2 * 3
     assert stats.pending == 0
+
+
+def test_the_gateway_fails_a_silent_canary_after_the_timeout_and_stops_the_rollout(tmp_path):
+    asyncio.run(_the_gateway_fails_a_silent_canary(tmp_path))
+
+
+async def _the_gateway_fails_a_silent_canary(tmp_path):
+    # Nobody runs `fleet update` or `fleet status`: the gateway's own minute step
+    # (Gateway.ota_step) must end the rollout by itself. The clock is injected: the offers
+    # are stamped with the wall clock as `fleet update` stamps them, and the step is told
+    # what time it is, just before and just after the timeout.
+    async with running_gateway(tmp_path) as gw:
+        nodes = ["lamp-001", "lamp-002", "lamp-003"]
+        for node in nodes:
+            add_node(gw, node)
+        db = open_db(gw.cfg.database)  # another connection, as the CLI's
+        first = rollout.start(db, 1, release(1, kb=1), nodes, "esp32", canary=1, max_failures=0)
+        assert first.phase == "canary" and first.counts == {"offered": 1, "waiting": 2}
+        offered = db.execute("SELECT offered FROM ota_rollout WHERE node = 'lamp-001'").fetchone()
+        assert gw.ota_pending("lamp-001") == 1  # its 2.04s say "u": 1
+
+        before = await gw.ota_step(now=offered[0] + rollout.TIMEOUT - 60)
+        assert before.phase == "canary" and before.counts == first.counts
+
+        # lamp-001 never asked for its update nor sent a signed "fw": failed; one failure is
+        # more than --max-failures 0, so the rollout stops before the two others.
+        after = await gw.ota_step(now=offered[0] + rollout.TIMEOUT + 60)
+        assert after.phase == "stopped"
+        assert after.counts == {"failed": 1, "cancelled": 2}
+        assert gw.ota_pending("lamp-001") is None  # the offer is withdrawn at once
+        assert all(r["version"] is None for r in updates.status(db))
+        assert await gw.ota_step() is None  # nothing left open: the step does nothing
+
+
+def test_the_gateway_leaves_a_simulated_rollouts_timeout_to_its_driver(tmp_path):
+    asyncio.run(_the_gateway_leaves_a_simulated_rollouts_timeout(tmp_path))
+
+
+async def _the_gateway_leaves_a_simulated_rollouts_timeout(tmp_path):
+    # A simulator (the demo, the benchmarks) stamps its offers with its own time, here a
+    # week ago: on the wall clock they look 7 days old, yet the gateway's step fails nobody;
+    # the simulator's own steps judge the timeout on its clock.
+    async with running_gateway(tmp_path) as gw:
+        add_node(gw, "lamp-001")
+        db = open_db(gw.cfg.database)
+        week_ago = time.time() - 7 * 24 * HOUR
+        rollout.start(db, 1, release(1, kb=1), ["lamp-001"], "esp32", 1, 0, now=week_ago)
+        assert (await gw.ota_step()).counts == {"offered": 1}
+        late = rollout.advance(db, week_ago + rollout.TIMEOUT + 60)  # the simulator's step
+        assert (late.phase, late.counts) == ("stopped", {"failed": 1})

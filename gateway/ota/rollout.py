@@ -15,11 +15,18 @@ channel ``fw`` once confirmed, ``fwt`` while on trial, and ``fwx``, the version 
 
 Each end withdraws the node's offer (no more ``"u"`` in its 2.04s). ``advance`` does one step
 and is called again and again by whoever drives the rollout (``reverbere fleet update`` while
-it waits, ``fleet status``, the demo): the rollout lives in the database, so a step may come
-from another process, or after a restart.
+it waits, ``fleet status``, the gateway every minute through ``tick``, the demo): the rollout
+lives in the database, so a step may come from another process, or after a restart.
+
+The timeout is judged on the clock that stamped the offers. A rollout started without a
+``now`` (``fleet update``) is on the wall clock, which the gateway's own minute step shares:
+a canary that never answers fails 6 hours after its offer even when nobody runs the CLI. A
+simulator (the demo, the benchmarks, the tests) starts its rollouts at its own simulated
+time: the gateway's step then leaves the timeout to the simulator's own steps.
 """
 
 import fnmatch
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -105,17 +112,38 @@ def start(
         for path, data in sorted(files):
             entry = updates.store_file(db, path, data, deflate)
             db.execute("INSERT INTO ota_release VALUES (?, ?)", [path, entry[2].hex()])
-        db.execute(
-            "INSERT INTO ota_meta (key, value) VALUES ('max_failures', ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [max_failures],
-        )
+        for key, value in (("max_failures", max_failures), ("clock", _clock(now))):
+            db.execute(
+                "INSERT INTO ota_meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
         for i, node in enumerate(nodes):
             db.execute(
                 "INSERT INTO ota_rollout (node, version, node_class, wave, state) "
                 "VALUES (?, ?, ?, ?, 'waiting')",
                 [node, version, node_class, 0 if i < canary else 1],
             )
+    return advance(db, now)
+
+
+def _clock(now: float | None) -> str:
+    """Which clock stamps a rollout's offers: the wall clock's ``time.time()``, or a time
+    given by whoever drives it (a simulator's)."""
+    return "wall" if now is None else "given"
+
+
+def tick(db: sqlite_utils.Database, now: float | None = None) -> Progress | None:
+    """The gateway's own step (gateway/service.py, every minute): ``advance`` an open
+    rollout, with the timeout when its offers were stamped with the wall clock, as ``fleet
+    update`` stamps them (``now``: that clock's time, ``time.time()`` when None); without
+    it when a simulator stamped them, whose own steps judge the timeout on its time. None
+    when no rollout is open."""
+    if not is_open(db):
+        return None
+    row = db.execute("SELECT value FROM ota_meta WHERE key = 'clock'").fetchone()
+    if row is not None and row[0] != _clock(None):
+        return advance(db, now, timeout=math.inf)
     return advance(db, now)
 
 

@@ -84,7 +84,7 @@ def m002_rollout(db: sqlite_utils.Database) -> None:
         )
         """
     )
-    db.execute("CREATE TABLE ota_meta (key TEXT PRIMARY KEY, value)")  # max_failures
+    db.execute("CREATE TABLE ota_meta (key TEXT PRIMARY KEY, value)")  # max_failures, clock
 
 
 class UpdateError(Exception):
