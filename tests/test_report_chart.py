@@ -176,3 +176,11 @@ def test_the_summaries_command_draws_in_the_towns_zone(tmp_path):
     assert "Heure locale (Europe/Paris)" in out.read_text()
     CliRunner().invoke(cli, [*args, "--utc", "--format", "json"], catch_exceptions=False)
     assert "Heure (UTC)" in out.read_text()
+
+
+def test_a_png_draws_the_same_panels(tmp_path):
+    # matplotlib is the optional `png` extra: on a Pi without it, .svg and .html still work
+    pytest.importorskip("matplotlib")
+    sums, events = a_town()
+    png = write_chart(tmp_path / "c.png", sums, events, tz="Europe/Paris")
+    assert png.read_bytes().startswith(b"\x89PNG")

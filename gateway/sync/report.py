@@ -464,13 +464,17 @@ def _png(path: Path, panels: Sequence[Panel], tz: str) -> None:
         for i, node in enumerate(sorted(panel.series)):
             series = panel.series[node]
             xs = [datetime.fromtimestamp(h, zone) for h in sorted(series)]
+            dash = DASHES[i // len(LINE_COLOURS) % len(DASHES)]
             ax.plot(
                 xs,
                 [series[h] for h in sorted(series)],
                 linewidth=0.8,
                 label=node,
                 color=LINE_COLOURS[i % len(LINE_COLOURS)],
+                linestyle=(0, tuple(int(x) for x in dash.split(","))) if dash else "-",
             )
+        if panel.from_zero:
+            ax.set_ylim(bottom=0)
         for h, v, label in panel.marks:
             ax.plot([datetime.fromtimestamp(h, zone)], [v], "v", color=ANOMALY_COLOUR)
             ax.annotate(label, (datetime.fromtimestamp(h, zone), v), fontsize=6)
