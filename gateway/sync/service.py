@@ -1,6 +1,7 @@
 """The sync service: the configured target and worker, the worker's thread, its metrics
 and the status an operator reads (``reverbere sync status``)."""
 
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from gateway.logs import event
 from gateway.sync.budget import Budget
 from gateway.sync.config import SyncConfig, SyncConfigError
 from gateway.sync.outbox import (
@@ -17,6 +19,12 @@ from gateway.sync.outbox import (
 from gateway.sync.raw import raw_backlog
 from gateway.sync.target import Target
 from gateway.sync.worker import SyncWorker
+
+log = logging.getLogger("reverbere.sync")
+# Seconds a stop waits for the request in flight. systemd's TimeoutStopSec is 30 s in our unit
+# (gateway/systemd/reverbere.service; 90 s by default), and the stop also commits the queued
+# packs and waits for the alert sender: the sync's share must leave them most of it.
+STOP_GRACE = 5.0
 
 
 def build_target(
@@ -124,11 +132,26 @@ class SyncService:
         if self.worker is not None:
             self.worker.notify()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = STOP_GRACE) -> bool:
+        """Stop the worker: it ends after the request in flight, if any; wait ``timeout``
+        seconds at most for that, and return whether the thread ended. A request that
+        outlasts it (a platform that stopped answering holds one for ``[sync] timeout``,
+        30 s) is left to the daemon thread and ends with the process: its rows were marked
+        in flight before it left, so the next start reconciles them (gateway/sync/sending.py),
+        as after a power cut. The rest of a backlog stays in the outbox, which is durable."""
         self._stopping.set()
         if self.worker is not None:
             self.worker.stop(timeout=0)
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            event(
+                log,
+                logging.WARNING,
+                "sync request still in flight at stop: the next start reconciles it",
+                waited_s=timeout,
+            )
+            return False
+        return True
 
 
 STATUS_TTL = 1.0  # seconds: the ten gauges of one scrape share one ``sync_status``

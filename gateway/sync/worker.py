@@ -112,9 +112,12 @@ class SyncWorker:
 
     def sync_until_idle(self, max_steps: int | None = None, wait: bool = True) -> str:
         """Step until nothing is left (``idle``), the budget is spent (``budget``), auth is
-        refused (``auth``) or ``max_steps`` ran out; waits out backoffs when ``wait``."""
+        refused (``auth``), ``max_steps`` ran out or :meth:`stop` was called (``stopped``:
+        a backlog of a month is not sent before a stop); waits out backoffs when ``wait``."""
         n = 0
         while max_steps is None or n < max_steps:
+            if self._stop.is_set():  # between two requests: a stop waits for one at most
+                return "stopped"
             n += 1
             delay = self.link.wait()
             if delay > 0:
