@@ -28,7 +28,7 @@ def a_town() -> tuple[list[Summary], list[Event]]:
     for i, h in enumerate(HOURS):
         lit = not 6 <= (i + 12) % 24 < 19
         for n in range(3):
-            w = 60.0 + 2 * n if lit else 0.0
+            w = 60.0 + 2 * n if lit or (n, i) == (1, 24) else 0.0  # lamp-001 lit by day
             sums.append(Summary(f"lamp-{n:03d}", "p", h, 60, w, w, w, w))
         sums.append(Summary("mairie-e1", "e", h, 60, None, None, None, 8000.0 + 500 * (i % 24)))
         sums.append(Summary("ecole-e1", "p", h, 60, 1500, 2500, 2000.0, 2000.0))
@@ -94,6 +94,10 @@ def test_nodes_in_the_legend_and_the_anomalies_labelled_in_french(chart):
     assert texts(lamps, "text-overlay") == ["lamp-001 : allumé de jour"]
     assert texts(buildings, "text-overlay") == ["mairie-e1 : consommation hors horaires"]
     assert texts(temperatures, "text-overlay") == ["ecole-t1 : capteur bloqué"]
+    # hovering a marker shows the browser's own tooltip (an SVG <title>), with no script
+    dots = [g for g in lamps.iter(SVG + "g") if g.get("class") == "dots"]
+    tips = [t.text for g in dots for t in g.iter(SVG + "title")]
+    assert tips == ["lamp-001 : allumé de jour, 29/03 14h: 62 W"]
 
 
 def test_distinct_colours_and_the_anomalies_in_their_own(chart):

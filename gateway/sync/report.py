@@ -297,14 +297,22 @@ def _hour_ticks(hours: Iterable[int], zone: ZoneInfo) -> list[datetime]:
     return ticks
 
 
-def _without_links(root):  # a pygal xml_filter: the tree before it is written
-    """Drop what a chart opened offline has no use for: pygal's comments naming its web site,
-    and its config script for the tooltips (we load no tooltips: they come from its site)."""
+def _offline(root):  # a pygal xml_filter: the tree before it is written
+    """Make the chart whole offline. Drop what it has no use for there: pygal's comments
+    naming its web site, and the config script of its tooltips, whose code comes from that
+    site. Give each marker the browser's own tooltip instead: an SVG ``<title>`` with its label
+    and value (``lamp-003 : allumé de jour, 29/03 12h: 63 W``), shown on hover, no script."""
     for parent in list(root.iter()):
         for child in list(parent):
             tag = child.tag
             if not isinstance(tag, str) or tag.rpartition("}")[2] == "script":  # a comment
                 parent.remove(child)
+    for dots in [g for g in root.iter() if g.get("class") == "dots"]:
+        words = {d.get("class"): d.text for d in dots if d.tag.rpartition("}")[2] == "desc"}
+        if words.get("label"):
+            title = dots.makeelement("title", {})
+            title.text = f"{words['label']}, {words.get('value', '')}"
+            dots.insert(0, title)
     return root
 
 
@@ -346,7 +354,7 @@ def _panel_svg(panel: Panel, zone: str) -> str:
         width=PANEL_WIDTH,
         height=PANEL_HEIGHT,
     )
-    chart.add_xml_filter(_without_links)
+    chart.add_xml_filter(_offline)
     for i, node in enumerate(names):
         dash = DASHES[i // len(LINE_COLOURS) % len(DASHES)]
         points = [
