@@ -95,8 +95,8 @@ def test_a_node_page_over_a_month_reads_the_hourly_summaries_and_adds_up_its_was
 
 
 def energy_recomputed(console):
-    """The Energy page's figures are computed when the gateway starts and every ten minutes
-    (issue 16): this fixture seeds its summaries after the start, so compute them again."""
+    """The Energy page's figures are computed when the gateway starts, then at a visit once
+    a minute old: this fixture seeds its summaries after the start, so compute them again."""
     board = console.gw.console.energy
     asyncio.run_coroutine_threadsafe(board.refresh(), console._loop).result(60)
 
@@ -106,7 +106,7 @@ def test_the_energy_page_compares_each_building_with_a_year_before(console):
     c = login(console, "lecteur")
     page = c.get("/energy")
     assert page.status_code == 200 and "Énergie" in page.text
-    assert "recalculés toutes les dix minutes" in page.text  # and when they were, local time
+    assert "recalculés chaque minute" in page.text  # and when they were, local time
     row = re.search(r'<tr id="asset-school">.*?</tr>', page.text, re.S)[0]
     now = console.clock()
     today_h = (now - local_midnight(now, console.gw.console.tz)) // 3600 + 1  # hours so far

@@ -105,3 +105,60 @@ def test_a_fleet_page_reads_the_readings_of_its_own_nodes_only(tmp_path):
     # its p, its rssi, its firmware version: ten nodes, not a hundred
     assert len(readings) == 10 * 3
     db.close()
+
+
+def scans_in(db, statements, tables=NEVER_SCANNED):
+    """The steps of the statements' query plans that scan one of ``tables`` unbounded."""
+    found = []
+    for sql in {s for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))}:
+        plan = " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + sql).fetchall())
+        for table in tables:
+            for step in re.findall(rf"\bSCAN {table}\b[^|]*", plan):
+                bounded = "USING" in step and (" LIMIT " in sql or PARTIAL in step)
+                if not bounded:
+                    found.append((sql, step))
+    return found
+
+
+def test_the_node_energy_and_gateway_pages_and_the_report_use_indexes(tmp_path):
+    """The other pages' reads, and the month's report the Energy page offers to download
+    (``gateway.reports``, which reads the energy channels' summaries by hour range through
+    the index ``console_summaries_energy``): SQLite's query plan of each says SEARCH."""
+    from gateway import reports
+    from gateway.console import daily, views
+    from gateway.sync.service import sync_status
+
+    db = seeded(tmp_path / "gw.db")
+    daily.ensure_zone(db, "Europe/Paris")
+    now = time.time()
+    hour = int(now // 3600 * 3600)
+    with db.conn:
+        db.conn.executemany(
+            "INSERT INTO summaries (node, channel, hour, count, min, max, sum, mean, wh)"
+            " VALUES (?, ?, ?, 60, 0, 1, 0, 50, 50)",
+            ((f"lamp-{i:03d}", ch, hour - 3600 * k)
+             for i in range(NODES) for ch in ("p", "bat") for k in range(48)),
+        )  # fmt: skip
+    detect = DetectConfig(timezone="Europe/Paris")
+    statements = []
+    db.conn.set_trace_callback(statements.append)
+    view = views.node_view(db, detect, lambda n: {"interval": 60}, "lamp-007")
+    for span in views.SPANS:
+        views.series(db, "lamp-007", "p", span, now)
+    assets = views.energy(db, detect, now)
+    views.waste_ledger(db, detect, now - 31 * 86400)
+    views.storage(db, tmp_path / "gw.db")
+    sync_status(db)
+    period = reports.Period.month(time.strftime("%Y-%m", time.gmtime(now)), "Europe/Paris")
+    report = reports.build(db, period, reports.Town.from_detect(detect))
+    db.conn.set_trace_callback(None)
+    assert view.channels == ["p"] and sum(a.nodes for a in assets) == NODES
+    assert report is not None
+    energy = [s for s in statements if "console_energy_days" in s]
+    assert energy and not any("FROM summaries" in s for s in statements if "console_" in s)
+    tables = (*NEVER_SCANNED, "console_energy_days", "console_days")
+    assert scans_in(db, statements, tables) == []
+    report_sql = next(s for s in statements if "FROM summaries" in s and "channel IN" in s)
+    plan = db.execute("EXPLAIN QUERY PLAN " + report_sql).fetchall()
+    assert "USING INDEX console_summaries_energy" in " ".join(r[3] for r in plan)
+    db.close()

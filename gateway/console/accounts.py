@@ -23,6 +23,7 @@ import argon2
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from gateway.console import daily
 from gateway.console.i18n import N_
 
 migrations = Migrations("reverbere.console")
@@ -82,6 +83,16 @@ def m001_accounts(db: sqlite_utils.Database) -> None:
     # The events page lists the open events, however old, newest first: this partial index
     # holds only them, so the list never scans the closed ones.
     db.execute('CREATE INDEX console_open_anomalies ON anomalies (start) WHERE "end" IS NULL')
+
+
+@migrations()
+def m002_energy_days(db: sqlite_utils.Database) -> None:
+    # The month's report (the Energy page's download, ``reverbere report``) reads the energy
+    # channels' summaries by hour range: without this index, a scan of every summary.
+    db.execute("CREATE INDEX console_summaries_energy ON summaries (channel, hour)")
+    # Each node's energy per local day, kept by triggers as summaries are written
+    # (gateway/console/daily.py): the Energy page reads these, not a month of summaries.
+    daily.create(db)
 
 
 class AccountError(Exception):

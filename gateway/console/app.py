@@ -77,7 +77,7 @@ class Console:
     def __init__(self, settings: ConsoleSettings):
         self.settings = settings
         self.store = ConsoleStore(settings.database)
-        # the Energy page's figures, computed in a thread of their own every ten minutes
+        # the Energy page's figures, from the per-day sums the database keeps (console.daily)
         self.energy = EnergyBoard(settings.database, settings.detect, self.now)
         self.throttle = LoginThrottle(self.now)
         self.tz = ZoneInfo(settings.detect.timezone)

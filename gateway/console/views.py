@@ -2,17 +2,14 @@
 
 Every query is a primary-key range or look-up: a node's readings by ``(node, channel, time)``,
 its hourly summaries by ``(node, channel, hour)``, its events through the ``anomalies`` node
-index. The Energy page needs every node's energy over a month, which no single cheap query
-gives; :class:`EnergyLedger` keeps each past local day's Wh per node in memory (a month of
-2,000 nodes is 62,000 numbers) and asks the database only for the days it does not hold and
-for today, so a page costs today's hours, not the month's.
+index. The Energy page needs every node's energy over a month: it reads the per-day sums that
+the database keeps as summaries are written (:mod:`gateway.console.daily`), not the summaries.
 """
 
 import asyncio
 import datetime as dt
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,16 +17,14 @@ from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
+from gateway.console import daily
 from gateway.console.store import ConsoleStore, node_group, node_kind
 from gateway.pipeline.detect import DetectConfig
 from gateway.pipeline.waste import group_function, lighting_groups
 
 SPANS = {"day": 86400, "week": 7 * 86400, "month": 31 * 86400}  # the node page's charts
 NODE_EVENTS = 50  # a node's events on its page, newest first
-RECENT_DAYS = 2  # days back that may still change (late packs, backfill): re-read every 10 min
-RECENT_TTL = 600.0
-ENERGY_TTL = 600.0  # the Energy page's figures are at most this old (today's included)
-ENERGY_CHANNELS = ("e", "p")  # a node's energy: its counter's Wh, else its power's
+ENERGY_TTL = 60.0  # the Energy page's figures are at most this old (today's included)
 
 
 class UnknownNode(LookupError):
@@ -141,41 +136,6 @@ def local_midnight(t: float, tz: ZoneInfo, days_back: int = 0) -> float:
     return dt.datetime.combine(d, dt.time(), tz).timestamp()
 
 
-def energy_channel(db: sqlite_utils.Database, node: str) -> str | None:
-    """``e`` when the node has an energy counter, else ``p``, else None (a sensor only)."""
-    have = {
-        r[0]
-        for r in db.execute(
-            "SELECT channel FROM summary_cursor WHERE node = ? AND channel IN ('e', 'p')", [node]
-        )
-    }
-    return next((c for c in ENERGY_CHANNELS if c in have), None)
-
-
-def days_wh(
-    db: sqlite_utils.Database, node: str, channel: str, days: list[tuple[float, float]]
-) -> list[float | None]:
-    """The node's Wh in each ``(start, end)`` day, None for a day without a summary; one
-    query over the primary key per node (``summaries (node, channel, hour)``)."""
-    if not days:
-        return []
-    values = ", ".join("(?, ?, ?)" for _ in days)
-    args: list[Any] = [x for i, (s, e) in enumerate(days) for x in (i, int(s), int(e))]
-    # A power channel's hourly mean in W is its Wh over that hour when the summariser had no
-    # segment to integrate (reports.node_energy reads it the same way).
-    rows = db.execute(
-        f"WITH d(i, s, e) AS (VALUES {values})"
-        " SELECT d.i, sum(coalesce(m.wh, CASE WHEN m.channel = 'p' THEN m.mean END))"
-        " FROM d JOIN summaries m ON m.node = ? AND m.channel = ? AND m.hour >= d.s"
-        " AND m.hour < d.e AND m.count > 0 GROUP BY d.i",
-        [*args, node, channel],
-    ).fetchall()
-    out: list[float | None] = [None] * len(days)
-    for i, wh in rows:
-        out[i] = wh
-    return out
-
-
 @dataclass
 class AssetRow:
     """A building or a lighting group over today, this week and this month (kWh), and the
@@ -195,89 +155,42 @@ class AssetRow:
 PERIODS = ("day", "week", "month")
 
 
-class EnergyLedger:
-    """Past local days' Wh per node, kept in memory (see the module); thread-confined to the
-    console's database thread."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self._days: dict[float, tuple[float, dict[str, float | None]]] = {}  # start -> (when, Wh)
-        self._channels: dict[str, str | None] = {}
-        self._clock = clock
-
-    def _channel(self, db: sqlite_utils.Database, node: str) -> str | None:
-        if self._channels.get(node) is None:
-            self._channels[node] = energy_channel(db, node)
-        return self._channels[node]
-
-    def days(
-        self,
-        db: sqlite_utils.Database,
-        nodes: list[str],
-        starts: list[float],
-        ends: list[float],
-        now: float,
-    ) -> dict[float, dict[str, float | None]]:
-        """Wh per node for each day ``[starts[i], ends[i])``, today's always fresh."""
-        fresh = self._clock()
-        wanted = []
-        for s, e in zip(starts, ends, strict=True):
-            held = self._days.get(s)
-            recent = now - e < RECENT_DAYS * 86400
-            if e > now or held is None or (recent and fresh - held[0] > RECENT_TTL):
-                wanted.append((s, e))
-        if wanted:
-            got: dict[float, dict[str, float | None]] = {s: {} for s, _ in wanted}
-            for node in nodes:
-                channel = self._channel(db, node)
-                if channel is None:
-                    continue
-                for (s, _), wh in zip(wanted, days_wh(db, node, channel, wanted), strict=True):
-                    got[s][node] = wh
-            for s, e in wanted:
-                if e <= now:
-                    self._days[s] = (fresh, got[s])
-            result = {s: self._days[s][1] if s in self._days else {} for s in starts}
-            result.update({s: got[s] for s, e in wanted if e > now})
-            return result
-        return {s: self._days[s][1] for s in starts}
-
-    def energy(self, db: sqlite_utils.Database, detect: DetectConfig, now: float) -> list[AssetRow]:
-        """Per building (meters' id prefix) and lighting group: today, the last 7 local days
-        and the last 31 (today included), against the same days a year before."""
-        tz = detect.tz
-        nodes = [r[0] for r in db.execute("SELECT id FROM nodes WHERE key IS NOT NULL ORDER BY id")]
-        group_of = group_function(lighting_groups(detect))
-        starts = [local_midnight(now, tz, k) for k in range(31)]
-        ends = [local_midnight(now, tz, k - 1) for k in range(31)]
-        this = self.days(db, nodes, starts, ends, now)
-        year = 365 * 86400  # the same weekdays a year (52 weeks + a day) before: close enough
-        ref_s = [local_midnight(s - year, tz) for s in starts]
-        ref_e = [local_midnight(e - year, tz) for e in ends]
-        before = self.days(db, nodes, ref_s, ref_e, now)
-        rows: dict[str, AssetRow] = {}
-        for node in nodes:
-            kind = node_kind(detect, node)
-            asset = group_of(node) if kind == "lamp" else node_group(node)
-            row = rows.setdefault(asset, AssetRow(asset, kind, 0))
-            row.nodes += 1
-            for period, n_days in zip(PERIODS, (1, 7, 31), strict=True):
-                wh = [this[s].get(node) for s in starts[:n_days]]
-                ref = [before[s].get(node) for s in ref_s[:n_days]]
-                row.kwh[period] = row.kwh.get(period, 0.0) + sum(w or 0.0 for w in wh) / 1000
-                if any(r is not None for r in ref):
-                    old = row.reference.get(period) or 0.0
-                    row.reference[period] = old + sum(r or 0.0 for r in ref) / 1000
-        return sorted(rows.values(), key=lambda r: (r.kind != "building", r.asset))
+def energy(db: sqlite_utils.Database, detect: DetectConfig, now: float) -> list[AssetRow]:
+    """Per building (meters' id prefix) and lighting group: today, the last 7 local days and
+    the last 31 (today included), against the same days a year before; from the per-day sums
+    the database keeps (:mod:`gateway.console.daily`): two primary-key ranges."""
+    tz = detect.tz
+    nodes = [r[0] for r in db.execute("SELECT id FROM nodes WHERE key IS NOT NULL ORDER BY id")]
+    group_of = group_function(lighting_groups(detect))
+    firsts = [int(local_midnight(now, tz, n - 1)) for n in (1, 7, 31)]  # today, 7, 31 days
+    this = daily.periods_wh(db, firsts, firsts[0])
+    year = 365 * 86400  # the same weekdays a year (52 weeks + a day) before: close enough
+    ref_firsts = [int(local_midnight(s - year, tz)) for s in firsts]
+    before = daily.periods_wh(db, ref_firsts, ref_firsts[0])
+    rows: dict[str, AssetRow] = {}
+    for node in nodes:
+        kind = node_kind(detect, node)
+        asset = group_of(node) if kind == "lamp" else node_group(node)
+        row = rows.setdefault(asset, AssetRow(asset, kind, 0))
+        row.nodes += 1
+        wh, ref = this.get(node), before.get(node)
+        for i, period in enumerate(PERIODS):
+            row.kwh[period] = row.kwh.get(period, 0.0) + ((wh[i] or 0.0) if wh else 0.0) / 1000
+            if ref and ref[i] is not None:
+                row.reference[period] = (row.reference.get(period) or 0.0) + ref[i] / 1000
+    return sorted(rows.values(), key=lambda r: (r.kind != "building", r.asset))
 
 
 class EnergyBoard:
-    """The Energy page's figures, computed off the page: the first time when the console
-    starts, then again in the background once they are ``ENERGY_TTL`` old, in a database
-    thread of their own (the other pages do not queue behind it). A visit reads the last
-    figures (at most ten minutes old, and says when they were computed): re-reading every
-    node's today at each visit cost 0.4 s with a town of 2,000 nodes, and the first visit
-    after a start, which fills the ledger, 6 s (issue 16). Only the first visit before the
-    first computation ends waits for it."""
+    """The Energy page's figures, in a database thread of their own (the other pages do not
+    queue behind them). The database keeps each node's Wh per local day as the summaries are
+    written (:mod:`gateway.console.daily`), so the figures cost two primary-key ranges (62,000
+    rows for 2,000 nodes, 0.1 to 0.2 s), not a month of summaries: computed at the console's
+    start, then again in the background by a visit that finds them ``ENERGY_TTL`` old (the
+    visit shows the last ones, and when they were computed). The start first makes sure the
+    sums are those of the town's zone (:func:`gateway.console.daily.ensure_zone`): only the
+    first start after the upgrade, or after ``[detect] timezone`` changed, recounts them from
+    the summaries, and a first visit meanwhile waits for it."""
 
     def __init__(
         self, database: os.PathLike | str, detect: DetectConfig, clock: Callable[[], float]
@@ -285,9 +198,9 @@ class EnergyBoard:
         self.detect = detect
         self._clock = clock
         self._store = ConsoleStore(database)
-        self._ledger = EnergyLedger()
         self._figures: tuple[float, list[AssetRow]] | None = None  # (computed at, rows)
         self._computing: asyncio.Future[list[AssetRow]] | None = None
+        self._zone: asyncio.Future[bool] | None = None
 
     def _compute(self) -> asyncio.Future[list[AssetRow]]:
         if self._computing is None:
@@ -295,7 +208,9 @@ class EnergyBoard:
 
             async def compute() -> list[AssetRow]:
                 try:
-                    rows = await self._store.run(self._ledger.energy, self.detect, now)
+                    if self._zone is not None:
+                        await asyncio.shield(self._zone)
+                    rows = await self._store.run(energy, self.detect, now)
                     self._figures = (now, rows)
                     return rows
                 finally:
@@ -305,31 +220,30 @@ class EnergyBoard:
         return self._computing
 
     def start(self) -> None:
-        """Compute the figures now, in the background (the console's start)."""
+        """The sums in the town's zone, then the figures, in the background (the start)."""
+        self._zone = asyncio.ensure_future(self._store.run(daily.ensure_zone, self.detect.timezone))
         self._compute()
 
     async def figures(self) -> tuple[float, list[AssetRow]]:
-        """(when they were computed, per asset): the last figures, refreshed in the
-        background once stale; awaited only when there are none yet."""
+        """(when they were computed, per asset): the last figures, computed again in the
+        background once ``ENERGY_TTL`` old; awaited only when there are none yet."""
         if self._figures is None:
             await asyncio.shield(self._compute())
             assert self._figures is not None
-            return self._figures
-        if self._clock() - self._figures[0] > ENERGY_TTL:
+        elif self._clock() - self._figures[0] > ENERGY_TTL:
             self._compute()
         return self._figures
 
     async def refresh(self) -> None:
-        """Compute the figures again now, every day re-read (the ledger keeps past days for
-        good), and wait for them (after the one under way)."""
+        """Compute the figures again now and wait for them (after the one under way)."""
         if self._computing is not None:
             await asyncio.shield(self._computing)
-        self._ledger = EnergyLedger()
         await asyncio.shield(self._compute())
 
     async def close(self) -> None:
-        if self._computing is not None:
-            await asyncio.wait([self._computing])
+        pending = [f for f in (self._zone, self._computing) if f is not None]
+        if pending:
+            await asyncio.wait(pending)
         await self._store.close()
 
 
