@@ -331,7 +331,9 @@ def test_sync_status_and_push_show_the_raw_backlog(tmp_path, platform):
     run = CliRunner().invoke
     out = run(cli, ["sync", "status", "--config", str(path)])
     assert out.exit_code == 0, out.output
-    assert "raw backlog:   45 readings owed (p, oldest 2026-01-01 00:00:00Z;" in out.output
+    # (no [site] timezone in this config: the town's zone is UTC, and the first line says so)
+    assert out.output.startswith("times:         UTC\n")
+    assert "raw backlog:   45 readings owed (p, oldest 2026-01-01 00:00:00+00:00;" in out.output
     got = json.loads(run(cli, ["sync", "status", "--config", str(path), "--json"]).output)
     assert (got["raw"], got["pending_raw"], got["raw_oldest_pending"]) == (["p"], 45, H0)
     out = run(cli, ["sync", "push", "--config", str(path)])
