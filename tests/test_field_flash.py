@@ -298,6 +298,7 @@ def test_node_list_counts_lost_readings_not_counter_jumps(gateway):
     assert table.output.splitlines()[0].split() == [
         "id",
         "last_seen",
+        "(UTC)",  # the town's zone: this gateway's config names none
         "last_seq",
         "messages",
         "lost",
