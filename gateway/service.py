@@ -231,7 +231,8 @@ class Outbox:
         return self._take(db, now, grace)
 
     def flush(self, db: sqlite_utils.Database) -> int:
-        """Take every changed row now, open hours included (e.g. before a planned stop)."""
+        """Take changed rows now, open hours included (e.g. before a planned stop), at most
+        ``OUTBOX_SLICE`` summaries: ``Gateway.flush`` calls it until less comes."""
         return self._take(db, None)
 
     def _take(
@@ -240,10 +241,10 @@ class Outbox:
         settled_at: float | None,
         grace: float | Callable[[str], float] = 3600.0,
     ) -> int:
-        """``feed_outbox`` as of ``settled_at`` (None: open hours too, and every summary at
-        once), ``OUTBOX_SLICE`` summaries at most otherwise; wake the worker."""
-        limit = None if settled_at is None else OUTBOX_SLICE
-        taken = feed_outbox(db, settled_at=settled_at, grace=grace, limit=limit)
+        """``feed_outbox`` as of ``settled_at`` (None: open hours too), ``OUTBOX_SLICE``
+        summaries at most (a turn of the writer: the commits, and the acks, go between two
+        turns); wake the worker."""
+        taken = feed_outbox(db, settled_at=settled_at, grace=grace, limit=OUTBOX_SLICE)
         if taken:
             for notify in self.listeners:
                 notify()
@@ -543,9 +544,17 @@ class Gateway:
 
     async def flush(self) -> int:
         """Once the stages have run on every reading stored, hand every changed row to the
-        outbox now, open hours included (before a planned stop); return how many."""
+        outbox now, open hours included (before a planned stop); return how many. A slice
+        per turn of the writer, as ``close_hours``: a backlog of a million summaries held the
+        writer, and every ack behind it, for the whole of it."""
         await self.committer.settled()
-        return await self.committer.run(self.outbox.flush) if self.outbox is not None else 0
+        if self.outbox is None:
+            return 0
+        taken = total = await self.committer.run(self.outbox.flush)
+        while taken >= OUTBOX_SLICE:
+            taken = await self.committer.run(self.outbox.flush)
+            total += taken
+        return total
 
     async def retention(self, now: float | None = None) -> int:
         """Delete raw readings older than ``retention_days`` that every guard lets go, and

@@ -13,13 +13,16 @@ import socket
 import threading
 import time
 
-from gateway.service import Gateway, pipeline_config
+from gateway.pipeline.summarise import summarise
+from gateway.service import OUTBOX_SLICE, Gateway, pipeline_config
 from gateway.store.db import open_db
+from gateway.store.records import Reading
 from gateway.sync.outbox import backlog, enqueue_summaries
 from gateway.sync.service import STOP_GRACE, build_worker
 from sim.platform import FaultProxy
+from tests.detect_helpers import make_db, store
 from tests.gateway_helpers import make_config
-from tests.sync_helpers import assert_platform_matches, week_of_summaries
+from tests.sync_helpers import H0, assert_platform_matches, week_of_summaries
 
 
 class SilentPlatform:
@@ -134,4 +137,34 @@ def test_a_stop_mid_backlog_waits_for_one_request_and_the_next_start_finishes(tm
             worker.target.close()
     assert backlog(db).synced == len(owed)
     assert assert_platform_matches(db, platform)["summaries"] == len(owed)
+    db.close()
+
+
+def test_a_flush_before_a_stop_takes_the_backlog_a_slice_per_turn_of_the_writer(tmp_path):
+    # Gateway.flush (the hours still open go too, e.g. before a planned stop) took a backlog
+    # of any size in one turn of the writer: with 1.5 M summaries owed, every ack behind it
+    # waited for the whole of it. Now a slice of OUTBOX_SLICE at a time, as close_hours.
+    cfg = make_config(tmp_path)
+    db = make_db(cfg.database)
+    hours = 2 * OUTBOX_SLICE + 500
+    readings = [Reading("bldg-001", "p", H0 + 3600 * h + 60, 100.0 + h % 7) for h in range(hours)]
+    db.execute("BEGIN")  # one transaction (store commits it), not one fsync a reading
+    store(db, readings)
+    summarise(db, readings)
+    db.close()
+
+    async def flush() -> tuple[int, list[int]]:
+        gw = Gateway(cfg)
+        await gw.start()
+        slices, take = [], gw.outbox.flush
+        gw.outbox.flush = lambda db: slices.append(take(db)) or slices[-1]
+        try:
+            return await gw.flush(), slices
+        finally:
+            await gw.stop()
+
+    total, slices = asyncio.run(flush())
+    assert total == hours and slices == [OUTBOX_SLICE, OUTBOX_SLICE, 500]
+    db = open_db(cfg.database)
+    assert backlog(db).pending_summaries == hours
     db.close()
