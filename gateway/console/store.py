@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
+from gateway.console import updates
 from gateway.console.i18n import N_
 from gateway.ingest.registry import remove_node
 from gateway.pipeline.detect import DetectConfig
@@ -77,6 +78,8 @@ class FleetNode:
     firmware: str | None  # the version its signed readings report (channel fw: docs/ota.md)
     key_age_days: float
     open_events: int
+    update: str | None = None  # its update's state while a rollout exists (console.updates)
+    update_target: int | None = None  # the version rolled out to it
 
 
 def node_group(node_id: str) -> str:
@@ -108,6 +111,7 @@ class FleetFilter:
     group: str = ""
     kind: str = ""
     state: str = ""
+    update: str = ""  # a rollout state (gateway.console.updates.FILTER_STATES)
 
 
 @dataclass
@@ -116,6 +120,7 @@ class Fleet:
     groups: list[str] = field(default_factory=list)
     total: int = 0  # nodes matching the filter, in every slice
     offset: int = 0
+    rollout: bool = False  # a rollout exists: the page shows each node's update
 
 
 def fleet(
@@ -142,6 +147,7 @@ def fleet(
             ' WHERE "end" IS NULL GROUP BY node'
         ).fetchall()
     )
+    rollout = updates.rollout_states(db)  # a row per node of the rollout, if any
     matching = []
     groups = sorted({node_group(r[1]) for r in rows})
     for ref, node_id, added, last_seen, battery in rows:
@@ -159,6 +165,8 @@ def fleet(
         if (only.group and group != only.group) or (only.kind and kind != only.kind):
             continue
         if only.state and state != only.state:
+            continue
+        if only.update and rollout.get(node_id, "idle") != only.update:
             continue
         matching.append((ref, node_id, group, kind, state, added, last_seen, battery, h))
     end = None if limit is None else offset + limit
@@ -188,6 +196,7 @@ def fleet(
             [ref],
         ).fetchone()
         firmware = str(int(row[0])) if row else None
+        update = updates.update_view(db, node_id, ref) if rollout else None
         out.append(
             FleetNode(
                 node_id,
@@ -202,9 +211,11 @@ def fleet(
                 firmware,
                 (now - added) / 86400.0,
                 open_counts.get(node_id, 0),
+                update.state if update else None,
+                update.target if update else None,
             )
         )
-    return Fleet(out, groups, len(matching), offset)
+    return Fleet(out, groups, len(matching), offset, bool(rollout))
 
 
 def retire_node(db: sqlite_utils.Database, node_id: str) -> None:

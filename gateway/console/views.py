@@ -19,6 +19,7 @@ import sqlite_utils
 
 from gateway.console import daily
 from gateway.console.store import ConsoleStore, node_group, node_kind
+from gateway.console.updates import UpdateView, update_view
 from gateway.pipeline.detect import DetectConfig
 from gateway.pipeline.waste import group_function, lighting_groups
 
@@ -94,6 +95,7 @@ class NodeView:
     events: list[dict]
     waste_kwh: float | None  # the sum of its events' waste (those listed)
     waste_eur: float | None
+    update: UpdateView  # its firmware and its update (gateway.console.updates)
 
 
 def node_view(
@@ -123,6 +125,7 @@ def node_view(
         events,
         round(sum(kwh), 3) if kwh else None,
         round(sum(eur), 2) if eur else None,
+        update_view(db, node, _ref(db, node)),
     )
 
 

@@ -1,12 +1,13 @@
 """Fleet: every node with its state, last reading, battery, signal, firmware, key age and
-open events; filters by group, kind and state; a technician retires a node here."""
+open events, and its update while a rollout exists; filters by group, kind, state and update
+state; a technician retires a node here."""
 
 import dataclasses
 from typing import Any
 
 from aiohttp import web
 
-from gateway.console import store
+from gateway.console import store, updates
 from gateway.console.web import N_, Action, Page
 from gateway.ingest import registry
 from gateway.ingest.registry import NodeNotFound
@@ -18,6 +19,7 @@ def _filter(request: web.Request) -> store.FleetFilter:
         group=q.get("group", ""),
         kind=q.get("kind", "") if q.get("kind", "") in store.KINDS else "",
         state=q.get("state", "") if q.get("state", "") in store.STATES else "",
+        update=q.get("update", "") if q.get("update", "") in updates.FILTER_STATES else "",
     )
 
 
@@ -64,6 +66,8 @@ async def fleet_page(request: web.Request, console: Any) -> dict[str, Any]:
         "groups": fleet.groups,
         "kinds": store.KINDS,
         "states": store.STATES,
+        "rollout": fleet.rollout,
+        "update_states": updates.FILTER_STATES,
         "only": _filter(request),
         "notice": request.query.get("retired", ""),
     }
