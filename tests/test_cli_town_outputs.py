@@ -68,6 +68,7 @@ def test_sync_status_in_the_towns_time_across_the_clock_change(town):
     assert out.splitlines()[0] == "times:         Europe/Paris"
     assert "last success:  2026-03-29 01:30:00+01:00 (" in out
     assert "next try 2026-03-29 03:30:00+02:00 (" in out
+    assert " (UTC day): " in out  # the byte budget's day is not the town's: it says so
     utc = invoke("sync", "status", "--config", town, "--utc")
     assert utc.splitlines()[0] == "times:         UTC"
     assert "last success:  2026-03-29 00:30:00Z (" in utc

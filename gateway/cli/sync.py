@@ -103,7 +103,8 @@ def status(config_path: Path, db_path: Path | None, as_json: bool, utc: bool) ->
         use += f" of {limit} B ({100 * st['budget_sent'] / limit:.1f} %)"
     click.echo(f"target:        {st['target'] or '(not configured)'}")
     click.echo(
-        f"budget {st['budget_day']}: {use}, {st['budget_received']} B received, "
+        # The budget's day is a UTC date (gateway.sync.budget), whatever the town's zone.
+        f"budget {st['budget_day']} (UTC day): {use}, {st['budget_received']} B received, "
         f"{st['budget_requests']} requests"
     )
     click.echo(f"cursor:        {st['cursor']}")
