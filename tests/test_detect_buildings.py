@@ -135,3 +135,41 @@ def test_replay_kind_power_runs_them():
     rows = mairie(LEARN + 3 * 24, fault=lambda t, w: 0.0 if t == day else w)
     alarms = [t for t, _, alarm in replay(rows, "power", CONFIG) if alarm]
     assert day.timestamp() in alarms
+
+
+def test_a_meter_stuck_again_each_night_is_a_new_event_each_night():
+    # A meter that freezes from 00:00 to 07:00 for three nights running (LEAD's building 1120
+    # did): each night is a fault of its own, not the first one re-opened (events.FRESH_KINDS).
+    first = START + dt.timedelta(hours=LEARN + 24)  # Tuesday 00:00
+
+    def frozen(t, w):
+        for night in range(3):
+            start = first + dt.timedelta(days=night)
+            if start <= t < start + dt.timedelta(hours=7):
+                return 3_050.0 + night
+        return w
+
+    found, _ = events(mairie(LEARN + 5 * 24, fault=frozen))
+    stuck = [e[0] for e in found if e[1] == "stuck_meter"]
+    assert [t.date() for t in stuck] == [(first + dt.timedelta(days=k)).date() for k in range(3)]
+
+
+def test_in_its_first_hours_a_meter_that_never_repeated_is_stuck_at_once():
+    # Nothing is learnt yet (the first day): a value held exactly for 8 hours (twice STUCK_HOURS)
+    # by a meter that has never read the same value twice is stuck already (LEAD's building 0117
+    # read 1.0 from its third hour on); the chance of it is under STUCK_CHANCE.
+    def placeholder(t, w):
+        return 1.0 if START + dt.timedelta(hours=3) <= t < START + dt.timedelta(hours=20) else w
+
+    found, _ = events(mairie(24, fault=placeholder))
+    stuck = [e for e in found if e[1] == "stuck_meter"]
+    assert stuck and stuck[0][0] == START + dt.timedelta(hours=3 + 7)
+    assert "read exactly 1 W an hour" in stuck[0][2]
+
+
+def test_a_coarse_meter_that_often_repeats_itself_is_not_stuck_in_its_first_days():
+    # A meter that reads to 0.1 kWh repeats its 3.1 kWh nights about every other hour: runs of
+    # four or five equal hours are what it does, not a fault, even before anything is learnt.
+    rows = [(t, 100.0 * round(w / 100)) for t, w in mairie(7 * 24, seed=3)]
+    found, _ = events(rows)
+    assert [e for e in found if e[1] == "stuck_meter"] == []

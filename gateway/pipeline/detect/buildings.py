@@ -12,7 +12,9 @@ a counter (``e``) by its increase. Five kinds:
                meter never reads (such as 1.0) far under the hour's learnt level, or a value
                held for three hours under 2/3 of the quietest learnt hour
 ``stuck_meter`` the same hourly value (the same increase of a counter) for more hours in a row
-               than the building ever stayed flat, plus ``STUCK_MARGIN`` (at least ``STUCK_HOURS``)
+               than the building ever stayed flat, plus ``STUCK_MARGIN`` (at least ``STUCK_HOURS``);
+               before the hour is learnt, a meter that never repeated an hour so far, flat for
+               hours too unlikely for it (``STUCK_CHANCE``); stuck again after it moved: a new event
 ``spike``      far above the learnt level of that hour and above all the building draws
 ``dip``        far under the learnt level of that hour (but not a drop-out)
 ``wrong_time`` far above the learnt level of that hour but of a size the building draws at
@@ -45,6 +47,7 @@ Z_PLACEHOLDER = 5.0  # how far under its hour a whole-number placeholder reads
 HELD_RATIO = 2 / 3  # a value held 3 hours under this share of the quietest hour: a placeholder
 STUCK_HOURS = 4  # flat hours in a row before a meter can count as stuck
 STUCK_MARGIN = 2  # hours flat beyond the longest flat run the building showed when healthy
+STUCK_CHANCE = 1e-3  # a flat run this unlikely from how often the meter repeats an hour: stuck
 DROP_RATIO = 0.2  # an hour under this share of the quietest learnt hour is a drop-out
 LEARNT = 3  # observations of a slot before it is judged
 HOURLY = 2700.0  # a reading this long after the previous one is an hour of its own
@@ -96,10 +99,12 @@ class BuildingMeter:
         "n",
         "node",
         "prev",
+        "repeats",
         "sched",
         "school_zone",
         "slots",
         "spreads",
+        "stuck",
         "unit",
         "week",
     )
@@ -125,6 +130,8 @@ class BuildingMeter:
         self.last_hour: float | None = None  # the previous judged hour's value
         self.flat = 0  # hours in a row with the same value
         self.longest_flat = 0  # the longest flat run that raised nothing
+        self.repeats = 0  # hours that repeated the previous one exactly, in healthy runs
+        self.stuck = False  # the flat run going on raised a stuck meter
         self.ints = [0, 0]  # whole-number hours, all hours (is a whole number a placeholder?)
         self.n = 0  # hours judged
         # The quietest and busiest learnt hours and the busiest weekday, refreshed daily.
@@ -217,7 +224,8 @@ class BuildingMeter:
 
         # stuck: longer flat than the building ever stayed (in hours: the run plus its first)
         needed = max(STUCK_HOURS, self.longest_flat + 1 + STUCK_MARGIN)
-        if self.flat + 1 >= needed and n >= 1:
+        if self.flat + 1 >= needed and (self.stuck or self._unlikely_flat(n)):
+            self.stuck = True
             run = self.flat + 1
             since = t - 3600.0 * self.flat
             out.append(
@@ -235,8 +243,10 @@ class BuildingMeter:
             )
             faulty = True
         else:
-            if self.flat == 0 and flat_before + 1 < needed:
+            if self.flat == 0 and not self.stuck:  # a flat run that ended raising nothing
                 self.longest_flat = max(self.longest_flat, flat_before)
+                self.repeats += flat_before
+            self.stuck = False
             out.append(_QUIET["stuck_meter"])
 
         # drop-out: near zero for a building never near zero, or a placeholder
@@ -307,6 +317,23 @@ class BuildingMeter:
             self.week[wd] = x if w == 0 else w + a * (x - w)
         return out
 
+    def _unlikely_flat(self, n: int) -> bool:
+        """Whether a flat run is evidence enough before the hour's slot is learnt (``n`` 0: the
+        first days, when the longest healthy flat run means little yet). Only for a meter that
+        has never repeated an hour exactly so far: one that has (a meter reading 1.2 kWh to
+        0.1 repeats itself at night, and more often the quieter the hour) waits until it is
+        learnt. Then, with less known, more evidence: twice ``STUCK_HOURS`` flat, and the
+        chance of ``flat`` repeats in a row, at the rate of one repeat in ``hours + 2`` of
+        history (Laplace's rule), under ``STUCK_CHANCE``. Once learnt: always."""
+        if n >= 1:
+            return True
+        before = self.n - 1 - self.flat  # hours judged before this run
+        return (
+            self.repeats == 0
+            and self.flat + 1 >= 2 * STUCK_HOURS
+            and (1 / (before + 2)) ** self.flat < STUCK_CHANCE
+        )
+
     def _learn(self, slot: int, x: float, level: float, spread: float, n: int) -> None:
         if n == 0:
             self.slots[slot], self.spreads[slot] = x, 0.1 * abs(x)
@@ -355,6 +382,8 @@ class BuildingMeter:
             self.longest_flat,
             self.ints,
             self.n,
+            self.repeats,
+            self.stuck,
         ]
 
     def load(self, d: list) -> None:
@@ -367,6 +396,7 @@ class BuildingMeter:
         self.hour, self.acc, prev, self.last_hour, self.flat, self.longest_flat = d[1:7]
         self.prev = tuple(prev) if prev is not None else None
         self.ints, self.n = d[7], d[8]
+        self.repeats, self.stuck = d[9:11] if len(d) > 9 else (0, False)  # states of before
 
 
 _words = {

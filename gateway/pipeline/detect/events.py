@@ -12,7 +12,10 @@ A :class:`Tracker` per channel and kind turns findings into events:
 * it closes when the condition has been clear for ``CLOSE_AFTER`` readings in a row; its end is
   the time of the first of those clear readings;
 * it re-opens (the same event, same id) instead of starting a new one if the condition comes back
-  within ``REARM`` readings of closing: hysteresis against flapping.
+  within ``REARM`` readings of closing: hysteresis against flapping. Not for ``FRESH_KINDS``:
+  their condition is an exact fact, not a score hovering at the threshold (a stuck meter reads
+  the same value again; once it has moved for ``CLOSE_AFTER`` readings it was working), so a
+  recurrence is a new fault with its own start, as a meter stuck again each night.
 
 Waste: a detector that knows what the channel should draw says so in ``Finding.expected`` (W).
 The event then carries ``waste_kwh``, the energy drawn above that over its span, and ``waste_eur``
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 
 CLOSE_AFTER = 3  # clear readings in a row that close an event
 REARM = 30  # readings after closing during which a recurrence re-opens the same event
+FRESH_KINDS = frozenset({"stuck_meter"})  # kinds whose every recurrence is a new event
 WASTE_EVERY = 900.0  # an open event's growing waste is stored (a new version) once a quarter hour
 
 
@@ -154,7 +158,7 @@ class Tracker:
         if finding is None or finding.score < threshold:
             return None
         self.clear = 0
-        if ev is not None and self.since_close <= REARM:
+        if ev is not None and self.since_close <= REARM and finding.kind not in FRESH_KINDS:
             ev.end = None  # the same condition again, soon: re-open rather than flap
             ev.score = max(ev.score, finding.score)
             self._waste(ev, time, finding, power, since, cost)
