@@ -24,7 +24,9 @@
    false alarms (alarms elsewhere) per building-day, NAB's standard score (runs as windows,
    alarms as detections), beside two references measured on the same files: a rolling z-score
    over 7 days (|z| > 4) and an hour-of-week median over 4 weeks (> 5 MAD). Also for the first
-   and the second half of the files, and per building. ``--buildings-only`` runs only this part.
+   and the second half of the files, and per building. ``--buildings-only`` runs only this part;
+   ``--sensitivity`` adds ours with each main constant of buildings.py at half and twice its
+   value (``SENSITIVITY``): figures that hold across that range are not fitted to the files.
 """
 
 import argparse
@@ -572,7 +574,7 @@ def run_buildings(folder: Path, limit: int | None = None, rows: int | None = Non
     return {"files": [p.name for p in files], "detectors": out}
 
 
-def _building_totals(per_file: dict, name: str, keys: list[str]) -> dict:
+def _building_totals(per_file: dict, name: str, keys: list[str], nab_score: bool = True) -> dict:
     found = {s: [0, 0] for s in SHAPES}
     false = 0
     days = 0.0
@@ -595,7 +597,7 @@ def _building_totals(per_file: dict, name: str, keys: list[str]) -> dict:
         "recall_dropout_stuck": round(faults[0] / faults[1], 3) if faults[1] else None,
         "false_per_building_day": round(false / days, 3) if days else None,
         "nab_standard": round(nab.Corpus(data, scores).normalised(0.5, nab.PROFILES["standard"]), 1)
-        if data
+        if data and nab_score
         else None,
         "by_shape": {s: f"{v[0]}/{v[1]}" for s, v in found.items()},
     }
@@ -604,8 +606,53 @@ def _building_totals(per_file: dict, name: str, keys: list[str]) -> dict:
     return out
 
 
+# The building detectors' main constants (gateway/pipeline/detect/buildings.py), each tried at
+# half and at twice its value: figures that hold across that range are not fitted to the files.
+SENSITIVITY = ("Z_ALARM", "STUCK_MARGIN", "STUCK_CHANCE", "DROP_RATIO", "HELD_RATIO")
+
+
+def run_sensitivity(folder: Path, names=SENSITIVITY) -> dict:
+    """Ours on every file with one constant of buildings.py at x0.5 and x2 (the others as they
+    are): recall, drop-out + stuck recall and false alarms per building-day for each."""
+    from gateway.pipeline.detect import buildings
+
+    files = sorted(folder.glob("*.csv"))
+    loaded = [load_building(p) for p in files]
+    out = {}
+    for name in names:
+        value = getattr(buildings, name)
+        for factor in (0.5, 2.0):
+            setattr(buildings, name, type(value)(value * factor))
+            try:
+                per_file = {}
+                for path, (times, values, labels) in zip(files, loaded, strict=True):
+                    runs = labelled_runs(labels)
+                    shapes = [shape_of(r, times, values, labels) for r in runs]
+                    res = score_alarms(ours(times, values), runs, shapes)
+                    res["alarms"], res["us"] = [], 0.0
+                    days = (times[-1] - times[0]) / 86400 or 1.0
+                    per_file[path.stem] = {"days": days, "runs": runs, "n": len(times), "ours": res}
+                t = _building_totals(per_file, "ours", list(per_file), nab_score=False)
+            finally:
+                setattr(buildings, name, value)
+            out[f"{name} x{factor:g}"] = {
+                k: t[k] for k in ("recall", "recall_dropout_stuck", "false_per_building_day")
+            }
+    return out
+
+
+def print_sensitivity(sens: dict) -> None:
+    print("Sensitivity of ours: each constant of buildings.py at x0.5 and x2, others unchanged")
+    print(f"{'constant':<26}{'recall':>7}{'drop+stuck':>11}{'false/b-day':>12}")
+    for label, x in sens.items():
+        print(
+            f"{label:<26}{x['recall']!s:>7}{x['recall_dropout_stuck']!s:>11}"
+            f"{x['false_per_building_day']!s:>12}"
+        )
+
+
 def print_buildings(report: dict) -> None:
-    """The building-meter table, ours beside the references."""
+    """The building-meter table, ours beside the references, then ours per building."""
     print("Building meters (" + ", ".join(report["files"]) + ")")
     print(
         f"{'detector':<26}{'recall':>7}{'drop+stuck':>11}{'false/b-day':>12}{'NAB':>8}"
@@ -623,6 +670,12 @@ def print_buildings(report: dict) -> None:
                 f"{x['false_per_building_day']!s:>12}{x['nab_standard']!s:>8}"
                 f"{x.get('us_per_reading', '')!s:>8}  {shapes}"
             )
+    for name, x in report["detectors"]["ours"]["per building"].items():
+        shapes = ", ".join(f"{s} {v}" for s, v in x["by_shape"].items())
+        print(
+            f"{'  ours ' + name:<26}{x['recall']!s:>7}{x['recall_dropout_stuck']!s:>11}"
+            f"{x['false_per_building_day']!s:>12}{x['nab_standard']!s:>8}{'':>8}  {shapes}"
+        )
 
 
 def main() -> None:
@@ -646,6 +699,11 @@ def main() -> None:
     ap.add_argument(
         "--buildings-only", action="store_true", help="run only the building-meter part"
     )
+    ap.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="with the building-meter part: ours with each main constant at x0.5 and x2 (80 s)",
+    )
     args = ap.parse_args()
     folder = Path(args.buildings)
     if not folder.exists():
@@ -660,6 +718,8 @@ def main() -> None:
             print(json.dumps({"buildings": meters}))
         elif "skipped" not in meters:
             print_buildings(meters)
+            if args.sensitivity:
+                print_sensitivity(run_sensitivity(folder))
         return
     if args.fleet_days:
         fleet = run_sim_fleet(args.fleet_days, args.fleet_nodes)
