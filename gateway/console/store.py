@@ -111,7 +111,7 @@ class FleetFilter:
     group: str = ""
     kind: str = ""
     state: str = ""
-    update: str = ""  # a rollout state (gateway.console.updates.FILTER_STATES)
+    update: str = ""  # an update state (gateway.console.updates.UPDATE_STATES)
 
 
 @dataclass
@@ -166,7 +166,7 @@ def fleet(
             continue
         if only.state and state != only.state:
             continue
-        if only.update and rollout.get(node_id, "idle") != only.update:
+        if only.update and updates.state_of(db, node_id, ref, rollout) != only.update:
             continue
         matching.append((ref, node_id, group, kind, state, added, last_seen, battery, h))
     end = None if limit is None else offset + limit

@@ -25,8 +25,8 @@ cancelled      the rollout stopped (too many failures) before its turn
 =============  ===============================================================================
 
 Every read is a primary-key look-up (``ota_rollout``, ``ota_nodes``, the node's latest
-``fw``/``fwt``/``fwx`` in ``readings``); only the fleet's filter reads ``ota_rollout`` whole,
-a row per node of the rollout, as it reads the ``nodes`` table.
+``fw``/``fwt``/``fwx`` in ``readings``); only the fleet reads ``ota_rollout`` whole, a row per
+node of the rollout, as it reads the ``nodes`` table.
 """
 
 from dataclasses import dataclass
@@ -46,8 +46,6 @@ UPDATE_STATES = (
     N_("failed"),
     N_("cancelled"),
 )
-# The fleet's filter: the rollout's own states (downloading and updating are kinds of offered).
-FILTER_STATES = ("idle", "waiting", "offered", "confirmed", "rolled_back", "failed", "cancelled")
 # LwM2M object 5, resource 5 "Update Result", as the node reports it (docs/protocol.md).
 RESULTS = {
     5: N_("the files did not match the signed manifest (integrity check failed)"),
@@ -80,6 +78,15 @@ def rollout_exists(db: sqlite_utils.Database) -> bool:
 def rollout_states(db: sqlite_utils.Database) -> dict[str, str]:
     """node -> its state in the rollout (nodes outside it are idle): the fleet's filter."""
     return dict(db.execute("SELECT node, state FROM ota_rollout").fetchall())
+
+
+def state_of(db: sqlite_utils.Database, node: str, ref: int, rollout: dict[str, str]) -> str:
+    """The node's update state, as its page says it (``rollout``: :func:`rollout_states`):
+    the rollout's own when its part ended, else judged from its readings too (a few
+    primary-key look-ups for each node offered the version, only when the fleet is filtered
+    by update state)."""
+    state = rollout.get(node, "idle")
+    return update_view(db, node, ref).state if state == "offered" else state
 
 
 def _latest(db: sqlite_utils.Database, ref: int, channel: str) -> int | None:

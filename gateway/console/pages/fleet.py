@@ -19,7 +19,7 @@ def _filter(request: web.Request) -> store.FleetFilter:
         group=q.get("group", ""),
         kind=q.get("kind", "") if q.get("kind", "") in store.KINDS else "",
         state=q.get("state", "") if q.get("state", "") in store.STATES else "",
-        update=q.get("update", "") if q.get("update", "") in updates.FILTER_STATES else "",
+        update=q.get("update", "") if q.get("update", "") in updates.UPDATE_STATES else "",
     )
 
 
@@ -67,7 +67,7 @@ async def fleet_page(request: web.Request, console: Any) -> dict[str, Any]:
         "kinds": store.KINDS,
         "states": store.STATES,
         "rollout": fleet.rollout,
-        "update_states": updates.FILTER_STATES,
+        "update_states": updates.UPDATE_STATES,
         "only": _filter(request),
         "notice": request.query.get("retired", ""),
     }
