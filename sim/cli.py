@@ -14,7 +14,12 @@ from pathlib import Path
 import click
 
 # The gateway's own parameter types: `--duration 1w` and HOST:PORT read as in every command.
-from gateway.cli.options import DURATION, WHEN, HostPort
+from gateway.cli.options import DURATION, WHEN, HostPort, number_option
+
+# The same seed, the same run: every random choice of a sim command comes from it.
+seed_option = click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the random choices."
+)
 
 
 @click.group("sim")
@@ -30,14 +35,13 @@ def sim() -> None:
 )
 @click.option("--port", type=int, default=0, show_default=True, help="0: any free port.")
 @click.option("--token", help="Require this bearer token.")
-@click.option(
+@number_option(
     "--fault-rate",
-    type=click.FloatRange(0, 1),
+    within=(0.0, 1.0),
     default=0.0,
-    show_default=True,
     help="Put the fault proxy in front, breaking this share of requests.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the faults.")
+@seed_option
 def platform(db: Path | None, port: int, token: str | None, fault_rate: float, seed: int) -> None:
     """Run a SensorThings server on loopback; print its base URL first, then serve."""
     from sim.platform import FaultProxy, start_platform
@@ -131,11 +135,10 @@ def board(state, baud, disconnect_after, board, version, wifi) -> None:
     show_default=True,
     help="Where the nodes send (a gateway, or `sim net`).",
 )
-@click.option(
+@number_option(
     "--nodes",
-    type=click.IntRange(1, 5000),
+    within=(1, 5000),
     default=100,
-    show_default=True,
     help="Fleet size: 4 street lights for each public building.",
 )
 @click.option(
@@ -161,12 +164,11 @@ def board(state, baud, disconnect_after, board, version, wifi) -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="At most this many simulated seconds per second [as fast as it goes].",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
+@seed_option
+@number_option(
     "--anomalies",
-    type=click.IntRange(0),
+    within=(0, None),
     default=0,
-    show_default=True,
     help="How many anomalies to inject (one per node at most).",
 )
 @click.option(
@@ -224,9 +226,9 @@ def fleet_cmd(
 @sim.command("net")
 @click.option("--listen", type=HostPort(), default="127.0.0.1:5684", show_default=True)
 @click.option("--upstream", type=HostPort(), default="127.0.0.1:5683", show_default=True)
-@click.option("--loss", type=click.FloatRange(0, 1), default=0.0, show_default=True)
-@click.option("--duplicate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
-@click.option("--reorder", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@number_option("--loss", within=(0.0, 1.0), default=0.0, help="Share of datagrams lost.")
+@number_option("--duplicate", within=(0.0, 1.0), default=0.0, help="Share sent twice.")
+@number_option("--reorder", within=(0.0, 1.0), default=0.0, help="Share held back a datagram.")
 @click.option(
     "--delay",
     default="0:0",
@@ -241,7 +243,7 @@ def fleet_cmd(
     metavar="START:END",
     help="Drop everything from START to END seconds after start (repeatable).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option
 def net_cmd(listen, upstream, loss, duplicate, reorder, delay, outages, seed):
     """A UDP proxy that loses, duplicates, reorders and delays datagrams (Ctrl-C stops)."""
     from sim.net import Impairments, serve

@@ -11,7 +11,13 @@ from pathlib import Path
 import click
 
 from gateway import render
-from gateway.cli.options import config_option, db_option, format_option, open_database
+from gateway.cli.options import (
+    config_option,
+    db_option,
+    format_option,
+    number_option,
+    open_database,
+)
 from gateway.ota import rollout, updates
 
 STATUS_COLUMNS = ("node", "running", "trial", "target", "state")
@@ -55,10 +61,10 @@ def _line(p: rollout.Progress) -> str:
 
 
 @fleet_group.command("update")
-@click.option(
+@number_option(
     "--version",
     "version",
-    type=click.IntRange(1, 2**32 - 1),
+    within=(1, 2**32 - 1),
     required=True,
     help="The version number the nodes will run (above what they run).",
 )
@@ -75,18 +81,16 @@ def _line(p: rollout.Progress) -> str:
     multiple=True,
     help="A node id or a pattern (lamp-*); repeat it. Default: every node.",
 )
-@click.option(
+@number_option(
     "--canary",
-    type=click.IntRange(0, 10000),
+    within=(0, 10000),
     default=2,
-    show_default=True,
     help="Nodes updated first; the others only once these all confirmed.",
 )
-@click.option(
+@number_option(
     "--max-failures",
-    type=click.IntRange(0, 10000),
+    within=(0, 10000),
     default=0,
-    show_default=True,
     help="Stop the rollout when more nodes than this failed or rolled back.",
 )
 @click.option(
@@ -102,12 +106,8 @@ def _line(p: rollout.Progress) -> str:
     show_default=True,
     help="Follow the rollout until it ends (Ctrl-C leaves it running).",
 )
-@click.option(
-    "--every",
-    type=click.FloatRange(1, 3600),
-    default=30,
-    show_default=True,
-    help="Seconds between two steps while waiting.",
+@number_option(
+    "--every", within=(1.0, 3600.0), default=30, help="Seconds between two steps while waiting."
 )
 def fleet_update(
     version: int,

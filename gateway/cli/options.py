@@ -47,6 +47,24 @@ format_option = click.option(
 )
 
 
+def number_option(
+    *names: str,
+    within: tuple[float | None, float | None],
+    default: float | None = None,
+    help: str | None = None,
+    **extra: Any,
+) -> Any:
+    """``click.option(*names)`` for a number within ``within`` (lowest, highest; None: no
+    bound), its default shown in ``--help``: whole numbers when the bounds and the default
+    are, else any number. Every bounded number of the commands (``fleet update --canary``,
+    ``sim fleet --nodes``, ``sim net --loss``...) says its range the same way, and a value
+    out of it is one line naming the option."""
+    whole = not any(isinstance(x, float) for x in (*within, default))
+    kind = click.IntRange(*within) if whole else click.FloatRange(*within)
+    shown = default is not None
+    return click.option(*names, type=kind, default=default, show_default=shown, help=help, **extra)
+
+
 class When(click.ParamType):
     """A point in time as :func:`gateway.render.parse_when` reads it, as Unix seconds."""
 
