@@ -45,6 +45,18 @@ def _error(tmp_path: Path, second: str, text: str = GROUPS) -> config.ConfigErro
     [
         # The group's own keys.
         ("colour = 'red'", 0, "detect.lighting[1].colour", "unknown key"),
+        (
+            '[[detect.lighting]]\nname = "Rue Neuve"\nnodes = 3',
+            2,
+            "detect.lighting[2].nodes",
+            "list of node id patterns",
+        ),
+        (
+            '[[detect.lighting]]\nname = " "\nnodes = ["z"]',
+            1,
+            "detect.lighting[2].name",
+            "the group's name",
+        ),
         ("watts = 0", 0, "detect.lighting[1].watts", "between 0.1 and 100000"),
         ("watts = 'big'", 0, "detect.lighting[1].watts", "expected a number"),
         ("on_after_sunset_minutes = 600", 0, "detect.lighting[1].on_after_sunset_minutes", "180"),

@@ -218,42 +218,37 @@ def test_a_missing_or_bad_ca_file_is_named_when_the_config_is_read(tmp_path):
     assert pipeline_config(config.load(path)).sync.ca_file == certifi.where()
 
 
+# [sync] is checked with the link on and off: with target = "none" the section used not to be
+# read at all, and a typo waited for the day the link was switched on (then the gateway
+# refused to start).
+LINK = pytest.mark.parametrize("link", ["", 'target = "none"'], ids=["on", "off"])
+
+
+@LINK
 @pytest.mark.parametrize(
     "url", ["platform.example.org/v1.1", "ftp://platform/v1.1", "https:///v1.1", "http://x:99999/"]
 )
-def test_the_service_root_must_be_an_http_url(tmp_path, url):
-    e = _stage_error(tmp_path, f'[sync]\n\nurl = "{url}"\n')
+def test_the_service_root_must_be_an_http_url(tmp_path, link, url):
+    e = _stage_error(tmp_path, f'[sync]\n{link}\nurl = "{url}"\n')
     assert (e.line, e.key) == (3, "sync.url") and "URL" in str(e)
 
 
-@pytest.mark.parametrize(
-    "text, key, words",
-    [
-        ('url = "http://p/v1.1"\ntimeout = 1e9\n', "sync.timeout", "at most 3600"),
-        ('url = "http://p/v1.1"\nbatch_rows = 0\n', "sync.batch_rows", "at least 1"),
-        ('url = "http://p/v1.1"\nbackoff_cap = 1.0\n', "sync.backoff_cap", "backoff_base"),
-        ('target = "mqtt"\n[sync.mqtt]\nkeepalive = 70000\n', "sync.mqtt.keepalive", "65535"),
-    ],
-)
-def test_sync_numbers_have_ranges(tmp_path, text, key, words):
-    e = _stage_error(tmp_path, "[sync]\n" + text)
-    assert e.key == key and words in str(e)
-
-
+@LINK
 @pytest.mark.parametrize(
     "text, line, key, words",
     [
-        ("batch_size = 500\n", 3, "sync.batch_size", "unknown key"),
-        ("timeout = 1e9\n", 3, "sync.timeout", "at most 3600"),
-        ('daily_budget = "lots"\n', 3, "sync.daily_budget", "size like"),
-        ('url = "platform.example.org"\n', 3, "sync.url", "http"),
-        ("[sync.mqtt]\nprot = 1883\n", 4, "sync.mqtt.prot", "unknown key"),
+        ("timeout = 1e9\n", 4, "sync.timeout", "at most 3600"),
+        ("batch_rows = 0\n", 4, "sync.batch_rows", "at least 1"),
+        ("backoff_cap = 1.0\n", 4, "sync.backoff_cap", "backoff_base"),
+        ("batch_size = 500\n", 4, "sync.batch_size", "unknown key"),
+        ('daily_budget = "lots"\n', 4, "sync.daily_budget", "size like"),
+        ("[sync.mqtt]\nkeepalive = 70000\n", 5, "sync.mqtt.keepalive", "65535"),
+        ("[sync.mqtt]\nprot = 1883\n", 5, "sync.mqtt.prot", "unknown key"),
     ],
 )
-def test_sync_keys_are_checked_with_the_link_off(tmp_path, text, line, key, words):
-    # Before: with target = "none" the section was not read at all, and a typo waited for
-    # the day the link was switched on (then the gateway refused to start).
-    e = _stage_error(tmp_path, '[sync]\ntarget = "none"\n' + text)
+def test_sync_keys_are_checked_and_numbers_have_ranges(tmp_path, link, text, line, key, words):
+    url = 'url = "http://p/v1.1"' if not link else ""
+    e = _stage_error(tmp_path, f"[sync]\n{link}\n{url}\n" + text)
     assert (e.line, e.key) == (line, key) and words in str(e)
 
 
