@@ -7,6 +7,7 @@ import time
 
 import pytest
 from test_console import ConsoleGateway, login
+from test_console_queries import scans_in
 
 from gateway.console import store, updates
 from gateway.ingest.registry import add_node, lookup
@@ -82,10 +83,12 @@ def test_a_stopped_rollout_cancels_the_nodes_not_yet_offered(tmp_path):
     two = view(db, "lamp-2")
     assert two.state == "cancelled" and two.reason == updates.STOPPED
     # the fleet's filter and column
-    detect = DetectConfig()
-    fleet = store.fleet(
-        db, detect, lambda n: {}, {}, time.time(), store.FleetFilter(update="cancelled")
-    )
+    statements = []
+    db.conn.set_trace_callback(statements.append)
+    fleet = store.fleet(db, DetectConfig(), lambda n: {}, {}, time.time(),
+                        store.FleetFilter(update="cancelled"))  # fmt: skip
+    db.conn.set_trace_callback(None)
+    assert scans_in(db, statements) == []  # readings by primary key, never scanned
     assert fleet.rollout and [(n.id, n.update, n.update_target) for n in fleet.nodes] == [
         ("lamp-2", "cancelled", 3)
     ]

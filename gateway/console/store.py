@@ -148,6 +148,8 @@ def fleet(
         ).fetchall()
     )
     rollout = updates.rollout_states(db)  # a row per node of the rollout, if any
+    # the states of the nodes offered the version, from their readings: only to filter on
+    offered = updates.offered_states(db) if only.update and rollout else {}
     matching = []
     groups = sorted({node_group(r[1]) for r in rows})
     for ref, node_id, added, last_seen, battery in rows:
@@ -166,7 +168,7 @@ def fleet(
             continue
         if only.state and state != only.state:
             continue
-        if only.update and updates.state_of(db, node_id, ref, rollout) != only.update:
+        if only.update and updates.state_of(node_id, rollout, offered) != only.update:
             continue
         matching.append((ref, node_id, group, kind, state, added, last_seen, battery, h))
     end = None if limit is None else offset + limit

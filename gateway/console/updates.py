@@ -80,51 +80,64 @@ def rollout_states(db: sqlite_utils.Database) -> dict[str, str]:
     return dict(db.execute("SELECT node, state FROM ota_rollout").fetchall())
 
 
-def state_of(db: sqlite_utils.Database, node: str, ref: int, rollout: dict[str, str]) -> str:
-    """The node's update state, as its page says it (``rollout``: :func:`rollout_states`):
-    the rollout's own when its part ended, else judged from its readings too (a few
-    primary-key look-ups for each node offered the version, only when the fleet is filtered
-    by update state)."""
+def _latest_sql(channel: str, ref: str) -> str:
+    # primary key (node, channel, time): one look-up
+    return (
+        f"(SELECT value FROM readings WHERE node = {ref} AND channel = '{channel}'"
+        " ORDER BY time DESC LIMIT 1)"
+    )
+
+
+_FACTS = f"""
+    SELECT r.node, {_latest_sql("fw", "n.ref")}, {_latest_sql("fwt", "n.ref")},
+           {_latest_sql("fwx", "n.ref")}, r.version, r.state, r.offered, r.ended,
+           o.reported, o.result
+    FROM ota_rollout r JOIN nodes n ON n.id = r.node LEFT JOIN ota_nodes o ON o.node = r.node
+"""
+
+
+def offered_states(db: sqlite_utils.Database) -> dict[str, str]:
+    """node -> its update state, for every node the version is offered to (one query, three
+    primary-key look-ups a node): the Parc filter's states beyond the rollout's own."""
+    rows = db.execute(_FACTS + " WHERE r.state = 'offered'").fetchall()
+    return {row[0]: _judge(*row[1:]).state for row in rows}
+
+
+def state_of(node: str, rollout: dict[str, str], offered: dict[str, str]) -> str:
+    """The node's update state as its page says it (``rollout``: :func:`rollout_states`,
+    ``offered``: :func:`offered_states`)."""
     state = rollout.get(node, "idle")
-    return update_view(db, node, ref).state if state == "offered" else state
+    return offered.get(node, state) if state == "offered" else state
 
 
-def _latest(db: sqlite_utils.Database, ref: int, channel: str) -> int | None:
-    row = db.execute(  # primary key (node, channel, time)
-        "SELECT value FROM readings WHERE node = ? AND channel = ? ORDER BY time DESC LIMIT 1",
-        [ref, channel],
-    ).fetchone()
-    return None if row is None else int(row[0])
-
-
-def update_view(db: sqlite_utils.Database, node: str, ref: int) -> UpdateView:
-    """The node's firmware and update (see the module for the states)."""
-    running, trial = _latest(db, ref, "fw"), _latest(db, ref, "fwt")
+def _judge(
+    running: float | None,
+    trial: float | None,
+    given_up: float | None,
+    target: int,
+    state: str,
+    offered: float | None,
+    ended: float | None,
+    reported: float | None,
+    result: int | None,
+) -> UpdateView:
+    running = None if running is None else int(running)
+    trial = None if trial is None else int(trial)
     if trial is not None and running is not None and trial <= running:
         trial = None
-    row = db.execute(
-        "SELECT version, state, offered, ended FROM ota_rollout WHERE node = ?", [node]
-    ).fetchone()
-    asked = db.execute(
-        "SELECT reported, result FROM ota_nodes WHERE node = ?", [node]
-    ).fetchone() or (None, None)
-    if row is None:
-        return UpdateView(running, trial, None, "idle", None, None, None, None)
-    target, state, offered, ended = row
-    reported, result = asked
     since_offer = reported is not None and offered is not None and reported >= offered
     reason = None
     if state == "offered":  # the rollout settles it within a minute; its readings say it now
         if running is not None and running >= target:
             state = "confirmed"
-        elif _latest(db, ref, "fwx") == target:
+        elif given_up is not None and int(given_up) == target:
             state = "rolled_back"
         elif trial is not None and trial >= target:
             state = "updating"
         elif since_offer:
             state = "downloading"
     if state == "rolled_back":
-        reason = RESULTS.get(result, GAVE_UP) if since_offer else GAVE_UP
+        reason = RESULTS.get(result or 0, GAVE_UP) if since_offer else GAVE_UP
     elif state == "failed":
         reason = NO_CONFIRMATION
     elif state == "cancelled":
@@ -132,3 +145,15 @@ def update_view(db: sqlite_utils.Database, node: str, ref: int) -> UpdateView:
     return UpdateView(
         running, trial, target, state, reason, offered, reported if since_offer else None, ended
     )
+
+
+def update_view(db: sqlite_utils.Database, node: str, ref: int) -> UpdateView:
+    """The node's firmware and update (see the module for the states)."""
+    row = db.execute(_FACTS + " WHERE r.node = ?", [node]).fetchone()
+    if row is not None:
+        return _judge(*row[1:])
+    running, trial = db.execute(
+        f"SELECT {_latest_sql('fw', '?')}, {_latest_sql('fwt', '?')}", [ref, ref]
+    ).fetchone()
+    view = _judge(running, trial, None, 0, "idle", None, None, None, None)
+    return UpdateView(view.running, view.trial, None, "idle", None, None, None, None)
