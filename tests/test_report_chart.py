@@ -37,6 +37,7 @@ def a_town() -> tuple[list[Summary], list[Event]]:
         Event("lamp-001", "p", HOURS[24] + 600, None, "lit_by_day", 0.9, "allumée de jour"),
         Event("mairie-e1", "e", HOURS[14], HOURS[17], "off_schedule", 0.8, "hors horaires"),
         Event("ecole-t1", "t", HOURS[30], None, "stuck", 0.7, "bloqué sur 20,5 °C"),
+        Event("mairie-e1", "e", HOURS[14] + 900, None, "spike", 0.8, "pic"),  # the same hour
     ]
     return sums, events
 
@@ -92,7 +93,11 @@ def test_nodes_in_the_legend_and_the_anomalies_labelled_in_french(chart):
     assert texts(buildings, "legends") == ["ecole-e1", "mairie-e1", "Anomalies"]
     # each event on its own node's panel, with its kind in words
     assert texts(lamps, "text-overlay") == ["lamp-001 : allumé de jour"]
-    assert texts(buildings, "text-overlay") == ["mairie-e1 : consommation hors horaires"]
+    # two events of a node in one hour: one marker naming both (labels drawn one over another
+    # could not be read)
+    assert texts(buildings, "text-overlay") == [
+        "mairie-e1 : consommation hors horaires, pic de consommation"
+    ]
     assert texts(temperatures, "text-overlay") == ["ecole-t1 : capteur bloqué"]
     # hovering a marker shows the browser's own tooltip (an SVG <title>), with no script
     dots = [g for g in lamps.iter(SVG + "g") if g.get("class") == "dots"]

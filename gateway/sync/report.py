@@ -243,8 +243,9 @@ def chart_panels(
     (:class:`gateway.reports.Town`: an id starting with ``lamp``).
 
     Each event is marked at its start hour on its node's line, labelled with its kind in
-    French (:func:`gateway.pipeline.waste.kind_words`); at 0 when the node has no value
-    that hour (a dark lamp's missing reading), and left out of a panel the chart has not.
+    French (:func:`gateway.pipeline.waste.kind_words`), the kinds of one node's events in the
+    same hour on one marker; at 0 when the node has no value that hour (a dark lamp's missing
+    reading), and left out of a panel the chart has not.
     """
     if is_lamp is None:
         from gateway.reports import Town
@@ -263,12 +264,19 @@ def chart_panels(
     metered = [s for s in summaries if not is_lamp(s.node)]
     for node, hours in energy_per_hour(metered).items():
         buildings.series[node] = {h: wh / 1000 for h, wh in hours.items()}
+    # One marker per node and hour, naming every kind found there: labels drawn one over
+    # another could not be read.
+    kinds: dict[tuple[int, str, int], list[str]] = {}
     for e in events:
-        panel = temperatures if e.channel == "t" else lamps if is_lamp(e.node) else buildings
-        hour = int(e.start) // 3600 * 3600
-        value = panel.series.get(e.node, {}).get(hour, 0.0)
-        panel.marks.append((hour, value, f"{e.node} : {waste.kind_words(e.kind)}"))
-    return [p for p in (lamps, buildings, temperatures) if p.series]
+        at = 2 if e.channel == "t" else 0 if is_lamp(e.node) else 1
+        words = kinds.setdefault((at, e.node, int(e.start) // 3600 * 3600), [])
+        if waste.kind_words(e.kind) not in words:
+            words.append(waste.kind_words(e.kind))
+    panels = (lamps, buildings, temperatures)
+    for (at, node, hour), words in kinds.items():
+        value = panels[at].series.get(node, {}).get(hour, 0.0)
+        panels[at].marks.append((hour, value, f"{node} : {', '.join(words)}"))
+    return [p for p in panels if p.series]
 
 
 def _number(v: float) -> str:
