@@ -101,6 +101,10 @@ _STATE_V1 = _STATE[:-2]
 # slots followed the town's hours), LOCAL_SLOTS since.
 LOCAL_SLOTS = 1.0
 _DECAY = math.exp(-1.0 / HOLD)
+_CUSUM_Z = Z_HALF / CUSUM_H  # a CUSUM in spreads, as a z
+_Q_UP = 1.0 + Q_STEP * Q_P  # the quantile's steps up and down
+_Q_DOWN = 1.0 - Q_STEP * (1.0 - Q_P)
+_Z_HALF2 = Z_HALF * Z_HALF
 
 
 class Verdict:
@@ -177,19 +181,28 @@ class StatDetector:
         """Score reading ``x`` at ``time``, the town's wall-clock time in seconds since the epoch
         (``Clock.local``: the slots are its hours); ``closed_day`` picks the hour-of-day slots
         of closed days; ``learn=False`` scores without learning (the reading is known to be
-        wrong)."""
+        wrong).
+
+        The per-reading path of every channel: written for CPython's cost per operation (locals,
+        no call to ``max``/``min`` but the comparison they make, in the same order, so NaN and
+        ties go the same way), not for looks."""
         n = self.n
         self.n = n + 1
         if n == 0:
             self.level = self.lo = self.hi = self.sm = self.sm_lo = self.sm_hi = x
-            self.floor = max(abs(x) * 1e-3, 1e-9)
+            f = abs(x) * 1e-3
+            self.floor = 1e-9 if f < 1e-9 else f
         step_x = abs(x - self.last)  # NaN (so no step) when the previous reading is unknown
-        if step_x > 0.0 and (step_x < self.quantum or self.quantum == 0.0):
-            self.quantum = step_x
+        quantum = self.quantum
+        if step_x > 0.0 and (step_x < quantum or quantum == 0.0):
+            self.quantum = quantum = step_x
         self.last = x
-        floor = max(self.floor, QUANTUM_FLOOR * self.quantum)
+        floor = self.floor
+        f = QUANTUM_FLOOR * quantum
+        if f > floor:
+            floor = f
         level, dev = self.level, self.dev
-        spread = max(dev, floor)
+        spread = floor if floor > dev else dev
         resid = x - level
         z_short = abs(resid) / spread
 
@@ -201,46 +214,87 @@ class StatDetector:
         ready = slots[day_i] >= SLOT_READY
         z, expected, used_spread = z_short, level, spread
         if ready:
-            d_spread = max(slots[day_i + 2], floor, 0.25 * spread)
-            z, expected, used_spread = (
-                abs(x - slots[day_i + 1]) / d_spread,
-                slots[day_i + 1],
-                d_spread,
-            )
+            quarter = 0.25 * spread
+            d_spread = slots[day_i + 2]
+            if floor > d_spread:
+                d_spread = floor
+            if quarter > d_spread:
+                d_spread = quarter
+            expected = slots[day_i + 1]
+            z = abs(x - expected) / d_spread
+            used_spread = d_spread
             if slots[week_i] >= WEEK_READY:
-                w_spread = max(slots[week_i + 2], floor, 0.25 * spread)
-                z_week = abs(x - slots[week_i + 1]) / w_spread
+                w_spread = slots[week_i + 2]
+                if floor > w_spread:
+                    w_spread = floor
+                if quarter > w_spread:
+                    w_spread = quarter
+                w_med = slots[week_i + 1]
+                z_week = abs(x - w_med) / w_spread
                 if z_week < z:
-                    z, expected, used_spread = z_week, slots[week_i + 1], w_spread
+                    z, expected, used_spread = z_week, w_med, w_spread
         if learn:
-            self._learn_slots(hour, day_i, week_i, x, spread, floor)
+            # Each slot's streaming median steps towards x, its spread follows |x - median|.
+            new_visit = hour != self.hour
+            self.hour = hour
+            for i in (week_i, day_i):
+                visits = slots[i]
+                if visits == 0:
+                    slots[i + 1] = x
+                    slots[i + 2] = spread
+                else:
+                    med = slots[i + 1]
+                    s_dev = slots[i + 2]
+                    step = SLOT_STEP * (floor if floor > s_dev else s_dev)
+                    if x > med:
+                        d = x - med
+                        slots[i + 1] = med + (d if d < step else step)
+                    elif x < med:
+                        d = med - x
+                        slots[i + 1] = med - (d if d < step else step)
+                    d = abs(x - med)
+                    c = CLIP * s_dev + floor
+                    slots[i + 2] = s_dev + SLOT_ALPHA * ((c if c < d else d) - s_dev)
+                if new_visit and visits < 65000:
+                    slots[i] = visits + 1
 
         # CUSUM of the residual against the reference (a lamp switching on at dusk, which the
         # seasonal slots know, is no shift), standardised and clipped.
         r = (x - expected) / used_spread
-        r = min(r, CLIP) if r > 0 else max(r, -CLIP)
-        self.cusum_hi = max(0.0, self.cusum_hi + r - CUSUM_K)
-        self.cusum_lo = max(0.0, self.cusum_lo - r - CUSUM_K)
-        z_cusum = max(self.cusum_hi, self.cusum_lo) * (Z_HALF / CUSUM_H)
+        if r > 0:
+            if r > CLIP:
+                r = CLIP
+        elif r < -CLIP:
+            r = -CLIP
+        c_hi = self.cusum_hi + r - CUSUM_K
+        c_lo = self.cusum_lo - r - CUSUM_K
+        c_hi = c_hi if c_hi > 0.0 else 0.0
+        c_lo = c_lo if c_lo > 0.0 else 0.0
+        self.cusum_hi, self.cusum_lo = c_hi, c_lo
+        z_cusum = (c_lo if c_lo > c_hi else c_hi) * _CUSUM_Z
         if z_cusum > z and z_cusum > z_short * 0.5:
             z = z_cusum
 
         # The short-term level and spread learn from the clipped reading.
+        record = None
         if learn:
-            self.level = level + ALPHA * (max(-CLIP * spread, min(CLIP * spread, resid)))
+            c = CLIP * spread
+            v = resid if resid < c else c
+            self.level = level + ALPHA * (v if v > -c else -c)
             if n:
-                self.dev = dev + ALPHA * (min(abs(resid), CLIP * spread) - dev)
-
-        record = self._range(n, x) if learn else None
+                a = abs(resid)
+                self.dev = dev + ALPHA * ((c if c < a else a) - dev)
+            record = self._range(n, x)
         quiet = n < WARMUP or not ready
         # Calibration by the channel's own high quantile of z, once it has learnt.
         q = self.zq
         if not quiet and learn:
             if z > q:
-                self.zq = q * (1.0 + Q_STEP * Q_P)
+                self.zq = q * _Q_UP
             else:
-                self.zq = max(1.0, q * (1.0 - Q_STEP * (1.0 - Q_P)))
-        z = z / max(q, 1.0) * Q_REF
+                v = q * _Q_DOWN
+                self.zq = v if v > 1.0 else 1.0
+        z = z / (1.0 if q < 1.0 else q) * Q_REF
         if quiet:
             return Verdict(0.0, 0.0, 0.0, expected, spread)
         if z > Z_HALF:
@@ -250,42 +304,26 @@ class StatDetector:
         self.zs = zs
         qs = self.zsq
         if zs > qs:
-            self.zsq = qs * (1.0 + Q_STEP * Q_P)
+            self.zsq = qs * _Q_UP
         else:
-            self.zsq = max(0.5, qs * (1.0 - Q_STEP * (1.0 - Q_P)))
-        z = max(z, zs / max(qs, 0.5) * Q_REF)
+            v = qs * _Q_DOWN
+            self.zsq = v if v > 0.5 else 0.5
+        v = zs / (0.5 if qs < 0.5 else qs) * Q_REF
+        if v > z:
+            z = v
 
-        score = z * z / (z * z + Z_HALF * Z_HALF)
+        z2 = z * z
+        score = z2 / (z2 + _Z_HALF2)
         peak = self.peak * _DECAY
-        novelty = score - peak if score > peak else 0.0
-        self.peak = score if score > peak else peak
+        if score > peak:
+            novelty = score - peak
+            self.peak = score
+        else:
+            novelty = 0.0
+            self.peak = peak
         if record is not None:
             novelty = 1.0
         return Verdict(score, novelty, z, expected, spread, record)
-
-    def _learn_slots(
-        self, hour: int, day_i: int, week_i: int, x: float, spread: float, floor: float
-    ) -> None:
-        slots = self.slots
-        new_visit = hour != self.hour
-        self.hour = hour
-        for i in (week_i, day_i):
-            visits = slots[i]
-            if visits == 0:
-                slots[i + 1] = x
-                slots[i + 2] = spread
-            else:
-                med = slots[i + 1]
-                s_dev = slots[i + 2]
-                step = SLOT_STEP * max(s_dev, floor)
-                if x > med:
-                    slots[i + 1] = med + min(step, x - med)
-                elif x < med:
-                    slots[i + 1] = med - min(step, med - x)
-                d = min(abs(x - med), CLIP * s_dev + floor)
-                slots[i + 2] = s_dev + SLOT_ALPHA * (d - s_dev)
-            if new_visit and visits < 65000:
-                slots[i] = visits + 1
 
     def _range(self, n: int, x: float) -> tuple[float, float] | None:
         """Update the ranges; return the one broken (by the reading or its short average)."""
