@@ -102,3 +102,17 @@ def test_a_state_learnt_in_utc_hours_loads_in_the_towns_hours():
     again = ChannelDetector("mairie", "p", cfg, Clock(cfg))
     again.loads(migrated.dumps())
     assert again.stat.slots == local.stat.slots
+
+
+def test_the_clock_caches_the_offset_and_still_follows_every_change():
+    # Clock.local keeps the zone's offset for a whole UTC day (an hourly reading no longer asks
+    # the zone each time), and on the day of a change finds it to the second: Lord Howe's
+    # clocks move by 30 minutes at 02:00 local, not on a whole UTC hour.
+    for zone in ("Europe/Paris", "Australia/Lord_Howe", "America/New_York"):
+        clock = Clock(DetectConfig(timezone=zone))
+        tz = ZoneInfo(zone)
+        times = [day(2026, 1, 1) + k * 1357.0 for k in range(23300)]  # a year, odd steps
+        times += [day(2026, 10, 25) - k * 600.0 for k in range(300)]  # and back in time
+        for t in times:
+            off = datetime.fromtimestamp(t, tz).utcoffset().total_seconds()
+            assert clock.local(t) == t + off, (zone, datetime.fromtimestamp(t, UTC))

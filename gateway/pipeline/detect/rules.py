@@ -43,23 +43,45 @@ BUSY_RATIO = 1.5  # learnt opening-hours use must be this many times the out-of-
 
 class Clock:
     """Local time and sun times of the site, cheap per reading: the UTC offset is cached per
-    hour and sunrise/sunset per local date."""
+    UTC day (per hour on the day it changes) and sunrise/sunset per local date."""
 
     def __init__(self, config: DetectConfig):
         self.tz = config.tz
         self.observer = Observer(config.latitude, config.longitude)
-        self._offset_hour = -1
+        self._since = self._until = 0.0  # the UTC span over which the cached offset holds
         self._offset = 0.0
         self._sun: dict[dt.date, tuple[float, float] | None] = {}
+        self._sun_day: int | None = None  # the local day of the last answer, and it
+        self._sun_last: tuple[float, float] | None = None
 
     def local(self, t: float) -> float:
-        """Seconds since the epoch, shifted to local wall-clock time."""
-        hour = int(t // 3600)
-        if hour != self._offset_hour:
-            off = dt.datetime.fromtimestamp(t, self.tz).utcoffset()
-            self._offset = off.total_seconds() if off else 0.0
-            self._offset_hour = hour
-        return t + self._offset
+        """Seconds since the epoch, shifted to local wall-clock time. An hourly reading would
+        ask the zone every time with a cache per hour: the offset is kept for the whole UTC day
+        when it is the same at both its ends (a zone changes it at most once a day), else for
+        the part of the day before or after the change, found to the second."""
+        if self._since <= t < self._until:
+            return t + self._offset
+        off = self._utcoffset(t)
+        day = t - t % 86400
+        first, last = self._utcoffset(day), self._utcoffset(day + 86399)
+        since, until, held = day, day + 86400, first
+        if first != last:  # the day of a change: when, to the second (Lord Howe's is at :30)
+            lo, hi = day, day + 86399
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if self._utcoffset(mid) == first:
+                    lo = mid
+                else:
+                    hi = mid
+            since, until, held = (day, hi, first) if t < hi else (hi, until, last)
+        if off != held:  # not a zone that changes at most once a day: no cache
+            since = until = 0.0
+        self._since, self._until, self._offset = since, until, off
+        return t + off
+
+    def _utcoffset(self, t: float) -> float:
+        off = dt.datetime.fromtimestamp(t, self.tz).utcoffset()
+        return off.total_seconds() if off else 0.0
 
     def hhmm(self, t: float) -> str:
         loc = self.local(t)
@@ -73,11 +95,14 @@ class Clock:
 
     def sun(self, t: float) -> tuple[float, float] | None:
         """(sunrise, sunset) as Unix times on the local date of ``t``; None on polar days."""
-        date = dt.date(1970, 1, 1) + dt.timedelta(days=int(self.local(t) // 86400))
-        try:
-            return self._sun[date]
-        except KeyError:
-            pass
+        day = int(self.local(t) // 86400)
+        if day == self._sun_day:  # the same day as the last question: most readings
+            return self._sun_last
+        date = dt.date(1970, 1, 1) + dt.timedelta(days=day)
+        v = self._sun.get(date, False)
+        if v is not False:
+            self._sun_day, self._sun_last = day, v
+            return v
         try:
             v = (
                 sunrise(self.observer, date, self.tz).timestamp(),
@@ -88,6 +113,7 @@ class Clock:
         if len(self._sun) > 8:
             self._sun.clear()
         self._sun[date] = v
+        self._sun_day, self._sun_last = day, v
         return v
 
 
