@@ -163,3 +163,21 @@ def test_a_new_firmware_version_is_no_anomaly(tmp_path):
     for k in range(0, len(rows), 50):
         detect(db, store(db, rows[k : k + 50]))
     assert db.execute("SELECT count(*) FROM anomalies").fetchone()[0] == 0
+
+
+def test_a_school_meter_read_hourly_stays_within_its_state_budget():
+    # Its trackers kept every kind's last event, reason and all, long after it closed: over
+    # two years of an hourly counter the state reached 4.7 KB. A tracker is dropped once its
+    # event closed REARM readings ago (nothing left to re-open), and its kind starts afresh.
+    from sim.profiles import Building
+
+    school = Building("school-01", 1)
+    cfg = DetectConfig(timezone="Europe/Paris")
+    cd = ChannelDetector("school-01", "e", cfg, Clock(cfg))
+    largest = 0
+    for k in range(2 * 8760):
+        t = T0 + 3600 * k
+        cd.step(t, school.read("e", t))
+        if k % 500 == 0:
+            largest = max(largest, len(cd.dumps()))
+    assert largest <= MAX_STATE

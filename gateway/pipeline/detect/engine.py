@@ -24,7 +24,7 @@ from sqlite_utils.migrations import Migrations
 from gateway.pipeline.detect.baseline import StatDetector
 from gateway.pipeline.detect.buildings import building_meter
 from gateway.pipeline.detect.config import DetectConfig
-from gateway.pipeline.detect.events import CLOSE_AFTER, Cost, Event, Finding, Tracker
+from gateway.pipeline.detect.events import CLOSE_AFTER, REARM, Cost, Event, Finding, Tracker
 from gateway.pipeline.detect.fleetwide import DEFER, WINDOW, FleetWatch
 from gateway.pipeline.detect.lighting import LightingRule
 from gateway.pipeline.detect.rules import (
@@ -101,6 +101,9 @@ def m002_anomaly_waste(db: sqlite_utils.Database) -> None:
 
 # Channels a node reports about itself, not a measurement: no statistical detector.
 NOT_MEASURED = frozenset(("drop", "fw", "fwt", "fwx"))
+# The statistical detector's finding on most readings: nothing unusual (one object for all of
+# them, never changed: a tracker only reads a finding).
+_NOTHING_UNUSUAL = Finding("unusual", 0.0, False, str)
 
 
 class ChannelDetector:
@@ -113,6 +116,7 @@ class ChannelDetector:
         "cost",
         "group",
         "interval",
+        "lamp",
         "last_time",
         "lighting",
         "node",
@@ -162,7 +166,8 @@ class ChannelDetector:
             self.rules.append(building_meter(node, self.unit, config, clock, sched))
         # The group whose simultaneous moves are a schedule: the street lights, the buildings
         # of one schedule, every other node.
-        self.group = "lamps" if config.is_lamp(node) else "*"
+        self.lamp = config.is_lamp(node)  # a street light (asked once: glob patterns)
+        self.group = "lamps" if self.lamp else "*"
         if sched is not None:
             self.group = "schedule:" + ",".join(sched.nodes)
         self.watch = watch
@@ -201,7 +206,11 @@ class ChannelDetector:
         findings: list[Finding] = []
         for rule in self.rules:
             findings.extend(rule.step(t, x))
-        explained = any(f.active and f.kind in EXPLAIN_KINDS for f in findings)
+        explained = False
+        for f in findings:
+            if f.active and f.kind in EXPLAIN_KINDS:
+                explained = True
+                break
         if explained and self.watch is not None:
             self.watch.explain(self.node, t)
         if self.stat is not None:
@@ -212,16 +221,26 @@ class ChannelDetector:
         score = 0.0
         changed = []
         threshold = self.config.threshold
+        trackers = self.trackers
         for f in findings:
-            tr = self.trackers.get(f.kind)
+            tr = trackers.get(f.kind)
             # The reading's score is new evidence only: a kind whose event is already open
             # (the same condition going on) adds nothing to it.
-            if f.score > score and (tr is None or not tr.open):
-                score = f.score
             if tr is None:
+                if f.score > score:
+                    score = f.score
                 if f.score < threshold:
                     continue
-                tr = self.trackers[f.kind] = Tracker()
+                tr = trackers[f.kind] = Tracker()
+            elif tr.event is None or tr.event.end is not None:  # no event open
+                if f.score > score:
+                    score = f.score
+                if f.score < threshold and tr.since_close >= REARM:
+                    # Its last event closed REARM readings ago: nothing left to re-open, the
+                    # tracker is as good as a new one (and costs a step per reading, and its
+                    # event's reason, ~250 bytes, in the saved state).
+                    del trackers[f.kind]
+                    continue
             ev = tr.step(self.node, self.channel, t, f, threshold, power, last, self.cost)
             if ev is not None:
                 changed.append(ev)
@@ -235,7 +254,7 @@ class ChannelDetector:
         closes), held back (``pending``) when it would open an event and the fleet is watched."""
         if explained:
             self.pending = None
-            return Finding("unusual", 0.0, False, str)
+            return _NOTHING_UNUSUAL
         watch = self.watch
         if watch is None:
             return f
@@ -249,13 +268,13 @@ class ChannelDetector:
                 held[3] += 1
                 if held[3] == 1:
                     held[4] = t
-            return Finding("unusual", 0.0, False, str)
+            return _NOTHING_UNUSUAL
         tr = self.trackers.get("unusual")
         if f.score < self.config.threshold or (tr is not None and tr.open):
             return f
         # [time, score, reason, clear readings since, first of them]
         self.pending = [t, f.score, f.reason(), 0, t]
-        return Finding("unusual", 0.0, False, str)
+        return _NOTHING_UNUSUAL
 
     def release(self, now: float) -> Event | None:
         """Open the held-back alarm once the fleet's time ``now`` is ``DEFER`` past it, unless
@@ -309,25 +328,29 @@ class ChannelDetector:
         if self.lighting is not None and not self.lighting.lit_steady(t):
             # A grouped lamp's switches are its schedule's, judged by its rules; the baseline
             # learns and judges its lit level only (its dimming steps).
-            return Finding("unusual", 0.0, False, str)
+            return _NOTHING_UNUSUAL
         # The seasonal slots are the town's hours (a building opens at 08:00 local all year,
         # not at 07:00 UTC in winter and 06:00 in summer): local wall-clock time.
         at = clock.local(at)
         # A building learns its closed days apart from its open ones; the baseline learns from
         # normal readings only, so it pauses while an energy rule's event is open here.
         closed = sched is not None and (int(at // 86400) + 3) % 7 not in sched.days  # 0: Thursday
-        learn = not any(tr.open for k, tr in self.trackers.items() if k in PAUSE_KINDS)
+        learn = True
+        for k, tr in self.trackers.items():
+            if tr.open and k in PAUSE_KINDS:
+                learn = False
+                break
         v = self.stat.update(at, x, closed, learn)
         if self.lighting is not None:
             switching = self.lighting.switching(t)  # the schedule's switches, not just the sun's
         else:
-            switching = cfg.is_lamp(self.node) and lamp_switching(clock, cfg, t)
+            switching = self.lamp and lamp_switching(clock, cfg, t)
         if switching or (sched is not None and schedule_switching(clock, sched, t)):
             # A switch the rules expect (dusk, dawn, opening hours): they judge it, not this.
-            return Finding("unusual", 0.0, False, str)
+            return _NOTHING_UNUSUAL
         active = v.score >= 0.5 * self.config.threshold
         if not active and v.novelty == 0.0:
-            return Finding("unusual", 0.0, False, str)
+            return _NOTHING_UNUSUAL
         return Finding("unusual", v.novelty, active, lambda: self._reason(t, x, unit, v, last))
 
     def _reason(self, t: float, x: float, unit: str, v, last: float | None = None) -> str:
@@ -357,7 +380,11 @@ class ChannelDetector:
                 self.interval,
                 self.prev,
                 [r.dump() for r in self.rules],
-                {k: tr.dump() for k, tr in self.trackers.items() if tr.event is not None},
+                {
+                    k: tr.dump()
+                    for k, tr in self.trackers.items()
+                    if tr.event is not None and (tr.open or tr.since_close <= REARM)
+                },
                 self.pending,
             ],
             separators=(",", ":"),
