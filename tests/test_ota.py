@@ -289,8 +289,8 @@ def test_served_files_inflate_in_micropython_and_an_update_runs_there(tmp_path):
         "sys.path.insert(0, '/input/portable')\n"
         "from firmware import ota\n"
         "import test_firmware_ota as t\n"
-        # In functions, and no explicit gc.collect(): this WASI build's collector faults
-        # (an update's live heap peak is therefore not measured here: docs/ota.md).
+        # In functions, and no explicit gc.collect(): in this WASI build a collection while
+        # a large frame runs frees it (sim/ota_heap.py; the heap: tests/test_ota_heap.py).
         "def inflate():\n"
         "    fs = t.MemFiles()\n"
         "    fs.d['/x.z'] = open('/input/x.z', 'rb').read()\n"
