@@ -59,11 +59,12 @@ sys.path.insert(0, "/flash")
 import fwboot  # the boot shim, as on a board: slot a goes first on sys.path
 fwboot.select("/flash")
 from firmware import ota
-from protocols import coap
+from protocols import coap, manifest
 
+APART = %(apart)r
 MAX_PIECES = 1000
 S = {"resets": [], "ballast": [None] * MAX_PIECES, "nb": 0, "bal": 0, "n": 0, "live": 0,
-     "peak": {"m": 0, "f": 0}, "room": {"m": 0, "f": 0}, "where": None}
+     "apart": [], "peak": {"m": 0, "f": 0}, "room": {"m": 0, "f": 0}, "where": None}
 
 
 def setup(budgets):
@@ -152,10 +153,20 @@ def step():
     room = free + gc.mem_alloc() - base  # over the resident heap, what the update holds too
     S["room"][kind] = max(S["room"][kind], room)
     try:
-        opts = up.request(0)
-        if opts is None:
-            return False
-        up.answer(serve(opts), 0)
+        if S["apart"]:  # a step of the manifest's last exchange
+            S["apart"].pop(0)()
+            S["n"] -= 1
+        else:
+            opts = up.request(0)
+            if opts is None:
+                return False
+            m = serve(opts)
+            num = coap.option_uint(opts[-1][1]) >> 4
+            if APART and kind == "m" and (num + 1) * ota.BLOCK >= S["index"]["m"][0]:
+                S["m"] = m
+                S["apart"] = [apart_read, apart_decode, apart_check, apart_take]
+            else:
+                up.answer(m, 0)
     except MemoryError:
         S["error"] = {"exchange": S["n"], "kind": kind, "free": free,
                       "held": free and gc.mem_alloc() - base}
@@ -167,6 +178,41 @@ def step():
         if kind == "f":
             S["where"] = up.m.files[up.file - 1][0] if up.m else "the last file"
     return True
+
+
+# The manifest's last exchange, its steps apart, to collect between them: what
+# Updater._manifest_block and Updater._take do (firmware/ota.py), in the same order.
+def apart_read():
+    up = S["up"]
+    up.req = None
+    up.mbuf.extend(S.pop("m").payload)
+    S["raw"] = bytes(up.mbuf)
+    up.mbuf = None
+
+
+def apart_decode():
+    S["mf"] = manifest.decode(S["raw"])
+
+
+def apart_check():
+    up = S["up"]
+    mf = S["mf"]
+    if not mf.verify(up.key):
+        raise ValueError("bad signature")
+    why = manifest.check(mf, up.node, up.cls, up.version, up.abi, up.st["seq"])
+    if why:
+        raise ValueError(why)
+
+
+def apart_take():
+    up = S["up"]
+    mf = S.pop("mf")
+    up.want = 0
+    up.m = mf
+    up.st["seq"] = mf.seq
+    up.raw = S.pop("raw")
+    up.slot = "b" if up.running == "a" else "a"
+    up._prepare()
 
 
 def report():
@@ -207,6 +253,7 @@ def measure(
     budget: int | None = HEAP_BUDGET,
     manifest_budget: int | None = None,
     wbits: int = updates.WBITS,
+    apart: bool = False,
     heap: int = HEAP,
 ) -> dict:
     """Update a node built as the flash tool builds it to ``files`` (slot path, bytes) inside
@@ -220,7 +267,10 @@ def measure(
     exchange of each kind held and allocated (``where``: the file it finished), ``live``,
     the most the update held between exchanges; ``exchanges``, ``trial`` (the pointer
     flipped: "b 0"), ``installed`` (slot b holds exactly ``files``), ``served`` (the bytes
-    downloaded); or ``memory_error`` (the exchange that found no room)."""
+    downloaded); or ``memory_error`` (the exchange that found no room). ``apart``: the
+    manifest's last exchange runs its steps one by one (read, decode, check, take), with a
+    collection between them, as a board's collector could collect inside it; each step is
+    then one exchange for the budget and the figures."""
     with tempfile.TemporaryDirectory(prefix="reverbere-ota-heap-") as tmp:
         root = Path(tmp)
         flash, given = root / "flash", root / "input"
@@ -249,6 +299,7 @@ def measure(
             "cls": CLASS,
             "abi": updates.ABI,
             "version": VERSION,
+            "apart": apart,
         }
         out = json.loads(run(code, given, flash, heap).strip().splitlines()[-1])
         out["served"] = sum(len(d) for n, d in served.items() if n != "m")
@@ -257,7 +308,7 @@ def measure(
         out["installed"] = all(
             (slot / path).is_file() and (slot / path).read_bytes() == data for path, data in files
         )
-    out.update(deflated=deflate, budgets=budgets, wbits=wbits, files=len(files))
+    out.update(deflated=deflate, budgets=budgets, wbits=wbits, apart=apart, files=len(files))
     return out
 
 

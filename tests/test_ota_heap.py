@@ -43,3 +43,14 @@ def test_a_32_kb_deflate_window_would_not_fit_and_the_gateway_serves_1_kb(firmwa
     r = ota_heap.measure(firmware, True, budget=16 * KB, manifest_budget=28 * KB, wbits=15)
     assert r["memory_error"]["kind"] == "f" and r["trial"] is None
     assert r["state"] == "downloading"  # nothing switched: slot a still boots
+
+
+def test_the_whole_update_fits_16_kb_with_the_manifest_taken_in_steps(firmware):
+    # The manifest's last exchange with its steps apart (read, decode, check, take) and a
+    # collection between them, as a board's collector could collect inside it: then every
+    # step and every exchange of the update fits the 16 KB budget.
+    r = ota_heap.measure(firmware, True, budget=16 * KB, apart=True)
+    assert "memory_error" not in r, r
+    assert r["trial"] == "b 0" and r["installed"]
+    assert r["manifest_peak"] <= 16 * KB and r["files_peak"] <= 16 * KB
+    assert r["manifest_room"] <= 16 * KB + KB
