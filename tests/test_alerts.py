@@ -257,7 +257,7 @@ def test_config_errors_name_file_line_and_key(tmp_path):
     with pytest.raises(ConfigError) as e:
         alerts_config(config.load(path), TZ)
     assert str(e.value) == (
-        f"{path}:7: alerts.routes.1.email: a route by e-mail needs an [alerts.smtp] server"
+        f"{path}:7: alerts.routes[1].email: a route by e-mail needs an [alerts.smtp] server"
     )
     path.write_text("[alerts]\nmax_per_hour = 0\n")
     with pytest.raises(ConfigError, match=r":2: alerts.max_per_hour: must be between 1 and 1000"):

@@ -1,8 +1,9 @@
 """The ``[alerts]`` section of the gateway's TOML config, checked into a typed record.
 
-Errors name the key (``AlertsConfigError.key``, dotted below the section: ``smtp.port``,
-``routes.0.email``); the config loader adds the file and line (``gateway/service.py``'s
-``pipeline_config``). Every number has a range (``RANGES``), every route says exactly one
+Errors name the key (``AlertsConfigError.key``, dotted below the section, an element of
+``[[alerts.routes]]`` by its index: ``smtp.port``, ``routes[0].email``); ``from_config`` adds
+the file and line through the config's own locator (``gateway.config.Config.error``), as for
+every other section. Every number has a range (``RANGES``), every route says exactly one
 way to reach its people, and a route by e-mail needs ``[alerts.smtp]``. docs/alerts.md.
 """
 
@@ -142,11 +143,11 @@ class AlertsConfig:
         names = [r.name for r in values["routes"]]
         for i, name in enumerate(names):
             if name in names[:i]:
-                raise AlertsConfigError(f"routes.{i}.name", f"{name!r} names two routes")
+                raise AlertsConfigError(f"routes[{i}].name", f"{name!r} names two routes")
         for i, r in enumerate(values["routes"]):
             if r.transport == "email" and smtp is None:
                 raise AlertsConfigError(
-                    f"routes.{i}.email", "a route by e-mail needs an [alerts.smtp] server"
+                    f"routes[{i}].email", "a route by e-mail needs an [alerts.smtp] server"
                 )
         return cls(**values)
 
@@ -227,7 +228,7 @@ def _smtp(raw: Any) -> Smtp:
 
 
 def _route(i: int, raw: Any) -> Route:
-    at = f"routes.{i}"
+    at = f"routes[{i}]"
     if not isinstance(raw, dict):
         raise AlertsConfigError(at, "expected a table [[alerts.routes]]")
     for key in raw:
@@ -281,37 +282,12 @@ def _route(i: int, raw: Any) -> Route:
 def from_config(cfg: Any, timezone: str) -> "AlertsConfig | None":
     """The checked ``[alerts]`` of a gateway ``Config`` (None without routes), times in
     ``timezone`` (the town's); raise ``ConfigError`` naming file, line and key: a key of the
-    n-th ``[[alerts.routes]]`` is found below that table's n-th header."""
-    from gateway.config import ConfigError
-
+    n-th ``[[alerts.routes]]`` is found below that table's n-th header, as TOML reads it."""
     raw = cfg.section("alerts")
     if not raw:
         return None
     try:
         checked = AlertsConfig.from_mapping(raw, timezone)
     except AlertsConfigError as e:
-        m = re.fullmatch(r"routes\.(\d+)(?:\.(\w+))?", e.key)
-        if m is None:
-            raise cfg.error("alerts", e.key, str(e).split(": ", 1)[-1]) from None
-        line = _route_line(cfg.path, int(m.group(1)), m.group(2))
-        raise ConfigError(cfg.path, line, f"alerts.{e.key}", str(e).split(": ", 1)[-1]) from None
+        raise cfg.error("alerts", e.key, str(e).split(": ", 1)[-1]) from None
     return checked if checked.routes else None
-
-
-def _route_line(path: Any, index: int, key: str | None) -> int | None:
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    seen, inside = -1, False
-    for i, line in enumerate(lines, 1):
-        if re.match(r"^\s*\[", line):
-            inside = bool(re.match(r"^\s*\[\[\s*alerts\.routes\s*\]\]", line))
-            if inside:
-                seen += 1
-                if seen == index and key is None:
-                    return i
-            continue
-        if inside and seen == index and key and re.match(rf"^\s*{key}\s*=", line):
-            return i
-    return None
