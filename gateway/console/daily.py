@@ -113,12 +113,10 @@ def ensure_zone(db: sqlite_utils.Database, zone: str) -> bool:
     in a transaction of its own: its summaries by primary-key range)."""
     if db.execute("SELECT zone FROM console_energy_zone").fetchone()[0] == zone:
         return False
+    days = [(s, zone) for s in local_midnights(zone)]  # before taking the write lock
     with db.atomic():
         db.execute("DELETE FROM console_days")
-        db.conn.executemany(
-            "INSERT INTO console_days (start, zone) VALUES (?, ?)",
-            ((s, zone) for s in local_midnights(zone)),
-        )
+        db.conn.executemany("INSERT INTO console_days (start, zone) VALUES (?, ?)", days)
         db.execute("DELETE FROM console_energy_days")
     # Summaries committed before the days were listed are recounted here (the nodes the
     # gateway knows, and any the summariser has a cursor for); later ones the triggers add.
