@@ -279,6 +279,12 @@ def test_the_waste_command_writes_excel_csv(wasteful, tmp_path):
     text = out.output_bytes.decode("utf-8")
     assert "consommation hors horaires;2;0;14;2,1\r\n" in text
     assert text.endswith("total;5;1;15,75;2,44\r\n")
+    # --excel is a CSV, as in every command: no need to say --format csv too.
+    args = ["waste", "--db", str(tmp_path / "g.db"), "--since", "2026-10-01", "--by", "kind"]
+    alone = CliRunner().invoke(cli, [*args, "--excel"])
+    assert alone.output_bytes == out.output_bytes
+    json_too = CliRunner().invoke(cli, [*args, "--excel", "--format", "json"])
+    assert json_too.exit_code == 2 and "drop --format json" in json_too.output
 
 
 def test_the_waste_goes_to_the_platform_with_its_event(wasteful, tmp_path, platform):

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from gateway import render, reports
+from gateway.cli import display
 from gateway.cli.options import (
     WHEN,
     config_option,
@@ -21,20 +22,13 @@ from gateway.cli.options import (
 )
 from gateway.pipeline import waste as waste_lib
 
+# ``report``'s: its files are for the town's Excel unless --no-excel, whatever the locale.
 excel_option = click.option(
     "--excel/--no-excel",
     default=None,
-    help="CSV for French Excel (';', decimal comma, local dates, UTF-8 with BOM); the default"
-    " follows the locale (a decimal comma, as LANG=fr_FR.UTF-8 writes).",
+    help="CSV for French Excel (';', decimal comma, local dates, UTF-8 with BOM), the default;"
+    " --no-excel: plain CSV.",
 )
-
-
-def excel_default(excel: bool | None) -> bool:
-    """``--excel`` as given, else whether the locale writes a decimal comma (the one rule of
-    every command: :func:`gateway.render.locale_decimal_comma`)."""
-    if excel is not None:
-        return excel
-    return render.locale_decimal_comma()
 
 
 def town(config_path: Path, db_path: Path | None) -> reports.Town:
@@ -69,13 +63,14 @@ def town(config_path: Path, db_path: Path | None) -> reports.Town:
     help="Sum per node, lighting group (else id prefix), kind, or local month.",
 )
 @format_option
-@excel_option
+@display.excel_option
 def waste(config_path, db_path, since, by, fmt, excel) -> None:
     """The energy wasted (kWh above what was expected) and its cost (€, [site] tariff), summed.
 
     Groups are the [[detect.lighting]] groups; a node in none is grouped by its id prefix
     (lamp-012 -> lamp). A month is the local month an event started in.
     """
+    fmt, excel = display.output_format(fmt, excel)  # --excel is a CSV, as everywhere
     t = town(config_path, db_path)
     db = open_database(config_path, db_path)
     rows = waste_lib.waste(db, by, since, group_of=t.group_of, timezone=t.timezone)
@@ -83,7 +78,7 @@ def waste(config_path, db_path, since, by, fmt, excel) -> None:
         for r in rows:
             r["kind"] = "total" if r["kind"] == "total" else waste_lib.kind_words(r["kind"])
     columns = (by, *waste_lib.WASTE_COLUMNS)
-    text = render.render(rows, columns, fmt, excel=fmt == "csv" and excel_default(excel))
+    text = render.render(rows, columns, fmt, excel=excel)
     click.echo(text, nl=not text.endswith("\n"))
 
 
