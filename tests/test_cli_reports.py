@@ -9,6 +9,7 @@ import random
 from click.testing import CliRunner
 from detect_helpers import make_db, store
 
+from gateway import render
 from gateway.cli.main import cli
 from gateway.pipeline.detect import DetectConfig, Detector
 from gateway.pipeline.summarise import summarise
@@ -27,14 +28,20 @@ def test_replay_prints_score_and_alarm(tmp_path):
             if k == 5 * 288:
                 v += 10
             f.write(f"{T0 + 300 * k},{v:.3f}\n")
-    result = CliRunner().invoke(cli, ["anomalies", "replay", str(path), "--kind", "temperature"])
+    # No town's config: times print in UTC (tests/test_cli_town_lists.py: with one)
+    nowhere = ["--config", str(tmp_path / "none.toml")]
+    result = CliRunner().invoke(
+        cli, ["anomalies", "replay", str(path), "--kind", "temperature", *nowhere]
+    )
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.output)))
     assert len(rows) == 6 * 288
     assert all(0 <= float(r["score"]) <= 1 for r in rows)
     alarmed = [r["timestamp"] for r in rows if r["alarm"] == "1"]
-    assert str(T0 + 300 * 5 * 288) in alarmed
-    as_json = CliRunner().invoke(cli, ["anomalies", "replay", str(path), "--format", "json"])
+    assert render.iso(T0 + 300 * 5 * 288) in alarmed
+    as_json = CliRunner().invoke(
+        cli, ["anomalies", "replay", str(path), "--format", "json", *nowhere]
+    )
     assert json.loads(as_json.output)[0].keys() == {"timestamp", "score", "alarm"}
 
 

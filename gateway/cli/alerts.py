@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from gateway import render
+from gateway.cli.display import excel_option, show, utc_option
 from gateway.cli.options import config_option, format_option, load_config, open_database
 
 if TYPE_CHECKING:
@@ -67,8 +67,11 @@ def test_cmd(config_path: Path, routes: tuple[str, ...]) -> None:
 @config_option
 @click.option("--unsent", is_flag=True, help="Only the messages still waiting.")
 @format_option
-def list_cmd(config_path: Path, unsent: bool, fmt: str) -> None:
-    """The alert messages made, with their state (sent, waiting, failing), in local time."""
+@utc_option
+@excel_option
+def list_cmd(config_path: Path, unsent: bool, fmt: str, utc: bool, excel: bool | None) -> None:
+    """The alert messages made, with their state (sent, waiting, failing); times in the town's
+    time zone (--utc for UTC)."""
     from gateway.alerts.outbox import LIST_COLUMNS, alert_rows
 
     timezone, _ = _alerts_config(config_path)  # the town's, even with no route left
@@ -77,4 +80,6 @@ def list_cmd(config_path: Path, unsent: bool, fmt: str) -> None:
         rows = alert_rows(db, unsent)
     finally:
         db.close()
-    click.echo(render.render(rows, LIST_COLUMNS, fmt, times=("created",), tz=timezone))
+    tz = None if utc else timezone
+    text = show(rows, LIST_COLUMNS, fmt, tz, excel, times=("created",))
+    click.echo(text, nl=not text.endswith("\n"))  # Excel's CSV ends its last line

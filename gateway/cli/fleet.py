@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from gateway import render
+from gateway.cli.display import excel_option, output_format, show
 from gateway.cli.options import (
     config_option,
     db_option,
@@ -154,7 +154,8 @@ def fleet_update(
 @config_option
 @db_option
 @format_option
-def fleet_status(config_path: Path, db_path: Path | None, fmt: str) -> None:
+@excel_option
+def fleet_status(config_path: Path, db_path: Path | None, fmt: str, excel: bool | None) -> None:
     """Each node's firmware version (confirmed, from its signed readings), a version on
     trial, and its state in the rollout (idle outside one). Steps the rollout once."""
     db = open_database(config_path, db_path)
@@ -172,6 +173,7 @@ def fleet_status(config_path: Path, db_path: Path | None, fmt: str) -> None:
         }
         for u in rollout.node_states(db)
     ]
-    click.echo(render.render(rows, STATUS_COLUMNS, fmt, times=()))
-    if progress is not None and fmt == "table":
+    text = show(rows, STATUS_COLUMNS, fmt, None, excel, times=())
+    click.echo(text, nl=not text.endswith("\n"))  # Excel's CSV ends its last line
+    if progress is not None and output_format(fmt, excel)[0] == "table":
         click.echo(_line(progress))

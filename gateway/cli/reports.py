@@ -52,12 +52,15 @@ def anomalies(ctx, config_path, db_path, since, open_only, fmt, utc, excel) -> N
     type=click.FloatRange(0, 1, min_open=True),
     help="Alarm threshold (default: the documented default, 0.5).",
 )
-def anomalies_replay(csv_file, kind, fmt, threshold) -> None:
+@config_option
+@utc_option
+@excel_option
+def anomalies_replay(csv_file, kind, fmt, threshold, config_path, utc, excel) -> None:
     """Run a CSV of ``timestamp,value`` rows through the gateway's detectors, offline.
 
-    Prints, per row: timestamp, score in [0, 1], alarm (1 when an event opens there at the
-    threshold). Timestamps are Unix seconds or ISO 8601 (UTC unless they say); a header row
-    is skipped.
+    Prints, per row: timestamp (the town's time zone when a config names it; --utc for UTC),
+    score in [0, 1], alarm (1 when an event opens there at the threshold). Timestamps are
+    Unix seconds or ISO 8601 (UTC unless they say); a header row is skipped.
     """
     from gateway.pipeline.detect import DetectConfig, replay
 
@@ -66,7 +69,7 @@ def anomalies_replay(csv_file, kind, fmt, threshold) -> None:
         if not rec or not rec[0].strip():
             continue
         try:
-            rows.append((rec[0], report.parse_when(rec[0]), float(rec[1])))
+            rows.append((report.parse_when(rec[0]), float(rec[1])))
         except (ValueError, IndexError):
             if i == 1:
                 continue  # a header
@@ -74,10 +77,13 @@ def anomalies_replay(csv_file, kind, fmt, threshold) -> None:
                 f"{csv_file.name}:{i}: expected timestamp,value, got {','.join(rec)!r}"
             ) from None
     config = DetectConfig() if threshold is None else DetectConfig(threshold=threshold)
-    results = replay(((t, v) for _, t, v in rows), kind=kind, config=config)
+    results = replay(rows, kind=kind, config=config)
     out = [
-        {"timestamp": text, "score": round(score, 4), "alarm": int(alarm)}
-        for (text, _, _), (_, score, alarm) in zip(rows, results, strict=True)
+        {"timestamp": t, "score": round(score, 4), "alarm": int(alarm)}
+        for (t, _), (_, score, alarm) in zip(rows, results, strict=True)
     ]
-    # The timestamps print as the CSV wrote them (strings: not reformatted as times).
-    click.echo(report.render(out, ("timestamp", "score", "alarm"), fmt))
+    # The same times as every command's: a CSV's "2014-04-10 00:00:00" (UTC) and Unix seconds
+    # alike print as the town's local time, the header naming the zone.
+    tz = town_timezone(config_path, None, utc)
+    text = show(out, ("timestamp", "score", "alarm"), fmt, tz, excel)
+    click.echo(text, nl=not text.endswith("\n"))  # Excel's CSV ends its last line

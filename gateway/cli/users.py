@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 from sqlite_utils import Database
 
-from gateway import render
+from gateway.cli.display import excel_option, show, town_timezone, utc_option
 from gateway.cli.options import config_option, format_option, load_config, open_database
 from gateway.console import accounts
 
@@ -65,12 +65,16 @@ def user_add(name: str, role: str, config_path: Path) -> None:
 @user_group.command("list")
 @config_option
 @format_option
-def user_list(config_path: Path, fmt: str) -> None:
-    """Every account with its role."""
+@utc_option
+@excel_option
+def user_list(config_path: Path, fmt: str, utc: bool, excel: bool | None) -> None:
+    """Every account with its role and when it was made (the town's time zone; --utc)."""
+    tz = town_timezone(config_path, None, utc)
     with _accounts(config_path) as db:
         users = accounts.list_users(db)
     rows = [{"name": u.name, "role": u.role, "created": u.created} for u in users]
-    click.echo(render.render(rows, ["name", "role", "created"], fmt, times=("created",)))
+    text = show(rows, ["name", "role", "created"], fmt, tz, excel, times=("created",))
+    click.echo(text, nl=not text.endswith("\n"))  # Excel's CSV ends its last line
 
 
 @user_group.command("remove")
@@ -118,8 +122,12 @@ def token_add(name: str, role: str, as_json: bool, config_path: Path) -> None:
 @token_group.command("list")
 @config_option
 @format_option
-def token_list(config_path: Path, fmt: str) -> None:
-    """Every token's name, role, and when it was made and last used (never the token)."""
+@utc_option
+@excel_option
+def token_list(config_path: Path, fmt: str, utc: bool, excel: bool | None) -> None:
+    """Every token's name, role, and when it was made and last used (never the token); times
+    in the town's time zone (--utc for UTC)."""
+    tz = town_timezone(config_path, None, utc)
     with _accounts(config_path) as db:
         tokens = accounts.list_tokens(db)
     rows = [
@@ -127,7 +135,8 @@ def token_list(config_path: Path, fmt: str) -> None:
         for t in tokens
     ]
     cols = ["name", "role", "created", "last_used"]
-    click.echo(render.render(rows, cols, fmt, times=("created", "last_used")))
+    text = show(rows, cols, fmt, tz, excel, times=("created", "last_used"))
+    click.echo(text, nl=not text.endswith("\n"))  # Excel's CSV ends its last line
 
 
 @token_group.command("remove")
