@@ -21,7 +21,7 @@ from gateway.cli.options import (
     open_database,
 )
 from gateway.store.db import Database
-from gateway.sync.config import SyncConfig, SyncConfigError
+from gateway.sync.config import SyncConfig
 from gateway.sync.report import (
     SUMMARY_COLUMNS,
     ChartError,
@@ -37,18 +37,23 @@ from gateway.sync.service import build_worker, sync_status
 
 def _load(config_path: Path, db_path: Path | None) -> tuple[Database, SyncConfig | None]:
     """The database and the checked ``[sync]`` section (none when only ``--db`` names a
-    database and there is no config)."""
-    section: dict = {}
+    database and there is no config, or ``target = "none"``), checked as the gateway checks
+    it (``gateway.service.pipeline_config``): an error names file, line and key, and the
+    nodes are placed where ``[site]`` says, as the service places them."""
+    from gateway.config import ConfigError
+    from gateway.service import pipeline_config
+
+    sync = None
     if config_path.exists() or db_path is None:
         cfg = load_config(config_path)
-        section = cfg.section("sync")
+        try:
+            sync = pipeline_config(cfg).sync
+        except ConfigError as e:
+            raise click.ClickException(
+                f"{e}\n  hint: `reverbere gateway init DIR` writes a commented example"
+            ) from None
         db_path = db_path or cfg.database
-    db = open_database(config_path, db_path)
-    try:
-        sync = SyncConfig.from_dict(section) if section else None
-    except SyncConfigError as e:
-        raise click.ClickException(f"{config_path}: {e}") from None
-    return db, sync
+    return open_database(config_path, db_path), sync
 
 
 @click.group("sync")
