@@ -253,7 +253,31 @@ def test_demo_hooks_outage_then_pull_back_and_chart(tmp_path):
         plat.stop()
     assert figures["summaries_synced"] == figures["summaries_on_platform"] == 3 * 2 * 24
     assert figures["duplicates_on_platform"] == 0 and figures["uplink_bytes"] > 0
-    assert (tmp_path / "chart.svg").stat().st_size > 1000
+    chart = (tmp_path / "chart.svg").read_text()
+    assert len(chart) > 1000 and "Heure (UTC)" in chart and "Bâtiments" not in chart
+
+
+def test_demo_chart_is_drawn_for_the_town_of_the_gateway_beside_its_database(tmp_path):
+    """The demo's config lies beside its database (as `gateway init` lays them out): the chart
+    is in its [site] zone, its [detect] lamps drawn as lamps and the other nodes as meters."""
+    from sim.platform.demo import pull_back, start_demo_platform
+
+    (tmp_path / "gateway.toml").write_text(
+        '[site]\ntimezone = "Europe/Paris"\n[detect]\nlamps = ["lamp-000"]\n'
+    )
+    plat = start_demo_platform(tmp_path / "demo", fault_rate=0.0)
+    try:
+        db = open_db(tmp_path / "gw.db")
+        enqueue_summaries(db, week_of_summaries(2, hours=24))
+        worker = fast_worker(db, plat.url)
+        assert worker.sync_until_idle() == "idle"
+        worker.target.close()
+        pull_back(db, plat, tmp_path / "chart.svg")
+    finally:
+        plat.stop()
+    chart = (tmp_path / "chart.svg").read_text()
+    assert "Heure locale (Europe/Paris)" in chart and "Heure (UTC)" not in chart
+    assert "Éclairage public" in chart and "Bâtiments" in chart  # lamp-001 is not a lamp here
 
 
 def test_metrics_and_pruning(tmp_path, platform):

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import sqlite_utils
 
+from gateway import config
+from gateway.reports import Town
+from gateway.service import pipeline_config
 from gateway.sync.report import pull, write_chart
 from sim.platform import FaultProxy, PlatformProcess, start_platform
 
@@ -50,6 +53,17 @@ def start_demo_platform(
     return DemoPlatform(server, proxy)
 
 
+def _town(db: sqlite_utils.Database) -> Town:
+    """The town the chart is drawn for: the ``[site]`` zone and ``[detect]`` lamps of the
+    gateway's config, found beside its database as the demo and ``reverbere gateway init``
+    lay them out (the demo's hours are local, UTC+1); without one, UTC and ids ``lamp...``."""
+    database = db.execute("PRAGMA database_list").fetchone()[2]
+    path = Path(database).parent / "gateway.toml" if database else None
+    if path is None or not path.exists():
+        return Town()
+    return Town.from_detect(pipeline_config(config.load(path)).detect)
+
+
 def pull_back(
     db: sqlite_utils.Database, platform: DemoPlatform, chart: str | Path | None = None
 ) -> dict:
@@ -65,7 +79,8 @@ def pull_back(
         "SELECT coalesce(sum(sent), 0), coalesce(sum(received), 0) FROM sync_budget"
     ).fetchone()
     if chart is not None:
-        write_chart(chart, got.summaries, got.events)
+        town = _town(db)
+        write_chart(chart, got.summaries, got.events, tz=town.timezone, is_lamp=town.is_lamp)
     return {
         "summaries_synced": row[0] or 0,
         "summaries_on_platform": len(got.summaries),
