@@ -75,7 +75,7 @@ def setup(budgets):
     resets = S["resets"]
     S["up"] = ota.Updater(files, key, %(node)r, %(cls)r, %(abi)r, lambda: resets.append(1))
     S["up"].offered(%(version)d, 0)
-    S["budgets"] = budgets  # free heap for the manifest's exchanges, for the files'
+    S["budgets"] = budgets  # room over the resident heap: the manifest's exchanges, the files'
 
 
 def fit():
