@@ -60,7 +60,8 @@ def _take_back(row: str) -> str:
 
 
 def create(db: sqlite_utils.Database) -> None:
-    """The tables and the triggers (the console's migration m002)."""
+    """The tables and the triggers: the console's migration m002 runs this, so what it
+    creates must never change (a new trigger is a new migration that drops the old one)."""
     db.execute(
         """
         CREATE TABLE console_days (
