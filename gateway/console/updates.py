@@ -71,10 +71,6 @@ class UpdateView:
     ended: float | None  # when its part of the rollout ended
 
 
-def rollout_exists(db: sqlite_utils.Database) -> bool:
-    return db.execute("SELECT 1 FROM ota_rollout LIMIT 1").fetchone() is not None
-
-
 def rollout_states(db: sqlite_utils.Database) -> dict[str, str]:
     """node -> its state in the rollout (nodes outside it are idle): the fleet's filter."""
     return dict(db.execute("SELECT node, state FROM ota_rollout").fetchall())
@@ -121,6 +117,8 @@ def _judge(
     reported: float | None,
     result: int | None,
 ) -> UpdateView:
+    """The view from a row of ``_FACTS`` (after its node): the rollout's state, refined
+    from the node's signed readings while it is offered the version."""
     running = None if running is None else int(running)
     trial = None if trial is None else int(trial)
     if trial is not None and running is not None and trial <= running:
