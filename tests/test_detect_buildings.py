@@ -154,6 +154,23 @@ def test_a_meter_stuck_again_each_night_is_a_new_event_each_night():
     assert [t.date() for t in stuck] == [(first + dt.timedelta(days=k)).date() for k in range(3)]
 
 
+def test_a_supply_cut_again_the_next_day_is_a_new_event():
+    # Zero from 10:00 to 13:00 on Wednesday and again on Thursday: two cuts, two events (each
+    # with its own start), not Wednesday's re-opened.
+    wednesday = START + dt.timedelta(hours=LEARN + 24 * 2 + 10)
+
+    def cuts(t, w):
+        for day in range(2):
+            start = wednesday + dt.timedelta(days=day)
+            if start <= t < start + dt.timedelta(hours=3):
+                return 0.0
+        return w
+
+    found, _ = events(mairie(LEARN + 5 * 24, fault=cuts))
+    drops = [e[0] for e in found if e[1] == "dropout"]
+    assert drops == [wednesday, wednesday + dt.timedelta(days=1)]
+
+
 def test_in_its_first_hours_a_meter_that_never_repeated_is_stuck_at_once():
     # Nothing is learnt yet (the first day): a value held exactly for 8 hours (twice STUCK_HOURS)
     # by a meter that has never read the same value twice is stuck already (LEAD's building 0117

@@ -42,7 +42,7 @@ from gateway.pipeline.detect.events import Finding
 from gateway.pipeline.detect.rules import Clock, fmt_value
 
 KINDS = ("dropout", "stuck_meter", "spike", "dip", "wrong_time")
-Z_ALARM = 5.0  # robust z of an alarm at the default threshold (score 0.5)
+Z_ALARM = 7.0  # robust z (in mean absolute deviations) of an alarm at the default threshold
 Z_PLACEHOLDER = 5.0  # how far under its hour a whole-number placeholder reads
 HELD_RATIO = 2 / 3  # a value held 3 hours under this share of the quietest hour: a placeholder
 STUCK_HOURS = 4  # flat hours in a row before a meter can count as stuck

@@ -13,9 +13,10 @@ A :class:`Tracker` per channel and kind turns findings into events:
   the time of the first of those clear readings;
 * it re-opens (the same event, same id) instead of starting a new one if the condition comes back
   within ``REARM`` readings of closing: hysteresis against flapping. Not for ``FRESH_KINDS``:
-  their condition is an exact fact, not a score hovering at the threshold (a stuck meter reads
-  the same value again; once it has moved for ``CLOSE_AFTER`` readings it was working), so a
-  recurrence is a new fault with its own start, as a meter stuck again each night.
+  their condition is a fact, not a score hovering at the threshold (a stuck meter reads the same
+  value again, a meter drops to zero or to a placeholder; once it has read normal values for
+  ``CLOSE_AFTER`` readings it was working), so a recurrence is a new fault with its own start,
+  as a meter stuck again each night or a supply cut again the next day.
 
 Waste: a detector that knows what the channel should draw says so in ``Finding.expected`` (W).
 The event then carries ``waste_kwh``, the energy drawn above that over its span, and ``waste_eur``
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 
 CLOSE_AFTER = 3  # clear readings in a row that close an event
 REARM = 30  # readings after closing during which a recurrence re-opens the same event
-FRESH_KINDS = frozenset({"stuck_meter"})  # kinds whose every recurrence is a new event
+FRESH_KINDS = frozenset({"stuck_meter", "dropout"})  # kinds whose every recurrence is new
 WASTE_EVERY = 900.0  # an open event's growing waste is stored (a new version) once a quarter hour
 
 
