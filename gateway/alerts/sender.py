@@ -7,6 +7,11 @@ down (``attempts``, ``error``) and tried again after a backoff that doubles from
 messages for the next turn (a closing message never overtakes its opening). The uplink of a
 small town is often down: what waits is in the database and goes when the link is back, also
 after a restart. ``notify()`` (the alert stage's listener) wakes it at once.
+
+A stop is prompt: the sender ends between two messages, and waits ``STOP_GRACE`` (the sync's,
+5 s) at most for the one in flight, whose server may hold it for ``timeout`` (up to 600 s):
+systemd gives the whole stop 30 s. A message left in flight is not marked, whatever its
+server answers later, and goes again at the next start with the same key (docs/alerts.md).
 """
 
 import json
@@ -14,6 +19,8 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlite_utils
@@ -21,6 +28,8 @@ import sqlite_utils
 from gateway.alerts.config import AlertsConfig
 from gateway.alerts.outbox import SENDABLE
 from gateway.alerts.transports import Alert, DeliveryError, deliver
+from gateway.logs import event
+from gateway.sync.service import STOP_GRACE
 
 log = logging.getLogger("reverbere.alerts")
 
@@ -50,12 +59,46 @@ def next_due(db: sqlite_utils.Database) -> float | None:
     return row[0]
 
 
-def send_due(db: sqlite_utils.Database, config: AlertsConfig, now: float | None = None) -> int:
-    """One turn: deliver what is due, mark it; return how many were sent."""
+class Halt:
+    """How a stop reaches the sender's turn: once ``requested`` the turn ends before its next
+    message; once ``abandon``-ed (the stop gave up waiting for the message in flight) it
+    writes nothing more, so that what a left-behind thread learns later (the server's late
+    250, or its error) cannot mark a message the next start already sends again, nor touch a
+    database another gateway may hold by then."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self._lock = threading.Lock()
+        self._abandoned = False
+
+    def abandon(self) -> None:
+        with self._lock:  # waits for a write under way: it is kept
+            self._abandoned = True
+
+    @contextmanager
+    def recording(self) -> Iterator[bool]:
+        """Hold off ``abandon`` while the outcome of a delivery is written; yield whether it
+        may be."""
+        with self._lock:
+            yield not self._abandoned
+
+
+def send_due(
+    db: sqlite_utils.Database,
+    config: AlertsConfig,
+    now: float | None = None,
+    halt: Halt | None = None,
+) -> int:
+    """One turn: deliver what is due, mark it; return how many were sent. With ``halt``
+    (``AlertSender``), a stop ends the turn between two messages (a backlog after an outage
+    is not all sent before a stop), and an abandoned delivery writes nothing."""
     now = time.time() if now is None else now
+    halt = halt or Halt()
     failed: dict[str, float] = {}  # route -> when its first failed message is tried again
     sent = 0
     for alert in pending(db, now):
+        if halt.requested.is_set():
+            break
         route = config.routes_by_name.get(alert.route)
         if route is None or alert.route in failed:
             # After its route's failure (in order), or a route no longer configured (kept:
@@ -67,12 +110,19 @@ def send_due(db: sqlite_utils.Database, config: AlertsConfig, now: float | None 
         try:
             deliver(alert, route, config)
         except DeliveryError as e:
-            failed[alert.route] = _failed(db, config, alert, str(e), now)
+            with halt.recording() as keep:
+                if not keep:
+                    break
+                failed[alert.route] = _failed(db, config, alert, str(e), now)
             continue
-        with db.atomic():
-            db.execute(
-                "UPDATE alerts SET sent = ?, error = NULL WHERE id = ?", [time.time(), alert.id]
-            )
+        with halt.recording() as keep:
+            if not keep:  # sent again at the next start, with its key (the mail's Message-ID)
+                break
+            with db.atomic():
+                db.execute(
+                    "UPDATE alerts SET sent = ?, error = NULL WHERE id = ?",
+                    [time.time(), alert.id],
+                )
         sent += 1
         log.info("alert sent", extra={"fields": {"key": alert.key, "route": alert.route}})
     return sent
@@ -104,7 +154,7 @@ class AlertSender:
         self.config = config
         self.idle_wait = idle_wait
         self._wake = threading.Event()
-        self._stopping = threading.Event()
+        self._halt = Halt()
         self._thread = threading.Thread(target=self._run, name="reverbere-alerts", daemon=True)
         self.error: BaseException | None = None
 
@@ -115,19 +165,35 @@ class AlertSender:
     def notify(self) -> None:
         self._wake.set()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stopping.set()
+    def stop(self, timeout: float = STOP_GRACE) -> bool:
+        """Stop the sender: it ends after the message in flight, if any; wait ``timeout``
+        seconds at most for that, and return whether the thread ended. A message that
+        outlasts it (a mail server or webhook that stopped answering holds it for its
+        ``timeout``, 30 s by default) is abandoned to the daemon thread, which ends with the
+        process and writes nothing: the message is still owed in ``alerts`` and goes again at
+        the next start, with the same key. Calling ``stop`` again waits for the thread."""
+        self._halt.requested.set()
         self._wake.set()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._halt.abandon()
+            event(
+                log,
+                logging.WARNING,
+                "alert still in flight at stop: sent again at the next start, with its key",
+                waited_s=timeout,
+            )
+            return False
+        return True
 
     def _run(self) -> None:
         from gateway.store.db import open_db
 
         db = open_db(self.db_path)
         try:
-            while not self._stopping.is_set():
+            while not self._halt.requested.is_set():
                 self._wake.clear()
-                send_due(db, self.config)
+                send_due(db, self.config, halt=self._halt)
                 due = next_due(db)
                 wait = self.idle_wait if due is None else min(self.idle_wait, due - time.time())
                 self._wake.wait(max(wait, 0.05))
