@@ -341,15 +341,15 @@ class ChannelDetector:
                 learn = False
                 break
         v = self.stat.update(at, x, closed, learn)
+        active = v.score >= 0.5 * cfg.threshold
+        if not active and v.novelty == 0.0:  # most readings: no need to look at the switches
+            return _NOTHING_UNUSUAL
         if self.lighting is not None:
             switching = self.lighting.switching(t)  # the schedule's switches, not just the sun's
         else:
             switching = self.lamp and lamp_switching(clock, cfg, t)
         if switching or (sched is not None and schedule_switching(clock, sched, t)):
             # A switch the rules expect (dusk, dawn, opening hours): they judge it, not this.
-            return _NOTHING_UNUSUAL
-        active = v.score >= 0.5 * self.config.threshold
-        if not active and v.novelty == 0.0:
             return _NOTHING_UNUSUAL
         return Finding("unusual", v.novelty, active, lambda: self._reason(t, x, unit, v, last))
 
