@@ -4,6 +4,7 @@ database as the summariser and the detector would."""
 
 import asyncio
 import re
+import threading
 import time
 
 import pytest
@@ -139,3 +140,33 @@ def test_the_gateway_page_shows_storage_clock_uptime_and_version(console):
     assert '<td id="version">0.' in page.text and "Horloge" in page.text
     assert "Synchronisation désactivée" in page.text  # no [sync] in this town's config
     assert c.get("/api/gateway").json()["storage"]["database_bytes"] > 0
+
+
+def test_a_report_being_built_does_not_hold_up_the_other_pages(console, monkeypatch):
+    """A month's report for a whole town takes seconds (gateway.reports reads every hour of
+    it): it is built in a thread of its own, so the fleet answers meanwhile. The report here
+    waits until the fleet has answered; built in the pages' thread, it would wait in vain."""
+    from gateway import reports
+
+    fleet_answered = threading.Event()
+    real_build = reports.build
+
+    def slow_build(*args, **kwargs):
+        assert fleet_answered.wait(20), "the fleet page did not answer while a report was built"
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(reports, "build", slow_build)
+    c = login(console, "lecteur")
+    downloads = login(console, "lecteur")
+    month = time.strftime("%Y-%m")
+    result = {}
+    download = threading.Thread(
+        target=lambda: result.update(r=downloads.get(f"/energy/report?month={month}", timeout=60))
+    )
+    download.start()
+    try:
+        assert c.get("/", timeout=10).status_code == 200
+    finally:
+        fleet_answered.set()
+        download.join(60)
+    assert result["r"].status_code == 200 and "school" in result["r"].text

@@ -79,6 +79,9 @@ class Console:
         self.store = ConsoleStore(settings.database)
         # the Energy page's figures, from the per-day sums the database keeps (console.daily)
         self.energy = EnergyBoard(settings.database, settings.detect, self.now)
+        # the month's report to download, seconds for a whole town: in a thread of its own,
+        # so that the other pages do not queue behind one being built
+        self.downloads = ConsoleStore(settings.database)
         self.throttle = LoginThrottle(self.now)
         self.tz = ZoneInfo(settings.detect.timezone)
         self.pages: list[Page] = [p for m in MODULES for p in m.PAGES]
@@ -121,6 +124,7 @@ class Console:
 
     async def _close(self, app: web.Application) -> None:
         await self.energy.close()
+        await self.downloads.close()
         await self.store.close()
 
     # --- the guard -------------------------------------------------------------------------
