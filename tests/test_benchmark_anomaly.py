@@ -81,3 +81,24 @@ def test_building_part_on_two_files_at_reduced_size():
     # seen): more false alarms than over a year (0.075 per building-day on the 7 files).
     assert ours["false_per_building_day"] <= 0.5
     assert set(ours["by_shape"]) == set(anomaly.SHAPES)
+
+
+def test_sensitivity_moves_one_constant_at_a_time_and_puts_it_back(tmp_path):
+    # --sensitivity sets a constant of buildings.py for a run: it must be restored after, or
+    # every later figure (and the gateway, in the same process) would use the changed one.
+    from gateway.pipeline.detect import buildings
+
+    places = (ROOT.parent / "shared" / "data" / "lead-dev", Path("/work/shared/data/lead-dev"))
+    folder = next((p for p in places if p.exists()), None)
+    if folder is None:
+        pytest.skip("no labelled building meters in ../shared/data/lead-dev")
+    for path in sorted(folder.glob("*.csv"))[:2]:  # two buildings, their first 60 days
+        lines = path.read_text().splitlines()[: 1 + 24 * 60]
+        (tmp_path / path.name).write_text("\n".join(lines) + "\n")
+    z_alarm = buildings.Z_ALARM
+    sens = anomaly.run_sensitivity(tmp_path, names=("Z_ALARM",))
+    assert z_alarm == buildings.Z_ALARM
+    assert list(sens) == ["Z_ALARM x0.5", "Z_ALARM x2"]
+    low, high = sens["Z_ALARM x0.5"], sens["Z_ALARM x2"]
+    # A lower alarm threshold raises at least as many false alarms as a higher one.
+    assert low["false_per_building_day"] >= high["false_per_building_day"]
