@@ -12,7 +12,10 @@
    from a Monday at midnight UTC, through a lossy proxy (sim/net.py); the nodes are cut off
    from the gateway for 15 minutes (they buffer and backfill), and the uplink is down for a
    quarter of the run (the outbox waits, the worker backs off, then catches up). Anomalies are
-   injected with ground truth.
+   injected with ground truth. Before it starts, the gateway's detectors learn from the
+   same profiles' days before the run (sim/history.py), as a gateway that has run for
+   weeks would have: they all speak during the run, and the buildings' meter faults (one per
+   building, a closing day of the town run as a working day among them) are judged.
 4. At the end: the gateway's readings against what the nodes sent and saw acknowledged (every
    datagram a node sends and every answer it accepts is decoded on the way), its anomaly
    events against the ground truth, and the summaries pulled back from the platform against
@@ -33,18 +36,20 @@ from firmware.link import Link
 from gateway import config
 from gateway.alerts.outbox import alert_rows
 from gateway.console import accounts
+from gateway.pipeline.calendar import is_public_holiday
 from gateway.provision import build
-from gateway.service import Gateway
+from gateway.service import Gateway, stages
 from gateway.store.db import open_db
 from gateway.sync.service import sync_status
 from protocols import coap, cose, senml
 from protocols.errors import DecodeError
 from sim.alerts import AlertServers, expected_alerts
-from sim.fleet import Fleet, gateway_keys, kind_of, make_keys
+from sim.fleet import Fleet, gateway_keys, kind_of, make_keys, make_profile
 from sim.groundtruth import evaluate
+from sim.history import learn
 from sim.net import Impairments, LossyProxy
 from sim.platform.demo import DemoPlatform, pull_back, start_demo_platform
-from sim.profiles import LATITUDE, LONGITUDE, Anomaly, closing_days, plan_anomalies
+from sim.profiles import LATITUDE, LONGITUDE, Anomaly, plan_anomalies
 from sim.updates import DemoUpdates
 
 SEED = 1
@@ -57,6 +62,15 @@ LEARNING_DAYS = 4  # the statistical detector learns 3 days before it speaks (do
 STAT_KINDS = ("spike", "drift")  # injected kinds only the statistical detector can find
 # A building's meter faults, judged once its hours were learnt on three days.
 METER_KINDS = ("dropout", "stuck_meter", "night_base_load")
+# One per building, in turn, when the detectors learnt from a past (HISTORY_DAYS).
+BUILDING_FAULTS = (*METER_KINDS, "holiday_as_workday")
+# Days before the run the detectors learn from (sim/history.py). A building's, from a
+# Saturday: three weekends, as its meter's detectors learn a closed day's hours from the
+# closed days of the weeks whose weekdays they already know (the first week's are not, so
+# the first weekend is not learnt), and they judge from three (gateway/pipeline/detect/
+# buildings.py, LEARNT). A street light's statistical detector speaks after three days.
+HISTORY_DAYS = 16
+LAMP_PAST = 4 * 86400
 # The street lights' cabinet, as the gateway's [[detect.lighting]] group says (local hours):
 # dimmed to half from 22:00 to the morning, dark from 01:00 to 05:00 (extinction nocturne).
 LAMP_SCHEDULE = {"dim": (22, 12), "dim_level": 0.5, "switch_off": (1, 5)}
@@ -154,24 +168,56 @@ class ObservedFleet(Fleet):
         self._watch(idx)
 
 
-def _plan(keys: dict[str, bytes], start: float, duration: float) -> tuple[list, str]:
-    """Anomalies to inject: one node in four, and a lamp left on in the first switch-off
-    window of the run. A run shorter than the detectors' learning leaves out the kinds only
-    they can find (and says so); a closing day of the town (and a building run as a weekday
-    on it) comes in runs of ten days or more."""
+def _plan(
+    keys: dict[str, bytes], start: float, duration: float, closed: list[int], learnt: bool
+) -> tuple[list, str]:
+    """Anomalies to inject: one node in four, a lamp left on in the first switch-off window
+    of the run, and, when the detectors learnt from a past (``learnt``), a meter fault on
+    every building that has none (``BUILDING_FAULTS`` in turn; the closing day ``closed`` run
+    as a working day among them). Without a past, a run shorter than the detectors' learning
+    leaves out the kinds only they can find (and says so)."""
     nodes = {n: kind_of(n) for n in keys}
     count = max(1, len(keys) // 4)
-    plan = plan_anomalies(nodes, start, duration, len(keys), SEED)
+    plan = plan_anomalies(nodes, start, duration, len(keys), SEED, closed, learnt)
     note = ""
     if duration < LEARNING_DAYS * 86400:
-        plan = [a for a in plan if a.kind not in STAT_KINDS + METER_KINDS]
-        note = (
-            f"(spikes, drift and buildings' meter faults are left out: the detectors learn for"
-            f" 3 days, use --hours {LEARNING_DAYS * 24} or more to inject them too)"
-        )
+        plan = [a for a in plan if a.kind not in STAT_KINDS + BUILDING_FAULTS]
+        if not learnt:
+            note = (
+                f"(spikes, drift and buildings' meter faults are left out: the detectors learn"
+                f" for 3 days, use --hours {LEARNING_DAYS * 24} or more to inject them too)"
+            )
+        else:
+            note = f"(spikes and drift are left out under {LEARNING_DAYS} days)"
     plan = [_after_switch_off(a, nodes) for a in plan[:count]]
     left_on = _left_on(sorted(n for n in nodes if nodes[n] == "lamp"), plan, start, duration)
-    return plan + left_on, note
+    meters: list[Anomaly] = []
+    if learnt:
+        taken = {a.node for a in plan}
+        free = {n: "building" for n in sorted(nodes) if nodes[n] == "building" and n not in taken}
+        meters = plan_anomalies(free, start, duration, len(free), SEED, closed, learnt=True)
+        meters = [a for a in meters if a.kind in BUILDING_FAULTS]
+    return plan + left_on + meters, note
+
+
+def _closed_days(start: float, duration: float, history: float) -> tuple[list[int], list[int]]:
+    """The local dates (days since 1970-01-01) the town's buildings close, from the start of
+    the past the detectors learn from to the end of the run: France's public holidays (the
+    gateway's calendar knows them: [detect] country), and the town's own closing day, the last
+    weekday whose working hours (08:00-18:00 local) the run covers, if it covers one (written
+    for [detect] closing_days). Returns (all of them, the town's own)."""
+    first = int((start - history + UTC_OFFSET) // 86400)
+    last = int((start + duration + UTC_OFFSET) // 86400)
+    public = [d for d in range(first, last + 1) if is_public_holiday(date.fromordinal(EPOCH + d))]
+    own = [
+        d
+        for d in range(int((start + UTC_OFFSET) // 86400), last + 1)
+        if (d + 3) % 7 < 5  # 1970-01-01 was a Thursday: 0 = Monday
+        and d not in public
+        and start <= d * 86400 + 8 * 3600 - UTC_OFFSET
+        and d * 86400 + 18 * 3600 - UTC_OFFSET <= start + duration
+    ][-1:]
+    return sorted(public + own), own
 
 
 def _after_switch_off(a: Anomaly, nodes: dict[str, str]) -> Anomaly:
@@ -243,30 +289,40 @@ async def _wait_synced(gw: Gateway, timeout: float) -> dict:
         db.close()
 
 
-async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: Path) -> dict:
+async def _demo(
+    echo: Callable[[str], None], nodes: int, hours: float, workdir: Path, history_days: int
+) -> dict:
     t_begin = time.monotonic()
     duration = hours * 3600
+    history = history_days * 86400
     # A Monday, 00:00 UTC, in the past (every reading is older than the gateway's clock): the
     # same run, anomalies and opening hours whatever the hour the demo is started.
     day = int(time.time() - duration) // 86400 - 1
     start = (day - (day + 3) % 7) * 86400  # 1970-01-01 was a Thursday
     keys_plan = make_keys(nodes, SEED)
-    truth, note = _plan(keys_plan, start, duration)
+    closed, own = _closed_days(start, duration, history)
+    truth, note = _plan(keys_plan, start, duration, own, learnt=history_days >= HISTORY_DAYS)
 
     plat = start_demo_platform(workdir / "platform", fault_rate=0.05, seed=SEED)
     alert_servers = AlertServers().start()  # the people who act: a mail server, a webhook
     try:
         path = workdir / "gateway.toml"
         toml = GATEWAY_TOML.format(lat=LATITUDE, lon=LONGITUDE, url=plat.url)
-        closed = closing_days(start, duration)  # the fleet's buildings close on them too
-        if closed:
+        if own:  # the town's own closing day (its public holidays the calendar knows)
             days = workdir / "closing-days.txt"
-            days.write_text("".join(f"{date.fromordinal(EPOCH + d)}\n" for d in closed))
+            days.write_text("".join(f"{date.fromordinal(EPOCH + d)}\n" for d in own))
             toml = toml.replace("[detect]\n", f'[detect]\nclosing_days = "{days}"\n', 1)
         path.write_text(toml + alert_servers.toml())
         cfg = config.load(path, {"coap_host": "127.0.0.1", "coap_port": 0, "http_port": 0})
         keys = gateway_keys(path, list(keys_plan))  # `reverbere node add` for each node
         login = _console_login(cfg)
+        # The nodes' profiles, and what the gateway's detectors learnt from their past.
+        profiles = {n: make_profile(n, SEED, truth, closed, LAMP_SCHEDULE) for n in keys_plan}
+        since = {
+            n: start - (history if kind_of(n) == "building" else min(history, LAMP_PAST))
+            for n in keys_plan
+        }
+        learnt = await asyncio.to_thread(_learn_past, cfg, profiles, since, start)
         gw = Gateway(cfg)
         await gw.start()
         lamps = sum(kind_of(n) == "lamp" for n in keys)
@@ -287,6 +343,13 @@ async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: 
             f" at {_at(start, cut)} for {NODE_OUTAGE // 60} min"
         )
         echo(f"  uplink    platform unreachable from {_at(start, up0)} to {_at(start, up1)}")
+        if history:
+            echo(
+                f"  history   the detectors learnt from the days before the run ({history_days}"
+                f" for the buildings, {min(history, LAMP_PAST) / 86400:g} for the street lights:"
+                f" {learnt['readings']} readings of the same profiles through the detect stage"
+                f" in {learnt['seconds']} s, {learnt['events']} events raised)"
+            )
         echo(f"  anomalies {len(truth)} injected {note}".rstrip())
 
         fleet: Fleet | None = None
@@ -309,7 +372,7 @@ async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: 
         fleet = ObservedFleet(
             keys, addr, start, duration, seed=SEED, anomalies=truth, record=True,
             firmware_dir=workdir / "nodes", timer=(60, updates.tick),
-            lamp_schedule=LAMP_SCHEDULE,
+            lamp_schedule=LAMP_SCHEDULE, closed=closed, profiles=profiles,
         )  # fmt: skip
         outage = asyncio.create_task(_uplink_outage(plat, fleet, (up0, up1)))
         progress = asyncio.create_task(_progress(echo, fleet, start, hours, plat))
@@ -369,6 +432,18 @@ async def _demo(echo: Callable[[str], None], nodes: int, hours: float, workdir: 
         alert_servers.stop()
     _print(echo, report)
     return report
+
+
+def _learn_past(cfg: config.Config, profiles: dict, since: dict[str, float], end: float) -> dict:
+    """The gateway's detect stage, as ``stages(cfg)`` makes it, fed the profiles' readings
+    from each node's ``since`` to ``end`` on the gateway's database (sim/history.py)."""
+    t0 = time.monotonic()
+    db = open_db(cfg.database)
+    try:
+        figures = learn(db, stages(cfg).detect, profiles, since, end)
+    finally:
+        db.close()
+    return {"readings": 0, "events": 0, **figures, "seconds": round(time.monotonic() - t0, 1)}
 
 
 async def _alerts_delivered(gw: Gateway, timeout: float) -> int:
@@ -538,21 +613,23 @@ def run_demo(
     nodes: int = 20,
     hours: float = 48,
     out: str | Path | None = "demo-out",
+    history_days: int = HISTORY_DAYS,
 ) -> dict:
     """Run the demo in ``out`` and keep what it made there to explore afterwards (the
     gateway's config and database, the platform's database in ``platform/``, the chart
     ``summaries.svg`` and ``report.json``); print the commands that look at them; return the
     figures. A previous run's files there are replaced; ``out=None`` runs in a temporary
-    directory that is deleted at the end."""
+    directory that is deleted at the end. ``history_days``: the past the detectors learn
+    from before the run (0: none, they learn during the run as a new gateway would)."""
     if out is None:
         with tempfile.TemporaryDirectory(prefix="reverbere-demo-") as tmp:
-            return asyncio.run(_demo(echo, nodes, hours, Path(tmp)))
+            return asyncio.run(_demo(echo, nodes, hours, Path(tmp), history_days))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in DEMO_FILES:
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "platform", ignore_errors=True)
-    report = asyncio.run(_demo(echo, nodes, hours, out))
+    report = asyncio.run(_demo(echo, nodes, hours, out, history_days))
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     if report.get("chart"):
         echo(f"chart: {Path(report['chart']).resolve()}")

@@ -65,6 +65,22 @@ def kind_of(node: str) -> str:
     return "building" if node.startswith("bldg") else "lamp"
 
 
+def make_profile(
+    node: str,
+    seed: int,
+    anomalies: list[Anomaly],
+    closed: list[int] | tuple[int, ...] = (),
+    lamp_schedule: dict | None = None,
+) -> Profile:
+    """The energy profile of ``node`` as the fleet runs it: a ``Building`` closed on the
+    ``closed`` local dates, or a ``StreetLight`` on the cabinet's ``lamp_schedule``; with the
+    node's own anomalies of ``anomalies``."""
+    mine = tuple(a for a in anomalies if a.node == node)
+    if kind_of(node) == "building":
+        return Building(node, seed, mine, closing_days=closed)
+    return StreetLight(node, seed, mine, **(lamp_schedule or {}))
+
+
 class _Socket(asyncio.DatagramProtocol):
     def __init__(self, fleet: "Fleet", idx: int):
         self.fleet = fleet
@@ -125,6 +141,8 @@ class Fleet:
         firmware_dir: str | Path | None = None,
         timer: tuple[float, Callable[[float], None]] | None = None,
         lamp_schedule: dict | None = None,
+        closed: list[int] | None = None,
+        profiles: dict[str, Profile] | None = None,
     ):
         self.keys = keys
         # Updates over the air: each node's filesystem in firmware_dir/<node> (sim/hal.py).
@@ -139,8 +157,11 @@ class Fleet:
         self.start = float(int(start if start is not None else time.time() - duration))
         self.duration = duration
         self.seed = seed
-        # The town's closing days (local dates): its buildings are closed then.
-        self.closing_days = closing_days(self.start, duration)
+        # The town's closing days (local dates): its buildings are closed then. ``closed``
+        # gives them (the demo's: the town's public holidays and its own closing day).
+        self.closing_days = closing_days(self.start, duration) if closed is None else closed
+        # The nodes' profiles as a past left them (sim/history.py): counters run on.
+        self.profiles = profiles or {}
         if isinstance(anomalies, int):
             kinds = {n: kind_of(n) for n in keys}
             anomalies = plan_anomalies(
@@ -165,10 +186,9 @@ class Fleet:
     # --- set-up --------------------------------------------------------------------------------
 
     def _profile(self, node: str) -> Profile:
-        mine = tuple(a for a in self.anomalies if a.node == node)
-        if kind_of(node) == "building":
-            return Building(node, self.seed, mine, closing_days=self.closing_days)
-        return StreetLight(node, self.seed, mine, **self.lamp_schedule)
+        if node in self.profiles:
+            return self.profiles[node]
+        return make_profile(node, self.seed, self.anomalies, self.closing_days, self.lamp_schedule)
 
     def _config(self, node: str, key: bytes, profile: Profile) -> dict:
         cfg = {

@@ -55,12 +55,19 @@ cli_users.register(cli)
     show_default=True,
     help="Where the run's gateway and platform databases, the chart and report.json stay.",
 )
+@click.option(
+    "--history-days",
+    type=click.IntRange(0, 60),
+    default=16,
+    show_default=True,
+    help="Days before the run the detectors learn from (0: none, as a new gateway).",
+)
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object of figures.")
-def demo(nodes: int, hours: float, out: str, as_json: bool) -> None:
+def demo(nodes: int, hours: float, out: str, history_days: int, as_json: bool) -> None:
     """Run the whole system on one machine: a platform, a gateway, a simulated fleet on the
     real firmware through a lossy network, outages, injected anomalies; then a report."""
     from sim.demo import run_demo
 
-    report = run_demo(echo=click.echo, nodes=nodes, hours=hours, out=out)
+    report = run_demo(echo=click.echo, nodes=nodes, hours=hours, out=out, history_days=history_days)
     if as_json:
         click.echo(json.dumps(report))
