@@ -55,8 +55,10 @@ from sim.updates import DemoUpdates
 SEED = 1
 UTC_OFFSET = 3600  # the site's time zone, Etc/GMT-1 (the fleet's profiles are in UTC+1)
 EPOCH = date(1970, 1, 1).toordinal()
-NODE_OUTAGE = 900  # seconds (simulated) the nodes cannot reach the gateway: below the
-# silent rule's 30 minutes, so a network cut is not reported as silent nodes
+NODE_OUTAGE = 600  # seconds (simulated) the nodes cannot reach the gateway: with a node's
+# pack (10 minutes of readings) and its backoff after the cut (up to 6 min 15 s), below the
+# silent rule's 30 minutes, so a network cut is not reported as silent nodes (15 minutes was
+# not: two nodes were called silent for a moment at the cut)
 UPLINK_DOWN = (0.25, 0.5)  # fractions of the run during which the platform is unreachable
 LEARNING_DAYS = 4  # the statistical detector learns 3 days before it speaks (docs/anomalies.md)
 STAT_KINDS = ("spike", "drift")  # injected kinds only the statistical detector can find
@@ -77,6 +79,13 @@ LAMP_SCHEDULE = {"dim": (22, 12), "dim_level": 0.5, "switch_off": (1, 5)}
 
 GATEWAY_TOML = """\
 # The demo's gateway, configured as an operator would (see `reverbere gateway init`).
+[coap]
+# The fleet runs about 2,000 times faster than real time: a second here is half an hour of the
+# nodes' time. Kept 60 s (a real gateway's default), an answer is still there 33 simulated
+# hours later, and a node reset since (a firmware update) whose new random message IDs run
+# into its old ones gets stale answers for hours (tests/test_sim_stall.py).
+dedup_lifetime_s = 1
+
 [site]
 latitude = {lat}
 longitude = {lon}

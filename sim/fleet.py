@@ -31,6 +31,11 @@ from sim.hal import SimClock, SimFirmware, SimHal
 from sim.profiles import Anomaly, Building, Profile, StreetLight, closing_days, plan_anomalies
 
 BUILDING_SHARE = 0.2  # one node in five meters a public building, the rest are street lights
+# The fleet waits for answers at least SLOW_FACTOR times the gateway's recent answer time (an
+# average weighted ANSWER_WEIGHT to the newest), each answer counted up to SLOW_MAX seconds.
+SLOW_FACTOR = 3.0
+ANSWER_WEIGHT = 0.05
+SLOW_MAX = 0.25
 
 
 @dataclass
@@ -182,6 +187,10 @@ class Fleet:
         self._seq = 0
         self._activity = asyncio.Event()
         self._batch: set[int] = set()
+        # How long (wall seconds) the gateway has lately taken to answer a node's datagram: a
+        # loaded machine answers in tens of milliseconds, not in ``quiet``.
+        self._answer_time = 0.0
+        self._sent_at: dict[int, float] = {}  # node -> when it last sent (wall)
 
     # --- set-up --------------------------------------------------------------------------------
 
@@ -218,6 +227,7 @@ class Fleet:
 
             def send(data, sock=sock, idx=idx):
                 self._batch.add(idx)
+                self._sent_at[idx] = time.monotonic()
                 sock.transport.sendto(data)
 
             hal = SimHal(
@@ -278,6 +288,10 @@ class Fleet:
     def _datagram(self, idx: int, data: bytes) -> None:
         m = self.members[idx]
         self._activity.set()
+        sent = self._sent_at.pop(idx, None)
+        if sent is not None:  # how long the gateway took to answer it, late or not
+            took = min(time.monotonic() - sent, SLOW_MAX)
+            self._answer_time += ANSWER_WEIGHT * (took - self._answer_time)
         if m.off_until is not None:
             return
         m.node.datagram(data)
@@ -297,15 +311,21 @@ class Fleet:
     async def _settle(self) -> None:
         """Wait until this instant's exchanges are answered, or until nothing has arrived for
         ``quiet`` seconds (what is missing then was lost: time may move on). The first answer
-        of a large burst may take longer: the receiver has the whole burst to read."""
-        wait = max(self.quiet, 0.0005 * len(self._batch))
+        of a large burst may take longer: the receiver has the whole burst to read. And a
+        gateway on a loaded machine answers late, not never: each wait is at least
+        ``SLOW_FACTOR`` times its recent answer time (up to ``SLOW_MAX``). Moving simulated
+        time on instead (at 2,000x, 50 ms are 100 simulated seconds) made its nodes time out,
+        back off and deliver their readings half an hour after the others': the gateway rightly
+        called them silent, and the demo counted false ``silent`` events."""
+        slow = SLOW_FACTOR * self._answer_time
+        wait = max(self.quiet, 0.0005 * len(self._batch), slow)
         while self._waiting():
             self._activity.clear()
             try:
                 await asyncio.wait_for(self._activity.wait(), wait)
             except TimeoutError:
                 return
-            wait = self.quiet
+            wait = max(self.quiet, slow)
 
     def _drained(self) -> bool:
         return all(
