@@ -30,6 +30,10 @@ from pathlib import Path
 from gateway.logs import event
 
 log = logging.getLogger("reverbere.daemon")
+# Seconds a stop waits for a worker's request in flight (the sync's, the alert sender's), side by
+# side. systemd's TimeoutStopSec is 30 s in our unit (gateway/systemd/reverbere.service; 90 s by
+# default), and the stop also commits the queued packs: the workers' share leaves them most of it.
+STOP_GRACE = 5.0
 
 
 class AlreadyRunning(Exception):

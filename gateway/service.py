@@ -383,10 +383,12 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await self.committer.stop()  # the queued packs are committed and answered here
-        if self.sync is not None:  # a request in flight is reconciled at the next start
-            await asyncio.get_running_loop().run_in_executor(None, self.sync.stop)
-        if self.alerts is not None:  # a message in flight is sent again, with its key
-            await asyncio.get_running_loop().run_in_executor(None, self.alerts.stop)
+        # Side by side, each within STOP_GRACE: a request in flight is reconciled at the next
+        # start, a message in flight is sent again with its key.
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(None, s.stop) for s in (self.sync, self.alerts) if s is not None)
+        )
         if self._ctx is not None:
             await self._ingest.idle()  # every handler has returned its answer to aiocoap
             await asyncio.sleep(0)  # which sends it on its next step

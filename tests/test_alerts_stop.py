@@ -23,8 +23,8 @@ from gateway import config
 from gateway.alerts.config import from_config as alerts_config
 from gateway.alerts.outbox import route_events
 from gateway.alerts.sender import AlertSender
+from gateway.daemon import STOP_GRACE
 from gateway.store.db import open_db
-from gateway.sync.service import STOP_GRACE
 
 TZ = "Europe/Paris"
 

@@ -8,7 +8,7 @@ messages for the next turn (a closing message never overtakes its opening). The 
 small town is often down: what waits is in the database and goes when the link is back, also
 after a restart. ``notify()`` (the alert stage's listener) wakes it at once.
 
-A stop is prompt: the sender ends between two messages, and waits ``STOP_GRACE`` (the sync's,
+A stop is prompt: the sender ends between two messages, and waits ``STOP_GRACE`` (gateway.daemon,
 5 s) at most for the one in flight, whose server may hold it for ``timeout`` (up to 600 s):
 systemd gives the whole stop 30 s. A message left in flight is not marked, whatever its
 server answers later, and goes again at the next start with the same key (docs/alerts.md).
@@ -28,8 +28,8 @@ import sqlite_utils
 from gateway.alerts.config import AlertsConfig
 from gateway.alerts.outbox import SENDABLE
 from gateway.alerts.transports import Alert, DeliveryError, deliver
+from gateway.daemon import STOP_GRACE
 from gateway.logs import event
-from gateway.sync.service import STOP_GRACE
 
 log = logging.getLogger("reverbere.alerts")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from gateway.daemon import STOP_GRACE
 from gateway.logs import event
 from gateway.sync.budget import Budget
 from gateway.sync.config import SyncConfig, SyncConfigError
@@ -21,10 +22,6 @@ from gateway.sync.target import Target
 from gateway.sync.worker import SyncWorker
 
 log = logging.getLogger("reverbere.sync")
-# Seconds a stop waits for the request in flight. systemd's TimeoutStopSec is 30 s in our unit
-# (gateway/systemd/reverbere.service; 90 s by default), and the stop also commits the queued
-# packs and waits for the alert sender: the sync's share must leave them most of it.
-STOP_GRACE = 5.0
 
 
 def build_target(
