@@ -10,7 +10,8 @@ a counter (``e``) by its increase. Five kinds:
 ``dropout``    the hour reads near zero (under a fifth of the building's quietest learnt hour)
                for a building never at zero, or a placeholder: an exact whole number that the
                meter never reads (such as 1.0) far under the hour's learnt level, or a value
-               held for three hours under 2/3 of the quietest learnt hour
+               held for three hours under 2/3 of the quietest learnt hour, stepped down to
+               from an hour above that (not a building sliding into a quiet holiday)
 ``stuck_meter`` the same hourly value (the same increase of a counter) for more hours in a row
                than the building ever stayed flat, plus ``STUCK_MARGIN`` (at least ``STUCK_HOURS``);
                before the hour is learnt, a meter that never repeated an hour so far, flat for
@@ -86,6 +87,7 @@ class BuildingMeter:
 
     __slots__ = (
         "acc",
+        "before_flat",
         "bounds",
         "calendar",
         "clock",
@@ -128,6 +130,7 @@ class BuildingMeter:
         self.acc = [0.0, 0]  # its sum and count
         self.prev: tuple[float, float] | None = None  # the last reading (time, value)
         self.last_hour: float | None = None  # the previous judged hour's value
+        self.before_flat: float | None = None  # the hour's value before the flat run going on
         self.flat = 0  # hours in a row with the same value
         self.longest_flat = 0  # the longest flat run that raised nothing
         self.repeats = 0  # hours that repeated the previous one exactly, in healthy runs
@@ -208,6 +211,8 @@ class BuildingMeter:
         # Flat runs: the same hourly value again (a frozen register, the same increase).
         flat_before = self.flat
         self.flat = self.flat + 1 if self.last_hour is not None and x == self.last_hour else 0
+        if self.flat == 0:
+            self.before_flat = self.last_hour
         self.last_hour = x
         if self.bounds is None or h == 0:  # once a day: levels move slowly
             learnt = [self.slots[i] for i in range(48) if self.count[i] >= LEARNT]
@@ -256,7 +261,14 @@ class BuildingMeter:
         # level; or a constant (three hours the same) under 2/3 of the quietest learnt hour.
         placeholder = (
             whole and self.n > 24 * 7 and self.ints[0] < 0.05 * self.ints[1] and z <= -Z_PLACEHOLDER
-        ) or (self.flat >= 2 and x < HELD_RATIO * floor)
+        ) or (
+            # held after a step down from a normal hour: a building sliding into a quieter
+            # season (a holiday, a coarse meter at its new low) holds values too, but got there
+            # by degrees
+            self.flat >= 2
+            and x < HELD_RATIO * floor
+            and (self.before_flat or 0.0) >= HELD_RATIO * floor
+        )
         if learnt and floor > 0 and (x <= DROP_RATIO * floor or placeholder):
             what = "a placeholder value" if placeholder and x > DROP_RATIO * floor else "near zero"
             out.append(
@@ -384,6 +396,7 @@ class BuildingMeter:
             self.n,
             self.repeats,
             self.stuck,
+            self.before_flat,
         ]
 
     def load(self, d: list) -> None:
@@ -397,6 +410,7 @@ class BuildingMeter:
         self.prev = tuple(prev) if prev is not None else None
         self.ints, self.n = d[7], d[8]
         self.repeats, self.stuck = d[9:11] if len(d) > 9 else (0, False)  # states of before
+        self.before_flat = d[11] if len(d) > 11 else None
 
 
 _words = {
