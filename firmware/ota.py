@@ -227,6 +227,7 @@ class Updater:
         self.version = slot_version(files, self.running) if self.running else 0
         self.m = None  # the verified manifest being installed
         self.mbuf = None  # manifest blocks while they come
+        self.signed = None  # the whole manifest, to decode and check at the next request
         self.etag = None
         self.want = 0  # a version offered, not yet decided on
         self.file = 0  # index of the file downloading
@@ -278,6 +279,10 @@ class Updater:
         """The next GET as (options), or None when nothing is to be asked now."""
         if not self.active() or now < self.due:
             return None
+        if self.signed is not None:  # not with the last block: what that held is garbage now
+            self._take()
+            if not self.active():  # refused (or every file was in place already)
+                return None
         if self.m is None:
             num = 0 if self.mbuf is None else len(self.mbuf) // BLOCK
             self.req = ("m", num)
@@ -290,7 +295,7 @@ class Updater:
             ]
         else:
             while True:  # a part that is whole already (a cut before its rename): check it
-                _, size, _, zsize = self.m.files[self.file]
+                _, size, _, zsize = self.m.file(self.file)
                 have = self.files.size(self._part())
                 if have < 0 or (have < (zsize or size) and have % BLOCK == 0):
                     break
@@ -302,7 +307,7 @@ class Updater:
             opts = [
                 (URI_PATH, manifest.UPDATE_PATH.encode()),
                 (URI_PATH, b"f"),
-                (URI_PATH, _hex(self.m.files[self.file][2])),
+                (URI_PATH, _hex(self.m.file(self.file)[2])),
             ]
         opts.append((BLOCK2, coap.uint_option((self.req[1] << 4) | SZX)))
         return opts
@@ -341,12 +346,19 @@ class Updater:
         self.mbuf.extend(m.payload)
         if len(self.mbuf) > MAX_MANIFEST:
             self._refuse("manifest too large")
-        elif not more:
-            raw = bytes(self.mbuf)
+        elif not more:  # decoded at the next request, not with the block still held
+            self.signed = self.mbuf
             self.mbuf = None
-            self._take(raw)
 
-    def _take(self, raw):
+    def _take(self):
+        """Decode, verify and check the whole manifest, then make the slot ready for it.
+
+        The update's heaviest step (docs/ota.md, "Memory and size"), so it runs at the next
+        request rather than with the last block: the collector can run between the two. The
+        manifest decodes in place (``protocols.manifest``): it keeps the received bytes,
+        which go into the slot as they are."""
+        raw = self.signed
+        self.signed = None
         try:
             mf = manifest.decode(raw)
         except DecodeError as e:
@@ -359,34 +371,41 @@ class Updater:
         self.want = 0
         self.m = mf
         self.st["seq"] = mf.seq
-        self.raw = raw
         self.slot = "b" if self.running == "a" else "a"
         self._prepare()
 
     def _prepare(self):
-        """Clear the inactive slot of what the manifest does not list; skip what is there."""
+        """Clear the inactive slot of what the manifest does not list; skip what is there.
+
+        Each folder is made once (a mkdir that finds it there raises, and an exception is
+        heap: 10 KB for 17 files made so)."""
         base = FW + self.slot
         self.files.mkdir(FW[:-1])
         self.files.mkdir(base)
         listed = {}
-        for name, size, digest, _ in self.m.files:
-            listed[name] = (size, digest)
-            listed[name + ".part"] = None  # a part of this version's file: resumed
+        last = ""
+        for i in range(len(self.m)):
+            name = self.m.name(i)
+            listed[name] = None
+            d = name[: name.rfind("/") + 1]  # its folder: "firmware/", or "" at the top
+            if d and d != last:
+                last = d
+                j = d.find("/")
+                while j > 0:
+                    self.files.mkdir(base + "/" + d[:j])
+                    j = d.find("/", j + 1)
         for name in _walk(self.files, base, []):
-            if name not in listed:
+            # A part of this version's file stays: its download resumes.
+            if name not in listed and not (name[-5:] == ".part" and name[:-5] in listed):
                 self.files.remove(base + "/" + name)
         self.file = 0
-        for f in self.m.files:
-            parts = f[0].split("/")
-            for i in range(1, len(parts)):
-                self.files.mkdir(base + "/" + "/".join(parts[:i]))
         self._skip_done()
         self._save("downloading")
 
     def _skip_done(self):
         files = self.files
-        while self.file < len(self.m.files):
-            name, size, digest, _ = self.m.files[self.file]
+        while self.file < len(self.m):
+            name, size, digest, _ = self.m.file(self.file)
             path = FW + self.slot + "/" + name
             if files.size(path) != size or sha256(files, path, self.buf) != digest:
                 files.remove(path)
@@ -397,10 +416,10 @@ class Updater:
     # --- the files -----------------------------------------------------------------------------
 
     def _part(self):
-        return FW + self.slot + "/" + self.m.files[self.file][0] + ".part"
+        return FW + self.slot + "/" + self.m.name(self.file) + ".part"
 
     def _file_block(self, data, more):
-        size, zsize = self.m.files[self.file][1], self.m.files[self.file][3]
+        _, size, _, zsize = self.m.file(self.file)
         part = self._part()
         with self.files.open(part, "ab") as f:  # one block per close: whole blocks survive
             f.write(data)
@@ -410,7 +429,7 @@ class Updater:
 
     def _finish_file(self):
         """The part is whole: inflate it if need be, check its SHA-256, give it its name."""
-        name, size, digest, zsize = self.m.files[self.file]
+        name, size, digest, zsize = self.m.file(self.file)
         part = self._part()
         path = FW + self.slot + "/" + name
         if zsize:
@@ -434,7 +453,7 @@ class Updater:
 
     def _install(self):
         """Every file checked: the manifest into the slot, then the one pointer flip."""
-        write(self.files, FW + self.slot + "/" + MANIFEST, self.raw)
+        write(self.files, FW + self.slot + "/" + MANIFEST, self.m.raw)
         self._save("downloaded")
         write(self.files, TRIAL, ("%s 0" % self.slot).encode())  # the switch
         self._save("updating")
@@ -445,6 +464,7 @@ class Updater:
 
     def _refuse(self, why, version=0):
         self.mbuf = None
+        self.signed = None
         self.want = 0
         self._end("refused: " + why, R_REFUSED, version)
 
@@ -464,7 +484,7 @@ class Updater:
         if self.m is not None:
             st["version"] = self.m.version
             st["done"] = self.file
-            st["files"] = len(self.m.files)
+            st["files"] = len(self.m)
         else:
             for k in ("version", "done", "files"):
                 st.pop(k, None)
@@ -475,4 +495,4 @@ class Updater:
 
 
 def _hex(b):
-    return "".join("%02x" % x for x in b).encode()
+    return ("%02x" * len(b) % tuple(b)).encode()

@@ -37,8 +37,9 @@ ALG_HMAC_256_256 = 5  # RFC 9053 Section 3.1, HMAC w/ SHA-256, full 32-byte tag 
 _TAG_LEN = {ALG_HMAC_256_64: MAC_LEN, ALG_HMAC_256_256: 32}
 
 
-def hmac_sha256(key, msg):
-    """HMAC-SHA256 (RFC 2104)."""
+def hmac_sha256(key, *msg):
+    """HMAC-SHA256 (RFC 2104) of the concatenation of ``msg`` (buffers hashed in turn, so a
+    manifest's MAC structure is never copied together: protocols/manifest.py)."""
     if len(key) > _BLOCK:
         key = hashlib.sha256(key).digest()
     k = bytearray(_BLOCK)
@@ -46,7 +47,8 @@ def hmac_sha256(key, msg):
     for i in range(_BLOCK):
         k[i] ^= 0x36
     inner = hashlib.sha256(k)
-    inner.update(msg)
+    for part in msg:
+        inner.update(part)
     for i in range(_BLOCK):
         k[i] ^= 0x36 ^ 0x5C
     outer = hashlib.sha256(k)

@@ -6,7 +6,7 @@ compiled ``firmware/ota.py`` through ``OsFiles`` on that directory. What it down
 the gateway serves: a real ``gateway.ota.updates.offer`` (the signed manifest, each file
 deflated with the 1 KB window, or as it is), laid out read-only at ``/input``.
 
-Why the collector runs only between exchanges, at the driver's top level: in this WASI build
+Why the collector runs only between the node's steps, at the driver's top level: in this WASI build
 a Python function whose frame needs more than 11 words (locals, stack, a try block: most
 functions of the firmware) gets its frame from the heap, and only a WebAssembly local of the
 C interpreter points at it (py/objfun.c allocates it on the C stack only up to 11 words; the
@@ -16,19 +16,22 @@ the blocks and the guest faults (an out-of-bounds access at an address made of t
 string written over a pointer). This is why the firmware's tests could not collect, and why
 "a try block at module level" faulted (tests/test_micropython.py): a try makes the module's
 frame larger. The collector is therefore off all the time, and the driver calls it between
-exchanges from its module level, where no function is running and all it keeps is in a
-global dict (``S``). A board's collector has no such limit: it collects inside exchanges too.
+the node's steps from its module level, where no function is running and all it keeps is in
+a global dict (``S``). A step is what the node's loop does in one call: ``Updater.request``
+(its ``poll``: the next GET, and the decoding of a manifest whose last block came) or
+``Updater.answer`` (its ``datagram``: the block stored); the driver calls the real methods.
+A board's collector has no such limit: it collects inside steps too.
 
 What that proves: with the collector off, an allocation that finds no room raises
-MemoryError at once. Before each exchange a ballast takes every free byte but the room that
+MemoryError at once. Before each step a ballast takes every free byte but the room that
 the budget leaves (over the node's resident heap, what the update holds counted), in one
 run. An update that ends without MemoryError never needed more than that room at any
-instant, even with no collection inside an exchange. The figures are the rise of
-``gc.mem_alloc()`` over the resident heap: at the end of each exchange (what it held and
+instant, even with no collection inside a step. The figures are the rise of
+``gc.mem_alloc()`` over the resident heap: at the end of each step (what it held and
 every byte it allocated: an upper bound of its peak, as benchmarks/firmware_footprint.py
 measures a reading's cycle) and after each collection (what the update keeps between
-exchanges). The ballast cannot fill every hole: ``*_room`` says the room each kind of
-exchange had (about 0.8 KB above its budget).
+steps). The ballast cannot fill every hole: ``*_room`` says the room each kind of
+step had (about 0.8 KB above its budget).
 """
 
 import json
@@ -51,7 +54,7 @@ VERSION = 2
 
 # Runs inside MicroPython. The collector is off from the start and runs only at the top
 # level below, with no function active (why: the module's docstring); what lasts from one
-# exchange to the next is in the global S, which the collector sees.
+# step to the next is in the global S, which the collector sees.
 DRIVER = r"""
 import gc, json, sys
 gc.disable()
@@ -61,10 +64,9 @@ fwboot.select("/flash")
 from firmware import ota
 from protocols import coap, manifest
 
-APART = %(apart)r
 MAX_PIECES = 1000
 S = {"resets": [], "ballast": [None] * MAX_PIECES, "nb": 0, "bal": 0, "n": 0, "live": 0,
-     "apart": [], "peak": {"m": 0, "f": 0}, "room": {"m": 0, "f": 0}, "where": None}
+     "msteps": [], "peak": {"m": 0, "f": 0}, "room": {"m": 0, "f": 0}, "where": None}
 
 
 def setup(budgets):
@@ -75,12 +77,12 @@ def setup(budgets):
     resets = S["resets"]
     S["up"] = ota.Updater(files, key, %(node)r, %(cls)r, %(abi)r, lambda: resets.append(1))
     S["up"].offered(%(version)d, 0)
-    S["budgets"] = budgets  # room over the resident heap: the manifest's exchanges, the files'
+    S["budgets"] = budgets  # room over the resident heap: the manifest's steps, the files'
 
 
 def fit():
     # Called after a collection, with no ballast held: leave free, in one run, what the next
-    # exchange's budget over the resident heap leaves once what the update holds is counted
+    # step's budget over the resident heap leaves once what the update holds is counted
     # (as much room as a board would have, and no worse cut: the holes that loading the
     # node left are filled). That run is taken first, every other free byte after (largest
     # pieces first), then the run is given back.
@@ -142,7 +144,8 @@ def serve(opts):
 
 
 def step():
-    # One exchange (request, the block, what the node does with it); False once it ended.
+    # One of the node's steps, as its loop makes them: a request (poll), then what it does
+    # with the answer (datagram); False once the update ended.
     up = S["up"]
     base = S["base"] + S["bal"]  # the node's resident heap and the ballast
     S["live"] = max(S["live"], gc.mem_alloc() - base)
@@ -153,73 +156,33 @@ def step():
     room = free + gc.mem_alloc() - base  # over the resident heap, what the update holds too
     S["room"][kind] = max(S["room"][kind], room)
     try:
-        if S["apart"]:  # a step of the manifest's last exchange
-            S["apart"].pop(0)()
-            S["n"] -= 1
-        else:
+        if "opts" in S:  # the block comes back: the node's answer() (its datagram() on a board)
+            up.answer(serve(S.pop("opts")), 0)
+        else:  # the node's request() (its poll()): decodes a manifest just received, asks
             opts = up.request(0)
             if opts is None:
                 return False
-            m = serve(opts)
-            num = coap.option_uint(opts[-1][1]) >> 4
-            if APART and kind == "m" and (num + 1) * ota.BLOCK >= S["index"]["m"][0]:
-                S["m"] = m
-                S["apart"] = [apart_read, apart_decode, apart_check, apart_take]
-            else:
-                up.answer(m, 0)
+            S["opts"] = opts
     except MemoryError:
-        S["error"] = {"exchange": S["n"], "kind": kind, "free": free,
+        S["error"] = {"step": S["n"], "kind": kind, "free": free,
                       "held": free and gc.mem_alloc() - base}
         return False
     S["n"] += 1
     used = gc.mem_alloc() - base
+    if kind == "m":
+        S["msteps"].append(used)
     if used > S["peak"][kind]:
         S["peak"][kind] = used
         if kind == "f":
-            S["where"] = up.m.files[up.file - 1][0] if up.m else "the last file"
+            S["where"] = up.m.file(up.file - 1)[0] if up.m else "the last file"
     return True
-
-
-# The manifest's last exchange, its steps apart, to collect between them: what
-# Updater._manifest_block and Updater._take do (firmware/ota.py), in the same order.
-def apart_read():
-    up = S["up"]
-    up.req = None
-    up.mbuf.extend(S.pop("m").payload)
-    S["raw"] = bytes(up.mbuf)
-    up.mbuf = None
-
-
-def apart_decode():
-    S["mf"] = manifest.decode(S["raw"])
-
-
-def apart_check():
-    up = S["up"]
-    mf = S["mf"]
-    if not mf.verify(up.key):
-        raise ValueError("bad signature")
-    why = manifest.check(mf, up.node, up.cls, up.version, up.abi, up.st["seq"])
-    if why:
-        raise ValueError(why)
-
-
-def apart_take():
-    up = S["up"]
-    mf = S.pop("mf")
-    up.want = 0
-    up.m = mf
-    up.st["seq"] = mf.seq
-    up.raw = S.pop("raw")
-    up.slot = "b" if up.running == "a" else "a"
-    up._prepare()
 
 
 def report():
     out = {"manifest_peak": S["peak"]["m"], "files_peak": S["peak"]["f"], "where": S["where"]}
     if S["budgets"][1] is not None:
         out.update(manifest_room=S["room"]["m"], files_room=S["room"]["f"])
-    out.update(live=S["live"], exchanges=S["n"], resident=S["base"])
+    out.update(live=S["live"], steps=S["n"], manifest_steps=S["msteps"], resident=S["base"])
     if "error" in S:
         out["memory_error"] = S["error"]
     out["trial"] = open("/flash/fw/trial").read() if S["resets"] else None
@@ -253,7 +216,6 @@ def measure(
     budget: int | None = HEAP_BUDGET,
     manifest_budget: int | None = None,
     wbits: int = updates.WBITS,
-    apart: bool = False,
     heap: int = HEAP,
 ) -> dict:
     """Update a node built as the flash tool builds it to ``files`` (slot path, bytes) inside
@@ -261,16 +223,14 @@ def measure(
     window where that is smaller, unless ``deflate`` is False).
 
     The update gets ``budget`` bytes over the node's resident heap, what it holds between
-    exchanges included (the rest is ballast); ``manifest_budget`` (default: ``budget``) for
-    the manifest's exchanges; None: the whole ``heap``, to measure. Returns the figures in
-    bytes over the resident heap: ``manifest_peak`` and ``files_peak``, what the heaviest
-    exchange of each kind held and allocated (``where``: the file it finished), ``live``,
-    the most the update held between exchanges; ``exchanges``, ``trial`` (the pointer
-    flipped: "b 0"), ``installed`` (slot b holds exactly ``files``), ``served`` (the bytes
-    downloaded); or ``memory_error`` (the exchange that found no room). ``apart``: the
-    manifest's last exchange runs its steps one by one (read, decode, check, take), with a
-    collection between them, as a board's collector could collect inside it; each step is
-    then one exchange for the budget and the figures."""
+    steps included (the rest is ballast); ``manifest_budget`` (default: ``budget``) for
+    the steps before the manifest is taken; None: the whole ``heap``, to measure. Returns
+    the figures in bytes over the resident heap: ``manifest_peak`` and ``files_peak``, what
+    the heaviest step of each kind held and allocated (``where``: the file it finished;
+    ``manifest_steps``: each manifest step's figure, the last one the decoding), ``live``,
+    the most the update held between steps; ``steps``, ``trial`` (the pointer flipped:
+    "b 0"), ``installed`` (slot b holds exactly ``files``), ``served`` (the bytes
+    downloaded); or ``memory_error`` (the step that found no room)."""
     with tempfile.TemporaryDirectory(prefix="reverbere-ota-heap-") as tmp:
         root = Path(tmp)
         flash, given = root / "flash", root / "input"
@@ -299,7 +259,6 @@ def measure(
             "cls": CLASS,
             "abi": updates.ABI,
             "version": VERSION,
-            "apart": apart,
         }
         out = json.loads(run(code, given, flash, heap).strip().splitlines()[-1])
         out["served"] = sum(len(d) for n, d in served.items() if n != "m")
@@ -308,7 +267,7 @@ def measure(
         out["installed"] = all(
             (slot / path).is_file() and (slot / path).read_bytes() == data for path, data in files
         )
-    out.update(deflated=deflate, budgets=budgets, wbits=wbits, apart=apart, files=len(files))
+    out.update(deflated=deflate, budgets=budgets, wbits=wbits, files=len(files))
     return out
 
 

@@ -19,7 +19,7 @@ def test_the_annotated_manifest_is_what_the_gateway_signs():
     m = manifest.decode(wire)
     assert (m.node, m.cls, m.version, m.abi, m.seq) == ("lamp-042", "esp32", 2, (6, 3), 1)
     assert m.files == [("firmware/main.mpy", 12, hashlib.sha256(FILE).digest(), 0)]
-    assert m.mac0.tag.hex() == "71b5c0b09b7e0fe7563f94fc81c32d59b2a4b53546e432830168a9d148b77231"
+    assert m.tag.hex() == "71b5c0b09b7e0fe7563f94fc81c32d59b2a4b53546e432830168a9d148b77231"
     assert m.verify(KEY) and not m.verify(bytes(32))
     payload = manifest.encode("lamp-042", "esp32", 2, (6, 3), m.files)
     assert manifest.sign(KEY, "lamp-042", 1, payload) == wire

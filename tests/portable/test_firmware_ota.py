@@ -156,7 +156,7 @@ def test_a_manifest_says_what_was_signed_and_verifies_with_the_node_key_only():
     m = manifest.decode(signed(7, app(7), seq=4))
     assert (m.node, m.cls, m.version, m.abi, m.seq) == (NODE, CLS, 7, ABI, 4)
     assert [f[0] for f in m.files] == ["firmware/m0.mpy", "firmware/m1.mpy", "firmware/m2.mpy"]
-    assert len(m.mac0.tag) == 32  # HMAC 256/256: the full tag
+    assert len(m.tag) == 32  # HMAC 256/256: the full tag
     assert m.verify(KEY)
     assert not m.verify(bytes(32))
 
