@@ -135,3 +135,46 @@ def test_the_energy_page_figures_come_from_the_sums(tmp_path):
     )
     assert lamp.reference == {}  # no year before: no comparison
     db.close()
+
+
+def statements_run(db, sql, params):
+    """How many programs SQLite starts for ``sql``: the statement's own, and one for each
+    trigger that gets past its WHEN and each statement of its body (SQLite's trace callback
+    reports each as it starts)."""
+    traced = []
+    db.conn.set_trace_callback(traced.append)
+    with db.conn:
+        db.execute(sql, params)
+    db.conn.set_trace_callback(None)
+    return len(traced)
+
+
+def test_only_the_energy_channels_summaries_run_the_triggers(tmp_path):
+    """The triggers run in the writer's transaction, before the nodes' packs are acknowledged:
+    since migration m003 a temperature (or battery, or signal) summary does not run their
+    programs, as it has no Wh to count; an energy one does, inserted, corrected or deleted."""
+    db = open_db(tmp_path / "gw.db")
+    daily.ensure_zone(db, "Europe/Paris")
+    day = paris_midnight(2026, 11, 10)
+    insert = (
+        "INSERT INTO summaries (node, channel, hour, count, min, max, sum, mean, wh, version)"
+        " VALUES ('ecole-01', ?, ?, 60, 0, 1, 0, 19.5, ?, 1)"
+    )
+    correct = "UPDATE summaries SET count = 61, wh = ? WHERE channel = ? AND hour = ?"
+    delete = "DELETE FROM summaries WHERE channel = ? AND hour = ?"
+    temperature = [
+        statements_run(db, insert, ["t", day, None]),
+        statements_run(db, correct, [None, "t", day]),
+        statements_run(db, delete, ["t", day]),
+    ]
+    assert db.execute("SELECT count(*) FROM console_energy_days").fetchone()[0] == 0
+    energy = [
+        statements_run(db, insert, ["e", day, 100.0]),
+        statements_run(db, correct, [150.0, "e", day]),
+    ]
+    assert kept(db, "ecole-01", "e", day) == 150.0
+    energy.append(statements_run(db, delete, ["e", day]))
+    assert kept(db, "ecole-01", "e", day) is None
+    # each energy statement ran its trigger's body; the temperature ones did not
+    assert all(t < e for t, e in zip(temperature, energy, strict=True)), (temperature, energy)
+    db.close()

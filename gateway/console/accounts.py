@@ -95,6 +95,13 @@ def m002_energy_days(db: sqlite_utils.Database) -> None:
     daily.create(db)
 
 
+@migrations()
+def m003_energy_days_when(db: sqlite_utils.Database) -> None:
+    # m002's triggers ran for every summary row, whatever its channel: in the writer's
+    # transaction, only the energy channels' rows need them (gateway/console/daily.py).
+    daily.energy_only(db)
+
+
 class AccountError(Exception):
     """A refused account operation; ``str()`` is a sentence for a person."""
 

@@ -98,6 +98,34 @@ def create(db: sqlite_utils.Database) -> None:
     )
 
 
+ENERGY_ONLY = {  # each trigger's WHEN: the rows it can change, the energy channels'
+    "console_energy_insert": "NEW.channel IN ('e', 'p')",
+    "console_energy_update": "OLD.channel IN ('e', 'p') OR NEW.channel IN ('e', 'p')",
+    "console_energy_delete": "OLD.channel IN ('e', 'p')",
+}
+
+
+def energy_only(db: sqlite_utils.Database) -> None:
+    """The triggers of :func:`create`, run for the energy channels' summaries only (migration
+    m003). Without a WHEN, every summary row written, temperature, battery or signal alike,
+    ran the trigger's program in the writer's transaction, looking its day up twice for a Wh
+    that was NULL; with it, SQLite skips the program on the other channels' rows. Migration
+    m003 runs this: its SQL must not change either."""
+    bodies = {
+        "console_energy_insert": ("AFTER INSERT", _add("NEW")),
+        "console_energy_update": (
+            "AFTER UPDATE OF count, wh, mean",
+            _take_back("OLD") + _add("NEW"),
+        ),
+        "console_energy_delete": ("AFTER DELETE", _take_back("OLD")),
+    }
+    for name, (event, body) in bodies.items():
+        db.execute(f"DROP TRIGGER {name}")
+        db.execute(
+            f"CREATE TRIGGER {name} {event} ON summaries WHEN {ENERGY_ONLY[name]} BEGIN {body} END"
+        )
+
+
 def local_midnights(
     zone: str, first_year: int = FIRST_YEAR, last_year: int = LAST_YEAR
 ) -> Iterable[int]:
