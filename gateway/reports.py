@@ -24,6 +24,7 @@ node ids' prefix (``lamp-012`` -> ``lamp``); a building is its meters' id prefix
 
 import datetime as dt
 import html
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,32 +148,77 @@ class Town:
         return waste.prefix_group(node), BUILDING
 
 
-def node_energy(
-    db: sqlite_utils.Database, start: float, end: float
-) -> dict[str, tuple[float, int, dict[int, float]]]:
-    """Per node: Wh over ``[start, end)``, the hours measured, and Wh per hour. A node's
-    energy counter (``e``) when it has one, else its power channel's energy (``p``)."""
+# An hour's Wh as the summariser leaves it: its ``wh``, else a power channel's mean (W over
+# the hour); none for an hour without a reading. gateway/console/daily.py counts the same.
+_HOURS = """
+    SELECT node, channel, hour AS at, 1 AS hours,
+           CASE WHEN count > 0 THEN coalesce(wh, CASE WHEN channel = 'p' THEN mean END) END AS wh
+    FROM summaries WHERE channel IN ('e', 'p') AND hour >= :start AND hour < :end
+"""
+# The same Wh summed per local day, kept by the database (gateway/console/daily.py).
+_DAYS = """
+    SELECT node, channel, day AS at, hours, wh FROM console_energy_days
+    WHERE day >= :start AND day < :end AND hours > 0
+"""
+
+
+def _energy_rows(db: sqlite_utils.Database, period: Period) -> str:
+    """Where a period's energy is read from: the per-day sums when the database keeps them in
+    the period's zone (its local midnights are then days of the sums), else the hours."""
+    if "console_energy_zone" in db.table_names():
+        zone = db.execute("SELECT zone FROM console_energy_zone").fetchone()
+        if zone is not None and zone[0] == period.timezone:
+            return _DAYS
+    return _HOURS
+
+
+def node_energy(db: sqlite_utils.Database, period: Period) -> dict[str, tuple[float, int, str]]:
+    """Per node: Wh over the period, the hours measured and the channel they come from,
+    summed by SQLite over an index range (the per-day sums, else the energy channels' hours).
+    A node's energy counter (``e``) when it has one, else its power channel's energy (``p``)."""
     rows = db.execute(
-        "SELECT node, channel, hour, count, wh, mean FROM summaries"
-        " WHERE hour >= ? AND hour < ? AND channel IN ('e', 'p') ORDER BY node, hour",
-        [int(start), int(end)],
+        f"SELECT node, channel, sum(wh), sum(hours) FROM ({_energy_rows(db, period)})"
+        " WHERE wh IS NOT NULL GROUP BY node, channel",
+        {"start": int(period.start), "end": int(period.end)},
     ).fetchall()
-    counters = {r[0] for r in rows if r[1] == "e" and r[4] is not None}
-    out: dict[str, tuple[float, int, dict[int, float]]] = {}
-    per_hour: dict[str, dict[int, float]] = {}
-    for node, channel, hour, count, wh, mean in rows:
-        if (channel == "e") != (node in counters) or not count:
-            continue
-        value = wh if wh is not None else (mean if channel == "p" else None)
-        if value is not None:
-            per_hour.setdefault(node, {})[hour] = float(value)
-    for node, hours in per_hour.items():
-        out[node] = (sum(hours.values()), len(hours), hours)
+    counters = {r[0] for r in rows if r[1] == "e"}
+    return {r[0]: (r[2], r[3], r[1]) for r in rows if (r[1] == "e") == (r[0] in counters)}
+
+
+def _daily(
+    db: sqlite_utils.Database,
+    period: Period,
+    energy: dict[str, tuple[float, int, str]],
+    town: Town,
+) -> dict[str, dict[str, float]]:
+    """kWh per kind of asset and local day of the period (month of a year), for the charts:
+    SQLite sums the nodes' energy per day or hour and kind, a few hundred rows for Python."""
+    lamps = [n for n in energy if town.is_lamp(n)]
+    counters = [n for n, (_, _, channel) in energy.items() if channel == "e"]
+    rows = db.execute(
+        "SELECT at, node IN (SELECT value FROM json_each(:lamps)), sum(wh)"
+        f" FROM ({_energy_rows(db, period)}) WHERE wh IS NOT NULL"
+        " AND (channel = 'e') = (node IN (SELECT value FROM json_each(:counters)))"
+        " GROUP BY 1, 2",
+        {
+            "start": int(period.start),
+            "end": int(period.end),
+            "lamps": json.dumps(lamps),
+            "counters": json.dumps(counters),
+        },
+    ).fetchall()
+    tz = ZoneInfo(period.timezone)
+    fmt = "%m" if period.is_year else "%d"
+    out: dict[str, dict[str, float]] = {}
+    for at, lamp, wh in rows:
+        series = out.setdefault(LIGHTING if lamp else BUILDING, {})
+        day = dt.datetime.fromtimestamp(at, tz).strftime(fmt)
+        series[day] = series.get(day, 0.0) + wh / 1000
     return out
 
 
 def _assets(
-    energy: dict[str, tuple[float, int, dict[int, float]]], town: Town, period: Period
+    energy: dict[str, tuple[float, int, str]], town: Town, period: Period
 ) -> dict[tuple[str, str], AssetEnergy]:
     out: dict[tuple[str, str], AssetEnergy] = {}
     for node in sorted(energy):
@@ -196,25 +242,17 @@ def build(
 ) -> Report:
     """Gather the report of ``period``; the reference is the same period of
     ``reference_year`` (default: the year before), left out when it has no summary."""
-    energy = node_energy(db, period.start, period.end)
+    energy = node_energy(db, period)
     assets = _assets(energy, town, period)
     ref = period.in_year(reference_year or period.first_year - 1)
-    ref_energy = node_energy(db, ref.start, ref.end)
+    ref_energy = node_energy(db, ref)
     if ref_energy:
         for key, a in _assets(ref_energy, town, ref).items():
             if key in assets:
                 assets[key].reference_kwh = a.kwh
             else:
                 assets[key] = AssetEnergy(a.asset, a.kind, a.nodes, 0.0, 0.0, a.kwh)
-    daily: dict[str, dict[str, float]] = {}
-    tz = ZoneInfo(period.timezone)
-    for node, (_, _, hours) in energy.items():
-        kind = town.asset(node)[1]
-        for hour, wh in hours.items():
-            fmt = "%m" if period.is_year else "%d"
-            day = dt.datetime.fromtimestamp(hour, tz).strftime(fmt)
-            series = daily.setdefault(kind, {})
-            series[day] = series.get(day, 0.0) + wh / 1000
+    daily = _daily(db, period, energy, town)
     args = dict(since=period.start, until=period.end, timezone=period.timezone)
     by_kind = waste.waste(db, "kind", **args)
     by_asset = waste.waste(db, "node", **args)
