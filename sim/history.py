@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import sqlite_utils
 
+from firmware.node import _INTS  # the channels a node sends as whole numbers
 from gateway.pipeline.detect import Detector
 from gateway.store.records import Reading
 from sim.profiles import Profile
@@ -34,8 +35,9 @@ def past_readings(
     profiles: dict[str, Profile], start: float | dict[str, float], end: float
 ) -> Iterator[Reading]:
     """Every reading the profiles make from ``start`` (Unix seconds; or per node) to ``end``
-    (exclusive), in time order, at each channel's sampling interval; none while a node is
-    silent. The profiles' clocks and counters move on with them."""
+    (exclusive), in time order, at each channel's sampling interval, rounded as the node
+    rounds them (firmware/node.py: whole numbers, or tenths); none while a node is silent.
+    The profiles' clocks and counters move on with them."""
     due = []  # (time, node, channel, interval)
     for node, prof in profiles.items():
         first = int(start[node] if isinstance(start, dict) else start)
@@ -48,7 +50,8 @@ def past_readings(
         if prof.silent(t) is None:
             v = prof.read(ch, t)
             if v is not None:
-                yield Reading(node, ch, float(t), round(v, 3))
+                v = round(v) if ch in _INTS else round(v * 10) / 10
+                yield Reading(node, ch, float(t), float(v))
         heapq.heapreplace(due, (t + every, node, ch, every))
 
 
