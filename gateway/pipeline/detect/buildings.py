@@ -55,10 +55,12 @@ HOURLY = 2700.0  # a reading this long after the previous one is an hour of its 
 ALPHA_MIN = 0.15  # weight of a new day in a slot, once the slot has LEARNT days
 CLOSED_RATIO = 0.75  # a weekday whose mean is under this share of the busiest is a closed day
 WEEKDAY_ALPHA = 0.1
+_WEEKDAY_ALPHA_HOUR = WEEKDAY_ALPHA / 24
 
 
 # What a detector says of an hour it finds nothing in (shared: findings are never changed).
 _QUIET = {kind: Finding(kind, 0.0, False, str) for kind in KINDS}
+_QUIET_FAR = (_QUIET["spike"], _QUIET["dip"], _QUIET["wrong_time"])  # nothing far from the hour
 
 
 def _half(v: float) -> float:
@@ -139,9 +141,10 @@ class BuildingMeter:
         self.n = 0  # hours judged
         # The quietest and busiest learnt hours and the busiest weekday, refreshed daily.
         self.bounds: tuple[float, float, float] | None = None
-        # Per local date: why it is a day off (or None) and whether it counts as closed,
-        # decided at its first hour from the weekday means as they were (a few entries).
-        self.days: dict[dt.date, tuple[str | None, bool, bool]] = {}
+        # Per local day (days since the epoch): its weekday, why it is a day off (or None),
+        # whether it counts as closed and whether its weekday was unknown, decided at its first
+        # hour from the weekday means as they were (a few entries).
+        self.days: dict[int, tuple[int, str | None, bool, bool]] = {}
 
     # -- readings -> hours ---------------------------------------------------------------------
     def step(self, t: float, x: float) -> list[Finding]:
@@ -175,19 +178,22 @@ class BuildingMeter:
     def _day(self, hour: int) -> tuple[int, str | None, bool, bool]:
         """The local weekday of ``hour``, why its date is a day off (None on an ordinary day),
         whether it is judged as a closed day, and whether its weekday is still unknown (the
-        first week: faults only are judged, the hours learnt for the weekday's mean only)."""
-        date = dt.date(1970, 1, 1) + dt.timedelta(days=hour // 24)
-        wd = date.weekday()
+        first week: faults only are judged, the hours learnt for the weekday's mean only).
+        Kept per local day (days since the epoch): asked at every hour, decided at the first."""
+        day = hour // 24
         try:
-            off, closed, first = self.days[date]
+            return self.days[day]
         except KeyError:
-            off = self.calendar.day_off(date, self.school_zone) if self.calendar else None
-            closed = off is not None or self._closed_weekday(wd)
-            first = self.week[wd] == 0  # a weekday never seen: it could be either
-            if len(self.days) > 8:
-                self.days.clear()
-            self.days[date] = off, closed, first
-        return wd, off, closed, first
+            pass
+        date = dt.date(1970, 1, 1) + dt.timedelta(days=day)
+        wd = date.weekday()
+        off = self.calendar.day_off(date, self.school_zone) if self.calendar else None
+        closed = off is not None or self._closed_weekday(wd)
+        first = self.week[wd] == 0  # a weekday never seen: it could be either
+        if len(self.days) > 8:
+            self.days.clear()
+        entry = self.days[day] = wd, off, closed, first
+        return entry
 
     def _closed_weekday(self, wd: int) -> bool:
         if self.sched is not None:
@@ -223,12 +229,16 @@ class BuildingMeter:
             )
         floor, top, busiest = self.bounds
         learnt = top > 0
-        ceiling = max(top, busiest)
+        # (No max()/min() calls on this path: the comparison they make, in the same order; a
+        # call costs more than the rest of a line on a Pi.)
+        ceiling = busiest if busiest > top else top
         out: list[Finding] = []
         faulty = False
 
         # stuck: longer flat than the building ever stayed (in hours: the run plus its first)
-        needed = max(STUCK_HOURS, self.longest_flat + 1 + STUCK_MARGIN)
+        needed = self.longest_flat + 1 + STUCK_MARGIN
+        if not needed > STUCK_HOURS:
+            needed = STUCK_HOURS
         if self.flat + 1 >= needed and (self.stuck or self._unlikely_flat(n)):
             self.stuck = True
             run = self.flat + 1
@@ -249,13 +259,22 @@ class BuildingMeter:
             faulty = True
         else:
             if self.flat == 0 and not self.stuck:  # a flat run that ended raising nothing
-                self.longest_flat = max(self.longest_flat, flat_before)
+                if flat_before > self.longest_flat:
+                    self.longest_flat = flat_before
                 self.repeats += flat_before
             self.stuck = False
             out.append(_QUIET["stuck_meter"])
 
         # drop-out: near zero for a building never near zero, or a placeholder
-        sd = max(spread, 0.05 * abs(level), 0.01 * ceiling, 1e-9)
+        sd = spread
+        v = 0.05 * abs(level)
+        if v > sd:
+            sd = v
+        v = 0.01 * ceiling
+        if v > sd:
+            sd = v
+        if sd < 1e-9:
+            sd = 1e-9
         z = (x - level) / sd if n >= LEARNT else 0.0
         # A placeholder: a whole number in a meter that reads decimals, far under the hour's
         # level; or a constant (three hours the same) under 2/3 of the quietest learnt hour.
@@ -288,33 +307,35 @@ class BuildingMeter:
         else:
             out.append(_QUIET["dropout"])
 
-        # spike, dip, wrong time: far from this hour's learnt level
-        score = z * z / (z * z + Z_ALARM * Z_ALARM)
-        kinds = {"spike": 0.0, "dip": 0.0, "wrong_time": 0.0}
+        # spike, dip, wrong time: far from this hour's learnt level (one of them at most)
+        score = 0.0
         if not faulty and n >= LEARNT:
+            score = z * z / (z * z + Z_ALARM * Z_ALARM)
+        if score < 0.25:  # most hours: nothing far (and no object made for it)
+            out.extend(_QUIET_FAR)
+        else:
             if z > 0:
-                kind = "spike" if x > 1.1 * ceiling or level >= 0.6 * top else "wrong_time"
+                far = "spike" if x > 1.1 * ceiling or level >= 0.6 * top else "wrong_time"
             else:
-                kind = "dip"
-            kinds[kind] = score
-        for kind, s in kinds.items():
-            if s >= 0.5:
-                day = self._describe_day(wd, off, closed)
-                lvl, spr = level, spread
-                waste = kind in ("wrong_time",)
-                out.append(
-                    _finding(
-                        kind,
-                        s,
-                        True,
-                        lambda kind=kind, day=day, lvl=lvl, spr=spr, slot=slot: self._says(
-                            kind, x, hour, day, lvl, spr, slot >= 24
-                        ),
-                        lvl if waste else None,
+                far = "dip"
+            for kind in ("spike", "dip", "wrong_time"):
+                if kind != far:
+                    out.append(_QUIET[kind])
+                elif score >= 0.5:
+                    day = self._describe_day(wd, off, closed)
+                    out.append(
+                        _finding(
+                            kind,
+                            score,
+                            True,
+                            lambda kind=kind, day=day: self._says(
+                                kind, x, hour, day, level, spread, slot >= 24
+                            ),
+                            level if kind == "wrong_time" else None,
+                        )
                     )
-                )
-            else:
-                out.append(_QUIET[kind] if s < 0.25 else Finding(kind, s, True, str))
+                else:
+                    out.append(Finding(kind, score, True, str))
 
         # learn: not from a fault, clipped steps, a day off never into the working days
         if faulty:
@@ -325,7 +346,9 @@ class BuildingMeter:
             w = self.week[wd]
             # A plain mean over the first weeks (about n / 7 hours of each weekday so far),
             # then a memory of about ten of that weekday.
-            a = max(WEEKDAY_ALPHA / 24, 7.0 / (self.n + 7))
+            a = 7.0 / (self.n + 7)
+            if not a > _WEEKDAY_ALPHA_HOUR:
+                a = _WEEKDAY_ALPHA_HOUR
             self.week[wd] = x if w == 0 else w + a * (x - w)
         return out
 
@@ -350,13 +373,23 @@ class BuildingMeter:
         if n == 0:
             self.slots[slot], self.spreads[slot] = x, 0.1 * abs(x)
         else:
-            a = max(1.0 / (n + 1), ALPHA_MIN)
+            a = 1.0 / (n + 1)
+            if a < ALPHA_MIN:
+                a = ALPHA_MIN
             d = x - level
-            lim = 2.0 * max(spread, 0.02 * abs(level), 1e-9)
-            if n >= LEARNT:
-                d = max(-lim, min(lim, d))
+            lim = spread
+            v = 0.02 * abs(level)
+            if v > lim:
+                lim = v
+            if lim < 1e-9:
+                lim = 1e-9
+            lim *= 2.0
+            if n >= LEARNT:  # max(-lim, min(lim, d))
+                d = d if d < lim else lim
+                d = d if d > -lim else -lim
             self.slots[slot] = level + a * d
-            self.spreads[slot] = spread + a * (min(abs(x - level), 2 * lim) - spread)
+            dev, cap = abs(x - level), 2 * lim
+            self.spreads[slot] = spread + a * ((cap if cap < dev else dev) - spread)
         if n < 255:
             self.count[slot] = n + 1
 

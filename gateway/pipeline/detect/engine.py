@@ -104,6 +104,7 @@ NOT_MEASURED = frozenset(("drop", "fw", "fwt", "fwx"))
 # The statistical detector's finding on most readings: nothing unusual (one object for all of
 # them, never changed: a tracker only reads a finding).
 _NOTHING_UNUSUAL = Finding("unusual", 0.0, False, str)
+_UNKNOWN = object()  # a value not computed yet
 
 
 class ChannelDetector:
@@ -114,6 +115,7 @@ class ChannelDetector:
         "clock",
         "config",
         "cost",
+        "counter",
         "group",
         "interval",
         "lamp",
@@ -145,7 +147,7 @@ class ChannelDetector:
         self.cost = cost  # the tariff, for the waste's euros
         self.unit = CHANNELS.get(channel, "")
         self.rules: list = []
-        counter = channel in SUM_CHANNELS
+        counter = self.counter = channel in SUM_CHANNELS
         if counter:
             self.rules.append(CounterRule(node, self.unit, clock))
         if channel in STUCK_CHANNELS:
@@ -217,7 +219,7 @@ class ChannelDetector:
             f = self._stat(t, x, last)
             if f is not None:
                 findings.append(self._hold(t, f, explained))
-        power = self._power(t, x, last, prev)
+        power = _UNKNOWN  # asked of _power once a tracker needs it (few readings do)
         score = 0.0
         changed = []
         threshold = self.config.threshold
@@ -241,6 +243,8 @@ class ChannelDetector:
                     # event's reason, ~250 bytes, in the saved state).
                     del trackers[f.kind]
                     continue
+            if power is _UNKNOWN:
+                power = self._power(t, x, last, prev)
             ev = tr.step(self.node, self.channel, t, f, threshold, power, last, self.cost)
             if ev is not None:
                 changed.append(ev)
@@ -312,7 +316,7 @@ class ChannelDetector:
 
     def _stat(self, t: float, x: float, last: float | None) -> Finding | None:
         at = t  # the time the value belongs to, for the seasonal slots
-        if self.channel in SUM_CHANNELS:
+        if self.counter:
             prev, self.prev = self.prev, x
             if prev is None or last is None or x < prev:
                 return None
@@ -356,7 +360,7 @@ class ChannelDetector:
     def _reason(self, t: float, x: float, unit: str, v, last: float | None = None) -> str:
         what = "" if self.channel in ("x", "") else " " + self.channel
         head = f"{self.node}{what} read {fmt_value(x, unit)} at {self.clock.hhmm(t)}"
-        if self.channel in SUM_CHANNELS and last is not None:
+        if self.counter and last is not None:
             # A counter: what it counted since its previous reading, and at what rate.
             counted = fmt_value(x * (t - last) / 3600.0, self.unit)
             head = (

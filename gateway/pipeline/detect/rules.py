@@ -27,6 +27,7 @@ A rule's condition must hold for ``CONFIRM`` readings in a row before it scores,
 
 import datetime as dt
 from array import array
+from collections.abc import Sequence
 
 from astral import Observer
 from astral.sun import sunrise, sunset
@@ -147,6 +148,24 @@ def fmt_value(x: float, unit: str) -> str:
     return text + (" " + unit if unit else "")
 
 
+# What a rule says of a reading it finds nothing in, one object each (a tracker only reads a
+# finding, never changes it): made once, not per reading. "Active" ones: the condition holds,
+# not yet confirmed (no score, but the rule explains the reading).
+def _quiet(kind: str, active: bool = False) -> tuple[Finding]:
+    return (Finding(kind, 0.0, active, str),)
+
+
+_NOT_LIT = _quiet("lit_by_day")
+_LIT_UNCONFIRMED = _quiet("lit_by_day", True)
+_NOT_DARK = _quiet("dark_at_night")
+_DARK_UNCONFIRMED = _quiet("dark_at_night", True)
+_NOT_DRIFTING = _quiet("drift")[0]
+_IN_HOURS = _quiet("off_schedule")
+_OUT_UNCONFIRMED = _quiet("off_schedule", True)
+_NO_RESET = _quiet("counter_reset")
+_NOT_STUCK = _quiet("stuck")
+
+
 def _confirm_score(run: int) -> float:
     return min(1.0, 0.5 + 0.05 * (run - CONFIRM))
 
@@ -164,7 +183,7 @@ class LampRule:
         self.refs = array("f", bytes(4 * 24))
         self.counts = array("H", bytes(2 * 24))
 
-    def step(self, t: float, x: float) -> list[Finding]:
+    def step(self, t: float, x: float) -> Sequence[Finding]:
         cfg, clock = self.cfg, self.clock
         sun = clock.sun(t)
         if sun is None:
@@ -175,7 +194,7 @@ class LampRule:
         out = []
         if rise + grace <= t <= set_ - grace:
             self.dark_run = 0
-            out.append(Finding("dark_at_night", 0.0, False, str))
+            out.extend(_NOT_DARK)
             self.lit_run = self.lit_run + 1 if lit else 0
             if self.lit_run >= CONFIRM:
                 out.append(
@@ -191,10 +210,10 @@ class LampRule:
                     )
                 )
             else:  # lit, not yet confirmed: no score, but the rule explains the reading
-                out.append(Finding("lit_by_day", 0.0, self.lit_run > 0, str))
+                out.extend(_LIT_UNCONFIRMED if self.lit_run > 0 else _NOT_LIT)
         elif t < rise - grace or t > set_ + grace:
             self.lit_run = 0
-            out.append(Finding("lit_by_day", 0.0, False, str))
+            out.extend(_NOT_LIT)
             if not lit and not self._planned_off(t):
                 self.dark_run += 1
             else:
@@ -213,7 +232,7 @@ class LampRule:
                     )
                 )
             else:
-                out.append(Finding("dark_at_night", 0.0, self.dark_run > 0, str))
+                out.extend(_DARK_UNCONFIRMED if self.dark_run > 0 else _NOT_DARK)
             if lit:
                 out.append(self._drift(t, x))
         return out
@@ -232,7 +251,7 @@ class LampRule:
         if c < DRIFT_LEARN:
             self.refs[h] += (x - self.refs[h]) / (c + 1)  # running mean while learning
             self.counts[h] = c + 1
-            return Finding("drift", 0.0, False, str)
+            return _NOT_DRIFTING
         ref = self.refs[h]
         self.drift += DRIFT_ALPHA * (x / ref - self.drift)
         limit = self.cfg.drift_percent / 100.0
@@ -266,6 +285,11 @@ class LampRule:
         self.counts = array("H", counts)
 
 
+def _seconds(at: dt.time) -> float:
+    """A time of day in seconds since midnight (ordered as the times are)."""
+    return at.hour * 3600 + at.minute * 60 + at.second + at.microsecond / 1e6
+
+
 class ScheduleRule:
     """Consumption outside a building's opening hours, on power or on an energy counter (as the
     mean power between two counter readings)."""
@@ -274,6 +298,8 @@ class ScheduleRule:
         "busy",
         "clock",
         "counter",
+        "days",
+        "hours",
         "idle",
         "n_busy",
         "n_idle",
@@ -285,12 +311,14 @@ class ScheduleRule:
 
     def __init__(self, node: str, sched: Schedule, clock: Clock, counter: bool):
         self.node, self.sched, self.clock, self.counter = node, sched, clock, counter
+        self.days = sched.days
+        self.hours = (_seconds(sched.open), _seconds(sched.close))
         self.busy = self.idle = 0.0
         self.n_busy = self.n_idle = 0
         self.prev: tuple[float, float] | None = None
         self.run = 0
 
-    def step(self, t: float, x: float) -> list[Finding]:
+    def step(self, t: float, x: float) -> Sequence[Finding]:
         prev, self.prev = self.prev, (t, x)
         if prev is not None and t <= prev[0]:
             return []
@@ -300,21 +328,20 @@ class ScheduleRule:
             x = (x - prev[1]) * 3600.0 / (t - prev[0])  # Wh over seconds -> W
         # Learnt levels have a memory in time (not in readings), whatever the interval.
         weight = 0.0 if prev is None else min(1.0, (t - prev[0]) / LEARN_TAU)
-        wd, now = self.clock.weekday_time(t)
-        if self.sched.is_open(wd, now):
+        if self._is_open(t):
             self.run = 0
             self.n_busy += 1
             self.busy += max(weight, 1.0 / self.n_busy) * (x - self.busy)
-            return [Finding("off_schedule", 0.0, False, str)]
+            return _IN_HOURS
         limit = self._limit()
         if limit is None or x <= limit:
             self.run = 0
             self.n_idle += 1
             self.idle += max(weight, 1.0 / self.n_idle) * (x - self.idle)
-            return [Finding("off_schedule", 0.0, False, str)]
+            return _IN_HOURS
         self.run += 1
         if self.run < CONFIRM:  # not yet confirmed, but the rule explains the reading
-            return [Finding("off_schedule", 0.0, True, str)]
+            return _OUT_UNCONFIRMED
         sched, clock = self.sched, self.clock
         return [
             Finding(
@@ -328,6 +355,20 @@ class ScheduleRule:
                 ),
             )
         ]
+
+    def _is_open(self, t: float) -> bool:
+        """``Schedule.is_open`` at the local minute of ``t`` (``Clock.weekday_time``), in
+        seconds of the day rather than a ``datetime.time`` made per reading."""
+        loc = self.clock.local(t)
+        day = int(loc // 86400)
+        if (day + 3) % 7 not in self.days:  # 1970-01-01 was a Thursday
+            return False
+        sec = int(loc - day * 86400)
+        now = sec - sec % 60
+        opens, closes = self.hours
+        if opens <= closes:
+            return opens <= now < closes
+        return now >= opens or now < closes  # open across midnight
 
     def _limit(self) -> float | None:
         if self.sched.standby_watts is not None:
@@ -355,10 +396,10 @@ class CounterRule:
         self.node, self.unit, self.clock = node, unit, clock
         self.prev: float | None = None
 
-    def step(self, t: float, x: float) -> list[Finding]:
+    def step(self, t: float, x: float) -> Sequence[Finding]:
         prev, self.prev = self.prev, x
         if prev is None or x >= prev:
-            return [Finding("counter_reset", 0.0, False, str)]
+            return _NO_RESET
         return [
             Finding(
                 "counter_reset",
@@ -419,7 +460,7 @@ class StuckRule:
         self.raised = False  # whether the current run raised it
         self.first: float | None = None
 
-    def step(self, t: float, x: float) -> list[Finding]:
+    def step(self, t: float, x: float) -> Sequence[Finding]:
         if self.first is None:
             self.first = t
         if x != self.value:
@@ -428,13 +469,13 @@ class StuckRule:
             elif not self.raised:
                 self.longest = max(self.longest, self.run)
             self.value, self.run, self.since, self.raised = x, 1, t, False
-            return [Finding("stuck", 0.0, False, str)]
+            return _NOT_STUCK
         self.run += 1
         needed = max(self.limit, 2 * (self.longest_zero if x == 0 else self.longest))
         if self.run < needed or (
             x == 0 and (not self.zeros or t - self.first < self.LEARN_DAYS * 86400)
         ):
-            return [Finding("stuck", 0.0, False, str)]
+            return _NOT_STUCK
         self.raised = True
         run, since = self.run, self.since
         return [
