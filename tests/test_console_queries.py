@@ -156,7 +156,10 @@ def test_the_node_energy_and_gateway_pages_and_the_report_use_indexes(tmp_path):
     assert report is not None
     energy = [s for s in statements if "console_energy_days" in s]
     assert energy and not any("FROM summaries" in s for s in statements if "console_" in s)
-    tables = (*NEVER_SCANNED, "console_energy_days", "console_days")
+    # the sync state's raw backlog (gateway.sync.raw.raw_backlog) reads the spans owed, set
+    # aside and in flight through partial indexes of their own, at most STATUS_SPANS of each
+    assert sum("FROM sync_raw" in s for s in statements) == 3
+    tables = (*NEVER_SCANNED, "console_energy_days", "console_days", "sync_raw")
     assert scans_in(db, statements, tables) == []
     # the report sums the days kept in its zone, not the hours (in another zone it reads
     # them through console_summaries_energy: tests/test_reports_sums.py)

@@ -58,6 +58,17 @@ def m001_raw(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX sync_raw_stream ON sync_raw (node, channel, id)")
 
 
+@migrations()
+def m002_status(db: sqlite_utils.Database) -> None:
+    # The status (raw_backlog: /metrics on the event loop, the console's Passerelle page)
+    # reads the spans owed oldest first, the in-flight and the rejected ones by indexes of
+    # their own, not the table whole. Partial, and on columns a span's extension (last, n)
+    # does not change: the committer's transaction does not update them.
+    db.execute("CREATE INDEX sync_raw_owed ON sync_raw (first) WHERE rejected IS NULL")
+    db.execute("CREATE INDEX sync_raw_inflight ON sync_raw (inflight) WHERE inflight IS NOT NULL")
+    db.execute("CREATE INDEX sync_raw_rejected ON sync_raw (id) WHERE rejected IS NOT NULL")
+
+
 def raw_stream(channel: str) -> str:
     """The stream (Datastream ``<node>/<channel>.raw``) of a channel's raw readings."""
     return channel + RAW_SUFFIX
@@ -221,23 +232,36 @@ def settle(
     return len(times) - len(failed)
 
 
+STATUS_SPANS = 20_000  # spans the status reads at most (a town's steady state: a few per node)
+
+
 @dataclass(frozen=True)
 class RawBacklog:
     pending: int  # readings owed (not set aside)
     inflight: int  # spans whose request awaits reconciliation
     rejected: int  # readings the platform keeps refusing
     oldest: float | None  # time of the oldest reading owed
+    complete: bool = True  # False: more spans than STATUS_SPANS, the counts are floors
 
 
 def raw_backlog(db: sqlite_utils.Database) -> RawBacklog:
-    """How many raw readings the gateway still owes the platform (from the spans' counts,
-    so it costs one pass over a table of about one row per node and channel)."""
-    row = db.execute(
-        "SELECT sum(CASE WHEN rejected IS NULL THEN n END),"
-        " count(inflight), sum(CASE WHEN rejected IS NOT NULL THEN n END),"
-        " min(CASE WHEN rejected IS NULL THEN first END) FROM sync_raw"
+    """How many raw readings the gateway still owes the platform, from the spans' counts:
+    it runs on the event loop for /metrics, so it reads at most ``STATUS_SPANS`` spans owed
+    (oldest first) and as many set aside, each through its partial index (migration m002),
+    and the in-flight ones through theirs; beyond that the counts are floors."""
+    owed = db.execute(
+        "SELECT sum(n), min(first), count(*) FROM (SELECT n, first FROM sync_raw"
+        " WHERE rejected IS NULL ORDER BY first LIMIT ?)",
+        [STATUS_SPANS],
     ).fetchone()
-    return RawBacklog(row[0] or 0, row[1] or 0, row[2] or 0, row[3])
+    set_aside = db.execute(
+        "SELECT sum(n), count(*) FROM (SELECT n FROM sync_raw WHERE rejected IS NOT NULL"
+        " ORDER BY id LIMIT ?)",
+        [STATUS_SPANS],
+    ).fetchone()
+    inflight = db.execute("SELECT count(*) FROM sync_raw WHERE inflight IS NOT NULL").fetchone()[0]
+    complete = owed[2] < STATUS_SPANS and set_aside[1] < STATUS_SPANS
+    return RawBacklog(owed[0] or 0, inflight, set_aside[0] or 0, owed[1], complete)
 
 
 def raw_synced_until(db: sqlite_utils.Database) -> float | None:
