@@ -20,7 +20,7 @@ from firmware import config, ota
 from firmware.link import REFUSED, Link
 from firmware.status import Status
 from firmware.store import Store
-from protocols import cbor, coap, cose, manifest, senml
+from protocols import cbor, coap, cose, senml
 from protocols.const import (
     CF_COSE_MAC0,
     CONTENT_FORMAT,
@@ -30,6 +30,7 @@ from protocols.const import (
     REQUEST_ENTITY_TOO_LARGE,
     RESP_CONFIG,
     RESP_TIME,
+    RESP_UPDATE,
     SERVICE_UNAVAILABLE,
     UNAUTHORIZED,
     URI_PATH,
@@ -300,7 +301,7 @@ class Node:
         if isinstance(t, int) and self.cfg["sync_time"]:
             self.off = t - now // 1000
             self.hal.set_unix(t)
-        u = resp.get(manifest.RESP_UPDATE)  # a version waits for this node
+        u = resp.get(RESP_UPDATE)  # a version waits for this node
         if isinstance(u, int) and self.ota is not None:
             self.ota.offered(u, now)
         if config.apply(self.cfg, resp.get(RESP_CONFIG)):

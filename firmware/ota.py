@@ -1,5 +1,11 @@
 """Firmware updates over the air, the node's side (issue 17; docs/ota.md).
 
+This module is the resident half: what every boot and cycle needs (the pointer files, the
+state record, confirming a trial slot, taking an offer). The download (steps 2 to 4 below)
+is firmware/fetch.py, which ``Updater.request`` imports only once a version is offered, so
+that a node that is not updating does not hold its bytecode, nor the manifest's codec, in
+RAM (docs/firmware.md, "Sizes and heap").
+
 The way an update goes, and why each step is where it is:
 
 1. A 2.04 answer to a reading says ``"u": 7``: version 7 waits for this node. Only then does
@@ -33,12 +39,7 @@ image). The state is in ``/fw/ota.json``, in the spirit of LwM2M object 5 (Firmw
 (``confirmed``, ``rolled back: <why>``, ``refused: <why>``, ``failed: <why>``).
 """
 
-import hashlib
 import json
-
-from protocols import coap, manifest
-from protocols.const import URI_PATH, URI_QUERY
-from protocols.errors import DecodeError
 
 try:
     from micropython import const
@@ -138,53 +139,6 @@ def write(files, path, data):
     files.rename(path + ".tmp", path)
 
 
-def sha256(files, path, buf):
-    h = hashlib.sha256()
-    with files.open(path, "rb") as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(buf[:n] if n < len(buf) else buf)
-    return h.digest()
-
-
-def inflate(files, src, dst, buf):
-    """Inflate the zlib stream in ``src`` into ``dst`` with MicroPython's ``deflate`` (its
-    window as the stream's header says: the gateway compresses with 1 KB; a 32 KB one would
-    not fit the heap); zlib on CPython. A full ``buf`` is written as it is: a slice per step
-    was 5.7 KB of garbage for a 5 KB file (docs/ota.md, "Memory and size")."""
-    with files.open(src, "rb") as fin, files.open(dst, "wb") as fout:
-        try:
-            import deflate
-
-            d = deflate.DeflateIO(fin, deflate.ZLIB)
-            while True:
-                n = d.readinto(buf)
-                if not n:
-                    break
-                fout.write(buf if n == len(buf) else buf[:n])
-        except ImportError:
-            import zlib
-
-            z = zlib.decompressobj()
-            while True:
-                n = fin.readinto(buf)
-                if not n:
-                    break
-                fout.write(z.decompress(buf[:n]))
-            fout.write(z.flush())
-
-
-def _walk(files, path, out, prefix=""):
-    for name in files.listdir(path):
-        if files.isdir(path + "/" + name):
-            _walk(files, path + "/" + name, out, prefix + name + "/")
-        else:
-            out.append(prefix + name)
-    return out
-
-
 def slots(files):
     """(confirmed slot, trial slot or None): the pointer files as the boot shim reads them."""
     cur = (read(files, CURRENT) or b"").decode().strip()
@@ -198,6 +152,9 @@ def slot_version(files, slot):
     raw = read(files, FW + slot + "/" + MANIFEST)
     if raw is None:
         return 0
+    from protocols import manifest  # only a node updated over the air has one to read
+    from protocols.errors import DecodeError
+
     try:
         return manifest.decode(raw).version
     except DecodeError:
@@ -216,7 +173,7 @@ class Updater:
         self.cls = cls
         self.abi = abi  # (major, sub) of the .mpy this MicroPython loads
         self.reset = reset
-        self.buf = bytearray(CHUNK)
+        self.buf = None  # CHUNK bytes to hash and inflate, once an update is under way
         self.st = {"state": "idle", "result": None, "seq": 0, "skip": 0, "r": R_NONE}
         try:  # noqa: SIM105
             self.st.update(json.loads((read(files, STATE) or b"{}").decode()))
@@ -279,194 +236,15 @@ class Updater:
         """The next GET as (options), or None when nothing is to be asked now."""
         if not self.active() or now < self.due:
             return None
-        if self.signed is not None:  # not with the last block: what that held is garbage now
-            self._take()
-            if not self.active():  # refused (or every file was in place already)
-                return None
-        if self.m is None:
-            num = 0 if self.mbuf is None else len(self.mbuf) // BLOCK
-            self.req = ("m", num)
-            opts = [
-                (URI_PATH, manifest.UPDATE_PATH.encode()),
-                (URI_PATH, self.node.encode()),
-                (URI_PATH, b"m"),
-                (URI_QUERY, ("v=%d" % self.version).encode()),
-                (URI_QUERY, ("r=%d" % self.st["r"]).encode()),
-            ]
-        else:
-            while True:  # a part that is whole already (a cut before its rename): check it
-                _, size, _, zsize = self.m.file(self.file)
-                have = self.files.size(self._part())
-                if have < 0 or (have < (zsize or size) and have % BLOCK == 0):
-                    break
-                self._finish_file()
-                if self.m is None:
-                    return None
-            num = max(0, have) // BLOCK
-            self.req = ("f", num)
-            opts = [
-                (URI_PATH, manifest.UPDATE_PATH.encode()),
-                (URI_PATH, b"f"),
-                (URI_PATH, _hex(self.m.file(self.file)[2])),
-            ]
-        opts.append((BLOCK2, coap.uint_option((self.req[1] << 4) | SZX)))
-        return opts
+        from firmware import fetch  # the download half: loaded once a version is offered
+
+        return fetch.request(self, now)
 
     def answer(self, m, now):
         """The response to ``request``'s GET: a ``coap.Message``, or an int (lost, refused)."""
-        what, num = self.req
-        self.req = None
-        if isinstance(m, int):  # the link failed: resume later where it stopped
-            self.due = now + RETRY_MS
-            return
-        if m.code == NOT_FOUND and what == "m":  # withdrawn at the gateway
-            self.want = 0
-            self.mbuf = None
-            return
-        b = m.option(BLOCK2)
-        if m.code != CONTENT or b is None or coap.option_uint(b) >> 4 != num:
-            self.due = now + RETRY_MS
-            return
-        more = coap.option_uint(b) & 8
-        if what == "m":
-            self._manifest_block(m, num, more)
-        else:
-            self._file_block(m.payload, more)
+        from firmware import fetch
 
-    # --- the manifest --------------------------------------------------------------------------
-
-    def _manifest_block(self, m, num, more):
-        etag = m.option(ETAG)
-        if num == 0:
-            self.mbuf = bytearray()
-            self.etag = etag
-        elif etag != self.etag:  # the manifest changed at the gateway: start again
-            self.mbuf = None
-            return
-        self.mbuf.extend(m.payload)
-        if len(self.mbuf) > MAX_MANIFEST:
-            self._refuse("manifest too large")
-        elif not more:  # decoded at the next request, not with the block still held
-            self.signed = self.mbuf
-            self.mbuf = None
-
-    def _take(self):
-        """Decode, verify and check the whole manifest, then make the slot ready for it.
-
-        The update's heaviest step (docs/ota.md, "Memory and size"), so it runs at the next
-        request rather than with the last block: the collector can run between the two. The
-        manifest decodes in place (``protocols.manifest``): it keeps the received bytes,
-        which go into the slot as they are."""
-        raw = self.signed
-        self.signed = None
-        try:
-            mf = manifest.decode(raw)
-        except DecodeError as e:
-            return self._refuse(str(e))
-        if not mf.verify(self.key):
-            return self._refuse("bad signature")
-        why = manifest.check(mf, self.node, self.cls, self.version, self.abi, self.st["seq"])
-        if why:
-            return self._refuse(why, mf.version)
-        self.want = 0
-        self.m = mf
-        self.st["seq"] = mf.seq
-        self.slot = "b" if self.running == "a" else "a"
-        self._prepare()
-
-    def _prepare(self):
-        """Clear the inactive slot of what the manifest does not list; skip what is there.
-
-        Each folder is made once (a mkdir that finds it there raises, and an exception is
-        heap: 10 KB for 17 files made so)."""
-        base = FW + self.slot
-        self.files.mkdir(FW[:-1])
-        self.files.mkdir(base)
-        listed = {}
-        last = ""
-        for i in range(len(self.m)):
-            name = self.m.name(i)
-            listed[name] = None
-            d = name[: name.rfind("/") + 1]  # its folder: "firmware/", or "" at the top
-            if d and d != last:
-                last = d
-                j = d.find("/")
-                while j > 0:
-                    self.files.mkdir(base + "/" + d[:j])
-                    j = d.find("/", j + 1)
-        for name in _walk(self.files, base, []):
-            # A part of this version's file stays: its download resumes.
-            if name not in listed and not (name[-5:] == ".part" and name[:-5] in listed):
-                self.files.remove(base + "/" + name)
-        self.file = 0
-        self._skip_done()
-        self._save("downloading")
-
-    def _skip_done(self):
-        files = self.files
-        while self.file < len(self.m):
-            name, size, digest, _ = self.m.file(self.file)
-            path = FW + self.slot + "/" + name
-            if files.size(path) != size or sha256(files, path, self.buf) != digest:
-                files.remove(path)
-                return
-            self.file += 1
-        self._install()
-
-    # --- the files -----------------------------------------------------------------------------
-
-    def _part(self):
-        return FW + self.slot + "/" + self.m.name(self.file) + ".part"
-
-    def _file_block(self, data, more):
-        _, size, _, zsize = self.m.file(self.file)
-        part = self._part()
-        with self.files.open(part, "ab") as f:  # one block per close: whole blocks survive
-            f.write(data)
-        if more and self.files.size(part) < (zsize or size):
-            return
-        self._finish_file()
-
-    def _finish_file(self):
-        """The part is whole: inflate it if need be, check its SHA-256, give it its name."""
-        name, size, digest, zsize = self.m.file(self.file)
-        part = self._part()
-        path = FW + self.slot + "/" + name
-        if zsize:
-            inflate(self.files, part, path + ".new", self.buf)
-            check = path + ".new"
-        else:
-            check = part
-        if self.files.size(check) == size and sha256(self.files, check, self.buf) == digest:
-            self.files.rename(check, path)
-            self.files.remove(part)
-            self.file += 1
-            self.bad = 0
-            self._save("downloading")
-            self._skip_done()
-            return
-        self.files.remove(part)
-        self.files.remove(path + ".new")
-        self.bad += 1
-        if self.bad >= MAX_BAD:
-            self._end("failed: %s does not match its SHA-256" % name, R_INTEGRITY, self.m.version)
-
-    def _install(self):
-        """Every file checked: the manifest into the slot, then the one pointer flip."""
-        write(self.files, FW + self.slot + "/" + MANIFEST, self.m.raw)
-        self._save("downloaded")
-        write(self.files, TRIAL, ("%s 0" % self.slot).encode())  # the switch
-        self._save("updating")
-        self.m = None
-        self.reset()
-
-    # --- the record ----------------------------------------------------------------------------
-
-    def _refuse(self, why, version=0):
-        self.mbuf = None
-        self.signed = None
-        self.want = 0
-        self._end("refused: " + why, R_REFUSED, version)
+        fetch.answer(self, m, now)
 
     def _end(self, result, code, version=0):
         self.m = None
@@ -492,7 +270,3 @@ class Updater:
             write(self.files, STATE, json.dumps(st).encode())
         except OSError:  # a full flash must not stop the node; the update itself fails later
             pass
-
-
-def _hex(b):
-    return ("%02x" * len(b) % tuple(b)).encode()

@@ -117,3 +117,4 @@ MAC_LEN = 8
 # --- The 2.04 response payload: a CBOR map (docs/protocol.md) --------------------------------
 RESP_TIME = "t"  # the gateway's time, integer Unix seconds
 RESP_CONFIG = "c"  # a map of settings for this node, e.g. {"interval": 60}
+RESP_UPDATE = "u"  # the version waiting for this node (protocols/manifest.py, docs/ota.md)

@@ -20,6 +20,7 @@ decides about a verified manifest: every reason to refuse it, as a short text.
 
 from protocols import cbor, cose
 from protocols.const import COSE_MAC0_TAG, HDR_ALG, HDR_KID, HDR_PARTIAL_IV
+from protocols.const import RESP_UPDATE as RESP_UPDATE
 from protocols.errors import DecodeError
 
 # Payload keys.
@@ -29,9 +30,9 @@ M_VERSION = 3
 M_ABI = 4
 M_FILES = 5
 
-# The 2.04 answer to a reading carries "u": the version waiting for this node, when one is
+# The 2.04 answer to a reading carries "u" (const.RESP_UPDATE, which the node's loop reads
+# without loading this module): the version waiting for this node, when one is
 # (docs/protocol.md, "The answer"); a node asks for the manifest only then.
-RESP_UPDATE = "u"
 # The resource the node fetches updates from (block-wise, RFC 7959 Block2): manifest
 # ``/u/<node id>/m`` and files ``/u/f/<SHA-256 hex>``.
 UPDATE_PATH = "u"

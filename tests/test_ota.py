@@ -287,14 +287,14 @@ def test_served_files_inflate_in_micropython_and_an_update_runs_there(tmp_path):
     out = micropython.run(
         "import sys\n"
         "sys.path.insert(0, '/input/portable')\n"
-        "from firmware import ota\n"
+        "from firmware import fetch, ota\n"
         "import test_firmware_ota as t\n"
         # In functions, and no explicit gc.collect(): in this WASI build a collection while
         # a large frame runs frees it (sim/ota_heap.py; the heap: tests/test_ota_heap.py).
         "def inflate():\n"
         "    fs = t.MemFiles()\n"
         "    fs.d['/x.z'] = open('/input/x.z', 'rb').read()\n"
-        "    ota.inflate(fs, '/x.z', '/x', bytearray(256))\n"
+        "    fetch.inflate(fs, '/x.z', '/x', bytearray(256))\n"
         "    import hashlib\n"
         "    print(hashlib.sha256(fs.d['/x']).digest().hex())\n"
         "def update():\n"

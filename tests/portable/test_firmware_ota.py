@@ -10,7 +10,7 @@ code against the real gateway, tests/test_ota_powercut.py on a littlefs image.
 import hashlib
 import io
 
-from firmware import ota
+from firmware import fetch, ota
 from protocols import coap, manifest
 from protocols.errors import DecodeError
 
@@ -103,7 +103,7 @@ class Server:
         self.raw = raw
         self.blobs = {}
         for _, data in files:
-            self.blobs[ota._hex(hashlib.sha256(data).digest()).decode()] = data
+            self.blobs[fetch._hex(hashlib.sha256(data).digest()).decode()] = data
         self.asked = []
         self.queries = []
 
@@ -273,7 +273,7 @@ def test_a_file_that_does_not_match_its_hash_ends_the_update_without_a_switch():
     up.offered(2, 0)
     server = Server(signed(2, files), files)
     server.blobs = Server(signed(2, files), bad).blobs  # served under the right hash, wrong
-    server.blobs[ota._hex(hashlib.sha256(files[0][1]).digest()).decode()] = bad[0][1]
+    server.blobs[fetch._hex(hashlib.sha256(files[0][1]).digest()).decode()] = bad[0][1]
     drive(up, server)
     assert up.st["result"].startswith("failed: firmware/m0.mpy does not match its SHA-256")
     assert "/fw/trial" not in fs.d and fs.d["/fw/current"] == b"a"
