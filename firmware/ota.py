@@ -148,17 +148,31 @@ def slots(files):
 
 
 def slot_version(files, slot):
-    """The application version a slot holds: its manifest's, 0 when flashed over USB."""
+    """The application version a slot holds: its manifest's, 0 when flashed over USB.
+
+    Read at boot; the manifest's codec it imports is not left loaded on MicroPython (unless
+    something had loaded it before): its bytecode would sit in RAM for this one read
+    (docs/firmware.md, "Sizes and heap"). CPython keeps it: the simulator's nodes share
+    their process with the gateway, which uses the module."""
     raw = read(files, FW + slot + "/" + MANIFEST)
     if raw is None:
         return 0
+    import sys
+
+    had = "protocols.manifest" in sys.modules
     from protocols import manifest  # only a node updated over the air has one to read
     from protocols.errors import DecodeError
 
     try:
-        return manifest.decode(raw).version
+        version = manifest.decode(raw).version
     except DecodeError:
-        return 0
+        version = 0
+    if not had and sys.implementation.name == "micropython":
+        import protocols
+
+        del sys.modules["protocols.manifest"]
+        del protocols.manifest
+    return version
 
 
 class Updater:

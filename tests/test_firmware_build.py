@@ -55,3 +55,28 @@ def test_footprint_benchmark_runs_a_whole_cycle_on_the_compiled_build():
     # codec are not loaded until a version is offered: their bytecode is not in its RAM.
     assert r["updater"]
     assert r["on_update"] == ["fw/a/firmware/fetch.mpy", "fw/a/protocols/manifest.mpy"]
+
+
+def test_an_updated_node_reads_its_version_at_boot_without_keeping_the_manifest_codec(tmp_path):
+    # A node updated over the air has its slot's signed manifest; its updater reads the
+    # version from it at boot, and the codec (protocols/manifest.py, 4 KB of bytecode in
+    # RAM) is not left loaded: only an offered update loads it again (docs/firmware.md).
+    from gateway.provision.build import compile_firmware
+    from protocols import manifest
+
+    build(tmp_path)
+    entries = [(f.path, len(f.data), bytes(32), 0) for f in compile_firmware()]
+    payload = manifest.encode("lamp-001", "esp32", 7, (6, 3), entries)
+    signed = manifest.sign(bytes(32), "lamp-001", 1, payload)
+    (tmp_path / "fw" / BUILD_SLOT / "manifest.cbor").write_bytes(signed)
+    out = micropython.run(
+        "import sys, fwboot\n"
+        "fwboot.select('/input')\n"
+        "from firmware import ota\n"
+        "up = ota.Updater(ota.OsFiles('/input'), bytes(32), 'lamp-001', 'esp32', (6, 3), None)\n"
+        "print(up.version, 'protocols.manifest' in sys.modules)\n"
+        "from firmware import fetch\n"
+        "print('protocols.manifest' in sys.modules)\n",
+        tmp_path,
+    )
+    assert out.split() == ["7", "False", "True"]
