@@ -284,7 +284,28 @@ class StatDetector:
             if n:
                 a = abs(resid)
                 self.dev = dev + ALPHA * ((c if c < a else a) - dev)
-            record = self._range(n, x)
+            # The ranges (of the reading and of its short average); a record is the one the
+            # reading broke. (Written out here: a method call per reading costs.)
+            lo, hi = self.lo, self.hi
+            if n >= WARMUP and hi > lo:
+                tol = (hi - lo) * RANGE_TOL
+                if x > hi + tol or x < lo - tol:
+                    record = (lo, hi)
+            if x > hi:
+                self.hi = x
+            elif x < lo:
+                self.lo = x
+            sm = self.sm + RANGE_ALPHA * (x - self.sm)
+            self.sm = sm
+            s_lo, s_hi = self.sm_lo, self.sm_hi
+            if record is None and n >= WARMUP and s_hi > s_lo:
+                tol = (s_hi - s_lo) * RANGE_SMOOTH_TOL
+                if sm > s_hi + tol or sm < s_lo - tol:
+                    record = (s_lo, s_hi)
+            if sm > s_hi:
+                self.sm_hi = sm
+            elif sm < s_lo:
+                self.sm_lo = sm
         quiet = n < WARMUP or not ready
         # Calibration by the channel's own high quantile of z, once it has learnt.
         q = self.zq
@@ -324,31 +345,6 @@ class StatDetector:
         if record is not None:
             novelty = 1.0
         return Verdict(score, novelty, z, expected, spread, record)
-
-    def _range(self, n: int, x: float) -> tuple[float, float] | None:
-        """Update the ranges; return the one broken (by the reading or its short average)."""
-        lo, hi = self.lo, self.hi
-        broken = None
-        if n >= WARMUP and hi > lo:
-            tol = (hi - lo) * RANGE_TOL
-            if x > hi + tol or x < lo - tol:
-                broken = (lo, hi)
-        if x > hi:
-            self.hi = x
-        elif x < lo:
-            self.lo = x
-        sm = self.sm + RANGE_ALPHA * (x - self.sm)
-        self.sm = sm
-        s_lo, s_hi = self.sm_lo, self.sm_hi
-        if broken is None and n >= WARMUP and s_hi > s_lo:
-            tol = (s_hi - s_lo) * RANGE_SMOOTH_TOL
-            if sm > s_hi + tol or sm < s_lo - tol:
-                broken = (s_lo, s_hi)
-        if sm > s_hi:
-            self.sm_hi = sm
-        elif sm < s_lo:
-            self.sm_lo = sm
-        return broken
 
     # -- persistence -------------------------------------------------------------------------------
     def dumps(self) -> bytes:
