@@ -167,8 +167,10 @@ class BuildingMeter:
             out = self._judge(self.hour, self.acc[0] / self.acc[1], t)
             self.hour, self.acc = None, [0.0, 0]
         if prev is not None and t - prev[0] >= HOURLY:  # an hour of its own: judged at once
-            out.extend(self._judge(hour, x, t))
-            return out
+            if out:
+                out.extend(self._judge(hour, x, t))
+                return out
+            return self._judge(hour, x, t)
         self.hour = hour
         self.acc[0] += x
         self.acc[1] += 1
@@ -203,7 +205,8 @@ class BuildingMeter:
         return self.week[wd] > 0 and self.week[wd] < CLOSED_RATIO * busiest
 
     def _judge(self, hour: int, x: float, t: float) -> list[Finding]:
-        wd, off, closed, unknown = self._day(hour)
+        day = self.days.get(hour // 24)  # the same day as the last hour: most hours
+        wd, off, closed, unknown = day if day is not None else self._day(hour)
         h = hour % 24
         slot = h + 24 if closed else h
         level, spread, n = self.slots[slot], self.spreads[slot], self.count[slot]

@@ -258,6 +258,8 @@ class LampRule:
         excess = self.drift - 1.0
         active = excess >= limit / 2
         score = 0.0 if excess < limit else min(1.0, 0.5 + 0.5 * (excess - limit) / limit)
+        if score == 0.0 and not active:  # most lit readings: the lamp draws what it learnt
+            return _NOT_DRIFTING
         drift = self.drift
         return Finding(
             "drift",
@@ -328,7 +330,18 @@ class ScheduleRule:
             x = (x - prev[1]) * 3600.0 / (t - prev[0])  # Wh over seconds -> W
         # Learnt levels have a memory in time (not in readings), whatever the interval.
         weight = 0.0 if prev is None else min(1.0, (t - prev[0]) / LEARN_TAU)
-        if self._is_open(t):
+        # Schedule.is_open at the local minute of t (Clock.weekday_time), in seconds of the day
+        # rather than a datetime.time made per reading.
+        loc = self.clock.local(t)
+        day = int(loc // 86400)
+        opened = False
+        if (day + 3) % 7 in self.days:  # 1970-01-01 was a Thursday
+            sec = int(loc - day * 86400)
+            now = sec - sec % 60
+            opens, closes = self.hours
+            # (open across midnight when it closes before it opens)
+            opened = (opens <= now < closes) if opens <= closes else (now >= opens or now < closes)
+        if opened:
             self.run = 0
             self.n_busy += 1
             self.busy += max(weight, 1.0 / self.n_busy) * (x - self.busy)
@@ -355,20 +368,6 @@ class ScheduleRule:
                 ),
             )
         ]
-
-    def _is_open(self, t: float) -> bool:
-        """``Schedule.is_open`` at the local minute of ``t`` (``Clock.weekday_time``), in
-        seconds of the day rather than a ``datetime.time`` made per reading."""
-        loc = self.clock.local(t)
-        day = int(loc // 86400)
-        if (day + 3) % 7 not in self.days:  # 1970-01-01 was a Thursday
-            return False
-        sec = int(loc - day * 86400)
-        now = sec - sec % 60
-        opens, closes = self.hours
-        if opens <= closes:
-            return opens <= now < closes
-        return now >= opens or now < closes  # open across midnight
 
     def _limit(self) -> float | None:
         if self.sched.standby_watts is not None:
@@ -471,7 +470,9 @@ class StuckRule:
             self.value, self.run, self.since, self.raised = x, 1, t, False
             return _NOT_STUCK
         self.run += 1
-        needed = max(self.limit, 2 * (self.longest_zero if x == 0 else self.longest))
+        needed = 2 * (self.longest_zero if x == 0 else self.longest)  # max(limit, that)
+        if not needed > self.limit:
+            needed = self.limit
         if self.run < needed or (
             x == 0 and (not self.zeros or t - self.first < self.LEARN_DAYS * 86400)
         ):
