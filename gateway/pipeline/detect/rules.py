@@ -329,7 +329,11 @@ class ScheduleRule:
                 return []
             x = (x - prev[1]) * 3600.0 / (t - prev[0])  # Wh over seconds -> W
         # Learnt levels have a memory in time (not in readings), whatever the interval.
-        weight = 0.0 if prev is None else min(1.0, (t - prev[0]) / LEARN_TAU)
+        # (no max()/min() calls per reading: the comparison they make, in the same order)
+        weight = 0.0
+        if prev is not None:
+            weight = (t - prev[0]) / LEARN_TAU
+            weight = weight if weight < 1.0 else 1.0
         # Schedule.is_open at the local minute of t (Clock.weekday_time), in seconds of the day
         # rather than a datetime.time made per reading.
         loc = self.clock.local(t)
@@ -344,13 +348,15 @@ class ScheduleRule:
         if opened:
             self.run = 0
             self.n_busy += 1
-            self.busy += max(weight, 1.0 / self.n_busy) * (x - self.busy)
+            a = 1.0 / self.n_busy
+            self.busy += (a if a > weight else weight) * (x - self.busy)
             return _IN_HOURS
         limit = self._limit()
         if limit is None or x <= limit:
             self.run = 0
             self.n_idle += 1
-            self.idle += max(weight, 1.0 / self.n_idle) * (x - self.idle)
+            a = 1.0 / self.n_idle
+            self.idle += (a if a > weight else weight) * (x - self.idle)
             return _IN_HOURS
         self.run += 1
         if self.run < CONFIRM:  # not yet confirmed, but the rule explains the reading
