@@ -181,3 +181,66 @@ def test_a_school_meter_read_hourly_stays_within_its_state_budget():
         if k % 500 == 0:
             largest = max(largest, len(cd.dumps()))
     assert largest <= MAX_STATE
+
+
+def lamp_nights(days=16):
+    """A street light of the demo's cabinet (70 W, dimmed to half from 22:00, dark from 01:00
+    to 05:00) read every minute, rounded to whole watts as the node sends them: its detector
+    after ``days`` healthy nights, none of which raised an event (with the plain range check,
+    a few of them did: the noise tail of a level, a watt past the range)."""
+    from sim.demo import LAMP_SCHEDULE
+    from sim.profiles import LATITUDE, LONGITUDE, StreetLight
+
+    cfg = DetectConfig.from_mapping(
+        {
+            "latitude": LATITUDE,
+            "longitude": LONGITUDE,
+            "timezone": "Etc/GMT-1",
+            "lighting": [
+                {
+                    "name": "Avenue de la Libération",
+                    "nodes": ["lamp-*"],
+                    "watts": 70.0,
+                    "switch_off": [{"from": "01:00", "to": "05:00"}],
+                    "dim": [{"from": "22:00", "percent": 50}],
+                }
+            ],
+        }
+    )
+    lamp = StreetLight("lamp-004", 4, utc=1, **LAMP_SCHEDULE)
+    cd = ChannelDetector("lamp-004", "p", cfg, Clock(cfg))
+    start = 1_796_083_200  # Monday 30 November 2026, 00:00 UTC
+    for k in range(days * 1440):
+        t = start + 60 * k
+        assert cd.step(t, float(round(lamp.read("p", t))))[1] == []
+    return cd, start + days * 86400
+
+
+def unusual_after(cd, t, watts):
+    """The ``unusual`` events the lamp's detectors open on the reading ``watts`` at ``t`` (at
+    once: one channel alone has no fleet to hold the alarm back for)."""
+    _, events = cd.step(t, watts)
+    return [e for e in events if e.kind == "unusual"]
+
+
+def test_a_lamp_reading_a_watt_under_its_learnt_range_is_no_record():
+    # The demo's false alarms: "lamp-004 p read 32 W at 00:39, outside all it had read before
+    # (33 W to 72 W)". 1 W is 2.5 % of that range, past RANGE_TOL's 2 %, but within the lamp's
+    # own noise at its dimmed level (about a watt): the noise tail of a level it knows, and
+    # the lighting rules judge its watts against the schedule. A record on such a channel must
+    # also clear RECORD_SPREADS of its spread.
+    cd, t = lamp_nights()
+    lo, hi = cd.stat.lo, cd.stat.hi
+    assert 30 < lo < 35 and 70 < hi < 75  # its lit levels only: dimmed and full (not day's 0)
+    night = t + 22 * 3600 + 39 * 60  # 23:39 local (UTC+1): dimmed, steady
+    assert (lo - (lo - 1)) > 0.02 * (hi - lo)  # a record by the plain range check
+    assert unusual_after(cd, night, lo - 1) == []
+
+
+def test_a_lamp_drawing_far_beyond_its_range_still_raises():
+    # A real fault: a lamp of 70 W drawing 120 W (a failing driver, a wrong lamp fitted) is
+    # far past both the range and the noise: unusual, and said as a record.
+    cd, t = lamp_nights()
+    evening = t + 17 * 3600 + 30 * 60  # 18:30 local: lit at full power, steady
+    (event,) = unusual_after(cd, evening, 120.0)
+    assert "read 120 W" in event.reason and "outside all it had read before" in event.reason

@@ -14,7 +14,9 @@ Bounded, O(1)-per-reading models of one channel, all robust to the outliers they
 * a two-sided CUSUM of the standardised residual against that reference, for level shifts too
   small for any one reading to stand out;
 * the channel's range so far, for the reading and for its short average: a value beyond it by
-  more than ``RANGE_TOL`` of its width is a record, the plainest surprise there is.
+  more than ``RANGE_TOL`` of its width is a record, the plainest surprise there is. On a
+  measured channel of the town (``record_spreads``, see :class:`StatDetector`) it must also be
+  beyond it by more than the channel's own noise.
 
 No spread is believed below half the channel's resolution (the smallest step seen between two
 consecutive readings): a count that is mostly 0 has a spread near 0, and a reading of 1 is not
@@ -66,6 +68,7 @@ SMOOTH_ALPHA = 0.1  # weight of a reading in the short average of z (about 10 re
 RANGE_TOL = 0.02  # a reading beyond the range so far by this fraction of it is a record
 RANGE_SMOOTH_TOL = 0.01  # the same for the short average of the readings
 RANGE_ALPHA = 0.1  # weight of a reading in that short average
+RECORD_SPREADS = 3.0  # on a measured channel, a record is beyond the range by this many spreads too
 HOLD = 300  # readings for a score peak to decay to a third (damping of repeated alarms)
 WARMUP = 30  # readings before the detector scores anything
 QUANTUM_FLOOR = 0.5  # no spread below this fraction of the resolution (smallest step seen)
@@ -131,7 +134,19 @@ class Verdict:
 
 class StatDetector:
     """Seasonal baseline, short-term level, CUSUM and range of one channel. Feed readings in time
-    order with :meth:`update`; persist with :meth:`dumps` / :meth:`loads`."""
+    order with :meth:`update`; persist with :meth:`dumps` / :meth:`loads`.
+
+    ``record_spreads``: how far beyond the range so far, in spreads of the reference the reading
+    is judged against, a reading must also be to be a record (0: only ``RANGE_TOL`` of the
+    range's width). The range's edges are the extremes of noisy readings, so a reading just
+    past one is most often the noise tail of the same level, not a new behaviour: a street
+    light dimmed to 35 W with a watt of noise reads 33 W on some nights and, one night in
+    weeks, 32 W, "outside all it had read before (33 W to 72 W)" by 2.5 % of that range. What
+    tells a new behaviour from that tail is the distance in the channel's own noise (its
+    robust spread, the one its z is measured in), not in the width of its range, which only
+    says how far apart its levels are (a lamp's dimming steps). The gateway gives its measured
+    channels ``RECORD_SPREADS`` (engine.py); the generic channel of ``replay`` (NAB) keeps 0, the
+    plain range the check was tuned with, where an unknown series' first record pays."""
 
     __slots__ = (
         "cusum_hi",
@@ -146,6 +161,7 @@ class StatDetector:
         "n",
         "peak",
         "quantum",
+        "record_spreads",
         "slots",
         "sm",
         "sm_hi",
@@ -156,7 +172,8 @@ class StatDetector:
         "zsq",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, record_spreads: float = 0.0) -> None:
+        self.record_spreads = record_spreads  # not saved: the channel's kind sets it
         self.n = 0
         self.hour = -1  # the hour (since the epoch) of the last reading: a new one is a visit
         self.level = 0.0
@@ -287,8 +304,11 @@ class StatDetector:
             # The ranges (of the reading and of its short average); a record is the one the
             # reading broke. (Written out here: a method call per reading costs.)
             lo, hi = self.lo, self.hi
+            noise = self.record_spreads * used_spread  # 0 on the generic channel
             if n >= WARMUP and hi > lo:
                 tol = (hi - lo) * RANGE_TOL
+                if noise > tol:
+                    tol = noise
                 if x > hi + tol or x < lo - tol:
                     record = (lo, hi)
             if x > hi:
@@ -300,6 +320,8 @@ class StatDetector:
             s_lo, s_hi = self.sm_lo, self.sm_hi
             if record is None and n >= WARMUP and s_hi > s_lo:
                 tol = (s_hi - s_lo) * RANGE_SMOOTH_TOL
+                if noise > tol:
+                    tol = noise
                 if sm > s_hi + tol or sm < s_lo - tol:
                     record = (s_lo, s_hi)
             if sm > s_hi:
@@ -353,8 +375,9 @@ class StatDetector:
         return head + self.slots.tobytes()
 
     @classmethod
-    def loads(cls, data: bytes) -> "StatDetector":
-        self = cls()
+    def loads(cls, data: bytes, record_spreads: float = 0.0) -> "StatDetector":
+        """A state saved by :meth:`dumps`, for a channel given ``record_spreads``."""
+        self = cls(record_spreads)
         head, names = _HEAD, _STATE
         if len(data) == _HEAD_V1.size + 4 * 3 * _SLOTS:
             head, names = _HEAD_V1, _STATE_V1  # saved before "last" and "quantum"

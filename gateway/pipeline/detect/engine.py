@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from gateway.pipeline.detect.baseline import StatDetector
+from gateway.pipeline.detect.baseline import RECORD_SPREADS, StatDetector
 from gateway.pipeline.detect.buildings import building_meter
 from gateway.pipeline.detect.config import DetectConfig
 from gateway.pipeline.detect.events import CLOSE_AFTER, REARM, Cost, Event, Finding, Tracker
@@ -192,7 +192,10 @@ class ChannelDetector:
         # A building's meter is judged by buildings.py against the building's own week, not by
         # the statistical detector too (``UNUSUAL_ON_BUILDINGS``: docs/anomalies.md says why).
         measured = channel not in NOT_MEASURED and not (building and not UNUSUAL_ON_BUILDINGS)
-        self.stat = StatDetector() if measured else None
+        # A record on a measured channel must also clear the channel's noise (baseline.py says
+        # why); the generic channel of ``replay`` keeps the plain range (NAB).
+        spreads = 0.0 if channel == "x" else RECORD_SPREADS
+        self.stat = StatDetector(spreads) if measured else None
         self.trackers: dict[str, Tracker] = {}
         self.last_time: float | None = None
         self.interval = 0.0
@@ -423,7 +426,7 @@ class ChannelDetector:
     def loads(self, data: bytes) -> None:
         (n,) = struct.unpack_from("<H", data)
         if self.stat is not None and n:
-            self.stat = StatDetector.loads(data[2 : 2 + n])
+            self.stat = StatDetector.loads(data[2 : 2 + n], self.stat.record_spreads)
         # A state saved before the held-back alarm was kept has five items.
         last, self.interval, self.prev, rules, trackers, *pending = json.loads(data[2 + n :])
         self.pending = pending[0] if pending else None
