@@ -61,6 +61,7 @@ _WEEKDAY_ALPHA_HOUR = WEEKDAY_ALPHA / 24
 # What a detector says of an hour it finds nothing in (shared: findings are never changed).
 _QUIET = {kind: Finding(kind, 0.0, False, str) for kind in KINDS}
 _QUIET_FAR = (_QUIET["spike"], _QUIET["dip"], _QUIET["wrong_time"])  # nothing far from the hour
+_NOT_STUCK, _NO_DROPOUT = _QUIET["stuck_meter"], _QUIET["dropout"]
 
 
 def _half(v: float) -> float:
@@ -266,7 +267,7 @@ class BuildingMeter:
                     self.longest_flat = flat_before
                 self.repeats += flat_before
             self.stuck = False
-            out.append(_QUIET["stuck_meter"])
+            out.append(_NOT_STUCK)
 
         # drop-out: near zero for a building never near zero, or a placeholder
         sd = spread
@@ -308,7 +309,7 @@ class BuildingMeter:
             )
             faulty = True
         else:
-            out.append(_QUIET["dropout"])
+            out.append(_NO_DROPOUT)
 
         # spike, dip, wrong time: far from this hour's learnt level (one of them at most)
         score = 0.0

@@ -229,7 +229,9 @@ class ChannelDetector:
             self.watch.explain(self.node, t)
         if self.stat is not None:
             f = self._stat(t, x, last)
-            if f is not None:
+            if f is _NOTHING_UNUSUAL and self.pending is None:
+                findings.append(f)  # what _hold would say of it: nothing to hold or to clear
+            elif f is not None:
                 findings.append(self._hold(t, f, explained))
         else:
             if self.unit == "Wh":
