@@ -47,13 +47,14 @@ def test_demo_small_keeps_every_promise(tmp_path):
     assert r["events_on_platform"] == r["events_synced"]
     # Anomalies were injected and every one found (ground truth in sim/groundtruth.py); the
     # uplink carried bytes. The detectors judged the fleet's learnt past too (below), where
-    # the statistical detector, once it speaks, may call a noise tail unusual: within the
-    # issue's target of one false event per node-week (issue 14), and no rule raised one.
+    # the statistical detector speaks, and raised no false event there or in the run: a lamp's
+    # noise tail a watt past its learnt range is no record (docs/anomalies.md; it was the
+    # issue 14 demo's last false alarms, "read 32 W ... (33 W to 72 W)").
     assert r["anomalies_injected"] > 0
     assert r["anomalies_missed"] == 0, r["anomaly_details"]
     assert r["anomalies_found"] == r["anomalies_injected"]
-    assert set(r["false_alarm_kinds"]) <= {"unusual"}, r["false_alarm_kinds"]
-    assert r["false_alarms_per_node_week"] <= 1, r["false_alarm_kinds"]
+    assert r["false_alarms"] == 0, r["false_alarm_kinds"]
+    assert r["false_alarms_per_node_week"] == 0.0
     assert r["uplink_bytes"] > 0
     # The detectors learnt from the fleet's past before the run (16 days of the building, 4
     # of the lamps), so the building's meter fault is injected and judged in 8 hours too.
@@ -67,9 +68,8 @@ def test_demo_small_keeps_every_promise(tmp_path):
     assert [a["found_as"] for a in left_on] == ["lit_in_switch_off"], r["anomaly_details"]
     assert r["waste_kwh"] > 0 and r["waste_eur"] > 0
     # Alerts reached a real mail server and a webhook, as the routing rules call for from the
-    # ground truth (and at most one more per false alarm), each once, none left waiting
-    # (docs/alerts.md).
-    assert r["alerts_expected"] <= r["alerts_sent"] <= r["alerts_expected"] + r["false_alarms"]
+    # ground truth (no false alarm: none more), each once, none left waiting (docs/alerts.md).
+    assert r["alerts_sent"] == r["alerts_expected"] > 0
     assert r["alerts_duplicated"] == 0 and r["alerts_unsent"] == 0
     # The whole fleet updated over the air mid-run; the broken version sent to two nodes
     # rolled back on both by itself; no node is left without a confirmed version (docs/ota.md).
