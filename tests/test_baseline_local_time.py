@@ -77,8 +77,9 @@ def test_slots_in_utc_hours_took_the_summer_mornings_for_anomalies():
 
 
 def utc_state(rows: list[tuple[float, float]]) -> bytes:
-    """A channel's state as the detector saved it when its slots were UTC hours."""
-    cd = ChannelDetector("mairie", "p", *(lambda c: (c, Clock(c)))(DetectConfig(timezone="UTC")))
+    """A channel's state as the detector saved it when its slots were UTC hours (a channel the
+    statistical detector judges: a building's ``p`` and ``e`` are buildings.py's alone)."""
+    cd = ChannelDetector("mairie", "x", *(lambda c: (c, Clock(c)))(DetectConfig(timezone="UTC")))
     for t, x in rows:
         cd.step(t, x)
     data = bytearray(cd.dumps())
@@ -91,15 +92,15 @@ def test_a_state_learnt_in_utc_hours_loads_in_the_towns_hours():
     # Learnt in January (UTC+1): what UTC 07:00 learnt is local 08:00's, slot for slot.
     winter = town_hall(day(2026, 1, 5), day(2026, 2, 2))
     cfg = DetectConfig.from_mapping(TOWN)
-    migrated = ChannelDetector("mairie", "p", cfg, Clock(cfg))
+    migrated = ChannelDetector("mairie", "x", cfg, Clock(cfg))
     migrated.loads(utc_state(winter))
-    local = ChannelDetector("mairie", "p", cfg, Clock(cfg))
+    local = ChannelDetector("mairie", "x", cfg, Clock(cfg))
     for t, x in winter:
         local.step(t, x)
     assert migrated.stat.slots == local.stat.slots
     assert migrated.stat.hour == local.stat.hour
     # Saved again, it is in the town's hours and is not moved a second time.
-    again = ChannelDetector("mairie", "p", cfg, Clock(cfg))
+    again = ChannelDetector("mairie", "x", cfg, Clock(cfg))
     again.loads(migrated.dumps())
     assert again.stat.slots == local.stat.slots
 
