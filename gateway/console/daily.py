@@ -11,23 +11,30 @@ it, in the writer's own transaction: the sums can never disagree with the summar
 reads 31 + 31 days of them by primary key (62,000 rows for such a town), never the summaries.
 
 A local day depends on the town's zone (a day is 23 or 25 hours when the clocks change), which
-SQLite does not know: ``console_days`` lists the Unix time of every local midnight from
-``FIRST_YEAR`` to ``LAST_YEAR`` in that zone, and a trigger finds an hour's day by a primary
-key search in it. :func:`ensure_zone` fills it for the configured zone and, when the zone is
-new (the first start after the upgrade, or ``[detect] timezone`` changed), recomputes the sums
-from the summaries, one node per transaction so that the nodes' acks never wait long behind it.
+SQLite does not know: ``console_days`` lists the Unix time of every local midnight in that zone
+from a year before now (``BEHIND``) to ``AHEAD`` years after, and a trigger finds an hour's day
+by a primary key search in it. :func:`ensure_zone` fills it for the configured zone and, when
+the zone is new (the first start after the upgrade, or ``[detect] timezone`` changed) or the
+list must be extended, recomputes the sums from the summaries, one node per transaction so
+that the nodes' acks never wait long behind it.
 
 An hour's energy is the summariser's ``wh``, else a power channel's mean in W (its Wh over the
 hour when there was no segment to integrate), as ``gateway.reports.node_energy`` reads it.
 """
 
 import datetime as dt
+import time
 from collections.abc import Iterable
 from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
-FIRST_YEAR, LAST_YEAR = 2000, 2100  # the local days listed: 36,525 rows
+# The local days listed: from a year before now (or the year of the oldest energy summary) to
+# AHEAD years after, about 4,400 rows (60 KB; the whole century was 36,525 rows, 0.5 MB, half a
+# small disk budget). A start lists more when fewer than AHEAD_MIN years are left ahead: an hour
+# past the last listed day would count in that day, so a gateway would have to run eight years
+# without a restart to meet it.
+BEHIND, AHEAD, AHEAD_MIN = 1, 10, 2
 
 
 def _energy(row: str) -> str:
@@ -126,9 +133,7 @@ def energy_only(db: sqlite_utils.Database) -> None:
         )
 
 
-def local_midnights(
-    zone: str, first_year: int = FIRST_YEAR, last_year: int = LAST_YEAR
-) -> Iterable[int]:
+def local_midnights(zone: str, first_year: int, last_year: int) -> Iterable[int]:
     """The Unix time of every local midnight in ``zone`` from ``first_year`` to ``last_year``."""
     tz = ZoneInfo(zone)
     day, end = dt.date(first_year, 1, 1), dt.date(last_year, 12, 31)
@@ -137,13 +142,37 @@ def local_midnights(
         day += dt.timedelta(days=1)
 
 
-def ensure_zone(db: sqlite_utils.Database, zone: str) -> bool:
-    """Make the sums those of ``zone``'s days; True when they had to be recomputed (each node
-    in a transaction of its own: its summaries by primary-key range)."""
-    if db.execute("SELECT zone FROM console_energy_zone").fetchone()[0] == zone:
+def _years(db: sqlite_utils.Database, now: float) -> tuple[int, int]:
+    """The years whose days must be listed: from a year before ``now``, or the oldest energy
+    summary's (each channel's minimum through the (channel, hour) index), to ``AHEAD_MIN``
+    years after."""
+    this = dt.datetime.fromtimestamp(now, dt.UTC).year
+    first = this - BEHIND
+    for channel in ("e", "p"):
+        (oldest,) = db.execute(
+            "SELECT min(hour) FROM summaries WHERE channel = ?", [channel]
+        ).fetchone()
+        if oldest is not None:
+            first = min(first, dt.datetime.fromtimestamp(oldest, dt.UTC).year - 1)
+    return first, this + AHEAD_MIN
+
+
+def ensure_zone(db: sqlite_utils.Database, zone: str, now: float | None = None) -> bool:
+    """Make the sums those of ``zone``'s days, over the years ``now`` needs; True when they
+    had to be recomputed (each node in a transaction of its own: its summaries by primary-key
+    range)."""
+    now = time.time() if now is None else now
+    first, last = _years(db, now)
+    listed = db.execute("SELECT min(start), max(start) FROM console_days").fetchone()
+    if (
+        db.execute("SELECT zone FROM console_energy_zone").fetchone()[0] == zone
+        and listed[0] is not None
+        and listed[0] <= next(local_midnights(zone, first, first))
+        and listed[1] >= next(local_midnights(zone, last, last))
+    ):
         return False
-    days = [(s, zone) for s in local_midnights(zone)]  # before taking the write lock
-    with db.atomic():
+    days = [(s, zone) for s in local_midnights(zone, first, last - AHEAD_MIN + AHEAD)]
+    with db.atomic():  # the days are computed before taking the write lock
         db.execute("DELETE FROM console_days")
         db.conn.executemany("INSERT INTO console_days (start, zone) VALUES (?, ?)", days)
         db.execute("DELETE FROM console_energy_days")
