@@ -1,8 +1,9 @@
-"""The administrator's lists (``alerts list``, ``user list``, ``token list``, ``fleet status``)
-and ``anomalies replay`` show a French town its times and CSV as ``readings`` and ``node list``
-do (issue 15, item 6; gateway/cli/display.py): local time with the zone named on either side of
-a clock change, ``--utc``, JSON in UTC for programs, and the CSV French Excel opens when
-``--excel`` says so or the locale writes a decimal comma. ``waste --excel`` is a CSV too."""
+"""The administrator's lists (``alerts list``, ``user list``, ``token list``, ``fleet status``),
+``anomalies replay`` and a lighting group's night (``gateway check --group``) show a French town
+its times and CSV as ``readings`` and ``node list`` do (issue 15, item 6;
+gateway/cli/display.py): local time with the zone named on either side of a clock change,
+``--utc``, JSON in UTC for programs, and the CSV French Excel opens when ``--excel`` says so or
+the locale writes a decimal comma. ``waste --excel`` is a CSV too."""
 
 import datetime as dt
 import json
@@ -167,3 +168,47 @@ def test_replay_without_a_town_says_utc(tmp_path, meter_csv):
     # No config (replay is often run on a laptop): the zone is unknown, the times say Z.
     out = invoke("anomalies", "replay", meter_csv, "--config", tmp_path / "none.toml")
     assert out.splitlines()[1].startswith("2026-03-28T23:30:00Z,")
+
+
+LIGHTING = """
+[[detect.lighting]]
+name = "Rue de la Mairie"
+nodes = ["lamp-0*"]
+[[detect.lighting.switch_off]]
+from = "01:00"
+to = "05:00"
+days = "sun-thu"
+[[detect.lighting.dim]]
+from = "22:00"
+percent = 37.5
+"""
+
+
+def test_a_lighting_night_in_the_towns_time_and_excels_csv(town, french):
+    # The night of 28 March 2026, when 02:00 CET becomes 03:00 CEST inside the switch-off.
+    with town.open("a") as f:
+        f.write(LIGHTING)
+    night = ("gateway", "check", "--config", town, "--group", "Rue de la Mairie")
+    night += ("--night", "2026-03-28")
+    # The screen keeps the weekday and the zone's abbreviation of each time.
+    table = invoke(*night).splitlines()
+    assert table[0] == "Rue de la Mairie: night of Saturday 2026-03-28, times in Europe/Paris"
+    assert "Sat 28 22:00 CET   Sun 29 07:" in table[4] and "37.5 %" in table[4]
+    # The locale writes a decimal comma: the CSV is French Excel's, the dimmed level 37,5.
+    excel = invoke(*night, "--format", "csv")
+    lines = excel.split("\r\n")
+    assert lines[0] == "\ufefffrom (Europe/Paris);to (Europe/Paris);level (%);why"
+    assert lines[3].startswith("28/03/2026 22:00;29/03/2026 07:")
+    assert ";37,5;dimmed to 37.5 % from 22:00" in lines[3]
+    assert lines[1].startswith("28/03/2026 12:00;28/03/2026 19:") and ";0;day: dark" in lines[1]
+    assert invoke(*night, "--excel") == excel
+    # --no-excel: a plain CSV, local times with their offset, either side of the change.
+    plain = invoke(*night, "--format", "csv", "--no-excel").splitlines()
+    assert plain[0] == "from (Europe/Paris),to (Europe/Paris),level (%),why"
+    assert plain[3].startswith("2026-03-28 22:00:00+01:00,2026-03-29 07:")
+    assert "+02:00,37.5,dimmed to 37.5 % from 22:00" in plain[3]
+    # JSON is for programs: ISO 8601 UTC, as every command's; the level from 0 to 1.
+    periods = json.loads(invoke(*night, "--format", "json"))
+    assert periods[0]["start"] == "2026-03-28T11:00:00Z"  # noon, CET
+    assert periods[-1]["end"] == "2026-03-29T10:00:00Z"  # noon, CEST
+    assert [p["level"] for p in periods] == [0.0, 1.0, 0.375, 0.0]  # a Saturday: no switch-off

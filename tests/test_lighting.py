@@ -390,7 +390,8 @@ def test_gateway_check_prints_a_night_in_local_time(tmp_path):
     assert "Sun 25 22:00 CET  Mon 26 01:00 CET  50 %" in r.output
     bad = runner.invoke(cli, ["gateway", "check", "--config", str(toml), "--group", "Rue Haute"])
     assert bad.exit_code == 1 and "groups: 'Rue de la Mairie'" in bad.output
-    # JSON for a script: ISO 8601 with the town's offset, which changes in the night of October.
+    # JSON for a script: ISO 8601 UTC, as every command's JSON (the town's offset changes in
+    # the night of October: noon is 10:00Z on Saturday, 11:00Z on Sunday).
     r = runner.invoke(
         cli,
         [
@@ -407,6 +408,6 @@ def test_gateway_check_prints_a_night_in_local_time(tmp_path):
         ],
     )
     night = json.loads(r.output)
-    assert night[0]["start"] == "2026-10-24T12:00:00+02:00"
-    assert night[-1]["end"] == "2026-10-25T12:00:00+01:00"
+    assert night[0]["start"] == "2026-10-24T10:00:00Z"
+    assert night[-1]["end"] == "2026-10-25T11:00:00Z"
     assert [p["level"] for p in night] == [0.0, 1.0, 0.5, 0.0]  # a Saturday: no switch-off

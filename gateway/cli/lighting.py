@@ -1,7 +1,9 @@
 """``reverbere gateway check``: check gateway.toml as the service would, and show a lighting
 group's schedule for a night, so that a technician sees what the gateway expects of the lamps.
 
-A thin shell over :mod:`gateway.pipeline.detect.lighting` (``night_plan``, ``tonight``).
+A thin shell over :mod:`gateway.pipeline.detect.lighting` (``night_plan``, ``tonight``). The
+night prints as the other commands' lists do (gateway/cli/display.py): local times, the zone
+named; a CSV French Excel opens with ``--excel`` or a decimal-comma locale; JSON in UTC.
 """
 
 import datetime as dt
@@ -10,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from gateway import config, render, service
+from gateway import config, service
+from gateway.cli import display
 from gateway.cli.options import config_option, format_option, load_config
 from gateway.pipeline.detect import lighting
 
@@ -29,12 +32,18 @@ def _level(level: float) -> str:
     help="The night's evening, local date (default: tonight, or the night in progress).",
 )
 @format_option
+@display.excel_option
 def gateway_check(
-    config_path: Path, group: str | None, node: str | None, night: dt.datetime | None, fmt: str
+    config_path: Path,
+    group: str | None,
+    node: str | None,
+    night: dt.datetime | None,
+    fmt: str,
+    excel: bool | None,
 ) -> None:
     """Check the config (every section, as `gateway run` does); with --group or --node, print
     the lighting schedule of a night: when the lamps should be lit, dimmed or switched off,
-    in the town's local time."""
+    in the town's local time (JSON: UTC)."""
     cfg = load_config(config_path)
     try:
         detect = service.pipeline_config(cfg).detect
@@ -55,31 +64,35 @@ def gateway_check(
         plan = lighting.tonight(chosen, detect, time.time())
     else:
         plan = lighting.night_plan(chosen, night.date(), detect)
-    if fmt == "json":  # times as ISO 8601 with the town's UTC offset
+    fmt, excel = display.output_format(fmt, excel)
+    if fmt == "table":
+        # The weekday and the zone's abbreviation (CET, CEST) in every time, so that the night
+        # the clock changes reads without doubt on the Pi's screen.
+        evening = plan[0].start.date() if plan else night
+        click.echo(f"{chosen.name}: night of {evening:%A %Y-%m-%d}, times in {detect.timezone}")
         rows = [
             {
-                "start": p.start.isoformat(),
-                "end": p.end.isoformat(),
-                "level": p.level,
-                "reason": p.reason,
+                "from": p.start.strftime("%a %d %H:%M %Z"),
+                "to": p.end.strftime("%a %d %H:%M %Z"),
+                "level": _level(p.level),
+                "why": p.reason,
             }
             for p in plan
         ]
-        click.echo(render.render(rows, ("start", "end", "level", "reason"), "json", times=()))
+        click.echo(display.show(rows, ("from", "to", "level", "why"), fmt, None, excel, times=()))
         return
-    rows = [
-        {
-            "from": p.start.strftime("%a %d %H:%M %Z"),
-            "to": p.end.strftime("%a %d %H:%M %Z"),
-            "level": _level(p.level),
-            "why": p.reason,
-        }
-        for p in plan
-    ]
-    if fmt == "table":
-        evening = plan[0].start.date() if plan else night
-        click.echo(f"{chosen.name}: night of {evening:%A %Y-%m-%d}, times in {detect.timezone}")
-    click.echo(render.render(rows, ("from", "to", "level", "why"), fmt, times=()))
+    # JSON for programs, as every command's: times ISO 8601 UTC, the level from 0 to 1. CSV for
+    # a spreadsheet: local times, the zone in the header, the level in percent (37,5 in Excel).
+    if fmt == "json":
+        columns, scale = ("start", "end", "level", "reason"), 1
+    else:
+        columns, scale = ("from", "to", "level (%)", "why"), 100
+    values = ((p.start.timestamp(), p.end.timestamp(), p.level * scale, p.reason) for p in plan)
+    rows = [dict(zip(columns, v, strict=True)) for v in values]
+    text = display.show(
+        rows, columns, fmt, detect.timezone, excel, times=("start", "end", "from", "to")
+    )
+    click.echo(text, nl=not text.endswith("\n"))  # Excel's CSV ends its last line
 
 
 def register(gateway_group: click.Group) -> None:
