@@ -7,13 +7,16 @@ the locale writes a decimal comma. ``waste --excel`` is a CSV too."""
 
 import datetime as dt
 import json
+from zoneinfo import ZoneInfo
 
 import pytest
+from alert_servers import HttpReceiver
 from click.testing import CliRunner
 
 from gateway import config
 from gateway.alerts.config import from_config as alerts_config
 from gateway.alerts.outbox import route_events
+from gateway.alerts.sender import send_due
 from gateway.cli.main import cli
 from gateway.console import accounts
 from gateway.ingest import registry
@@ -82,6 +85,67 @@ def test_alerts_list_in_the_towns_time_across_the_clock_change(town, french):
     assert "29/03/2026 03:30;astreinte;open;lamp-002" in excel
     plain = invoke("alerts", "list", "--config", town, "--format", "csv", "--no-excel")
     assert "2026-03-29 03:30:00+02:00,astreinte,open,lamp-002" in plain
+
+
+@pytest.fixture
+def receiver():
+    r = HttpReceiver().start()
+    yield r
+    r.stop()
+
+
+def test_alerts_list_says_when_each_message_was_sent(town, french, receiver):
+    # One event, two routes: the town's webhook takes the message, the other's server is down.
+    db = open_db(town.parent / "reverbere.db")
+    db["anomalies"].insert(
+        {
+            "node": "lamp-001",
+            "channel": "p",
+            "kind": "dark_at_night",
+            "start": BEFORE,
+            "score": 0.9,
+            "reason": "éteint la nuit",
+            "version": 1,
+        }
+    )
+    routes = (
+        f'[[alerts.routes]]\nname = "services"\nwebhook = "{receiver.url}"\n'
+        '[[alerts.routes]]\nname = "panne"\nwebhook = "http://127.0.0.1:9/"\n'
+    )
+    cfg = alerts_config(config.loads(routes, town), "Europe/Paris")
+    route_events(db, cfg, None)
+    before = dt.datetime.now(dt.UTC)
+    assert send_due(db, cfg) == 1
+    after = dt.datetime.now(dt.UTC)
+    db.close()
+
+    header, services, panne = invoke("alerts", "list", "--config", town).splitlines()
+    assert "created (Europe/Paris)" in header and "sent (Europe/Paris)" in header
+    assert header.index("state") < header.index("sent (") < header.index("attempts")
+    # Sent: when the server took it, in the town's time with its offset.
+    cells = services.split()
+    assert cells[3:8] == ["services", "open", "lamp-001", "dark_at_night", "envoyé"]
+    sent = dt.datetime.fromisoformat(" ".join(cells[8:10]))
+    assert before.replace(microsecond=0) <= sent <= after
+    assert sent.utcoffset() == sent.astimezone(ZoneInfo("Europe/Paris")).utcoffset()
+    # Not sent: the sent column stays empty; the attempts and the error say why.
+    assert panne.split()[3:9] == ["panne", "open", "lamp-001", "dark_at_night", "en", "échec"]
+    assert panne.split()[9] == "1" and "ConnectError" in panne
+
+    excel = invoke("alerts", "list", "--config", town, "--format", "csv").split("\r\n")
+    assert excel[0] == (
+        "\ufeffid;created (Europe/Paris);route;phase;node;kind;state;sent (Europe/Paris);"
+        "attempts;error"
+    )
+    minute = dt.datetime.fromtimestamp(round(sent.timestamp()), ZoneInfo("Europe/Paris"))
+    assert excel[1].split(";")[6:9] == ["envoyé", f"{minute:%d/%m/%Y %H:%M}", "0"]
+    assert excel[2].split(";")[6:9] == ["en échec", "", "1"]
+    # JSON for programs: UTC, and null while unsent.
+    rows = json.loads(invoke("alerts", "list", "--config", town, "--format", "json"))
+    assert rows[0]["sent"].endswith("Z") and dt.datetime.fromisoformat(rows[0]["sent"]) == sent
+    assert rows[1]["sent"] is None and rows[1]["state"] == "en échec"
+    utc = invoke("alerts", "list", "--config", town, "--utc").splitlines()
+    assert "sent (" not in utc[0] and rows[0]["sent"] in utc[1]
 
 
 def test_user_and_token_lists_in_the_towns_time(town, french):

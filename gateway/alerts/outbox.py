@@ -312,12 +312,28 @@ def _make_digests(db: sqlite_utils.Database, config: AlertsConfig, now: float) -
     return made
 
 
-LIST_COLUMNS = ("id", "created", "route", "phase", "node", "kind", "state", "attempts", "error")
+# What ``alerts list`` shows of each message: when it was made and, once a server took it, when
+# it was sent (``sent`` empty while it waits), its state, and for one that fails its attempts and
+# the last error.
+LIST_COLUMNS = (
+    "id",
+    "created",
+    "route",
+    "phase",
+    "node",
+    "kind",
+    "state",
+    "sent",
+    "attempts",
+    "error",
+)
+LIST_TIMES = ("created", "sent")  # Unix seconds: the CLI writes them in the town's time zone
 
 
 def alert_rows(db: sqlite_utils.Database, unsent_only: bool = False) -> list[dict]:
     """The messages of ``alerts`` (items of a digest and covered events left out), newest
-    last, with their ``state``: ``envoyé`` (and when), ``en attente`` or ``en échec``."""
+    last, with their ``state``: ``envoyé`` (``sent`` says when), ``en attente`` or
+    ``en échec``."""
     where = f"phase IN ({', '.join('?' * len(SENDABLE))})"
     if unsent_only:
         where += " AND sent IS NULL"

@@ -70,9 +70,9 @@ def test_cmd(config_path: Path, routes: tuple[str, ...]) -> None:
 @utc_option
 @excel_option
 def list_cmd(config_path: Path, unsent: bool, fmt: str, utc: bool, excel: bool | None) -> None:
-    """The alert messages made, with their state (sent, waiting, failing); times in the town's
-    time zone (--utc for UTC)."""
-    from gateway.alerts.outbox import LIST_COLUMNS, alert_rows
+    """The alert messages made, with their state (sent, waiting, failing) and when each was
+    made and sent; times in the town's time zone (--utc for UTC)."""
+    from gateway.alerts.outbox import LIST_COLUMNS, LIST_TIMES, alert_rows
 
     timezone, _ = _alerts_config(config_path)  # the town's, even with no route left
     db = open_database(config_path)
@@ -81,5 +81,5 @@ def list_cmd(config_path: Path, unsent: bool, fmt: str, utc: bool, excel: bool |
     finally:
         db.close()
     tz = None if utc else timezone
-    text = show(rows, LIST_COLUMNS, fmt, tz, excel, times=("created",))
+    text = show(rows, LIST_COLUMNS, fmt, tz, excel, times=LIST_TIMES)
     click.echo(text, nl=not text.endswith("\n"))  # Excel's CSV ends its last line
