@@ -25,7 +25,7 @@ from gateway.pipeline.detect.baseline import RECORD_SPREADS, StatDetector
 from gateway.pipeline.detect.buildings import building_meter
 from gateway.pipeline.detect.config import DetectConfig
 from gateway.pipeline.detect.events import CLOSE_AFTER, REARM, Cost, Event, Finding, Tracker
-from gateway.pipeline.detect.fleetwide import DEFER, WINDOW, FleetWatch
+from gateway.pipeline.detect.fleetwide import DEFER, STEP, WINDOW, FleetWatch, step_ratio
 from gateway.pipeline.detect.lighting import LightingRule
 from gateway.pipeline.detect.rules import (
     Clock,
@@ -124,6 +124,7 @@ class ChannelDetector:
         "group",
         "interval",
         "lamp",
+        "last_power",
         "last_time",
         "lighting",
         "node",
@@ -132,6 +133,7 @@ class ChannelDetector:
         "rules",
         "sched",
         "stat",
+        "step_floor",
         "trackers",
         "unit",
         "watch",
@@ -196,6 +198,16 @@ class ChannelDetector:
         # why); the generic channel of ``replay`` keeps the plain range (NAB).
         spreads = 0.0 if channel == "x" else RECORD_SPREADS
         self.stat = StatDetector(spreads) if measured else None
+        # A power channel the statistical detector judges tells the fleet its steps (its
+        # previous reading, ``last_power``): what the group does at once is its schedule, learnt
+        # or not (fleetwide.py). A step smaller than a lit lamp's least power is no switch
+        # (a lamp off by day reads 0 W or 1 W). ``step_floor`` None: steps not watched.
+        self.step_floor = (
+            config.lamp_on_watts
+            if watch is not None and channel == "p" and self.stat is not None
+            else None
+        )
+        self.last_power: float | None = None
         self.trackers: dict[str, Tracker] = {}
         self.last_time: float | None = None
         self.interval = 0.0
@@ -216,6 +228,16 @@ class ChannelDetector:
                 else (self.interval + INTERVAL_ALPHA * (gap - self.interval))
             )
         self.last_time = t
+        floor = self.step_floor
+        if floor is not None:
+            before = self.last_power
+            self.last_power = x
+            if before is not None:
+                d = x - before if x > before else before - x
+                if d > floor and d > STEP * (x if x > before else before):
+                    self.watch.stepped(  # type: ignore[union-attr]
+                        self.group, self.channel, self.node, t, step_ratio(before, x)
+                    )
         prev = self.prev
         findings: list[Finding] = []
         for rule in self.rules:
@@ -322,7 +344,14 @@ class ChannelDetector:
         watch = self.watch
         if watch is not None and (
             watch.explained(self.node, t - max(self.interval, 60.0) - 60.0, t + WINDOW)
-            or watch.together(self.group, self.channel, self.node, t)
+            or watch.together(
+                self.group,
+                self.channel,
+                self.node,
+                t,
+                "p" if self.unit in ("W", "Wh") else None,  # the power a step of p explains
+                self.interval,
+            )
         ):
             return None
         tr = self.trackers.setdefault("unusual", Tracker())
