@@ -38,6 +38,7 @@ from gateway.alerts.outbox import alert_rows
 from gateway.console import accounts
 from gateway.pipeline.calendar import is_public_holiday
 from gateway.provision import build
+from gateway.reports import Town
 from gateway.service import Gateway, stages
 from gateway.store.db import open_db
 from gateway.sync.service import sync_status
@@ -409,7 +410,8 @@ async def _demo(
             weeks = sum(start + duration - t for t in since.values()) / 604800
             report = _figures(db, fleet, stats, truth, start, weeks)
             report.update(updates.figures())
-            report.update(pull_back(db, plat, workdir / "summaries.svg"))
+            town = Town.from_detect(gw.pipeline.detect)  # the chart in its zone, lamps as lamps
+            report.update(pull_back(db, plat, workdir / "summaries.svg", town))
             # Hours with readings: an hour only a long counter segment crosses has energy but
             # no reading of its own, and is not sent (gateway/pipeline/handoff.py).
             report["summaries_made"] = db.execute(

@@ -257,14 +257,18 @@ def test_demo_hooks_outage_then_pull_back_and_chart(tmp_path):
     assert len(chart) > 1000 and "Heure (UTC)" in chart and "Bâtiments" not in chart
 
 
-def test_demo_chart_is_drawn_for_the_town_of_the_gateway_beside_its_database(tmp_path):
-    """The demo's config lies beside its database (as `gateway init` lays them out): the chart
-    is in its [site] zone, its [detect] lamps drawn as lamps and the other nodes as meters."""
+def test_demo_chart_is_drawn_for_the_town_of_the_gateway(tmp_path):
+    """The demo draws the chart for its gateway's town: in its [site] zone, its [detect] lamps
+    drawn as lamps and the other nodes as meters."""
+    from gateway import config
+    from gateway.reports import Town
+    from gateway.service import pipeline_config
     from sim.platform.demo import pull_back, start_demo_platform
 
     (tmp_path / "gateway.toml").write_text(
         '[site]\ntimezone = "Europe/Paris"\n[detect]\nlamps = ["lamp-000"]\n'
     )
+    town = Town.from_detect(pipeline_config(config.load(tmp_path / "gateway.toml")).detect)
     plat = start_demo_platform(tmp_path / "demo", fault_rate=0.0)
     try:
         db = open_db(tmp_path / "gw.db")
@@ -272,7 +276,7 @@ def test_demo_chart_is_drawn_for_the_town_of_the_gateway_beside_its_database(tmp
         worker = fast_worker(db, plat.url)
         assert worker.sync_until_idle() == "idle"
         worker.target.close()
-        pull_back(db, plat, tmp_path / "chart.svg")
+        pull_back(db, plat, tmp_path / "chart.svg", town)
     finally:
         plat.stop()
     chart = (tmp_path / "chart.svg").read_text()

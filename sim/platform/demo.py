@@ -3,7 +3,7 @@ summaries back, check them against the gateway and draw the chart.
 
     plat = start_demo_platform(workdir)          # plat.url goes into [sync] url
     plat.proxy.down = True  ...  = False         # the link outage
-    figures = pull_back(db, plat, workdir / "summaries.svg")
+    figures = pull_back(db, plat, workdir / "summaries.svg", town)
     plat.stop()
 """
 
@@ -12,9 +12,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from gateway import config
 from gateway.reports import Town
-from gateway.service import pipeline_config
 from gateway.sync.report import pull, write_chart
 from sim.platform import FaultProxy, PlatformProcess, start_platform
 
@@ -53,22 +51,15 @@ def start_demo_platform(
     return DemoPlatform(server, proxy)
 
 
-def _town(db: sqlite_utils.Database) -> Town:
-    """The town the chart is drawn for: the ``[site]`` zone and ``[detect]`` lamps of the
-    gateway's config, found beside its database as the demo and ``reverbere gateway init``
-    lay them out (the demo's hours are local, UTC+1); without one, UTC and ids ``lamp...``."""
-    database = db.execute("PRAGMA database_list").fetchone()[2]
-    path = Path(database).parent / "gateway.toml" if database else None
-    if path is None or not path.exists():
-        return Town()
-    return Town.from_detect(pipeline_config(config.load(path)).detect)
-
-
 def pull_back(
-    db: sqlite_utils.Database, platform: DemoPlatform, chart: str | Path | None = None
+    db: sqlite_utils.Database,
+    platform: DemoPlatform,
+    chart: str | Path | None = None,
+    town: Town | None = None,
 ) -> dict:
     """Pull everything back from the platform, compare with the gateway's outbox and draw
-    ``chart``. Returns the demo's figures."""
+    ``chart`` for ``town`` (its zone and lamps: ``Town.from_detect`` of the gateway's
+    ``[detect]``; by default UTC and ids ``lamp...``). Returns the demo's figures."""
     got = pull(platform.direct_url, 0, 2**31)
     row = db.execute(
         "SELECT sum(kind = 'summary' AND synced_version = version),"
@@ -79,7 +70,7 @@ def pull_back(
         "SELECT coalesce(sum(sent), 0), coalesce(sum(received), 0) FROM sync_budget"
     ).fetchone()
     if chart is not None:
-        town = _town(db)
+        town = town or Town()
         write_chart(chart, got.summaries, got.events, tz=town.timezone, is_lamp=town.is_lamp)
     return {
         "summaries_synced": row[0] or 0,
