@@ -2,12 +2,11 @@
 
 A scrape runs on the event loop's connection, the one that acknowledges the nodes' packs, so
 the counts must cost next to nothing: a node's state is its row of ``ota_rollout`` ("idle"
-without one), and :func:`state_counts` counts them in one grouped query over the ``nodes``
-table, one primary-key look-up in ``ota_rollout`` per node (1.5 ms at 2,000 nodes).
-:func:`gateway.ota.rollout.state_counts` gives the same figures from
-:func:`~gateway.ota.rollout.node_states`, which also reads each node's running and trial
-versions from its readings: two queries per node, ~200 ms at 2,000 nodes, every 30 s during
-a rollout, while the acks waited (issue 16). A scrape still reuses the counts for ``every``
+without one), and :func:`gateway.ota.rollout.state_counts` counts them in one grouped query
+over the ``nodes`` table, one primary-key look-up in ``ota_rollout`` per node (1.5 ms at 2,000
+nodes; counted from :func:`~gateway.ota.rollout.node_states`, which also reads each node's
+versions from its readings, it took ~200 ms every 30 s during a rollout while the acks waited,
+issue 16). A scrape still reuses the counts for ``every``
 seconds. No series at all while no rollout was ever started.
 """
 
@@ -20,18 +19,6 @@ from gateway.metrics import Registry
 from gateway.ota import rollout
 
 
-def state_counts(db: sqlite_utils.Database) -> dict[str, int]:
-    """Registered nodes per update state, "idle" for those in no rollout: the same counts as
-    :func:`gateway.ota.rollout.state_counts`, which the state alone decides."""
-    return dict(
-        db.execute(
-            "SELECT coalesce(r.state, 'idle'), count(*) FROM nodes n"
-            " LEFT JOIN ota_rollout r ON r.node = n.id WHERE n.key IS NOT NULL"
-            " GROUP BY 1"
-        ).fetchall()
-    )
-
-
 def declare_ota_metrics(registry: Registry, db: sqlite_utils.Database, every: float = 30.0) -> None:
     cache: dict = {"at": -every, "counts": {}}
 
@@ -40,7 +27,7 @@ def declare_ota_metrics(registry: Registry, db: sqlite_utils.Database, every: fl
         if now - cache["at"] >= every:
             cache["at"] = now
             started = db.execute("SELECT 1 FROM ota_rollout LIMIT 1").fetchone()
-            cache["counts"] = state_counts(db) if started else {}
+            cache["counts"] = rollout.state_counts(db) if started else {}
         for state in ("idle", *rollout.STATES) if cache["counts"] else ():
             yield {"state": state}, cache["counts"].get(state, 0)
 
