@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import sqlite_utils
 
 from gateway.console.i18n import N_
+from gateway.ota.rollout import settled
 
 UPDATE_STATES = (
     N_("idle"),
@@ -126,10 +127,9 @@ def _judge(
     since_offer = reported is not None and offered is not None and reported >= offered
     reason = None
     if state == "offered":  # the rollout settles it within a minute; its readings say it now
-        if running is not None and running >= target:
-            state = "confirmed"
-        elif given_up is not None and int(given_up) == target:
-            state = "rolled_back"
+        said = settled(target, running, None if given_up is None else int(given_up))
+        if said is not None:
+            state = said
         elif trial is not None and trial >= target:
             state = "updating"
         elif since_offer:

@@ -165,6 +165,18 @@ def _release(db: sqlite_utils.Database) -> list[tuple[str, bytes]]:
     ]
 
 
+def settled(target: int, running: int | None, given_up: int | None) -> str | None:
+    """What a node's signed readings say of the version ``target`` offered to it: "confirmed"
+    once it runs ``target`` or later (its ``fw``), "rolled_back" once it gave ``target`` up
+    (its ``fwx``), None while they say neither (the rollout's step and the console judge by
+    this)."""
+    if running is not None and running >= target:
+        return "confirmed"
+    if given_up is not None and given_up == target:
+        return "rolled_back"
+    return None
+
+
 def _latest(db: sqlite_utils.Database, ref: int, channel: str) -> int | None:
     row = db.execute(
         "SELECT value FROM readings WHERE node = ? AND channel = ? ORDER BY time DESC LIMIT 1",
@@ -192,12 +204,9 @@ def advance(
                 continue
             ref = refs.get(node)
             fw = _latest(db, ref, "fw") if ref is not None else None
-            new = None
-            if fw is not None and fw >= v:
-                new = "confirmed"
-            elif state == "offered" and ref is not None and _latest(db, ref, "fwx") == v:
-                new = "rolled_back"
-            elif state == "offered" and now - offered > timeout:
+            given_up = _latest(db, ref, "fwx") if state == "offered" and ref is not None else None
+            new = settled(v, fw, given_up)
+            if new is None and state == "offered" and now - offered > timeout:
                 new = "failed"
             if new:
                 _end(db, node, new, now)
